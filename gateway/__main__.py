@@ -1,0 +1,5 @@
+"""`python -m gateway` is the same as the `referral-gateway` console script."""
+
+from gateway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""Wiring: build every stage from the one config object and run the servers and worker loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway import db
+from gateway.clock import Clock, SystemClock
+from gateway.compose import Composer, email_environment
+from gateway.config import Config
+from gateway.deliver import MaildirTransport, SmtpRelayTransport, Transport
+from gateway.intake_smtp import start_smtp
+from gateway.outbox import Outbox
+from gateway.pipeline import Processor
+from gateway.sealing import Sealer
+from gateway.store import IntakeWriter
+from gateway.tokens import AckSigner
+from gateway.track import Tracker
+from gateway.web import AckPages, make_app, web_environment
+
+log = logging.getLogger(__name__)
+
+
+def make_transport(config: Config) -> Transport:
+    relay = config.settings.mail.relay
+    if relay is None:
+        return MaildirTransport(config.maildir)
+    return SmtpRelayTransport(relay, config.keys_dir)
+
+
+class Gateway:
+    """One instance: SMTP and HTTP listeners plus the processing, outbox and deadline loops.
+
+    With workers=False only the listeners run and tests drive the stages themselves
+    (process_all / deliver_all / fire_deadlines), which keeps them deterministic.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock | None = None,
+        transport: Transport | None = None,
+        workers: bool = True,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self._transport = transport
+        self._workers = workers
+        # Identifies this process's leases; a restarted process is a new owner, and the old
+        # one's leases simply run out.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake_processor = asyncio.Event()
+        self._wake_outbox = asyncio.Event()
+        self._wake_deadlines = asyncio.Event()
+        self._smtp: asyncio.Server | None = None
+        self._http: web.AppRunner | None = None
+        # aiosmtpd logs every envelope address at INFO: personal data has no place in our logs.
+        logging.getLogger("mail.log").setLevel(logging.ERROR)
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.engine: AsyncEngine = db.make_engine(cfg.database_url, cfg.settings.database.busy_timeout)
+        await db.upgrade(self.engine)
+        self.sealer = Sealer.from_keys_dir(cfg.keys_dir)
+        self.signer = AckSigner.from_keys_dir(cfg.keys_dir)
+        self.transport = self._transport or make_transport(cfg)
+        composer = Composer(cfg, self.signer, email_environment(cfg.templates_dir))
+        self.writer = IntakeWriter(self.engine, self.sealer, self.clock, self._wake_processor.set)
+        self.processor = Processor(cfg, self.engine, self.sealer, composer, self.clock, self.owner)
+        self.outbox = Outbox(cfg, self.engine, self.sealer, self.transport, self.clock, self.owner)
+        self.tracker = Tracker(cfg, self.engine, self.sealer, composer, self.clock)
+        self.writer.start()
+        self._smtp = await start_smtp(cfg.settings.smtp, self.writer)
+        pages = AckPages(
+            self.signer,
+            self.tracker,
+            self.clock,
+            web_environment(cfg.templates_dir),
+            cfg.settings.gateway.council,
+            cfg.settings.gateway.duty_phone,
+        )
+        app = make_app(pages)
+        app.on_response_prepare.append(self._after_request)
+        self._http = web.AppRunner(app, access_log=None)  # access logs would record ack tokens
+        await self._http.setup()
+        site = web.TCPSite(self._http, cfg.settings.http.host, cfg.settings.http.port)
+        await site.start()
+        if self._workers:
+            s = cfg.settings
+            self._tasks = [
+                asyncio.create_task(
+                    self._loop(
+                        "processing",
+                        self._process_step,
+                        self._wake_processor,
+                        s.processing.retry.total_seconds(),
+                    )
+                ),
+                asyncio.create_task(
+                    self._loop(
+                        "outbox", self.outbox.run_once, self._wake_outbox, s.outbox.poll.total_seconds()
+                    )
+                ),
+                asyncio.create_task(self._deadline_loop()),
+            ]
+        log.info(
+            "gateway started: smtp %s:%d, http %s:%d, %s",
+            cfg.settings.smtp.host,
+            self.smtp_port,
+            cfg.settings.http.host,
+            self.http_port,
+            "relay " + cfg.settings.mail.relay.host if cfg.settings.mail.relay else "maildir delivery",
+        )
+
+    async def _after_request(self, request: web.Request, response: web.StreamResponse) -> None:
+        if request.method == "POST":  # an acknowledgement queues a notice: send it now
+            self._wake_outbox.set()
+
+    @property
+    def smtp_port(self) -> int:
+        assert self._smtp is not None
+        return int(self._smtp.sockets[0].getsockname()[1])
+
+    @property
+    def http_port(self) -> int:
+        assert self._http is not None
+        return int(self._http.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._smtp:
+            self._smtp.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._smtp.wait_closed(), 5)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.writer.stop()
+        if self._http:
+            await self._http.cleanup()
+        await self.engine.dispose()
+
+    async def _process_step(self) -> int:
+        count = await self.processor.run_once()
+        if count:
+            self._wake_outbox.set()
+            self._wake_deadlines.set()
+        return count
+
+    async def _loop(
+        self, name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, poll: float
+    ) -> None:
+        while True:
+            wake.clear()
+            try:
+                busy = await step()
+            except Exception as exc:
+                # (database briefly locked or gone); the rows stay queued and are retried.
+                log.error("%s loop: step failed (%s); retrying in %.0fs", name, type(exc).__name__, poll)
+                busy = 0
+            if busy:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), poll)
+
+    async def _deadline_loop(self) -> None:
+        while True:
+            self._wake_deadlines.clear()
+            wait = 30.0
+            try:
+                if await self.tracker.fire_due():
+                    self._wake_outbox.set()
+                due = await self.tracker.next_due()
+                if due is not None:
+                    wait = min(wait, max((due - self.clock.now()).total_seconds(), 0.0) + 0.05)
+            except Exception as exc:
+                log.error("deadline loop: step failed (%s)", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_deadlines.wait(), wait)
+
+    # Drain helpers: run a stage until it has nothing ready (tests, and `serve --once` later).
+    async def process_all(self) -> int:
+        total = 0
+        while count := await self.processor.run_once():
+            total += count
+        return total
+
+    async def deliver_all(self) -> int:
+        total = 0
+        while count := await self.outbox.run_once():
+            total += count
+        return total
+
+    async def fire_deadlines(self) -> int:
+        return await self.tracker.fire_due()

@@ -1,0 +1,214 @@
+"""The `referral-gateway` command: serve, check-config, route --explain, report, verify."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway import config as config_mod
+from gateway import db, report
+from gateway.clock import SystemClock
+from gateway.compose import uk_time
+from gateway.config import Config, ConfigError
+from gateway.keyfiles import KeyFileError
+from gateway.open import open_message
+from gateway.parse import parse_json, parse_text
+from gateway.route import route
+from gateway.verify import verify
+
+DEFAULT_CONFIG = Path("config/gateway.toml")
+REQUIRED_TEMPLATES = (
+    "email/alert.txt",
+    "email/reminder.txt",
+    "email/receipt.txt",
+    "email/ack_notice.txt",
+    "web/ack_confirm.html",
+    "web/ack_done.html",
+    "web/error.html",
+)
+
+
+def _load(path: Path) -> Config:
+    cfg = config_mod.load(path)
+    missing = [t for t in REQUIRED_TEMPLATES if not (cfg.templates_dir / t).is_file()]
+    if missing:
+        raise ConfigError(
+            config_mod.ConfigIssue(
+                path,
+                "paths.templates_dir",
+                f"{cfg.templates_dir} lacks {name}",
+                "point paths.templates_dir at the checkout's templates/ folder",
+            )
+            for name in missing
+        )
+    return cfg
+
+
+async def _serve(cfg: Config) -> None:
+    from gateway.app import Gateway  # imported here: the other commands need no servers
+
+    gateway = Gateway(cfg)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(
+        f"referral-gateway serving: SMTP on {cfg.settings.smtp.host}:{gateway.smtp_port}, "
+        f"HTTP on {cfg.settings.http.host}:{gateway.http_port}"
+        + ("" if cfg.settings.mail.relay else f"; outbound mail in {cfg.maildir}"),
+        flush=True,
+    )
+    await stop.wait()
+    logging.getLogger("gateway").info("stopping")
+    await gateway.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(_serve(cfg))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    s = cfg.settings
+    unused = [t.id for t in s.teams if t.id not in {r.team for r in s.routes}]
+    print(
+        f"{args.config}: OK: {len(s.teams)} teams, {len(s.routes)} routes, "
+        f"default route '{s.routes[-1].name}' to team '{s.routes[-1].team}'; "
+        + (
+            f"outbound mail via relay {s.mail.relay.host}:{s.mail.relay.port}"
+            if s.mail.relay
+            else f"outbound mail to the maildir {cfg.maildir}"
+        )
+    )
+    for team in unused:
+        print(f"note: team '{team}' is in no route (it receives nothing until a route names it)")
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    at = datetime.fromisoformat(args.at).astimezone(UTC) if args.at else SystemClock().now()
+    data = args.file.read_bytes()
+    today = at.date()
+    if args.file.suffix.lower() == ".json":
+        referral = parse_json(data, today)
+    elif args.file.suffix.lower() == ".eml":
+        opened = open_message(data)
+        referral = (
+            parse_json(opened.referral_json, today)
+            if opened.referral_json is not None
+            else parse_text(opened.text, today)
+        )
+    else:
+        referral = parse_text(data.decode("utf-8", errors="replace"), today)
+    decision = route(referral, cfg.settings.routes)
+    team = cfg.settings.team(decision.team_id)
+    print(
+        f"referral: urgency {referral.urgency or 'not given'}, category {referral.category or 'not given'}, "
+        f"postcode district {referral.child.postcode.split()[0] if referral.child.postcode else 'not given'}"
+    )
+    if referral.problems:
+        print("incomplete:")
+        for p in referral.problems:
+            print(f"  - {p.field}: {p.message}")
+    print("rules, first match wins:")
+    for check in decision.checks:
+        print(f"  {'MATCH' if check.matched else 'no   '}  {check.route}: {check.why}")
+    deadline = cfg.settings.deadlines.for_urgency(referral.urgency)
+    print(f"routed to: {team.name} ({team.id}, {team.email}) by route '{decision.route.name}'")
+    print(
+        f"acknowledge within {report.human(deadline)}: by {uk_time(at + deadline)} if received {uk_time(at)}"
+    )
+    return 0
+
+
+async def _with_engine(cfg: Config, work: str, fmt: str = "table") -> int:
+    engine = db.make_engine(cfg.database_url, cfg.settings.database.busy_timeout)
+    try:
+        await db.upgrade(engine)
+        now = SystemClock().now()
+        if work == "report":
+            print(report.render(await report.undelivered(engine, cfg.settings, now), fmt), end="")
+            return 0
+        problems = await verify(engine, now)
+    finally:
+        await engine.dispose()
+    for problem in problems:
+        print(problem)
+    print(
+        "verify: OK: every accepted referral is tracked and the audit chain is intact"
+        if not problems
+        else f"verify: {len(problems)} problem(s) found"
+    )
+    return 1 if problems else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return asyncio.run(_with_engine(_load(args.config), "report", args.format))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    return asyncio.run(_with_engine(_load(args.config), "verify"))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="referral-gateway", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def command(name: str, helptext: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument(
+            "--config", type=Path, default=DEFAULT_CONFIG, help="config file (default: config/gateway.toml)"
+        )
+        return p
+
+    command("serve", "run the gateway (SMTP, HTTP, workers)").set_defaults(func=cmd_serve)
+    command("check-config", "check the config and say what is wrong").set_defaults(func=cmd_check_config)
+    p = command("route", "show how a referral would be routed")
+    p.add_argument(
+        "--explain",
+        dest="file",
+        type=Path,
+        required=True,
+        help="a referral: .json (referral.json shape), .eml or a filled-in text template",
+    )
+    p.add_argument("--at", help="when it arrives (ISO time, default now)")
+    p.set_defaults(func=cmd_route)
+    p = command("report", "reports for coordinators")
+    p.add_argument("which", choices=["undelivered"])
+    p.add_argument("--format", choices=report.FORMATS, default="table")
+    p.set_defaults(func=cmd_report)
+    command("verify", "check that every accepted referral is tracked").set_defaults(func=cmd_verify)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return 2
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        print(f"error: {exc.filename}: no such file", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            print("interrupted", file=sys.stderr)
+        return 130

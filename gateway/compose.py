@@ -1,0 +1,144 @@
+"""Compose outbound email (alerts, receipts, notices) from templates/email/*.txt.
+
+Unencrypted email carries no personal data (DESIGN.md, Security rules): these messages hold the
+reference, urgency, team, times, the names of missing fields and a link, nothing about the child.
+Each template's first line is `Subject: ...`, then a blank line, then the body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+
+from gateway.config import Config, Team
+from gateway.model import Problem, Urgency
+from gateway.tokens import AckSigner
+
+UK = ZoneInfo("Europe/London")
+
+
+def uk_time(when: datetime) -> str:
+    """Times as a duty worker in England reads them, whatever the server's zone."""
+    local = when.astimezone(UK)
+    return local.strftime("%A %d %B %Y, %H:%M ") + ("GMT" if not local.dst() else "BST")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    kind: str  # alert | reminder | receipt | ack_notice
+    to: str
+    message: bytes
+    recipient_hash: str
+    team_id: str | None = None
+
+
+def email_environment(templates_dir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        undefined=jinja2.StrictUndefined,  # a missing value is a bug, not an empty line in an alert
+        keep_trailing_newline=True,
+        autoescape=False,  # plain text mail  # noqa: S701
+    )
+    env.filters["uk_time"] = uk_time
+    return env
+
+
+class Composer:
+    def __init__(self, config: Config, signer: AckSigner, env: jinja2.Environment) -> None:
+        self._config = config
+        self._s = config.settings
+        self._signer = signer
+        self._env = env
+        self._domain = self._s.mail.from_address.split("@", 1)[1]
+
+    def _build(
+        self,
+        kind: str,
+        template: str,
+        to: str,
+        context: dict[str, Any],
+        in_reply_to: str | None = None,
+        team_id: str | None = None,
+    ) -> Outgoing:
+        text = self._env.get_template(template).render(
+            council=self._s.gateway.council, duty_phone=self._s.gateway.duty_phone, **context
+        )
+        first, _, body = text.partition("\n")
+        if not first.startswith("Subject: "):
+            raise ValueError(f"{template}: the first line must be 'Subject: ...'")
+        msg = EmailMessage(policy=SMTP)
+        msg["From"] = f"{self._s.gateway.council} referrals <{self._s.mail.from_address}>"
+        msg["To"] = to
+        msg["Subject"] = first.removeprefix("Subject: ").strip()
+        msg["Date"] = format_datetime(context["now"])
+        msg["Message-ID"] = make_msgid("rg", domain=self._domain)
+        msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: stops auto-replies looping back
+        msg["X-Referral-Reference"] = context["reference"]
+        if in_reply_to:
+            msg["In-Reply-To"] = in_reply_to
+            msg["References"] = in_reply_to
+        msg.set_content(body.lstrip("\n"))
+        return Outgoing(kind, to, msg.as_bytes(), self._signer.recipient_hash(to), team_id)
+
+    def alert(
+        self,
+        *,
+        kind: str,
+        referral_id: str,
+        reference: str,
+        team: Team,
+        route_name: str,
+        urgency: Urgency | None,
+        problems: tuple[Problem, ...],
+        received_at: datetime,
+        due_at: datetime,
+        now: datetime,
+    ) -> Outgoing:
+        token = self._signer.sign(referral_id, team.email, now, self._s.ack.link_ttl)
+        return self._build(
+            kind,
+            f"email/{kind}.txt",
+            team.email,
+            {
+                "reference": reference,
+                "team": team,
+                "route_name": route_name,
+                "urgency": urgency,
+                "problems": problems,
+                "received_at": received_at,
+                "due_at": due_at,
+                "now": now,
+                "ack_url": f"{self._s.http.public_url}/ack/{token}",
+                "link_expires": now + self._s.ack.link_ttl,
+            },
+            team_id=team.id,
+        )
+
+    def receipt(
+        self, *, reference: str, to: str, received_at: datetime, now: datetime, in_reply_to: str | None
+    ) -> Outgoing:
+        return self._build(
+            "receipt",
+            "email/receipt.txt",
+            to,
+            {"reference": reference, "received_at": received_at, "now": now},
+            in_reply_to,
+        )
+
+    def ack_notice(
+        self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime
+    ) -> Outgoing:
+        return self._build(
+            "ack_notice",
+            "email/ack_notice.txt",
+            to,
+            {"reference": reference, "team": team, "by": by, "at": at, "now": now},
+        )

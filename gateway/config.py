@@ -1,0 +1,384 @@
+"""The one frozen configuration object, read from TOML and checked before anything starts.
+
+Every error names the file, the key and the fix, because the person reading it is an administrator
+at a council, not the author of this code. Relative paths are relative to the gateway's home: the
+folder above the config file's folder (config/gateway.toml -> the checkout).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.model import Category, Urgency
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
+_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'15m', '1h', '24h', '7d', '30s' -> timedelta; a bare number is seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError("a duration like '30s', '15m', '1h' or '7d'")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def parse_size(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError("a size like '25MB' or a number of bytes")
+    scale = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[(match.group(2) or "").upper()]
+    return int(match.group(1)) * scale
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise ValueError("an email address like duty@council.example")
+    return value.lower()
+
+
+Email = Annotated[str, BeforeValidator(lambda v: _email(str(v)))]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Strict):
+    council: str = "Demo Borough Council"
+    duty_phone: str = Field(description="the phone number referrers call to follow up")
+
+
+class PathsSection(_Strict):
+    data_dir: Path = Path("var")
+    keys_dir: Path = Path("keys")
+    templates_dir: Path = Path("templates")
+
+
+class DatabaseSection(_Strict):
+    # Empty: SQLite at <data_dir>/gateway.db. Otherwise a SQLAlchemy async URL
+    # (postgresql+asyncpg://user@host/db); the password comes from keys/, never from here.
+    url: str = ""
+    # How long a writer waits for SQLite's write lock before giving up (then SMTP answers 451).
+    busy_timeout: Duration = timedelta(seconds=10)
+
+
+class SmtpSection(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8025, ge=0, le=65535)
+    hostname: str = "referrals.localhost"
+    referral_addresses: tuple[Email, ...] = Field(min_length=1)
+    max_message_size: Size = 25 * 1024 * 1024
+    timeout: Duration = timedelta(minutes=5)
+    # How long a batch of concurrent sessions may wait to share one commit (group commit).
+    commit_window: Duration = timedelta(milliseconds=2)
+
+
+class HttpSection(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        if not re.match(r"^https?://", value):
+            raise ValueError("a URL starting with http:// or https://")
+        return value.rstrip("/")
+
+
+class RelaySection(_Strict):
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True  # required when true: never falls back to plaintext
+    ca_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None  # under keys/, mode 0600
+    timeout: Duration = timedelta(seconds=30)
+
+
+class MailSection(_Strict):
+    from_address: Email
+    relay: RelaySection | None = None  # absent: everything goes to the maildir under data_dir
+
+
+class OutboxSection(_Strict):
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    first_retry: Duration = timedelta(seconds=30)
+    max_retry: Duration = timedelta(minutes=30)
+    lease: Duration = timedelta(minutes=2)
+    batch: int = Field(default=20, ge=1, le=1000)
+    poll: Duration = timedelta(seconds=2)
+
+
+class ProcessingSection(_Strict):
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    lease: Duration = timedelta(minutes=2)
+    batch: int = Field(default=50, ge=1, le=1000)
+    retry: Duration = timedelta(seconds=10)
+
+
+class DeadlinesSection(_Strict):
+    immediate: Duration = timedelta(minutes=15)
+    urgent: Duration = timedelta(hours=1)
+    standard: Duration = timedelta(hours=24)
+
+    def for_urgency(self, urgency: Urgency | str | None) -> timedelta:
+        # A referral whose urgency is missing is treated as the most urgent: guessing low is
+        # the mistake that costs a child; guessing high costs a duty worker a minute.
+        level = Urgency(urgency) if urgency else Urgency.IMMEDIATE
+        return {Urgency.IMMEDIATE: self.immediate, Urgency.URGENT: self.urgent,
+                Urgency.STANDARD: self.standard}[level]
+
+
+class AckSection(_Strict):
+    link_ttl: Duration = timedelta(days=7)
+
+
+class Team(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    name: str
+    email: Email
+    phone: str
+
+
+class Route(_Strict):
+    name: str
+    team: str
+    default: bool = False
+    postcode: tuple[str, ...] = ()
+    urgency: tuple[Urgency, ...] = ()
+    category: tuple[Category, ...] = ()
+
+    @field_validator("postcode")
+    @classmethod
+    def _postcode_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            compact = pattern.replace(" ", "").upper()
+            if not re.match(r"^[A-Z]{1,2}(\d[A-Z\d]?)?$", compact):
+                raise ValueError(
+                    f"'{pattern}' is not a postcode area (like 'W') or district (like 'W1A', 'SW1')"
+                )
+        return tuple(p.replace(" ", "").upper() for p in value)
+
+    @model_validator(mode="after")
+    def _default_matches_everything(self) -> Route:
+        if self.default and (self.postcode or self.urgency or self.category):
+            raise ValueError("a default route matches everything: remove its postcode/urgency/category")
+        return self
+
+
+class Settings(_Strict):
+    gateway: GatewaySection
+    paths: PathsSection = PathsSection()
+    database: DatabaseSection = DatabaseSection()
+    smtp: SmtpSection
+    http: HttpSection = HttpSection()
+    mail: MailSection
+    outbox: OutboxSection = OutboxSection()
+    processing: ProcessingSection = ProcessingSection()
+    deadlines: DeadlinesSection = DeadlinesSection()
+    ack: AckSection = AckSection()
+    teams: tuple[Team, ...] = Field(min_length=1)
+    routes: tuple[Route, ...] = Field(min_length=1)
+
+    def team(self, team_id: str) -> Team:
+        for team in self.teams:
+            if team.id == team_id:
+                return team
+        raise KeyError(team_id)
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    file: Path
+    key: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.message}. Fix: {self.fix}"
+
+
+class ConfigError(Exception):
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues = tuple(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings plus where they came from; the one object every stage is given."""
+
+    settings: Settings
+    file: Path
+    home: Path
+
+    def path(self, relative: Path) -> Path:
+        return relative if relative.is_absolute() else self.home / relative
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.settings.paths.data_dir)
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.path(self.settings.paths.keys_dir)
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.path(self.settings.paths.templates_dir)
+
+    @property
+    def maildir(self) -> Path:
+        return self.data_dir / "mail"
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.database.url or f"sqlite+aiosqlite:///{self.data_dir / 'gateway.db'}"
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _fix_for(error: Any) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "add this key (see config/gateway.example.toml and the README's config reference)"
+    if kind == "extra_forbidden":
+        return "remove it, or correct its spelling (the README lists every key)"
+    return f"give {error['msg'].removeprefix('Value error, ')}"
+
+
+def _cross_checks(settings: Settings, file: Path) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    team_ids = [t.id for t in settings.teams]
+    for index, team in enumerate(settings.teams):
+        if team_ids.count(team.id) > 1 and team_ids.index(team.id) != index:
+            issues.append(
+                ConfigIssue(
+                    file,
+                    f"teams[{index}].id",
+                    f"team '{team.id}' is defined twice",
+                    "give each team a unique id",
+                )
+            )
+    defaults = [i for i, r in enumerate(settings.routes) if r.default]
+    for index, route in enumerate(settings.routes):
+        if route.team not in team_ids:
+            issues.append(
+                ConfigIssue(
+                    file,
+                    f"routes[{index}].team",
+                    f"unknown team '{route.team}'",
+                    f"use one of: {', '.join(team_ids)}",
+                )
+            )
+    if not defaults:
+        issues.append(
+            ConfigIssue(
+                file,
+                "routes",
+                "there is no default route",
+                "add a last [[routes]] with default = true and team = the triage team",
+            )
+        )
+    elif len(defaults) > 1 or defaults[0] != len(settings.routes) - 1:
+        later = [r.name for r in settings.routes[defaults[0] + 1 :]]
+        issues.append(
+            ConfigIssue(
+                file,
+                f"routes[{defaults[0]}].default",
+                "the default route must be the only default and the last route"
+                + (f"; these routes after it can never match: {', '.join(later)}" if later else ""),
+                "move the default route to the end and keep just one",
+            )
+        )
+    names = [r.name for r in settings.routes]
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            issues.append(
+                ConfigIssue(
+                    file,
+                    f"routes[{index}].name",
+                    f"route name '{name}' is used twice",
+                    "give each route a unique name (reports and --explain show it)",
+                )
+            )
+    relay = settings.mail.relay
+    if relay and relay.username and not relay.password_file:
+        issues.append(
+            ConfigIssue(
+                file,
+                "mail.relay.password_file",
+                "a username is set but no password file",
+                "put the password in a file under keys/ (mode 0600) and name it here",
+            )
+        )
+    return issues
+
+
+def load(file: Path) -> Config:
+    """Read and check the config; raises ConfigError listing every problem found."""
+    file = Path(file)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    file,
+                    "(file)",
+                    "the config file does not exist",
+                    "pass --config PATH, or copy config/gateway.example.toml",
+                )
+            ]
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            [ConfigIssue(file, "(syntax)", f"not valid TOML ({exc})", "correct the TOML syntax at that line")]
+        ) from None
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(
+            ConfigIssue(file, _key(e["loc"]), e["msg"].removeprefix("Value error, "), _fix_for(e))
+            for e in exc.errors()
+        ) from None
+    issues = _cross_checks(settings, file)
+    if issues:
+        raise ConfigError(issues)
+    home = file.resolve().parent.parent
+    return Config(settings=settings, file=file, home=home)

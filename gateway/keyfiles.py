@@ -1,0 +1,53 @@
+"""Secret key files under keys/: created once with mode 0600, refused if others can read them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+
+class KeyFileError(Exception):
+    """A key file is missing, unreadable, the wrong size or readable by others."""
+
+
+def load_or_create(path: Path, size: int = 32) -> bytes:
+    """Read a raw secret key, making a new random one on first run.
+
+    O_EXCL makes creation race-free (two instances starting together cannot write two keys) and
+    the mode is set at creation, so the secret is never readable by others, not even briefly.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return load(path, size)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_bytes(size))
+        handle.flush()
+        os.fsync(handle.fileno())
+    return load(path, size)
+
+
+def load(path: Path, size: int | None = None) -> bytes:
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"{path}: key file is missing; restore it from backup "
+            "(data sealed with it cannot be read without it)"
+        ) from None
+    except PermissionError:
+        raise KeyFileError(
+            f"{path}: key file is not readable by this user; chown it to the gateway's user"
+        ) from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(f"{path}: key file is readable by others; run: chmod 600 {path}")
+    if size is not None and len(data) != size:
+        raise KeyFileError(
+            f"{path}: key file holds {len(data)} bytes, expected {size}; "
+            "it is damaged: restore it from backup"
+        )
+    return data

@@ -1,0 +1,111 @@
+"""Open: turn the stored raw message into the parts a referral is read from.
+
+Plain MIME for now; decryption and signature checks (OpenPGP, S/MIME) slot in here and raise
+`Quarantine` when a message fails the policy. Reading is forgiving: a broken charset or a
+missing part is never a reason to lose a referral.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import html
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage, Message
+from html.parser import HTMLParser
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Opened:
+    message_id: str | None
+    text: str
+    referral_json: bytes | None
+    attachments: tuple[Attachment, ...]
+    # RFC 3834: never auto-reply to automatic mail (bounces, out-of-office, lists): loops.
+    automatic: bool
+
+
+class _TextOnly(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+        if tag in ("br", "p", "div", "tr", "li"):
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> str:
+    parser = _TextOnly()
+    parser.feed(markup)
+    parser.close()
+    return html.unescape("".join(parser.parts))
+
+
+def _text_of(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, errors="replace")
+    except LookupError:  # an unknown charset name: read it as UTF-8 rather than lose it
+        return payload.decode("utf-8", errors="replace")
+
+
+def _is_automatic(msg: Message) -> bool:
+    auto = (msg.get("Auto-Submitted") or "no").strip().lower()
+    precedence = (msg.get("Precedence") or "").strip().lower()
+    return auto != "no" or precedence in ("bulk", "junk", "list")
+
+
+def open_message(raw: bytes) -> Opened:
+    msg = email.message_from_bytes(raw, _class=EmailMessage, policy=email.policy.compat32)
+    plain: list[str] = []
+    markup: list[str] = []
+    referral_json: bytes | None = None
+    attachments: list[Attachment] = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        filename = part.get_filename()
+        ctype = part.get_content_type()
+        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        data = part.get_payload(decode=True)
+        data = data if isinstance(data, bytes) else b""
+        if filename and filename.strip().lower() == "referral.json" and referral_json is None:
+            referral_json = data
+        elif filename or disposition == "attachment":
+            attachments.append(Attachment(filename or "unnamed", ctype, data))
+        elif ctype == "text/plain":
+            plain.append(_text_of(part))
+        elif ctype == "text/html":
+            markup.append(_text_of(part))
+    text = "\n".join(plain) if plain else "\n".join(html_to_text(m) for m in markup)
+    message_id = msg.get("Message-ID")
+    return Opened(
+        message_id=re.sub(r"\s+", "", message_id) if message_id else None,
+        text=text,
+        referral_json=referral_json,
+        attachments=tuple(attachments),
+        automatic=_is_automatic(msg),
+    )

@@ -1,0 +1,358 @@
+"""The processing driver: open -> parse -> route -> queue alert and receipt, from the stored copy.
+
+Each claimed message is prepared in memory (pure stages), then a whole batch is written in one
+transaction: referral content, events, outbox rows, deadline, and the message marked processed.
+Either all of that is committed or none of it, so a crash at any point only means the message is
+claimed again when its lease runs out and processed from scratch; nothing is twinned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway import audit
+from gateway.clock import Clock
+from gateway.compose import Composer, Outgoing
+from gateway.config import Config
+from gateway.lifecycle import State
+from gateway.model import Referral
+from gateway.open import open_message
+from gateway.outcomes import Quarantine, describe
+from gateway.parse import parse_json, parse_text
+from gateway.queue import claim
+from gateway.route import route
+from gateway.schema import deadlines, deliveries, messages, referrals
+from gateway.sealing import Sealer
+from gateway.store import sealed_context
+
+log = logging.getLogger(__name__)
+UK = ZoneInfo("Europe/London")
+
+
+class LeaseLost(Exception):
+    """Another worker took this message over (our lease ran out); it owns the work now."""
+
+
+@dataclass
+class Prepared:
+    message_id: str
+    referral_id: str
+    reference: str
+    values: dict[str, Any]
+    events: list[audit.Event] = field(default_factory=list)
+    outgoing: list[Outgoing] = field(default_factory=list)
+    due_at: datetime | None = None
+
+
+def outbox_row(out: Outgoing, referral_id: str, sealer: Sealer, now: datetime) -> dict[str, Any]:
+    delivery_id = uuid.uuid4().hex
+    payload = json.dumps({"to": out.to, "message": out.message.decode("ascii")}).encode()
+    return {
+        "id": delivery_id,
+        "referral_id": referral_id,
+        "kind": out.kind,
+        "channel": "email",
+        "team_id": out.team_id,
+        "recipient_hash": out.recipient_hash,
+        "payload": sealer.seal(payload, sealed_context("delivery", delivery_id)),
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
+async def queue_outgoing(
+    conn: AsyncConnection,
+    sealer: Sealer,
+    referral_id: str,
+    outgoing: Sequence[Outgoing],
+    now: datetime,
+    actor: str,
+) -> list[audit.Event]:
+    """Insert outbox rows; returns their `delivery_queued` events for the caller's batch."""
+    rows = [outbox_row(out, referral_id, sealer, now) for out in outgoing]
+    if rows:
+        await conn.execute(deliveries.insert(), rows)
+    return [
+        audit.Event(
+            referral_id,
+            now,
+            actor,
+            "delivery_queued",
+            {"delivery": row["id"], "kind": row["kind"], "team": row["team_id"]},
+        )
+        for row in rows
+    ]
+
+
+class Processor:
+    def __init__(
+        self,
+        config: Config,
+        engine: AsyncEngine,
+        sealer: Sealer,
+        composer: Composer,
+        clock: Clock,
+        owner: str,
+    ) -> None:
+        self._config = config
+        self._s = config.settings
+        self._engine = engine
+        self._sealer = sealer
+        self._composer = composer
+        self._clock = clock
+        self._owner = owner
+
+    async def run_once(self) -> int:
+        """Claim and process one batch; returns how many messages were claimed."""
+        now = self._clock.now()
+        ids = await claim(
+            self._engine,
+            messages,
+            and_(messages.c.processed_at.is_(None), messages.c.next_attempt_at <= now),
+            messages.c.received_at,
+            self._owner,
+            now,
+            self._s.processing.lease,
+            self._s.processing.batch,
+        )
+        if not ids:
+            return 0
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        messages.c.id,
+                        messages.c.raw,
+                        messages.c.envelope,
+                        messages.c.attempts,
+                        referrals.c.id.label("referral_id"),
+                        referrals.c.reference,
+                        referrals.c.received_at,
+                    )
+                    .join(referrals, referrals.c.message_id == messages.c.id)
+                    .where(messages.c.id.in_(ids))
+                )
+            ).all()
+        prepared: list[Prepared] = []
+        for row in rows:
+            stages = ["open"]  # the stage reached, for the report if it fails
+            try:
+                prepared.append(self._prepare(row, now, stages))
+            except Quarantine as outcome:
+                await self._fail(row, now, outcome.stage, outcome.reason, final=True)
+            except Exception as exc:
+                # not lose the message; it is retried, then quarantined for a person to see.
+                final = row.attempts >= self._s.processing.max_attempts
+                await self._fail(row, now, stages[-1], describe(exc), final=final)
+        if prepared:
+            await self._write(prepared, now)
+        return len(ids)
+
+    def _prepare(self, row: Any, now: datetime, stages: list[str]) -> Prepared:
+        raw = self._sealer.open(row.raw, sealed_context("raw", row.id))
+        envelope = json.loads(self._sealer.open(row.envelope, sealed_context("envelope", row.id)))
+        opened = open_message(raw)
+        stages.append("parse")
+        today = now.astimezone(UK).date()
+        referral: Referral = (
+            parse_json(opened.referral_json, today)
+            if opened.referral_json is not None
+            else parse_text(opened.text, today)
+        )
+        stages.append("route")
+        decision = route(referral, self._s.routes)
+        team = self._s.team(decision.team_id)
+        due_at = row.received_at + self._s.deadlines.for_urgency(referral.urgency)
+        stages.append("compose")
+        alert = self._composer.alert(
+            kind="alert",
+            referral_id=row.referral_id,
+            reference=row.reference,
+            team=team,
+            route_name=decision.route.name,
+            urgency=referral.urgency,
+            problems=referral.problems,
+            received_at=row.received_at,
+            due_at=due_at,
+            now=now,
+        )
+        prep = Prepared(
+            row.id,
+            row.referral_id,
+            row.reference,
+            {
+                "content": self._sealer.seal(
+                    json.dumps(referral.to_json()).encode(), sealed_context("content", row.referral_id)
+                ),
+                "team_id": team.id,
+                "route_name": decision.route.name,
+                "urgency": referral.urgency.value if referral.urgency else None,
+                "incomplete": referral.incomplete,
+                "due_at": due_at,
+                "state": State.ROUTED.value,
+            },
+            due_at=due_at,
+        )
+        actor = f"worker:{self._owner}"
+        prep.events.append(
+            audit.Event(
+                row.referral_id,
+                now,
+                actor,
+                "parsed",
+                {
+                    "source": "referral.json" if opened.referral_json is not None else "body",
+                    "incomplete": referral.incomplete,
+                    "problem_fields": [p.field for p in referral.problems],
+                    "attachments": len(opened.attachments),
+                },
+            )
+        )
+        prep.events.append(
+            audit.Event(
+                row.referral_id, now, actor, "routed", {"route": decision.route.name, "team": team.id}
+            )
+        )
+        prep.outgoing.append(alert)
+        reply_to = envelope.get("mail_from") or ""
+        if reply_to and not opened.automatic:
+            prep.outgoing.append(
+                self._composer.receipt(
+                    reference=row.reference,
+                    to=reply_to,
+                    received_at=row.received_at,
+                    now=now,
+                    in_reply_to=opened.message_id,
+                )
+            )
+        else:
+            # RFC 3834: no receipt to a null sender or to automatic mail, or we could loop.
+            prep.events.append(
+                audit.Event(
+                    row.referral_id,
+                    now,
+                    actor,
+                    "receipt_skipped",
+                    {"why": "automatic message" if reply_to else "null sender"},
+                )
+            )
+        return prep
+
+    async def _write(self, batch: list[Prepared], now: datetime) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                for prep in batch:
+                    await self._write_one(conn, prep, now)
+        except LeaseLost:
+            # Rare: one lease ran out mid-batch. Write the others alone; the lost one is
+            # someone else's now.
+            for prep in batch:
+                try:
+                    async with self._engine.begin() as conn:
+                        await self._write_one(conn, prep, now)
+                except LeaseLost:
+                    log.warning(
+                        "processing: lease lost for referral %s; another worker has it", prep.reference
+                    )
+            return
+        for prep in batch:
+            log.info(
+                "processing: referral %s routed to team %s%s",
+                prep.reference,
+                prep.values["team_id"],
+                " (incomplete)" if prep.values["incomplete"] else "",
+            )
+
+    async def _write_one(self, conn: AsyncConnection, prep: Prepared, now: datetime) -> None:
+        done = await conn.execute(
+            update(messages)
+            .where(
+                messages.c.id == prep.message_id,
+                messages.c.lease_owner == self._owner,
+                messages.c.processed_at.is_(None),
+            )
+            .values(processed_at=now, lease_owner=None, lease_until=None, last_error=None)
+        )
+        if done.rowcount != 1:
+            raise LeaseLost(prep.message_id)
+        await conn.execute(update(referrals).where(referrals.c.id == prep.referral_id).values(**prep.values))
+        events = list(prep.events)
+        events += await queue_outgoing(
+            conn, self._sealer, prep.referral_id, prep.outgoing, now, f"worker:{self._owner}"
+        )
+        if prep.due_at is not None:
+            await conn.execute(
+                deadlines.insert().values(referral_id=prep.referral_id, kind="ack", due_at=prep.due_at)
+            )
+        await audit.append(conn, events)
+
+    async def _fail(self, row: Any, now: datetime, stage: str, reason: str, final: bool) -> None:
+        actor = f"worker:{self._owner}"
+        async with self._engine.begin() as conn:
+            owned = messages.c.lease_owner == self._owner
+            if final:
+                await conn.execute(
+                    update(messages)
+                    .where(messages.c.id == row.id, owned)
+                    .values(
+                        processed_at=now,
+                        lease_owner=None,
+                        lease_until=None,
+                        last_error=f"{stage}: {reason}"[:200],
+                    )
+                )
+                await conn.execute(
+                    update(referrals)
+                    .where(referrals.c.id == row.referral_id)
+                    .values(state=State.QUARANTINED.value)
+                )
+                await audit.append(
+                    conn,
+                    [
+                        audit.Event(
+                            row.referral_id, now, actor, "quarantined", {"stage": stage, "reason": reason}
+                        )
+                    ],
+                )
+                log.error("processing: referral %s quarantined at stage %s: %s", row.reference, stage, reason)
+            else:
+                await conn.execute(
+                    update(messages)
+                    .where(messages.c.id == row.id, owned)
+                    .values(
+                        next_attempt_at=now + self._s.processing.retry,
+                        lease_owner=None,
+                        lease_until=None,
+                        last_error=f"{stage}: {reason}"[:200],
+                    )
+                )
+                await audit.append(
+                    conn,
+                    [
+                        audit.Event(
+                            row.referral_id,
+                            now,
+                            actor,
+                            "processing_failed",
+                            {"stage": stage, "reason": reason, "attempt": row.attempts},
+                        )
+                    ],
+                )
+                log.warning(
+                    "processing: referral %s failed at stage %s (%s); will retry",
+                    row.reference,
+                    stage,
+                    reason,
+                )

@@ -1,0 +1,141 @@
+"""Report: what coordinators must act on. Nothing leaves this list by itself: only an
+acknowledgement (or, later, a closure or a coordinator's recorded decision) ends a referral's time here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.config import Settings
+from gateway.lifecycle import State
+from gateway.schema import deliveries, events, messages, referrals
+
+FORMATS = ("table", "csv", "json")
+_OPEN = (State.RECEIVED, State.ROUTED, State.ALERTED, State.UNDELIVERABLE, State.QUARANTINED)
+
+
+@dataclass(frozen=True)
+class Row:
+    reference: str
+    team: str
+    state: str
+    received_at: datetime
+    age: timedelta
+    reason: str
+
+
+def human(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    return (f"{days}d " if days else "") + (f"{hours}h " if hours or days else "") + f"{mins:02d}m"
+
+
+async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) -> list[Row]:
+    """Late, undeliverable, quarantined and stuck referrals, and failed deliveries, oldest first."""
+    async with engine.connect() as conn:
+        dead = select(deliveries.c.referral_id).where(deliveries.c.state == "dead")
+        rows = (
+            await conn.execute(
+                select(referrals, messages.c.last_error.label("processing_error"))
+                .join(messages, messages.c.id == referrals.c.message_id)
+                .where(or_(referrals.c.state.in_([s.value for s in _OPEN]), referrals.c.id.in_(dead)))
+                .order_by(referrals.c.received_at)
+            )
+        ).all()
+        ids = [r.id for r in rows]
+        dead_rows = (
+            await conn.execute(
+                select(
+                    deliveries.c.referral_id,
+                    deliveries.c.kind,
+                    deliveries.c.team_id,
+                    deliveries.c.last_error,
+                    deliveries.c.attempts,
+                ).where(deliveries.c.state == "dead", deliveries.c.referral_id.in_(ids))
+            )
+        ).all()
+        quarantine = (
+            await conn.execute(
+                select(events.c.referral_id, events.c.detail).where(
+                    events.c.kind == "quarantined", events.c.referral_id.in_(ids)
+                )
+            )
+        ).all()
+    dead_by: dict[str, list[Any]] = {}
+    for d in dead_rows:
+        dead_by.setdefault(d.referral_id, []).append(d)
+    quarantined = {q.referral_id: json.loads(q.detail) for q in quarantine}
+    out: list[Row] = []
+    for r in rows:
+        reasons: list[str] = []
+        team = settings.team(r.team_id).name if r.team_id else "(not routed)"
+        if r.state == State.QUARANTINED:
+            q = quarantined.get(r.id, {})
+            reasons.append(f"quarantined at stage {q.get('stage', '?')}: {q.get('reason', 'unknown')}")
+        elif r.state == State.RECEIVED:
+            grace = r.received_at + settings.deadlines.immediate
+            if now >= grace or r.processing_error:
+                reasons.append(
+                    "not yet processed"
+                    + (f" (last error: {r.processing_error})" if r.processing_error else "")
+                )
+        if r.state in (State.ROUTED, State.ALERTED, State.UNDELIVERABLE) and r.due_at and now >= r.due_at:
+            allowed = settings.deadlines.for_urgency(r.urgency)
+            reasons.append(f"not acknowledged within {human(allowed)} (overdue by {human(now - r.due_at)})")
+        for d in dead_by.get(r.id, ()):
+            who = f"to {settings.team(d.team_id).name}" if d.team_id else "to the referrer"
+            reasons.append(f"{d.kind} {who} failed for good after {d.attempts} attempts: {d.last_error}")
+        if reasons:
+            out.append(
+                Row(r.reference, team, r.state, r.received_at, now - r.received_at, "; ".join(reasons))
+            )
+    return out
+
+
+def render(rows: list[Row], fmt: str) -> str:
+    if fmt == "json":
+        return (
+            json.dumps(
+                [
+                    {
+                        "reference": r.reference,
+                        "team": r.team,
+                        "state": r.state,
+                        "received_at": r.received_at.isoformat(),
+                        "age_seconds": int(r.age.total_seconds()),
+                        "age": human(r.age),
+                        "reason": r.reason,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+            + "\n"
+        )
+    header = ["reference", "team", "state", "received", "age", "reason"]
+    cells = [
+        [r.reference, r.team, r.state, r.received_at.strftime("%Y-%m-%d %H:%M UTC"), human(r.age), r.reason]
+        for r in rows
+    ]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(cells)
+        return buffer.getvalue()
+    if not rows:
+        return "No undelivered, late or quarantined referrals.\n"
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header[:-1])]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, [*widths, 0], strict=True)).rstrip()]
+    for c in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(c, [*widths, 0], strict=True)).rstrip())
+    return "\n".join(lines) + f"\n{len(rows)} referral(s) need attention.\n"

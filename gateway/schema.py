@@ -1,0 +1,155 @@
+"""The tables. Portable SQLAlchemy Core: the same schema on SQLite and PostgreSQL.
+
+Columns that could hold personal data are sealed blobs (see gateway.sealing); everything in clear
+is an id, a reference, a state, a time or a team. Times are stored in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out (SQLite keeps no time zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use the injected clock")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        when: datetime = value
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# One row per message accepted by any channel: the raw bytes, sealed, and the processing queue.
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("channel", String(16), nullable=False),
+    Column("dedupe_key", String(64), nullable=False, unique=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),  # sealed JSON: mail_from, rcpt_tos, peer
+    Column("raw", LargeBinary, nullable=False),  # sealed raw bytes exactly as received
+    Column("processed_at", UTCDateTime),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", UTCDateTime),
+    Column("last_error", String(200)),
+    Index("ix_messages_queue", "processed_at", "next_attempt_at"),
+)
+
+referrals = Table(
+    "referrals",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("message_id", String(32), ForeignKey("messages.id"), nullable=False, unique=True),
+    Column("reference", String(9), nullable=False, unique=True),
+    Column("channel", String(16), nullable=False),
+    Column("state", String(20), nullable=False),  # cache of the state derived from events
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("team_id", String(64)),
+    Column("route_name", String(200)),
+    Column("urgency", String(16)),
+    Column("incomplete", Boolean, nullable=False, default=False),
+    Column("due_at", UTCDateTime),
+    Column("acknowledged_at", UTCDateTime),
+    Column("acknowledged_by", String(200)),
+    Column("content", LargeBinary),  # sealed JSON of gateway.model.Referral
+    Index("ix_referrals_state", "state"),
+)
+
+# Append-only, hash-chained: each row's hash covers the previous row's hash and its own fields.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("detail", Text, nullable=False),  # JSON; never personal data
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_events_referral_id", "referral_id"),
+)
+
+# A single row holding the chain's head; updating it serialises writers of events on PostgreSQL
+# (row lock) as BEGIN IMMEDIATE does on SQLite, so the chain never forks.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("count", Integer, nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # alert | receipt | ack_notice | reminder
+    Column("channel", String(16), nullable=False),  # email (sms, webhook later)
+    Column("team_id", String(64)),
+    Column("recipient_hash", String(64), nullable=False),  # binds ack links to this recipient
+    Column("payload", LargeBinary, nullable=False),  # sealed: recipient and the message bytes
+    Column("state", String(16), nullable=False),  # pending | sent | dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", UTCDateTime),
+    Column("last_error", String(200)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Index("ix_deliveries_queue", "state", "next_attempt_at"),
+    Index("ix_deliveries_referral_id", "referral_id"),
+)
+
+deadlines = Table(
+    "deadlines",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # ack
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("fired_at", UTCDateTime),
+    Column("cancelled_at", UTCDateTime),
+    Index("ix_deadlines_open", "fired_at", "cancelled_at", "due_at"),
+)

@@ -1,0 +1,186 @@
+"""Store raw: the durable commit that must happen before any channel says yes.
+
+Concurrent SMTP sessions share commits (group commit): each session hands its message to one
+writer task and waits; the writer takes everything queued, writes it in one transaction and
+answers every waiter after the single fsync. Under load, batches grow by themselves while a
+commit is in flight, so no timer adds latency when the gateway is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway import audit
+from gateway.clock import Clock
+from gateway.lifecycle import State
+from gateway.model import Channel
+from gateway.reference import new_reference
+from gateway.schema import messages, referrals
+from gateway.sealing import Sealer
+
+log = logging.getLogger(__name__)
+
+_MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Incoming:
+    channel: Channel
+    raw: bytes
+    envelope: dict[str, Any]  # sealed before storage: holds the sender's address
+    dedupe_key: str  # same key, same message: a retry by the sender makes no twin
+
+
+@dataclass(frozen=True)
+class Accepted:
+    reference: str
+    referral_id: str
+    duplicate: bool
+
+
+def sealed_context(kind: str, row_id: str) -> str:
+    return f"{kind}:{row_id}"
+
+
+class IntakeWriter:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sealer: Sealer,
+        clock: Clock,
+        on_committed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._engine = engine
+        self._sealer = sealer
+        self._clock = clock
+        self._on_committed = on_committed
+        self._queue: asyncio.Queue[tuple[Incoming, asyncio.Future[Accepted]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="intake-writer")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        # Anyone still waiting gets an error (their sender is told 451 and retries).
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(ConnectionAbortedError("gateway stopping"))
+
+    async def submit(self, item: Incoming) -> Accepted:
+        """Returns once the message and its `received` event are committed; raises if not."""
+        fut: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, fut))
+        # shield: aiosmtpd cancels the handler when the client hangs up, but the commit must
+        # finish or fail as a whole; the writer owns it, not the session.
+        return await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < _MAX_BATCH:
+                batch.append(self._queue.get_nowait())
+            live = [(item, fut) for item, fut in batch if not fut.cancelled()]
+            try:
+                results = await self._write_batch([item for item, _ in live])
+            except IntegrityError:
+                # A duplicate raced in from another instance, or a reference collided: write
+                # each message alone so one conflict cannot fail the others.
+                for item, fut in live:
+                    await self._write_one(item, fut)
+                self._on_committed()
+                continue
+            except Exception as exc:
+                log.error("intake commit failed for %d messages: %s", len(live), type(exc).__name__)
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), result in zip(live, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+            self._on_committed()
+
+    async def _write_one(self, item: Incoming, fut: asyncio.Future[Accepted]) -> None:
+        try:
+            (result,) = await self._write_batch([item])
+        except Exception as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+            return
+        if not fut.done():
+            fut.set_result(result)
+
+    async def _write_batch(self, items: Sequence[Incoming]) -> list[Accepted]:
+        now = self._clock.now()
+        async with self._engine.begin() as conn:
+            known = await _existing(conn, {i.dedupe_key for i in items})
+            results: list[Accepted] = []
+            new_messages, new_referrals, new_events = [], [], []
+            for item in items:
+                if item.dedupe_key in known:
+                    results.append(known[item.dedupe_key])
+                    continue
+                message_id, referral_id = uuid.uuid4().hex, uuid.uuid4().hex
+                reference = new_reference()
+                new_messages.append(
+                    {
+                        "id": message_id,
+                        "channel": item.channel.value,
+                        "dedupe_key": item.dedupe_key,
+                        "received_at": now,
+                        "size": len(item.raw),
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "envelope": self._sealer.seal(
+                            json.dumps(item.envelope).encode(), sealed_context("envelope", message_id)
+                        ),
+                        "raw": self._sealer.seal(item.raw, sealed_context("raw", message_id)),
+                    }
+                )
+                new_referrals.append(
+                    {
+                        "id": referral_id,
+                        "message_id": message_id,
+                        "reference": reference,
+                        "channel": item.channel.value,
+                        "state": State.RECEIVED.value,
+                        "received_at": now,
+                        "incomplete": False,
+                    }
+                )
+                new_events.append(
+                    audit.Event(
+                        referral_id, now, f"intake:{item.channel.value}", "received", {"size": len(item.raw)}
+                    )
+                )
+                accepted = Accepted(reference, referral_id, duplicate=False)
+                known[item.dedupe_key] = Accepted(reference, referral_id, duplicate=True)
+                results.append(accepted)
+            if new_messages:
+                await conn.execute(messages.insert(), new_messages)
+                await conn.execute(referrals.insert(), new_referrals)
+                await audit.append(conn, new_events)
+        return results
+
+
+async def _existing(conn: AsyncConnection, keys: set[str]) -> dict[str, Accepted]:
+    rows = await conn.execute(
+        select(messages.c.dedupe_key, referrals.c.reference, referrals.c.id)
+        .join(referrals, referrals.c.message_id == messages.c.id)
+        .where(messages.c.dedupe_key.in_(keys))
+    )
+    return {r.dedupe_key: Accepted(r.reference, r.id, duplicate=True) for r in rows}
