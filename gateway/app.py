@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import db
@@ -21,6 +22,7 @@ from gateway.deliver import MaildirTransport, SmtpRelayTransport, Transport
 from gateway.intake_smtp import start_smtp
 from gateway.outbox import Outbox
 from gateway.pipeline import Processor
+from gateway.schema import messages
 from gateway.sealing import Sealer
 from gateway.store import IntakeWriter
 from gateway.tokens import AckSigner
@@ -71,7 +73,9 @@ class Gateway:
         cfg = self.config
         self.engine: AsyncEngine = db.make_engine(cfg.database_url, cfg.settings.database.busy_timeout)
         await db.upgrade(self.engine)
-        self.sealer = Sealer.from_keys_dir(cfg.keys_dir)
+        async with self.engine.connect() as conn:
+            has_data = (await conn.execute(select(messages.c.id).limit(1))).first() is not None
+        self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir)
         self.transport = self._transport or make_transport(cfg)
         composer = Composer(cfg, self.signer, email_environment(cfg.templates_dir))
@@ -107,9 +111,7 @@ class Gateway:
                     )
                 ),
                 asyncio.create_task(
-                    self._loop(
-                        "outbox", self.outbox.run_once, self._wake_outbox, s.outbox.poll.total_seconds()
-                    )
+                    self._loop("outbox", self.outbox.run_once, self._wake_outbox, s.outbox.poll.total_seconds())
                 ),
                 asyncio.create_task(self._deadline_loop()),
             ]
@@ -156,15 +158,14 @@ class Gateway:
             self._wake_deadlines.set()
         return count
 
-    async def _loop(
-        self, name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, poll: float
-    ) -> None:
+    async def _loop(self, name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, poll: float) -> None:
         while True:
             wake.clear()
             try:
                 busy = await step()
-            except Exception as exc:
-                # (database briefly locked or gone); the rows stay queued and are retried.
+            except Exception as exc:  # noqa: BLE001
+                # A worker loop must outlive a failed step (database briefly locked or gone);
+                # the rows stay queued and are retried.
                 log.error("%s loop: step failed (%s); retrying in %.0fs", name, type(exc).__name__, poll)
                 busy = 0
             if busy:
@@ -182,7 +183,7 @@ class Gateway:
                 due = await self.tracker.next_due()
                 if due is not None:
                     wait = min(wait, max((due - self.clock.now()).total_seconds(), 0.0) + 0.05)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - as in _loop: the loop must outlive a step
                 log.error("deadline loop: step failed (%s)", type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_deadlines.wait(), wait)

@@ -47,9 +47,7 @@ async def append(conn: AsyncConnection, batch: Sequence[Event]) -> None:
     # forking the chain; on SQLite the BEGIN IMMEDIATE write lock already serialises us.
     head = (
         await conn.execute(
-            select(audit_head.c.hash, audit_head.c.count.label("n"))
-            .where(audit_head.c.id == 1)
-            .with_for_update()
+            select(audit_head.c.hash, audit_head.c.count.label("n")).where(audit_head.c.id == 1).with_for_update()
         )
     ).one()
     prev, count = head.hash, head.n
@@ -70,9 +68,7 @@ async def append(conn: AsyncConnection, batch: Sequence[Event]) -> None:
         )
         prev = digest
     await conn.execute(events.insert(), rows)
-    await conn.execute(
-        update(audit_head).where(audit_head.c.id == 1).values(hash=prev, count=count + len(rows))
-    )
+    await conn.execute(update(audit_head).where(audit_head.c.id == 1).values(hash=prev, count=count + len(rows)))
 
 
 async def check_chain(conn: AsyncConnection) -> list[str]:
@@ -84,16 +80,12 @@ async def check_chain(conn: AsyncConnection) -> list[str]:
     async for row in result:
         seen += 1
         if row.prev_hash != prev:
-            problems.append(
-                f"event {row.id}: does not follow the event before it (a row was removed or reordered)"
-            )
+            problems.append(f"event {row.id}: does not follow the event before it (a row was removed or reordered)")
         if event_hash(row.prev_hash, row.referral_id, row.at, row.actor, row.kind, row.detail) != row.hash:
             problems.append(f"event {row.id}: its content does not match its hash (the row was edited)")
         prev = row.hash
     head = (
-        await conn.execute(
-            select(audit_head.c.hash, audit_head.c.count.label("n")).where(audit_head.c.id == 1)
-        )
+        await conn.execute(select(audit_head.c.hash, audit_head.c.count.label("n")).where(audit_head.c.id == 1))
     ).one()
     if head.hash != prev or head.n != seen:
         problems.append(

@@ -72,9 +72,7 @@ async def _serve(cfg: Config) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(_serve(cfg))
     return 0
 
@@ -128,9 +126,7 @@ def cmd_route(args: argparse.Namespace) -> int:
         print(f"  {'MATCH' if check.matched else 'no   '}  {check.route}: {check.why}")
     deadline = cfg.settings.deadlines.for_urgency(referral.urgency)
     print(f"routed to: {team.name} ({team.id}, {team.email}) by route '{decision.route.name}'")
-    print(
-        f"acknowledge within {report.human(deadline)}: by {uk_time(at + deadline)} if received {uk_time(at)}"
-    )
+    print(f"acknowledge within {report.human(deadline)}: by {uk_time(at + deadline)} if received {uk_time(at)}")
     return 0
 
 
@@ -169,9 +165,7 @@ def parser() -> argparse.ArgumentParser:
 
     def command(name: str, helptext: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
-        p.add_argument(
-            "--config", type=Path, default=DEFAULT_CONFIG, help="config file (default: config/gateway.toml)"
-        )
+        p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file (default: config/gateway.toml)")
         return p
 
     command("serve", "run the gateway (SMTP, HTTP, workers)").set_defaults(func=cmd_serve)

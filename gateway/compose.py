@@ -133,9 +133,7 @@ class Composer:
             in_reply_to,
         )
 
-    def ack_notice(
-        self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime
-    ) -> Outgoing:
+    def ack_notice(self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime) -> Outgoing:
         return self._build(
             "ack_notice",
             "email/ack_notice.txt",

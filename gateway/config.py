@@ -27,8 +27,8 @@ from pydantic import (
 
 from gateway.model import Category, Urgency
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
 _EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
@@ -155,8 +155,7 @@ class DeadlinesSection(_Strict):
         # A referral whose urgency is missing is treated as the most urgent: guessing low is
         # the mistake that costs a child; guessing high costs a duty worker a minute.
         level = Urgency(urgency) if urgency else Urgency.IMMEDIATE
-        return {Urgency.IMMEDIATE: self.immediate, Urgency.URGENT: self.urgent,
-                Urgency.STANDARD: self.standard}[level]
+        return {Urgency.IMMEDIATE: self.immediate, Urgency.URGENT: self.urgent, Urgency.STANDARD: self.standard}[level]
 
 
 class AckSection(_Strict):
@@ -184,9 +183,7 @@ class Route(_Strict):
         for pattern in value:
             compact = pattern.replace(" ", "").upper()
             if not re.match(r"^[A-Z]{1,2}(\d[A-Z\d]?)?$", compact):
-                raise ValueError(
-                    f"'{pattern}' is not a postcode area (like 'W') or district (like 'W1A', 'SW1')"
-                )
+                raise ValueError(f"'{pattern}' is not a postcode area (like 'W') or district (like 'W1A', 'SW1')")
         return tuple(p.replace(" ", "").upper() for p in value)
 
     @model_validator(mode="after")
@@ -374,8 +371,7 @@ def load(file: Path) -> Config:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(
-            ConfigIssue(file, _key(e["loc"]), e["msg"].removeprefix("Value error, "), _fix_for(e))
-            for e in exc.errors()
+            ConfigIssue(file, _key(e["loc"]), e["msg"].removeprefix("Value error, "), _fix_for(e)) for e in exc.errors()
         ) from None
     issues = _cross_checks(settings, file)
     if issues:

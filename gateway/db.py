@@ -40,8 +40,11 @@ def make_engine(url: str, busy_timeout: timedelta = timedelta(seconds=10)) -> As
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, pool_size=5, max_overflow=5)
         timeout_ms = int(busy_timeout.total_seconds() * 1000)
-        event.listen(engine.sync_engine, "connect",
-                     lambda dbapi_connection, _record: _sqlite_pragmas(dbapi_connection, timeout_ms))
+        event.listen(
+            engine.sync_engine,
+            "connect",
+            lambda dbapi_connection, _record: _sqlite_pragmas(dbapi_connection, timeout_ms),
+        )
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)

@@ -75,9 +75,7 @@ class SmtpRelayTransport:
         self._relay = relay
         self._password: str | None = None
         if relay.password_file is not None:
-            path = (
-                relay.password_file if relay.password_file.is_absolute() else keys_home / relay.password_file
-            )
+            path = relay.password_file if relay.password_file.is_absolute() else keys_home / relay.password_file
             self._password = load_key_file(path).decode().strip()
         self._tls: ssl.SSLContext | None = None
         if relay.starttls:
@@ -108,8 +106,7 @@ class SmtpRelayTransport:
             if exc.code >= 500:
                 raise PermanentFailure(f"relay refused the message ({exc.code})") from exc
             raise TemporaryFailure(f"relay deferred the message ({exc.code})") from exc
-        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError,
-                aiosmtplib.SMTPServerDisconnected) as exc:
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected) as exc:
             raise TemporaryFailure(f"relay unreachable ({type(exc).__name__})") from exc
         except aiosmtplib.SMTPException as exc:
             if relay.starttls and "STARTTLS" in str(exc):

@@ -46,10 +46,7 @@ class ReferralHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         if address.lower() not in self._addresses:
-            return (
-                f"550 5.1.1 No referral mailbox here by that name; send referrals to "
-                f"{sorted(self._addresses)[0]}"
-            )
+            return f"550 5.1.1 No referral mailbox here by that name; send referrals to {sorted(self._addresses)[0]}"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -72,7 +69,8 @@ class ReferralHandler:
             accepted = await self._writer.submit(item)
         except asyncio.CancelledError:
             raise  # the client hung up; the writer still finishes the commit
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
+            # The one place intake failures become a reply: 451, so the sender's server retries.
             log.error("smtp intake: commit failed (%s); answered 451", type(exc).__name__)
             return TEMPFAIL
         log.info(

@@ -36,18 +36,14 @@ def load(path: Path, size: int | None = None) -> bytes:
         data = path.read_bytes()
     except FileNotFoundError:
         raise KeyFileError(
-            f"{path}: key file is missing; restore it from backup "
-            "(data sealed with it cannot be read without it)"
+            f"{path}: key file is missing; restore it from backup (data sealed with it cannot be read without it)"
         ) from None
     except PermissionError:
-        raise KeyFileError(
-            f"{path}: key file is not readable by this user; chown it to the gateway's user"
-        ) from None
+        raise KeyFileError(f"{path}: key file is not readable by this user; chown it to the gateway's user") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(f"{path}: key file is readable by others; run: chmod 600 {path}")
     if size is not None and len(data) != size:
         raise KeyFileError(
-            f"{path}: key file holds {len(data)} bytes, expected {size}; "
-            "it is damaged: restore it from backup"
+            f"{path}: key file holds {len(data)} bytes, expected {size}; it is damaged: restore it from backup"
         )
     return data

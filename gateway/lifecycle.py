@@ -57,9 +57,7 @@ _INFO = frozenset(
     }
 )
 
-TRACKED_OPEN = frozenset(
-    {State.RECEIVED, State.ROUTED, State.ALERTED, State.UNDELIVERABLE, State.QUARANTINED}
-)
+TRACKED_OPEN = frozenset({State.RECEIVED, State.ROUTED, State.ALERTED, State.UNDELIVERABLE, State.QUARANTINED})
 
 
 def apply(state: State | None, kind: str) -> State:

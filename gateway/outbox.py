@@ -79,14 +79,13 @@ class Outbox:
     async def _deliver(self, row: Any) -> None:
         try:
             payload = json.loads(self._sealer.open(row.payload, sealed_context("delivery", row.id)))
-            await self._transport.send(
-                self._s.mail.from_address, payload["to"], payload["message"].encode("ascii")
-            )
+            await self._transport.send(self._s.mail.from_address, payload["to"], payload["message"].encode("ascii"))
         except PermanentFailure as exc:
             await self._failed(row, str(exc), final=True)
         except TemporaryFailure as exc:
             await self._failed(row, str(exc), final=row.attempts >= self._s.outbox.max_attempts)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
+            # A bug in one delivery must not stop the others;
             # it is retried like a temporary failure and ends dead (on the report) if it persists.
             await self._failed(row, describe(exc), final=row.attempts >= self._s.outbox.max_attempts)
         else:
@@ -114,9 +113,7 @@ class Outbox:
             ]
             if row.kind in _ALERT_KINDS:
                 events.append(
-                    audit.Event(
-                        row.referral_id, now, actor, "alerted", {"team": row.team_id, "channel": row.channel}
-                    )
+                    audit.Event(row.referral_id, now, actor, "alerted", {"team": row.team_id, "channel": row.channel})
                 )
             await transition(conn, row.referral_id, events)
         log.info("outbox: %s for referral %s sent (attempt %d)", row.kind, row.reference, row.attempts)
@@ -150,9 +147,7 @@ class Outbox:
             ]
             if final and row.kind == "alert" and not await self._another_alert_alive(conn, row, now):
                 events.append(
-                    audit.Event(
-                        row.referral_id, now, actor, "undeliverable", {"team": row.team_id, "reason": reason}
-                    )
+                    audit.Event(row.referral_id, now, actor, "undeliverable", {"team": row.team_id, "reason": reason})
                 )
             await transition(conn, row.referral_id, events)
         if final:

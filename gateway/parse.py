@@ -1,11 +1,9 @@
 """Parse a referral: an email body or referral.json -> canonical string fields -> `Referral`.
 
-Nothing here raises on bad input: in safeguarding a concern is never bounced back. Every missing
-or wrong field becomes a `Problem` on the referral (which then goes to triage flagged incomplete),
-and everything readable is kept; a field with a problem is None (the stored raw message keeps what
-was sent). Problem messages name the field by its template label and never quote the value,
-because they reach alerts and logs. A web form can call `validate` on its fields directly.
-"""
+Nothing here raises on bad input: in safeguarding a concern is never bounced back. Each missing or
+wrong field becomes a `Problem` (the referral goes to triage flagged incomplete) and is None in the
+Referral; the stored raw message keeps what was sent. Problem messages name the field by its
+template label and never quote the value: they reach alerts and logs."""
 
 from __future__ import annotations
 
@@ -67,50 +65,46 @@ _SIGNATURE = "-- "  # RFC 3676 signature separator: what follows is the sender's
 
 
 def _scan(lines: list[str]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    current: str | None = None  # the field a continuation line belongs to; None: drop the line
+    # Each line goes to the field above it. "" collects the text before the first label (a greeting
+    # or a free-text referral); None drops lines (a signature block before Details).
+    found: dict[str, list[str]] = {"": []}
+    current: str | None = ""
     for line in lines:
         if _QUOTED.match(line) or _REPLY_HEADER.fullmatch(line):  # an earlier message, not this one
             continue
-        if current == "details":  # Details runs to the end of the message, blank lines included
-            if line == _SIGNATURE:
+        if line == _SIGNATURE:
+            if current == "details":
                 break
+            current = None
+        elif current == "details":  # Details runs to the end of the message, blank lines included
             found["details"].append(line.rstrip())
-            continue
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):  # template instructions
-            continue
-        label = _LABEL_LINE.fullmatch(stripped)
-        key = _FIELD_BY_LABEL.get(_label_key(label.group(1))) if label else None
-        if label and key:
-            current = key
-            found.setdefault(key, []).append(label.group(2).strip().lstrip("*").strip())
-        elif current is not None:  # an unknown line continues the field above (a long address)
-            found[current].append(stripped)
+        elif (stripped := line.strip()) and not stripped.startswith("#"):  # "#": template instructions
+            label = _LABEL_LINE.fullmatch(stripped)
+            if label and (key := _FIELD_BY_LABEL.get(_label_key(label[1]))):
+                current = key
+                found.setdefault(key, []).append(label[2].strip().lstrip("*").strip())
+            elif current is not None:  # an unknown line continues the field above (a long address)
+                found[current].append(stripped)
     return found
 
 
 def fields_from_text(body: str) -> dict[str, str]:
-    """The non-empty canonical fields of an email body written on the template. Text before the
-    first label (a greeting) is dropped. With no label at all the quoted text is tried (a forwarded
-    referral), then the whole body becomes ``details``, so that free text still reaches a person."""
+    """The non-empty canonical fields of an email body written on the template. With no label at
+    all the quoted text is tried (a forwarded referral). Text before the first label is dropped
+    (a greeting) unless no field has a value: then it is the details, so free text still counts."""
     lines = body.translate(_TEXT_FIXES).splitlines()  # splitlines: CRLF, CR, Unicode separators
-    if not (found := _scan(lines)):
-        lines = [_QUOTED.sub("", line) for line in lines]
-        found = _scan(lines)
+    if len(found := _scan(lines)) == 1:
+        found = _scan([_QUOTED.sub("", line) for line in lines])
+    preamble = found.pop("")
     parts = {key: found[key] if key == "details" else [part for part in found[key] if part] for key in found}
     fields = {key: value for key in parts if (value := "\n".join(parts[key]).strip())}
-    if not fields:
-        free = lines[: lines.index(_SIGNATURE)] if _SIGNATURE in lines else lines
-        if text := "\n".join(line.rstrip() for line in free).strip():
-            fields["details"] = text
+    if not fields and (text := "\n".join(preamble).strip()):
+        fields["details"] = text
     return fields
 
 
 # Where each field is in referral.json: {"referrer": {"name"...}, "child": {"date_of_birth"...}, ...}.
-_JSON_PATHS = {
-    k: tuple(k.split("_", 1)) if k.partition("_")[0] in ("referrer", "child") else (k,) for k in FIELDS
-}
+_JSON_PATHS = {k: tuple(k.split("_", 1)) if k.startswith(("referrer_", "child_")) else (k,) for k in FIELDS}
 _JSON_PATHS |= {"child_dob": ("child", "date_of_birth"), "category": ("concern_category",)}
 
 
@@ -239,10 +233,8 @@ def _tidy(key: str, value: str) -> str:
 
 
 def validate(fields: Mapping[str, str], today: date, problems: Iterable[Problem] = ()) -> Referral:
-    """Normalise and check canonical fields; every problem found is on the returned Referral.
-
-    `problems` were found earlier (by fields_from_json): a field with one gets no second. Problems
-    come in the order of FIELDS, DOCUMENT first. Never raises."""
+    """Normalise and check canonical fields; the Referral carries every problem, DOCUMENT's first,
+    then in the order of FIELDS. A field with one of the earlier `problems` gets no second."""
     found = list(problems)
     text = {key: _tidy(key, fields.get(key) or "") for key in FIELDS}
 

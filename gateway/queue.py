@@ -28,13 +28,7 @@ async def claim(
     """Lease up to `limit` ready rows to `owner`; returns their ids. Counts an attempt per claim,
     so a row that crashes its worker every time still reaches its attempt limit."""
     free = or_(table.c.lease_until.is_(None), table.c.lease_until < now)
-    candidates = (
-        select(table.c.id)
-        .where(ready, free)
-        .order_by(order_by)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    candidates = select(table.c.id).where(ready, free).order_by(order_by).limit(limit).with_for_update(skip_locked=True)
     stmt = (
         update(table)
         .where(table.c.id.in_(candidates.scalar_subquery()))

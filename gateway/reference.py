@@ -96,9 +96,7 @@ def normalise_reference(text: str) -> str:
             f"so a mistake is not read as another reference. {_ADVICE}"
         )
     if any(ch not in _CODE for ch in compact):
-        raise InvalidReference(
-            f"A reference contains only letters and digits (never 0, O, 1 or I). {_ADVICE}"
-        )
+        raise InvalidReference(f"A reference contains only letters and digits (never 0, O, 1 or I). {_ADVICE}")
     if len(compact) != _LENGTH:
         raise InvalidReference(f"A reference has 8 characters; this has {len(compact)}. {_ADVICE}")
     if not _check_passes(compact):

@@ -85,8 +85,7 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
             grace = r.received_at + settings.deadlines.immediate
             if now >= grace or r.processing_error:
                 reasons.append(
-                    "not yet processed"
-                    + (f" (last error: {r.processing_error})" if r.processing_error else "")
+                    "not yet processed" + (f" (last error: {r.processing_error})" if r.processing_error else "")
                 )
         if r.state in (State.ROUTED, State.ALERTED, State.UNDELIVERABLE) and r.due_at and now >= r.due_at:
             allowed = settings.deadlines.for_urgency(r.urgency)
@@ -95,9 +94,7 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
             who = f"to {settings.team(d.team_id).name}" if d.team_id else "to the referrer"
             reasons.append(f"{d.kind} {who} failed for good after {d.attempts} attempts: {d.last_error}")
         if reasons:
-            out.append(
-                Row(r.reference, team, r.state, r.received_at, now - r.received_at, "; ".join(reasons))
-            )
+            out.append(Row(r.reference, team, r.state, r.received_at, now - r.received_at, "; ".join(reasons)))
     return out
 
 

@@ -39,9 +39,7 @@ def _check(route: Route, referral: Referral) -> RuleCheck:
         code = referral.child.postcode
         hit = code is not None and any(pc.matches(code, pattern) for pattern in route.postcode)
         district = pc.district(code) if code else "none"
-        reasons.append(
-            f"postcode district {district} {'is' if hit else 'is not'} in {', '.join(route.postcode)}"
-        )
+        reasons.append(f"postcode district {district} {'is' if hit else 'is not'} in {', '.join(route.postcode)}")
         if not hit:
             return RuleCheck(route.name, False, "; ".join(reasons))
     if route.urgency:
@@ -54,8 +52,7 @@ def _check(route: Route, referral: Referral) -> RuleCheck:
     if route.category:
         hit = referral.category in route.category
         reasons.append(
-            f"category {referral.category or 'none'} {'is' if hit else 'is not'} in "
-            f"{', '.join(route.category)}"
+            f"category {referral.category or 'none'} {'is' if hit else 'is not'} in {', '.join(route.category)}"
         )
         if not hit:
             return RuleCheck(route.name, False, "; ".join(reasons))

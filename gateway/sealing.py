@@ -34,14 +34,13 @@ class Sealer:
         self._keys = {_key_id(k): AESGCM(k) for k in (*retired, current)}
 
     @classmethod
-    def from_keys_dir(cls, keys_dir: Path) -> Sealer:
-        current = keyfiles.load_or_create(keys_dir / KEY_FILE)
+    def from_keys_dir(cls, keys_dir: Path, may_create: bool = True) -> Sealer:
+        """may_create=False when the store already holds sealed data: a missing key then means
+        a lost key, and making a new one would hide that until someone needs an old referral."""
+        path = keys_dir / KEY_FILE
+        current = keyfiles.load_or_create(path) if may_create else keyfiles.load(path, 32)
         retired_dir = keys_dir / "retired"
-        retired = (
-            tuple(keyfiles.load(p, 32) for p in sorted(retired_dir.glob("*.key")))
-            if retired_dir.is_dir()
-            else ()
-        )
+        retired = tuple(keyfiles.load(p, 32) for p in sorted(retired_dir.glob("*.key"))) if retired_dir.is_dir() else ()
         return cls(current, retired)
 
     def seal(self, plaintext: bytes, context: str) -> bytes:

@@ -103,7 +103,8 @@ class IntakeWriter:
                     await self._write_one(item, fut)
                 self._on_committed()
                 continue
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
+                # Every waiter must hear: their senders get 451 and retry.
                 log.error("intake commit failed for %d messages: %s", len(live), type(exc).__name__)
                 for _, fut in live:
                     if not fut.done():
@@ -117,7 +118,7 @@ class IntakeWriter:
     async def _write_one(self, item: Incoming, fut: asyncio.Future[Accepted]) -> None:
         try:
             (result,) = await self._write_batch([item])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported to this sender only (451)
             if not fut.done():
                 fut.set_exception(exc)
             return
@@ -163,9 +164,7 @@ class IntakeWriter:
                     }
                 )
                 new_events.append(
-                    audit.Event(
-                        referral_id, now, f"intake:{item.channel.value}", "received", {"size": len(item.raw)}
-                    )
+                    audit.Event(referral_id, now, f"intake:{item.channel.value}", "received", {"size": len(item.raw)})
                 )
                 accepted = Accepted(reference, referral_id, duplicate=False)
                 known[item.dedupe_key] = Accepted(reference, referral_id, duplicate=True)

@@ -55,9 +55,7 @@ class AckSigner:
         return cls(keyfiles.load_or_create(keys_dir / KEY_FILE))
 
     def recipient_hash(self, address: str) -> str:
-        return hmac.new(
-            self._key, b"recipient\0" + address.strip().lower().encode(), hashlib.sha256
-        ).hexdigest()[:32]
+        return hmac.new(self._key, b"recipient\0" + address.strip().lower().encode(), hashlib.sha256).hexdigest()[:32]
 
     def sign(self, referral_id: str, recipient: str, now: datetime, ttl: timedelta) -> str:
         expires = int((now + ttl).timestamp())

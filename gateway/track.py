@@ -30,9 +30,7 @@ from gateway.store import sealed_context
 log = logging.getLogger(__name__)
 
 
-async def transition(
-    conn: AsyncConnection, referral_id: str, batch: Sequence[audit.Event], **values: Any
-) -> State:
+async def transition(conn: AsyncConnection, referral_id: str, batch: Sequence[audit.Event], **values: Any) -> State:
     """Apply events to a referral (raises IllegalTransition, writing nothing, if one is not allowed)."""
     current = (
         await conn.execute(select(referrals.c.state).where(referrals.c.id == referral_id).with_for_update())
@@ -40,9 +38,7 @@ async def transition(
     state = State(current)
     for ev in batch:
         state = lifecycle.apply(state, ev.kind)
-    await conn.execute(
-        update(referrals).where(referrals.c.id == referral_id).values(state=state.value, **values)
-    )
+    await conn.execute(update(referrals).where(referrals.c.id == referral_id).values(state=state.value, **values))
     await audit.append(conn, batch)
     return state
 
@@ -61,9 +57,7 @@ class NotFound(Exception):
 
 
 class Tracker:
-    def __init__(
-        self, config: Config, engine: AsyncEngine, sealer: Sealer, composer: Composer, clock: Clock
-    ) -> None:
+    def __init__(self, config: Config, engine: AsyncEngine, sealer: Sealer, composer: Composer, clock: Clock) -> None:
         self._config = config
         self._s = config.settings
         self._engine = engine
@@ -97,9 +91,7 @@ class Tracker:
         Idempotent: a second acknowledgement changes nothing and says who was first."""
         now = self._clock.now()
         async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(select(referrals).where(referrals.c.id == referral_id).with_for_update())
-            ).one()
+            row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id).with_for_update())).one()
             team = self._s.team(row.team_id)
             if row.acknowledged_at is not None:
                 return AckResult(row.reference, team.name, row.acknowledged_by, row.acknowledged_at, True)
@@ -143,16 +135,12 @@ class Tracker:
         # The receipt went to the envelope sender; the acknowledgement notice follows it.
         receipt = (
             await conn.execute(
-                select(deliveries.c.id).where(
-                    deliveries.c.referral_id == row.id, deliveries.c.kind == "receipt"
-                )
+                select(deliveries.c.id).where(deliveries.c.referral_id == row.id, deliveries.c.kind == "receipt")
             )
         ).first()
         if receipt is None:
             return None
-        sealed = (
-            await conn.execute(select(messages.c.envelope).where(messages.c.id == row.message_id))
-        ).scalar_one()
+        sealed = (await conn.execute(select(messages.c.envelope).where(messages.c.id == row.message_id))).scalar_one()
         envelope = json.loads(self._sealer.open(sealed, sealed_context("envelope", row.message_id)))
         return envelope.get("mail_from") or None
 

@@ -83,8 +83,7 @@ class AckPages:
             return self._error(
                 404,
                 "This link is not valid",
-                "No referral matches this link. Open the link from the alert email "
-                "again, or call the duty team.",
+                "No referral matches this link. Open the link from the alert email again, or call the duty team.",
             )
         return row, claim.recipient_hash
 
@@ -103,9 +102,7 @@ class AckPages:
         form = await request.post()
         name = _CONTROL.sub("", str(form.get("name", ""))).strip()
         if not name or len(name) > _MAX_NAME:
-            error = (
-                "Enter your full name" if not name else f"Your name must be {_MAX_NAME} characters or fewer"
-            )
+            error = "Enter your full name" if not name else f"Your name must be {_MAX_NAME} characters or fewer"
             return self._page("ack_confirm.html", 400, referral=row, error=error, name=name[:_MAX_NAME])
         result = await self._tracker.acknowledge(row.id, recipient_hash, name)  # type: ignore[attr-defined]
         return self._page("ack_done.html", result=result)

@@ -59,8 +59,13 @@ def referral_body(*, postcode: str = "W1A 1AA", category: str = "neglect", urgen
     return COMPLETE_BODY.format(nhs=valid_nhs(), postcode=postcode, category=category, urgency=urgency)
 
 
-def make_message(body: str, *, sender: str = "ann.example@nhs.example", message_id: str | None = None,
-                 subject: str = "Safeguarding referral") -> EmailMessage:
+def make_message(
+    body: str,
+    *,
+    sender: str = "ann.example@nhs.example",
+    message_id: str | None = None,
+    subject: str = "Safeguarding referral",
+) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = f"Ann Example <{sender}>"
     msg["To"] = REFERRAL_ADDRESS
@@ -71,17 +76,18 @@ def make_message(body: str, *, sender: str = "ann.example@nhs.example", message_
     return msg
 
 
-def write_config(home: Path, extra: str = "", *, smtp_port: int = 0, http_port: int = 0,
-                 relay: str = "") -> Path:
+def write_config(home: Path, extra: str = "", *, smtp_port: int = 0, http_port: int = 0, relay: str = "") -> Path:
     """A config like the embedded default, in a temp home, listening on free loopback ports."""
     text = (ROOT / "config" / "gateway.toml").read_text()
-    text = text.replace('port = 8025', f'port = {smtp_port}').replace('port = 8080', f'port = {http_port}')
+    text = text.replace("port = 8025", f"port = {smtp_port}").replace("port = 8080", f"port = {http_port}")
     text = text.replace('templates_dir = "templates"', f'templates_dir = "{ROOT / "templates"}"')
     text = text.replace('first_retry = "30s"', 'first_retry = "30s"\npoll = "1s"')
     text += "\n" + extra
     if relay:
-        text = text.replace('from_address = "referrals@demo-council.example"',
-                            'from_address = "referrals@demo-council.example"\n' + relay)
+        text = text.replace(
+            'from_address = "referrals@demo-council.example"',
+            'from_address = "referrals@demo-council.example"\n' + relay,
+        )
     (home / "config").mkdir(parents=True, exist_ok=True)
     path = home / "config" / "gateway.toml"
     path.write_text(text)
@@ -99,24 +105,27 @@ class Sink:
         self._server: asyncio.Server | None = None
         self.refuse_with: str | None = None  # e.g. "550 5.1.1 no such user"
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
-                          options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         if self.refuse_with:
             return self.refuse_with
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.messages.append((envelope.mail_from or "", list(envelope.rcpt_tos),
-                              envelope.original_content or b""))
+        self.messages.append((envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content or b""))
         return "250 OK"
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: SMTP(self, hostname="sink.localhost", tls_context=self._tls,
-                         require_starttls=self._require, loop=loop),
-            "127.0.0.1", self.port)
+            lambda: SMTP(
+                self, hostname="sink.localhost", tls_context=self._tls, require_starttls=self._require, loop=loop
+            ),
+            "127.0.0.1",
+            self.port,
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -126,20 +135,30 @@ class Sink:
             self._server = None
 
     def to(self, address: str) -> list[EmailMessage]:
-        return [email.message_from_bytes(raw, _class=EmailMessage, policy=email.policy.default)
-                for _, rcpts, raw in self.messages if address in rcpts]
+        return [
+            email.message_from_bytes(raw, _class=EmailMessage, policy=email.policy.default)
+            for _, rcpts, raw in self.messages
+            if address in rcpts
+        ]
 
 
 def maildir_messages(home: Path, address: str) -> list[EmailMessage]:
     box = home / "var" / "mail" / address / "new"
     if not box.is_dir():
         return []
-    return [email.message_from_bytes(p.read_bytes(), _class=EmailMessage, policy=email.policy.default)
-            for p in sorted(box.iterdir())]
+    return [
+        email.message_from_bytes(p.read_bytes(), _class=EmailMessage, policy=email.policy.default)
+        for p in sorted(box.iterdir())
+    ]
 
 
-async def smtp_send(port: int, msg: EmailMessage | bytes, *, sender: str = "ann.example@nhs.example",
-                    recipients: tuple[str, ...] = (REFERRAL_ADDRESS,)) -> tuple[int, str]:
+async def smtp_send(
+    port: int,
+    msg: EmailMessage | bytes,
+    *,
+    sender: str = "ann.example@nhs.example",
+    recipients: tuple[str, ...] = (REFERRAL_ADDRESS,),
+) -> tuple[int, str]:
     """Send over real SMTP; returns the final reply (code, text) to DATA."""
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, use_tls=False, timeout=30)
     await client.connect()

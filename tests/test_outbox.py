@@ -34,8 +34,10 @@ def cert(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def relay_config(port: int, ca: Path, starttls: bool = True) -> str:
-    return (f'[mail.relay]\nhost = "127.0.0.1"\nport = {port}\nstarttls = {str(starttls).lower()}\n'
-            f'ca_file = "{ca}"\ntimeout = "5s"\n')
+    return (
+        f'[mail.relay]\nhost = "127.0.0.1"\nport = {port}\nstarttls = {str(starttls).lower()}\n'
+        f'ca_file = "{ca}"\ntimeout = "5s"\n'
+    )
 
 
 async def start_gateway(home: Path, clock: FakeClock, relay: str, extra: str = "") -> Gateway:
@@ -59,15 +61,26 @@ async def send_one(gw: Gateway, mid: str) -> str:
 async def rows_for(gw: Gateway, reference: str) -> tuple[str, list[dict[str, object]], list[str]]:
     async with gw.engine.connect() as conn:
         ref = (await conn.execute(select(referrals).where(referrals.c.reference == reference))).one()
-        dels = [dict(r._mapping) for r in (await conn.execute(
-            select(deliveries).where(deliveries.c.referral_id == ref.id, deliveries.c.kind == "alert")))]
-        kinds = [e.kind for e in (await conn.execute(
-            select(events.c.kind).where(events.c.referral_id == ref.id).order_by(events.c.id)))]
+        dels = [
+            dict(r._mapping)
+            for r in (
+                await conn.execute(
+                    select(deliveries).where(deliveries.c.referral_id == ref.id, deliveries.c.kind == "alert")
+                )
+            )
+        ]
+        kinds = [
+            e.kind
+            for e in (
+                await conn.execute(select(events.c.kind).where(events.c.referral_id == ref.id).order_by(events.c.id))
+            )
+        ]
     return ref.state, dels, kinds
 
 
-async def test_relay_down_then_up_alert_arrives_over_starttls(home: Path, clock: FakeClock, relay_port: int,
-                                                             cert: tuple[Path, Path]) -> None:
+async def test_relay_down_then_up_alert_arrives_over_starttls(
+    home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
+) -> None:
     gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]))
     sink = Sink(relay_port, tls_context=server_context(*cert), require_starttls=True)
     try:
@@ -94,8 +107,9 @@ async def test_relay_down_then_up_alert_arrives_over_starttls(home: Path, clock:
         await gw.stop()
 
 
-async def test_relay_without_starttls_gets_nothing_in_plaintext(home: Path, clock: FakeClock,
-                                                                relay_port: int, cert: tuple[Path, Path]) -> None:
+async def test_relay_without_starttls_gets_nothing_in_plaintext(
+    home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
+) -> None:
     gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]))
     sink = Sink(relay_port)  # offers no STARTTLS
     await sink.start()
@@ -112,9 +126,9 @@ async def test_relay_without_starttls_gets_nothing_in_plaintext(home: Path, cloc
 
 
 async def test_after_the_last_try_the_referral_is_undeliverable_and_reported(
-        home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]) -> None:
-    gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]),
-                             extra="")
+    home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
+) -> None:
+    gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]), extra="")
     sink = Sink(relay_port, tls_context=server_context(*cert), require_starttls=True)
     sink.refuse_with = "451 4.3.0 try later"
     await sink.start()
@@ -148,8 +162,9 @@ async def test_after_the_last_try_the_referral_is_undeliverable_and_reported(
         await gw.stop()
 
 
-async def test_permanent_refusal_is_dead_at_once(home: Path, clock: FakeClock, relay_port: int,
-                                                 cert: tuple[Path, Path]) -> None:
+async def test_permanent_refusal_is_dead_at_once(
+    home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
+) -> None:
     gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]))
     sink = Sink(relay_port, tls_context=server_context(*cert), require_starttls=True)
     sink.refuse_with = "550 5.1.1 no such mailbox"

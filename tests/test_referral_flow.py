@@ -28,8 +28,9 @@ def ack_link(alert_text: str) -> str:
 
 async def referral_state(gw: Gateway, reference: str) -> str:
     async with gw.engine.connect() as conn:
-        return str((await conn.execute(select(referrals.c.state)
-                                       .where(referrals.c.reference == reference))).scalar_one())
+        return str(
+            (await conn.execute(select(referrals.c.state).where(referrals.c.reference == reference))).scalar_one()
+        )
 
 
 async def test_referral_by_email_is_routed_alerted_and_receipted(gateway: Gateway, home: Path) -> None:
@@ -56,9 +57,9 @@ async def test_referral_by_email_is_routed_alerted_and_receipted(gateway: Gatewa
     assert await referral_state(gateway, reference) == "alerted"
 
 
-async def test_acknowledge_by_link_get_confirms_post_records(gateway: Gateway, home: Path,
-                                                             clock: FakeClock) -> None:
+async def test_acknowledge_by_link_get_confirms_post_records(gateway: Gateway, home: Path, clock: FakeClock) -> None:
     code, text = await smtp_send(gateway.smtp_port, make_message(referral_body(), message_id="<m2@nhs.example>"))
+    assert code == 250
     reference = text.split()[-1]
     await gateway.process_all()
     await gateway.deliver_all()
@@ -90,8 +91,9 @@ async def test_acknowledge_by_link_get_confirms_post_records(gateway: Gateway, h
 
     async with gateway.engine.connect() as conn:
         row = (await conn.execute(select(referrals).where(referrals.c.reference == reference))).one()
-        acks = (await conn.execute(select(events).where(events.c.referral_id == row.id,
-                                                        events.c.kind == "acknowledged"))).all()
+        acks = (
+            await conn.execute(select(events).where(events.c.referral_id == row.id, events.c.kind == "acknowledged"))
+        ).all()
     assert row.acknowledged_by == "Dee Worker" and row.acknowledged_at == clock.now()
     assert len(acks) == 1 and acks[0].actor == "person:Dee Worker"
 
@@ -128,7 +130,8 @@ async def test_same_message_twice_makes_one_referral(gateway: Gateway, home: Pat
 
 
 async def test_unknown_recipient_refused_at_rcpt(gateway: Gateway) -> None:
-    code, text = await smtp_send(gateway.smtp_port, make_message(referral_body()),
-                                 recipients=("someone-else@demo-council.example",))
+    code, text = await smtp_send(
+        gateway.smtp_port, make_message(referral_body()), recipients=("someone-else@demo-council.example",)
+    )
     assert code == 550
     assert "referrals@demo-council.example" in text

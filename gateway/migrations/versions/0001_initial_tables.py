@@ -59,9 +59,7 @@ def upgrade() -> None:
         sa.Column("acknowledged_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("acknowledged_by", sa.String(length=200), nullable=True),
         sa.Column("content", sa.LargeBinary(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["message_id"], ["messages.id"], name=op.f("fk_referrals_message_id_messages")
-        ),
+        sa.ForeignKeyConstraint(["message_id"], ["messages.id"], name=op.f("fk_referrals_message_id_messages")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_referrals")),
         sa.UniqueConstraint("message_id", name=op.f("uq_referrals_message_id")),
         sa.UniqueConstraint("reference", name=op.f("uq_referrals_reference")),
@@ -77,9 +75,7 @@ def upgrade() -> None:
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("fired_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["referral_id"], ["referrals.id"], name=op.f("fk_deadlines_referral_id_referrals")
-        ),
+        sa.ForeignKeyConstraint(["referral_id"], ["referrals.id"], name=op.f("fk_deadlines_referral_id_referrals")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deadlines")),
     )
     with op.batch_alter_table("deadlines", schema=None) as batch_op:
@@ -102,9 +98,7 @@ def upgrade() -> None:
         sa.Column("last_error", sa.String(length=200), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["referral_id"], ["referrals.id"], name=op.f("fk_deliveries_referral_id_referrals")
-        ),
+        sa.ForeignKeyConstraint(["referral_id"], ["referrals.id"], name=op.f("fk_deliveries_referral_id_referrals")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deliveries")),
     )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
@@ -121,9 +115,7 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text(), nullable=False),
         sa.Column("prev_hash", sa.String(length=64), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["referral_id"], ["referrals.id"], name=op.f("fk_events_referral_id_referrals")
-        ),
+        sa.ForeignKeyConstraint(["referral_id"], ["referrals.id"], name=op.f("fk_events_referral_id_referrals")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
     )
     with op.batch_alter_table("events", schema=None) as batch_op:

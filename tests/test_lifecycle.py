@@ -1,0 +1,138 @@
+"""The referral state machine (gateway.lifecycle), as pure functions: no database, no clock."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.lifecycle import TRACKED_OPEN, IllegalTransition, State, apply, derive
+
+MOVES = ("received", "routed", "quarantined", "alerted", "undeliverable", "acknowledged", "closed")
+INFO = (
+    "parsed",
+    "processing_failed",
+    "receipt_skipped",
+    "delivery_queued",
+    "delivery_sent",
+    "delivery_failed",
+    "delivery_dead",
+    "overdue",
+)
+ALL_KINDS = MOVES + INFO
+
+
+def test_the_legal_path_received_routed_alerted_acknowledged_closed() -> None:
+    state = None
+    seen = []
+    for kind in ("received", "routed", "alerted", "acknowledged", "closed"):
+        state = apply(state, kind)
+        seen.append(state)
+    assert seen == [State.RECEIVED, State.ROUTED, State.ALERTED, State.ACKNOWLEDGED, State.CLOSED]
+    assert derive(["received", "routed", "alerted", "acknowledged"]) == State.ACKNOWLEDGED
+
+
+def test_acknowledged_before_the_alert_was_marked_sent() -> None:
+    # A quick worker acknowledges from the alert before the outbox marks it sent: the late
+    # "alerted" is news, not a step back to an open state.
+    assert derive(["received", "routed", "acknowledged", "alerted"]) == State.ACKNOWLEDGED
+
+
+def test_undeliverable_then_alerted_on_a_later_try_then_acknowledged() -> None:
+    assert derive(["received", "routed", "undeliverable"]) == State.UNDELIVERABLE
+    assert derive(["received", "routed", "undeliverable", "alerted"]) == State.ALERTED
+    assert derive(["received", "routed", "undeliverable", "acknowledged"]) == State.ACKNOWLEDGED
+
+
+def test_quarantined_only_from_received() -> None:
+    assert derive(["received", "quarantined"]) == State.QUARANTINED
+    with pytest.raises(IllegalTransition):
+        derive(["received", "routed", "quarantined"])
+
+
+@pytest.mark.parametrize(
+    ("kinds", "state", "kind"),
+    [
+        (["received", "acknowledged"], State.RECEIVED, "acknowledged"),
+        (["received", "routed", "routed"], State.ROUTED, "routed"),
+        (["received", "closed"], State.RECEIVED, "closed"),
+        (["received", "routed", "alerted", "closed"], State.ALERTED, "closed"),
+        (["received", "routed", "alerted", "acknowledged", "acknowledged"], State.ACKNOWLEDGED, "acknowledged"),
+        (["received", "routed", "alerted", "acknowledged", "routed"], State.ACKNOWLEDGED, "routed"),
+        (["received", "quarantined", "routed"], State.QUARANTINED, "routed"),
+        (["received", "made-up-kind"], State.RECEIVED, "made-up-kind"),
+    ],
+)
+def test_illegal_moves_raise_naming_the_state_and_the_event(kinds: list[str], state: State, kind: str) -> None:
+    with pytest.raises(IllegalTransition) as caught:
+        derive(kinds)
+    assert caught.value.state == state
+    assert caught.value.kind == kind
+    assert f"'{kind}'" in str(caught.value) and f"'{state}'" in str(caught.value)
+
+
+def test_the_first_event_must_be_received() -> None:
+    with pytest.raises(IllegalTransition):
+        apply(None, "routed")
+    with pytest.raises(IllegalTransition):
+        derive(["acknowledged"])
+
+
+def test_no_events_has_no_state() -> None:
+    with pytest.raises(ValueError, match="no events"):
+        derive([])
+
+
+@pytest.mark.parametrize("kind", INFO)
+@pytest.mark.parametrize("state", list(State))
+def test_info_events_leave_the_state_alone(state: State, kind: str) -> None:
+    assert apply(state, kind) == state
+
+
+@given(st.lists(st.sampled_from((*ALL_KINDS, "not-a-kind")), min_size=1, max_size=25))
+def test_any_sequence_derives_a_state_or_raises_illegal_transition(kinds: list[str]) -> None:
+    try:
+        result = derive(kinds)
+    except IllegalTransition as exc:
+        assert exc.kind in kinds
+    else:
+        assert isinstance(result, State)
+
+
+@given(st.lists(st.sampled_from(ALL_KINDS), max_size=25))
+def test_once_acknowledged_nothing_reopens_it(tail: list[str]) -> None:
+    state = derive(["received", "routed", "alerted", "acknowledged"])
+    for kind in tail:
+        try:
+            state = apply(state, kind)
+        except IllegalTransition:
+            continue  # refused: the state is unchanged
+        assert state not in TRACKED_OPEN, f"'{kind}' reopened an acknowledged referral as {state}"
+        assert state in (State.ACKNOWLEDGED, State.CLOSED)
+
+
+@given(st.lists(st.sampled_from(ALL_KINDS), min_size=1, max_size=25))
+def test_derive_is_apply_step_by_step(kinds: list[str]) -> None:
+    state: State | None = None
+    try:
+        for kind in kinds:
+            state = apply(state, kind)
+    except IllegalTransition:
+        with pytest.raises(IllegalTransition):
+            derive(kinds)
+    else:
+        assert derive(kinds) == state
+
+
+@given(st.lists(st.sampled_from(ALL_KINDS), max_size=30))
+def test_in_any_history_acknowledged_is_never_followed_by_an_open_state(kinds: list[str]) -> None:
+    state: State | None = None
+    acknowledged = False
+    for kind in ["received", *kinds]:
+        try:
+            state = apply(state, kind)
+        except IllegalTransition:
+            break  # the writer refuses the event; derive() would raise for this history
+        acknowledged = acknowledged or state == State.ACKNOWLEDGED
+        if acknowledged:
+            assert state not in TRACKED_OPEN
