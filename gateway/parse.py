@@ -211,7 +211,7 @@ _CATEGORIES |= dict.fromkeys(("da", "dv", "domestic violence"), Category.DOMESTI
 _CATEGORIES |= dict.fromkeys(("prebirth", "unborn", "unborn baby"), Category.PRE_BIRTH)
 _URGENCIES = {urgency.value: urgency for urgency in Urgency}
 _YES_NO = {"yes": True, "y": True, "true": True, "no": False, "n": False, "false": False}
-_EMAIL = re.compile(r"(?:mailto:)?<?([^@\s<>,;]+@[^@\s<>,;.]+(?:\.[^@\s<>,;.]+)+)>?")
+_EMAIL = re.compile(r"<?(?:mailto:)?([^@\s<>,;:]+@[^@\s<>,;:.]+(?:\.[^@\s<>,;:.]+)+)>?")
 _PHONE = re.compile(r"(?:[^0-9]*[0-9]){7}.*")  # seven digits at least: fewer cannot be dialled back
 _email = _must(lambda t: m[1] if (m := _EMAIL.fullmatch(t)) else None, "does not look like an email address")
 _phone = _must(lambda t: t if _PHONE.fullmatch(t) else None, "does not look like a phone number")

@@ -7,7 +7,8 @@ import asyncio
 import email
 import email.policy
 import os
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -20,6 +21,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.clock import FakeClock
+from tests.postgres import create_database, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -76,12 +78,15 @@ def make_message(
     return msg
 
 
-def write_config(home: Path, extra: str = "", *, smtp_port: int = 0, http_port: int = 0, relay: str = "") -> Path:
+def write_config(
+    home: Path, extra: str = "", *, smtp_port: int = 0, http_port: int = 0, relay: str = "", database_url: str = ""
+) -> Path:
     """A config like the embedded default, in a temp home, listening on free loopback ports."""
     text = (ROOT / "config" / "gateway.toml").read_text()
     text = text.replace("port = 8025", f"port = {smtp_port}").replace("port = 8080", f"port = {http_port}")
     text = text.replace('templates_dir = "templates"', f'templates_dir = "{ROOT / "templates"}"')
     text = text.replace('first_retry = "30s"', 'first_retry = "30s"\npoll = "1s"')
+    text = text.replace('url = ""', f'url = "{database_url}"', 1)
     text += "\n" + extra
     if relay:
         text = text.replace(
@@ -181,14 +186,33 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "gw"
 
 
+@pytest.fixture(scope="session")
+def postgres_base_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Empty: SQLite under the home (the embedded default). Modules that must also hold on
+    PostgreSQL parametrize this with "postgres" (see `both_databases`)."""
+    if request.param == "sqlite":
+        return ""
+    base = request.getfixturevalue("postgres_base_url")
+    return create_database(base, f"t{uuid.uuid4().hex[:16]}")
+
+
+both_databases = pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(START)
 
 
 @pytest.fixture
-async def gateway(home: Path, clock: FakeClock) -> AsyncIterator[Gateway]:
-    gw = Gateway(config_mod.load(write_config(home)), clock=clock, workers=False)
+async def gateway(home: Path, clock: FakeClock, database_url: str) -> AsyncIterator[Gateway]:
+    gw = Gateway(config_mod.load(write_config(home, database_url=database_url)), clock=clock, workers=False)
     await gw.start()
     yield gw
     await gw.stop()

@@ -18,7 +18,7 @@ from gateway.app import Gateway
 from gateway.clock import FakeClock
 from gateway.schema import events, referrals
 from gateway.tokens import AckSigner, TokenError, TokenExpired
-from tests.conftest import START, maildir_messages, make_message, referral_body, smtp_send
+from tests.conftest import START, both_databases, maildir_messages, make_message, referral_body, smtp_send
 
 MASH = "mash-duty@demo-council.example"
 
@@ -60,6 +60,7 @@ def tamper(token: str, **changes: object) -> str:
     return f"{new}.{mac}"
 
 
+@both_databases
 async def test_altered_forged_and_garbage_links_are_refused(gateway: Gateway, home: Path) -> None:
     reference, token = await alerted_referral(gateway, home)
     later = tamper(token, exp=2_000_000_000)  # extend the expiry without the key
@@ -71,6 +72,7 @@ async def test_altered_forged_and_garbage_links_are_refused(gateway: Gateway, ho
     assert await nothing_recorded(gateway, reference)
 
 
+@both_databases
 async def test_expired_link_is_refused_with_a_clear_page(gateway: Gateway, home: Path, clock: FakeClock) -> None:
     reference, token = await alerted_referral(gateway, home)
     clock.advance(timedelta(days=7))
@@ -80,6 +82,7 @@ async def test_expired_link_is_refused_with_a_clear_page(gateway: Gateway, home:
     assert await nothing_recorded(gateway, reference)
 
 
+@both_databases
 async def test_link_for_another_recipient_is_refused(gateway: Gateway, home: Path, clock: FakeClock) -> None:
     """A validly signed link for an address that was never alerted about this referral."""
     reference, _ = await alerted_referral(gateway, home)

@@ -11,9 +11,11 @@ from gateway import report
 from gateway.app import Gateway
 from gateway.clock import FakeClock
 from gateway.schema import deadlines, referrals
-from tests.conftest import maildir_messages, make_message, referral_body, smtp_send
+from tests.conftest import both_databases, maildir_messages, make_message, referral_body, smtp_send
 
 MASH = "mash-duty@demo-council.example"
+
+pytestmark = both_databases
 
 
 async def send(gateway: Gateway, urgency: str, mid: str) -> str:

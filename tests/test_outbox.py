@@ -16,10 +16,12 @@ from gateway import report
 from gateway.app import Gateway
 from gateway.clock import FakeClock
 from gateway.schema import deliveries, events, referrals
-from tests.conftest import Sink, make_message, referral_body, smtp_send, write_config
+from tests.conftest import Sink, both_databases, make_message, referral_body, smtp_send, write_config
 from tests.tls import make_cert, server_context
 
 MASH = "mash-duty@demo-council.example"
+
+pytestmark = both_databases
 
 
 def free_port() -> int:
@@ -40,8 +42,10 @@ def relay_config(port: int, ca: Path, starttls: bool = True) -> str:
     )
 
 
-async def start_gateway(home: Path, clock: FakeClock, relay: str, extra: str = "") -> Gateway:
-    gw = Gateway(config_mod.load(write_config(home, extra, relay=relay)), clock=clock, workers=False)
+async def start_gateway(home: Path, clock: FakeClock, relay: str, database_url: str) -> Gateway:
+    gw = Gateway(
+        config_mod.load(write_config(home, relay=relay, database_url=database_url)), clock=clock, workers=False
+    )
     await gw.start()
     return gw
 
@@ -79,9 +83,9 @@ async def rows_for(gw: Gateway, reference: str) -> tuple[str, list[dict[str, obj
 
 
 async def test_relay_down_then_up_alert_arrives_over_starttls(
-    home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
+    database_url: str, home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
 ) -> None:
-    gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]))
+    gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]), database_url)
     sink = Sink(relay_port, tls_context=server_context(*cert), require_starttls=True)
     try:
         reference = await send_one(gw, "<down-up@nhs.example>")
@@ -108,9 +112,9 @@ async def test_relay_down_then_up_alert_arrives_over_starttls(
 
 
 async def test_relay_without_starttls_gets_nothing_in_plaintext(
-    home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
+    database_url: str, home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
 ) -> None:
-    gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]))
+    gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]), database_url)
     sink = Sink(relay_port)  # offers no STARTTLS
     await sink.start()
     try:
@@ -126,9 +130,9 @@ async def test_relay_without_starttls_gets_nothing_in_plaintext(
 
 
 async def test_after_the_last_try_the_referral_is_undeliverable_and_reported(
-    home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
+    database_url: str, home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
 ) -> None:
-    gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]), extra="")
+    gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]), database_url)
     sink = Sink(relay_port, tls_context=server_context(*cert), require_starttls=True)
     sink.refuse_with = "451 4.3.0 try later"
     await sink.start()
@@ -163,9 +167,9 @@ async def test_after_the_last_try_the_referral_is_undeliverable_and_reported(
 
 
 async def test_permanent_refusal_is_dead_at_once(
-    home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
+    database_url: str, home: Path, clock: FakeClock, relay_port: int, cert: tuple[Path, Path]
 ) -> None:
-    gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]))
+    gw = await start_gateway(home, clock, relay_config(relay_port, cert[0]), database_url)
     sink = Sink(relay_port, tls_context=server_context(*cert), require_starttls=True)
     sink.refuse_with = "550 5.1.1 no such mailbox"
     await sink.start()

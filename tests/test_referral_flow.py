@@ -13,11 +13,13 @@ from gateway.app import Gateway
 from gateway.clock import FakeClock
 from gateway.reference import normalise_reference
 from gateway.schema import events, referrals
-from tests.conftest import maildir_messages, make_message, referral_body, smtp_send
+from tests.conftest import both_databases, maildir_messages, make_message, referral_body, smtp_send
 
 MASH = "mash-duty@demo-council.example"
 TRIAGE = "triage@demo-council.example"
 REFERRER = "ann.example@nhs.example"
+
+pytestmark = both_databases
 
 
 def ack_link(alert_text: str) -> str:
