@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from gateway.model import Category, Urgency
+from gateway.postcode import normalise_pattern
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -41,7 +42,7 @@ def parse_duration(value: Any) -> timedelta:
         return timedelta(seconds=value)
     match = _DURATION.match(str(value))
     if not match:
-        raise ValueError("a duration like '30s', '15m', '1h' or '7d'")
+        raise ValueError(f"{value!r} is not a duration; use one like '30s', '15m', '1h' or '7d'")
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
@@ -50,7 +51,7 @@ def parse_size(value: Any) -> int:
         return value
     match = _SIZE.match(str(value))
     if not match:
-        raise ValueError("a size like '25MB' or a number of bytes")
+        raise ValueError(f"{value!r} is not a size; use one like '25MB' or a number of bytes")
     scale = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[(match.group(2) or "").upper()]
     return int(match.group(1)) * scale
 
@@ -61,7 +62,7 @@ Size = Annotated[int, BeforeValidator(parse_size)]
 
 def _email(value: str) -> str:
     if not _EMAIL.match(value):
-        raise ValueError("an email address like duty@council.example")
+        raise ValueError(f"{value!r} is not an email address; use one like duty@council.example")
     return value.lower()
 
 
@@ -111,7 +112,7 @@ class HttpSection(_Strict):
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         if not re.match(r"^https?://", value):
-            raise ValueError("a URL starting with http:// or https://")
+            raise ValueError(f"{value!r} is not a web address; use a URL starting with http:// or https://")
         return value.rstrip("/")
 
 
@@ -180,16 +181,21 @@ class Route(_Strict):
     @field_validator("postcode")
     @classmethod
     def _postcode_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        patterns = []
         for pattern in value:
-            compact = pattern.replace(" ", "").upper()
-            if not re.match(r"^[A-Z]{1,2}(\d[A-Z\d]?)?$", compact):
-                raise ValueError(f"'{pattern}' is not a postcode area (like 'W') or district (like 'W1A', 'SW1')")
-        return tuple(p.replace(" ", "").upper() for p in value)
+            try:
+                patterns.append(normalise_pattern(pattern))
+            except ValueError:
+                raise ValueError(
+                    f"'{pattern}' is not a postcode area or district; use an area like 'W', a district like "
+                    "'W1A', or 'SW1' for SW1 and its sub-districts"
+                ) from None
+        return tuple(patterns)
 
     @model_validator(mode="after")
     def _default_matches_everything(self) -> Route:
         if self.default and (self.postcode or self.urgency or self.category):
-            raise ValueError("a default route matches everything: remove its postcode/urgency/category")
+            raise ValueError("a default route matches everything; use no postcode, urgency or category on it")
         return self
 
 
@@ -276,34 +282,36 @@ def _fix_for(error: Any) -> str:
         return "add this key (see config/gateway.example.toml and the README's config reference)"
     if kind == "extra_forbidden":
         return "remove it, or correct its spelling (the README lists every key)"
-    return f"give {error['msg'].removeprefix('Value error, ')}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if "; use " in message:  # our validators say what is wrong, then "; use" what is right
+        return "use " + message.split("; use ", 1)[1]
+    return f"correct the value ({message})"
 
 
-def _cross_checks(settings: Settings, file: Path) -> list[ConfigIssue]:
+def _cross_checks(raw: dict[str, Any], file: Path) -> list[ConfigIssue]:
+    """Checks across keys, on the raw TOML so that they run even when a field is invalid: an
+    administrator should see every problem in one go, not one per start."""
     issues: list[ConfigIssue] = []
-    team_ids = [t.id for t in settings.teams]
-    for index, team in enumerate(settings.teams):
-        if team_ids.count(team.id) > 1 and team_ids.index(team.id) != index:
+    teams = [t for t in raw.get("teams") or [] if isinstance(t, dict)]
+    routes = [r for r in raw.get("routes") or [] if isinstance(r, dict)]
+    team_ids = [str(t.get("id")) for t in teams]
+    known = ", ".join(dict.fromkeys(team_ids))
+    for index, team_id in enumerate(team_ids):
+        if team_ids.index(team_id) != index:
             issues.append(
                 ConfigIssue(
-                    file,
-                    f"teams[{index}].id",
-                    f"team '{team.id}' is defined twice",
-                    "give each team a unique id",
+                    file, f"teams[{index}].id", f"team '{team_id}' is defined twice", "give each team a unique id"
                 )
             )
-    defaults = [i for i, r in enumerate(settings.routes) if r.default]
-    for index, route in enumerate(settings.routes):
-        if route.team not in team_ids:
+    for index, route in enumerate(routes):
+        if teams and route.get("team") not in team_ids:
             issues.append(
                 ConfigIssue(
-                    file,
-                    f"routes[{index}].team",
-                    f"unknown team '{route.team}'",
-                    f"use one of: {', '.join(team_ids)}",
+                    file, f"routes[{index}].team", f"unknown team '{route.get('team')}'", f"use one of: {known}"
                 )
             )
-    if not defaults:
+    defaults = [i for i, r in enumerate(routes) if r.get("default") is True]
+    if routes and not defaults:
         issues.append(
             ConfigIssue(
                 file,
@@ -312,8 +320,8 @@ def _cross_checks(settings: Settings, file: Path) -> list[ConfigIssue]:
                 "add a last [[routes]] with default = true and team = the triage team",
             )
         )
-    elif len(defaults) > 1 or defaults[0] != len(settings.routes) - 1:
-        later = [r.name for r in settings.routes[defaults[0] + 1 :]]
+    elif defaults and (len(defaults) > 1 or defaults[0] != len(routes) - 1):
+        later = [str(r.get("name")) for r in routes[defaults[0] + 1 :]]
         issues.append(
             ConfigIssue(
                 file,
@@ -323,7 +331,7 @@ def _cross_checks(settings: Settings, file: Path) -> list[ConfigIssue]:
                 "move the default route to the end and keep just one",
             )
         )
-    names = [r.name for r in settings.routes]
+    names = [str(r.get("name")) for r in routes]
     for index, name in enumerate(names):
         if names.index(name) != index:
             issues.append(
@@ -334,8 +342,8 @@ def _cross_checks(settings: Settings, file: Path) -> list[ConfigIssue]:
                     "give each route a unique name (reports and --explain show it)",
                 )
             )
-    relay = settings.mail.relay
-    if relay and relay.username and not relay.password_file:
+    relay = (raw.get("mail") or {}).get("relay") if isinstance(raw.get("mail"), dict) else None
+    if isinstance(relay, dict) and relay.get("username") and not relay.get("password_file"):
         issues.append(
             ConfigIssue(
                 file,
@@ -367,13 +375,15 @@ def load(file: Path) -> Config:
         raise ConfigError(
             [ConfigIssue(file, "(syntax)", f"not valid TOML ({exc})", "correct the TOML syntax at that line")]
         ) from None
+    issues: list[ConfigIssue] = []
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(
-            ConfigIssue(file, _key(e["loc"]), e["msg"].removeprefix("Value error, "), _fix_for(e)) for e in exc.errors()
-        ) from None
-    issues = _cross_checks(settings, file)
+        issues += [
+            ConfigIssue(file, _key(e["loc"]), e["msg"].removeprefix("Value error, ").split("; use ")[0], _fix_for(e))
+            for e in exc.errors()
+        ]
+    issues += _cross_checks(raw, file)
     if issues:
         raise ConfigError(issues)
     home = file.resolve().parent.parent

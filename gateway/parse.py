@@ -31,7 +31,7 @@ _LABELS_AND_ALIASES: dict[str, tuple[str, ...]] = {
     "referrer_email": ("Referrer email", "Your email", "Email", "E-mail", "Email address"),
     "referrer_phone": ("Referrer phone", "Your phone", "Phone", "Phone number", "Telephone", "Tel"),
     "child_name": ("Child's name", "Child name", "Name of child", "Child's full name"),
-    "child_dob": ("Child's date of birth", "DOB", "Date of birth", "Child DOB", "Child's DOB"),
+    "child_dob": ("Child's date of birth", "DOB", "Date of birth", "Child DOB", "Child's DOB", "Child date of birth"),
     "child_due_date": ("Due date", "Expected due date", "EDD", "Child's due date", "Baby's due date"),
     "child_nhs_number": ("Child's NHS number", "NHS number", "NHS no", "NHS", "Child's NHS no"),
     "child_address": ("Child's address", "Address", "Child address", "Home address"),
@@ -39,7 +39,14 @@ _LABELS_AND_ALIASES: dict[str, tuple[str, ...]] = {
     "category": ("Concern category", "Category", "Type of concern", "Concern type"),
     "urgency": ("Urgency", "Priority"),
     "parents_aware": ("Parents/carers aware", "Parents aware", "Parents or carers aware"),
-    "consent_basis": ("Consent basis", "Consent", "Lawful basis", "Consent/lawful basis"),
+    "consent_basis": (
+        "Consent basis",
+        "Consent",
+        "Lawful basis",
+        "Consent/lawful basis",
+        "Consent or information-sharing basis",
+        "Information-sharing basis",
+    ),
     "details": ("Details", "Details of concern", "Details of the concern", "Description"),
 }
 LABELS: dict[str, str] = {key: labels[0] for key, labels in _LABELS_AND_ALIASES.items()}

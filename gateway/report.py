@@ -46,7 +46,7 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
         rows = (
             await conn.execute(
                 select(referrals, messages.c.last_error.label("processing_error"))
-                .join(messages, messages.c.id == referrals.c.message_id)
+                .outerjoin(messages, messages.c.id == referrals.c.message_id)
                 .where(or_(referrals.c.state.in_([s.value for s in _OPEN]), referrals.c.id.in_(dead)))
                 .order_by(referrals.c.received_at)
             )

@@ -54,8 +54,12 @@ async def verify(engine: AsyncEngine, now: datetime) -> list[str]:
             continue
         if derived.value != r.state:
             problems.append(f"{label}: state column says {r.state} but its events say {derived}")
-        state = State(r.state)
-        if state == State.RECEIVED and msgs[r.message_id].processed_at is not None:
+        if r.message_id not in msgs:
+            problems.append(f"{label}: its stored message {r.message_id} is missing")
+        # Judge by the events: the column may have been damaged (reported just above).
+        state = derived
+        message = msgs.get(r.message_id)
+        if state == State.RECEIVED and message is not None and message.processed_at is not None:
             problems.append(f"{label}: message processed but referral still 'received'")
         if state == State.ROUTED and r.id not in live_alerts:
             problems.append(f"{label}: routed but no alert is queued or sent")

@@ -196,15 +196,13 @@ BROKEN: dict[str, tuple[Callable[[str], str], str, tuple[str, ...], tuple[str, .
         lambda t: edited(t, LAST_ROUTE, LAST_ROUTE + '\nurgency = ["standard"]'),
         "routes[4]",
         ("default route matches everything",),
-        ("remove its postcode/urgency/category",),
+        ("use no postcode, urgency or category on it",),
     ),
 }
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
-def test_broken_config_names_file_key_and_fix(
-    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_broken_config_names_file_key_and_fix(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     edit, key, message_words, fix_words = BROKEN[case]
     path = write(tmp_path, edit(shipped_text()))
     code, out, err = check(capsys, path)
@@ -223,7 +221,7 @@ def test_broken_config_names_file_key_and_fix(
 
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "config" / "gateway.toml"
-    code, out, err = check(capsys, path)
+    code, _, err = check(capsys, path)
     assert code == 2
     (line,) = errors(err)
     assert line.startswith(f"error: {path}: (file): ")

@@ -137,9 +137,7 @@ def test_normalise_either_raises_invalid_reference_or_is_idempotent(text: str) -
 
 
 def test_invalid_reference_is_a_value_error_with_advice() -> None:
-    with pytest.raises(
-        ValueError, match="Check the reference on your receipt; it has 8 characters like 7KM4-Q9XC"
-    ):
+    with pytest.raises(ValueError, match="Check the reference on your receipt; it has 8 characters like 7KM4-Q9XC"):
         normalise_reference("7KM4")
 
 
