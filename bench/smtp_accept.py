@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,60 @@ async def _serve_sink(port: int) -> None:
 
 # --------------------------------------------------------------------------- the messages
 
+# The logic of tests/conftest.py (referral_body, write_config), copied rather than imported so the
+# benchmark does not depend on the test suite's fixtures and their imports.
+REFERRAL_FORM = """\
+Referrer name: Ann Example
+Referrer role: Community midwife
+Referrer organisation: Demo NHS Foundation Trust
+Referrer email: ann.example@nhs.example
+Referrer phone: 020 7946 0999
+Child name: Sam Testchild
+Child's date of birth: 03/04/2021
+NHS number: {nhs}
+Child address: 1 Example Street, London
+Child postcode: {postcode}
+Concern category: {category}
+Urgency: {urgency}
+Parents/carers aware: yes
+Consent basis: consent given by mother
+Details:
+{details}
+"""
+
+DETAILS = (
+    "Synthetic benchmark concern text. The child attended clinic with an unexplained bruise and "
+    "the parent gave two different accounts of how it happened. Health visitor informed. "
+)
+
+
+def valid_nhs() -> str:
+    """A valid NHS number from the 999 test range (check digit computed, not guessed)."""
+    body = "999000001"
+    total = sum(int(d) * w for d, w in zip(body, range(10, 1, -1), strict=True))
+    check = 11 - total % 11
+    return body + str(0 if check == 11 else check)
+
+
+def referral_body(postcode: str, category: str, urgency: str) -> str:
+    return REFERRAL_FORM.format(
+        nhs=valid_nhs(), postcode=postcode, category=category, urgency=urgency, details=DETAILS * 3
+    )
+
+
+def write_config(home: Path) -> Path:
+    """The embedded default config, in a temp home, on free loopback ports (SQLite, maildir)."""
+    text = (ROOT / "config" / "gateway.toml").read_text()
+    text = text.replace("port = 8025", "port = 0").replace("port = 8080", "port = 0")
+    text = text.replace('templates_dir = "templates"', f'templates_dir = "{ROOT / "templates"}"')
+    (home / "config").mkdir(parents=True, exist_ok=True)
+    path = home / "config" / "gateway.toml"
+    path.write_text(text)
+    return path
+
 
 def build_messages(count: int, size: int, seed: int) -> list[bytes]:
     """Filled referral forms with a base64 attachment padding each to about `size` bytes."""
-    sys.path.insert(0, str(ROOT))
-    from tests.conftest import make_message, referral_body
-
     rng = random.Random(seed)
     run = uuid.UUID(int=rng.getrandbits(128)).hex[:12]
     postcodes = ("W1A 1AA", "WC1E 6BT", "NW1 4RY", "SE1 7PB", "E1 6AN", "N1 9GU")
@@ -95,7 +144,12 @@ def build_messages(count: int, size: int, seed: int) -> list[bytes]:
         body = referral_body(
             postcode=rng.choice(postcodes), category=rng.choice(categories), urgency=rng.choice(urgencies)
         )
-        msg = make_message(body, sender=SENDER, message_id=f"<bench-{run}-{index}@nhs.example>")
+        msg = EmailMessage()
+        msg["From"] = f"Ann Example <{SENDER}>"
+        msg["To"] = RECIPIENT
+        msg["Subject"] = "Safeguarding referral"
+        msg["Message-ID"] = f"<bench-{run}-{index}@nhs.example>"
+        msg.set_content(body)
         if attachment_bytes > 0:
             msg.add_attachment(
                 rng.randbytes(attachment_bytes),
@@ -334,9 +388,7 @@ async def wait_processed(db_path: Path, expected: int, limit: float) -> tuple[fl
     unprocessed = expected
     while time.perf_counter() - start < limit:
         with contextlib.closing(_ro(db_path)) as db:
-            total, unprocessed = db.execute(
-                "SELECT count(*), count(*) - count(processed_at) FROM messages"
-            ).fetchone()
+            total, unprocessed = db.execute("SELECT count(*), count(*) - count(processed_at) FROM messages").fetchone()
         if total >= expected and unprocessed == 0:
             return time.perf_counter() - start, 0
         await asyncio.sleep(0.1)
@@ -434,9 +486,6 @@ def print_report(
 
 
 async def run(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(ROOT))
-    from tests.conftest import write_config
-
     total = args.warmup + args.messages
     print(f"building {total} messages of ~{args.size} bytes...", flush=True)
     all_messages = build_messages(total, args.size, args.seed)
@@ -464,7 +513,7 @@ async def run(args: argparse.Namespace) -> int:
             print(f"sink: {results[-1].rate:.1f} msg/s", flush=True)
 
             home = work / "gw"
-            config = write_config(home, smtp_port=0, http_port=0)
+            config = write_config(home)
             gateway = Server(
                 "gateway",
                 [python, "-m", "gateway", "serve", "--config", str(config)],
@@ -493,7 +542,9 @@ async def run(args: argparse.Namespace) -> int:
             if args.keep:
                 keep = Path(tempfile.mkdtemp(prefix="smtp-accept-kept-"))
                 os.rename(home, keep / "gw")
-                print(f"kept the gateway's home in {keep / 'gw'}")
+                for log in ("gateway.log", "sink.log"):
+                    os.rename(work / log, keep / log)
+                print(f"kept the gateway's home and the servers' logs in {keep}")
         finally:
             for server in reversed(servers):
                 await server.stop()
@@ -509,10 +560,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=6144, help="approximate message size in bytes (default 6144)")
     p.add_argument("--warmup", type=int, default=64, help="untimed warm-up messages (default 64)")
     p.add_argument("--seed", type=int, default=1, help="random seed for message contents")
-    p.add_argument(
-        "--drain-timeout", type=float, default=120.0, help="seconds to wait for processing (default 120)"
-    )
-    p.add_argument("--keep", action="store_true", help="keep the gateway's home (database, maildir, log)")
+    p.add_argument("--drain-timeout", type=float, default=120.0, help="seconds to wait for processing (default 120)")
+    p.add_argument("--keep", action="store_true", help="keep the gateway's home (database, maildir) and the logs")
     p.add_argument("--sink-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.sink_server is None and (args.messages < 1 or args.concurrency < 1 or args.warmup < 0):

@@ -73,16 +73,17 @@ class Gateway:
         cfg = self.config
         self.engine: AsyncEngine = db.make_engine(cfg.database_url, cfg.settings.database.busy_timeout)
         await db.upgrade(self.engine)
+        self.db = db.Database(self.engine)
         async with self.engine.connect() as conn:
             has_data = (await conn.execute(select(messages.c.id).limit(1))).first() is not None
         self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir)
         self.transport = self._transport or make_transport(cfg)
         composer = Composer(cfg, self.signer, email_environment(cfg.templates_dir))
-        self.writer = IntakeWriter(self.engine, self.sealer, self.clock, self._wake_processor.set)
-        self.processor = Processor(cfg, self.engine, self.sealer, composer, self.clock, self.owner)
-        self.outbox = Outbox(cfg, self.engine, self.sealer, self.transport, self.clock, self.owner)
-        self.tracker = Tracker(cfg, self.engine, self.sealer, composer, self.clock)
+        self.writer = IntakeWriter(self.db, self.sealer, self.clock, self._wake_processor.set)
+        self.processor = Processor(cfg, self.db, self.sealer, composer, self.clock, self.owner)
+        self.outbox = Outbox(cfg, self.db, self.sealer, self.transport, self.clock, self.owner)
+        self.tracker = Tracker(cfg, self.db, self.sealer, composer, self.clock)
         self.writer.start()
         self._smtp = await start_smtp(cfg.settings.smtp, self.writer)
         pages = AckPages(

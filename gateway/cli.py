@@ -14,7 +14,7 @@ from pathlib import Path
 from gateway import config as config_mod
 from gateway import db, report
 from gateway.clock import SystemClock
-from gateway.compose import uk_time
+from gateway.compose import UK, uk_time
 from gateway.config import Config, ConfigError
 from gateway.keyfiles import KeyFileError
 from gateway.open import open_message
@@ -97,7 +97,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_route(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    at = datetime.fromisoformat(args.at).astimezone(UTC) if args.at else SystemClock().now()
+    at = SystemClock().now()
+    if args.at:
+        given = datetime.fromisoformat(args.at)
+        # A time without a zone is UK time: that is what a duty manager means by "16:55".
+        at = (given if given.tzinfo else given.replace(tzinfo=UK)).astimezone(UTC)
     data = args.file.read_bytes()
     today = at.date()
     if args.file.suffix.lower() == ".json":
@@ -160,7 +164,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="referral-gateway", description=__doc__)
+    top = argparse.ArgumentParser(
+        prog="referral-gateway",
+        description="Secure referral gateway: takes safeguarding referrals by email, routes and alerts them, "
+        "and tracks each until a named person acknowledges it.",
+    )
     sub = top.add_subparsers(dest="command", required=True)
 
     def command(name: str, helptext: str) -> argparse.ArgumentParser:

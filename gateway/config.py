@@ -142,7 +142,9 @@ class OutboxSection(_Strict):
 
 class ProcessingSection(_Strict):
     max_attempts: int = Field(default=5, ge=1, le=100)
-    lease: Duration = timedelta(minutes=2)
+    # Processing a batch takes milliseconds; a short lease means a crashed instance's messages
+    # are picked up again within seconds of a restart.
+    lease: Duration = timedelta(seconds=30)
     batch: int = Field(default=50, ge=1, le=1000)
     retry: Duration = timedelta(seconds=10)
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -10,7 +15,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -27,10 +32,14 @@ def _sqlite_pragmas(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     cursor.close()
 
 
-def _sqlite_begin_immediate(conn: Connection) -> None:
-    # Take the write lock at BEGIN: a deferred BEGIN that later writes gets "database is locked"
-    # instead of waiting, and two workers could read the same unclaimed row.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+_WRITE = "gateway_write"
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A write transaction takes the write lock at BEGIN (IMMEDIATE): a deferred BEGIN that later
+    # writes gets "database is locked" without waiting, and two workers could read the same
+    # unclaimed row. Reads stay deferred, so they never queue for the write lock.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
 
 def make_engine(url: str, busy_timeout: timedelta = timedelta(seconds=10)) -> AsyncEngine:
@@ -45,7 +54,7 @@ def make_engine(url: str, busy_timeout: timedelta = timedelta(seconds=10)) -> As
             "connect",
             lambda dbapi_connection, _record: _sqlite_pragmas(dbapi_connection, timeout_ms),
         )
-        event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
@@ -60,9 +69,86 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
 
 async def upgrade(engine: AsyncEngine) -> None:
     """Apply every migration not yet applied (idempotent; `serve` calls it at start)."""
-    async with engine.begin() as conn:
+    async with engine.execution_options(**{_WRITE: True}).begin() as conn:
         await conn.run_sync(lambda sync: command.upgrade(_alembic_config(sync), "head"))
 
 
-def is_postgres(engine: AsyncEngine) -> bool:
-    return engine.dialect.name == "postgresql"
+class WriteGate:
+    """One writer at a time inside this process, intake first.
+
+    SQLite has one write lock; left to itself, it makes waiters sleep and retry in growing steps
+    with no order, so an SMTP session's commit could wait seconds behind the workers. Queueing
+    here instead hands the lock over at once, and an intake commit (a sender waiting for its
+    250) goes before queued worker transactions, unless a worker has waited longer than
+    `max_defer`: alerts are delayed by a burst of intake, never starved by it.
+    """
+
+    def __init__(self, max_defer: timedelta = timedelta(seconds=2)) -> None:
+        self._max_defer = max_defer.total_seconds()
+        self._busy = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._normal: deque[tuple[float, asyncio.Future[None]]] = deque()
+
+    @asynccontextmanager
+    async def hold(self, urgent: bool) -> AsyncIterator[None]:
+        await self._acquire(urgent)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, urgent: bool) -> None:
+        if not self._busy and not self._urgent and not self._normal:
+            self._busy = True
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if urgent:
+            self._urgent.append(waiter)
+        else:
+            self._normal.append((loop.time(), waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the gate was handed to us as we were cancelled: pass it on
+            else:
+                self._forget(waiter)
+            raise
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        if waiter in self._urgent:
+            self._urgent.remove(waiter)
+        self._normal = deque(item for item in self._normal if item[1] is not waiter)
+
+    def _release(self) -> None:
+        loop = asyncio.get_running_loop()
+        overdue = self._normal and loop.time() - self._normal[0][0] > self._max_defer
+        if self._urgent and not overdue:
+            self._urgent.popleft().set_result(None)
+        elif self._normal:
+            self._normal.popleft()[1].set_result(None)
+        elif self._urgent:
+            self._urgent.popleft().set_result(None)
+        else:
+            self._busy = False
+
+
+class Database:
+    """The engine plus the one way to write: `write()` (BEGIN IMMEDIATE on SQLite, through the
+    gate) and the way to read: `read()` (no write lock)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(**{_WRITE: True})
+        # PostgreSQL has row locks and many writers; the gate is for SQLite's single write lock.
+        self._gate = WriteGate() if engine.dialect.name == "sqlite" else None
+
+    @asynccontextmanager
+    async def write(self, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
+        async with self._gate.hold(urgent) if self._gate else contextlib.nullcontext():
+            async with self._writer.begin() as conn:
+                yield conn
+
+    def read(self) -> AsyncConnection:
+        return self.engine.connect()

@@ -16,11 +16,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import audit
 from gateway.clock import Clock
 from gateway.config import Config
+from gateway.db import Database
 from gateway.deliver import Transport
 from gateway.outcomes import PermanentFailure, TemporaryFailure, describe
 from gateway.queue import backoff, claim
@@ -38,14 +38,14 @@ class Outbox:
     def __init__(
         self,
         config: Config,
-        engine: AsyncEngine,
+        db: Database,
         sealer: Sealer,
         transport: Transport,
         clock: Clock,
         owner: str,
     ) -> None:
         self._s = config.settings
-        self._engine = engine
+        self._db = db
         self._sealer = sealer
         self._transport = transport
         self._clock = clock
@@ -54,7 +54,7 @@ class Outbox:
     async def run_once(self) -> int:
         now = self._clock.now()
         ids = await claim(
-            self._engine,
+            self._db,
             deliveries,
             and_(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now),
             deliveries.c.next_attempt_at,
@@ -65,7 +65,7 @@ class Outbox:
         )
         if not ids:
             return 0
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             rows = (
                 await conn.execute(
                     select(deliveries, referrals.c.reference)
@@ -94,7 +94,7 @@ class Outbox:
     async def _sent(self, row: Any) -> None:
         now = self._clock.now()
         actor = f"outbox:{self._owner}"
-        async with self._engine.begin() as conn:
+        async with self._db.write() as conn:
             done = await conn.execute(
                 update(deliveries)
                 .where(deliveries.c.id == row.id, deliveries.c.state == "pending")
@@ -121,7 +121,7 @@ class Outbox:
     async def _failed(self, row: Any, reason: str, final: bool) -> None:
         now = self._clock.now()
         actor = f"outbox:{self._owner}"
-        async with self._engine.begin() as conn:
+        async with self._db.write() as conn:
             if final:
                 values: dict[str, Any] = {"state": "dead"}
                 kind = "delivery_dead"

@@ -19,12 +19,13 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import audit
 from gateway.clock import Clock
 from gateway.compose import Composer, Outgoing
 from gateway.config import Config
+from gateway.db import Database
 from gateway.lifecycle import State
 from gateway.model import Referral
 from gateway.open import open_message
@@ -101,7 +102,7 @@ class Processor:
     def __init__(
         self,
         config: Config,
-        engine: AsyncEngine,
+        db: Database,
         sealer: Sealer,
         composer: Composer,
         clock: Clock,
@@ -109,7 +110,7 @@ class Processor:
     ) -> None:
         self._config = config
         self._s = config.settings
-        self._engine = engine
+        self._db = db
         self._sealer = sealer
         self._composer = composer
         self._clock = clock
@@ -119,7 +120,7 @@ class Processor:
         """Claim and process one batch; returns how many messages were claimed."""
         now = self._clock.now()
         ids = await claim(
-            self._engine,
+            self._db,
             messages,
             and_(messages.c.processed_at.is_(None), messages.c.next_attempt_at <= now),
             messages.c.received_at,
@@ -163,7 +164,7 @@ class Processor:
         query = select(*columns, messages.c.raw, messages.c.envelope).join(
             referrals, referrals.c.message_id == messages.c.id
         )
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             try:
                 return list((await conn.execute(query.where(messages.c.id.in_(ids)))).all()), []
             except DBAPIError:
@@ -274,7 +275,7 @@ class Processor:
 
     async def _write(self, batch: list[Prepared], now: datetime) -> None:
         try:
-            async with self._engine.begin() as conn:
+            async with self._db.write() as conn:
                 for prep in batch:
                     await self._write_one(conn, prep, now)
         except LeaseLost:
@@ -282,7 +283,7 @@ class Processor:
             # someone else's now.
             for prep in batch:
                 try:
-                    async with self._engine.begin() as conn:
+                    async with self._db.write() as conn:
                         await self._write_one(conn, prep, now)
                 except LeaseLost:
                     log.warning("processing: lease lost for referral %s; another worker has it", prep.reference)
@@ -318,7 +319,7 @@ class Processor:
 
     async def _fail(self, row: Any, now: datetime, stage: str, reason: str, final: bool) -> None:
         actor = f"worker:{self._owner}"
-        async with self._engine.begin() as conn:
+        async with self._db.write() as conn:
             owned = messages.c.lease_owner == self._owner
             if final:
                 await conn.execute(

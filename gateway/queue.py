@@ -12,11 +12,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.db import Database
 
 
 async def claim(
-    engine: AsyncEngine,
+    db: Database,
     table: Table,
     ready: ColumnElement[bool],
     order_by: Any,
@@ -35,7 +36,7 @@ async def claim(
         .values(lease_owner=owner, lease_until=now + lease, attempts=table.c.attempts + 1)
         .returning(table.c.id)
     )
-    async with engine.begin() as conn:
+    async with db.write() as conn:
         return [row.id for row in await conn.execute(stmt)]
 
 

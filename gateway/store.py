@@ -18,10 +18,11 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import audit
 from gateway.clock import Clock
+from gateway.db import Database
 from gateway.lifecycle import State
 from gateway.model import Channel
 from gateway.reference import new_reference
@@ -55,12 +56,12 @@ def sealed_context(kind: str, row_id: str) -> str:
 class IntakeWriter:
     def __init__(
         self,
-        engine: AsyncEngine,
+        db: Database,
         sealer: Sealer,
         clock: Clock,
         on_committed: Callable[[], None] = lambda: None,
     ) -> None:
-        self._engine = engine
+        self._db = db
         self._sealer = sealer
         self._clock = clock
         self._on_committed = on_committed
@@ -127,7 +128,7 @@ class IntakeWriter:
 
     async def _write_batch(self, items: Sequence[Incoming]) -> list[Accepted]:
         now = self._clock.now()
-        async with self._engine.begin() as conn:
+        async with self._db.write(urgent=True) as conn:
             known = await _existing(conn, {i.dedupe_key for i in items})
             results: list[Accepted] = []
             new_messages, new_referrals, new_events = [], [], []

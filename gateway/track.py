@@ -14,12 +14,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import audit, lifecycle
 from gateway.clock import Clock
 from gateway.compose import Composer, Outgoing
 from gateway.config import Config
+from gateway.db import Database
 from gateway.lifecycle import State
 from gateway.model import Problem, Urgency
 from gateway.pipeline import queue_outgoing
@@ -57,17 +58,17 @@ class NotFound(Exception):
 
 
 class Tracker:
-    def __init__(self, config: Config, engine: AsyncEngine, sealer: Sealer, composer: Composer, clock: Clock) -> None:
+    def __init__(self, config: Config, db: Database, sealer: Sealer, composer: Composer, clock: Clock) -> None:
         self._config = config
         self._s = config.settings
-        self._engine = engine
+        self._db = db
         self._sealer = sealer
         self._composer = composer
         self._clock = clock
 
     async def lookup(self, referral_id: str, recipient_hash: str) -> Any:
         """The referral an ack link points at, if that link's recipient was alerted about it."""
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id))).one_or_none()
             if row is None:
                 raise NotFound(referral_id)
@@ -90,7 +91,7 @@ class Tracker:
         """Record that a named person acknowledged; stops the deadline and tells the referrer.
         Idempotent: a second acknowledgement changes nothing and says who was first."""
         now = self._clock.now()
-        async with self._engine.begin() as conn:
+        async with self._db.write() as conn:
             row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id).with_for_update())).one()
             team = self._s.team(row.team_id)
             if row.acknowledged_at is not None:
@@ -149,7 +150,7 @@ class Tracker:
         The referral stays on the report until acknowledged (escalation rotas come later)."""
         now = self._clock.now()
         fired = 0
-        async with self._engine.begin() as conn:
+        async with self._db.write() as conn:
             due = (
                 await conn.execute(
                     select(
@@ -216,7 +217,7 @@ class Tracker:
         )
 
     async def next_due(self) -> datetime | None:
-        async with self._engine.connect() as conn:
+        async with self._db.read() as conn:
             return (
                 await conn.execute(
                     select(deadlines.c.due_at)
