@@ -80,7 +80,9 @@ class Gateway:
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir)
         self.transport = self._transport or make_transport(cfg)
         composer = Composer(cfg, self.signer, email_environment(cfg.templates_dir))
-        self.writer = IntakeWriter(self.db, self.sealer, self.clock, self._wake_processor.set)
+        self.writer = IntakeWriter(
+            self.db, self.sealer, self.clock, self._wake_processor.set, cfg.settings.smtp.commit_window.total_seconds()
+        )
         self.processor = Processor(cfg, self.db, self.sealer, composer, self.clock, self.owner)
         self.outbox = Outbox(cfg, self.db, self.sealer, self.transport, self.clock, self.owner)
         self.tracker = Tracker(cfg, self.db, self.sealer, composer, self.clock)
@@ -160,8 +162,10 @@ class Gateway:
         return count
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, poll: float) -> None:
+        max_defer = self.config.settings.processing.max_defer.total_seconds()
         while True:
             wake.clear()
+            await self.writer.quiet(max_defer)
             try:
                 busy = await step()
             except Exception as exc:  # noqa: BLE001

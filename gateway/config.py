@@ -100,7 +100,7 @@ class SmtpSection(_Strict):
     max_message_size: Size = 25 * 1024 * 1024
     timeout: Duration = timedelta(minutes=5)
     # How long a batch of concurrent sessions may wait to share one commit (group commit).
-    commit_window: Duration = timedelta(milliseconds=2)
+    commit_window: Duration = timedelta(milliseconds=5)
 
 
 class HttpSection(_Strict):
@@ -147,6 +147,9 @@ class ProcessingSection(_Strict):
     lease: Duration = timedelta(seconds=30)
     batch: int = Field(default=50, ge=1, le=1000)
     retry: Duration = timedelta(seconds=10)
+    # During a burst of arriving mail, processing and sending wait for a lull, at most this
+    # long, so that accepting (a sender waiting for its 250) gets the CPU first.
+    max_defer: Duration = timedelta(seconds=5)
 
 
 class DeadlinesSection(_Strict):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import ssl
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -26,15 +25,23 @@ log = logging.getLogger(__name__)
 TEMPFAIL = "451 4.3.0 Temporary failure storing your message; please try again later"
 
 
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
 def dedupe_key(mail_from: str, raw: bytes) -> str:
     """Same Message-ID from the same sender is the same message (a retry after a lost 250).
 
     Without a Message-ID the exact bytes stand in for it: a sender's retry resends them unchanged.
+    (A regex over the header block, not the email parser: this runs for every message before
+    the 250, and only one header is wanted.)
     """
-    headers = BytesHeaderParser(policy=compat32).parsebytes(raw, headersonly=True)
-    message_id = (headers.get("Message-ID") or "").strip()
-    basis = f"mid\0{mail_from.lower()}\0{message_id}".encode() if message_id else b"raw\0" + raw
-    return hashlib.sha256(basis).hexdigest()
+    end = _HEADER_END.search(raw)
+    match = _MESSAGE_ID.search(raw, 0, end.start() if end else len(raw))
+    message_id = b"".join(match.group(1).split()) if match else b""
+    if message_id:
+        return hashlib.sha256(b"mid\0" + mail_from.lower().encode() + b"\0" + message_id).hexdigest()
+    return hashlib.sha256(b"raw\0" + raw).hexdigest()
 
 
 class ReferralHandler:

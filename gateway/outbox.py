@@ -73,84 +73,76 @@ class Outbox:
                     .where(deliveries.c.id.in_(ids))
                 )
             ).all()
-        await asyncio.gather(*(self._deliver(row) for row in rows))
+        outcomes = await asyncio.gather(*(self._deliver(row) for row in rows))
+        await self._record(outcomes)
         return len(ids)
 
-    async def _deliver(self, row: Any) -> None:
+    async def _deliver(self, row: Any) -> tuple[Any, str | None, bool]:
+        """Send one; returns (row, None, False) when sent, else (row, reason, final)."""
+        final_try = row.attempts >= self._s.outbox.max_attempts
         try:
             payload = json.loads(self._sealer.open(row.payload, sealed_context("delivery", row.id)))
             await self._transport.send(self._s.mail.from_address, payload["to"], payload["message"].encode("ascii"))
         except PermanentFailure as exc:
-            await self._failed(row, str(exc), final=True)
+            return row, str(exc), True
         except TemporaryFailure as exc:
-            await self._failed(row, str(exc), final=row.attempts >= self._s.outbox.max_attempts)
+            return row, str(exc), final_try
         except Exception as exc:  # noqa: BLE001
-            # A bug in one delivery must not stop the others;
-            # it is retried like a temporary failure and ends dead (on the report) if it persists.
-            await self._failed(row, describe(exc), final=row.attempts >= self._s.outbox.max_attempts)
-        else:
-            await self._sent(row)
+            # A bug in one delivery must not stop the others; it is retried like a temporary
+            # failure and ends dead (on the report) if it persists.
+            return row, describe(exc), final_try
+        return row, None, False
 
-    async def _sent(self, row: Any) -> None:
+    async def _record(self, outcomes: list[tuple[Any, str | None, bool]]) -> None:
+        """All outcomes of a claimed batch in one transaction (one fsync, not one per email)."""
         now = self._clock.now()
         actor = f"outbox:{self._owner}"
+        by_referral: dict[str, list[audit.Event]] = {}
         async with self._db.write() as conn:
-            done = await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == row.id, deliveries.c.state == "pending")
-                .values(state="sent", sent_at=now, lease_owner=None, lease_until=None, last_error=None)
-            )
-            if done.rowcount != 1:
-                return  # another worker recorded it first (its lease had run out)
-            events = [
-                audit.Event(
-                    row.referral_id,
-                    now,
-                    actor,
-                    "delivery_sent",
-                    {"delivery": row.id, "kind": row.kind, "attempt": row.attempts},
+            for row, reason, final in outcomes:
+                if reason is None:
+                    values: dict[str, Any] = {"state": "sent", "sent_at": now, "last_error": None}
+                    kind = "delivery_sent"
+                elif final:
+                    values = {"state": "dead", "last_error": reason[:200]}
+                    kind = "delivery_dead"
+                else:
+                    delay = backoff(row.attempts, self._s.outbox.first_retry, self._s.outbox.max_retry)
+                    values = {"next_attempt_at": now + delay, "last_error": reason[:200]}
+                    kind = "delivery_failed"
+                done = await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id == row.id, deliveries.c.state == "pending")
+                    .values(lease_owner=None, lease_until=None, **values)
                 )
-            ]
-            if row.kind in _ALERT_KINDS:
+                if done.rowcount != 1:
+                    continue  # another worker recorded it first (our lease had run out)
+                detail: dict[str, Any] = {"delivery": row.id, "kind": row.kind, "attempt": row.attempts}
+                events = by_referral.setdefault(row.referral_id, [])
                 events.append(
-                    audit.Event(row.referral_id, now, actor, "alerted", {"team": row.team_id, "channel": row.channel})
+                    audit.Event(row.referral_id, now, actor, kind, detail | ({"reason": reason} if reason else {}))
                 )
-            await transition(conn, row.referral_id, events)
-        log.info("outbox: %s for referral %s sent (attempt %d)", row.kind, row.reference, row.attempts)
+                if reason is None and row.kind in _ALERT_KINDS:
+                    events.append(
+                        audit.Event(
+                            row.referral_id, now, actor, "alerted", {"team": row.team_id, "channel": row.channel}
+                        )
+                    )
+                if final and row.kind == "alert" and not await self._another_alert_alive(conn, row, now):
+                    events.append(
+                        audit.Event(
+                            row.referral_id, now, actor, "undeliverable", {"team": row.team_id, "reason": reason}
+                        )
+                    )
+                self._log(row, reason, final)
+            for referral_id, events in by_referral.items():
+                await transition(conn, referral_id, events)
 
-    async def _failed(self, row: Any, reason: str, final: bool) -> None:
-        now = self._clock.now()
-        actor = f"outbox:{self._owner}"
-        async with self._db.write() as conn:
-            if final:
-                values: dict[str, Any] = {"state": "dead"}
-                kind = "delivery_dead"
-            else:
-                delay = backoff(row.attempts, self._s.outbox.first_retry, self._s.outbox.max_retry)
-                values = {"next_attempt_at": now + delay}
-                kind = "delivery_failed"
-            done = await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == row.id, deliveries.c.state == "pending")
-                .values(lease_owner=None, lease_until=None, last_error=reason[:200], **values)
-            )
-            if done.rowcount != 1:
-                return
-            events = [
-                audit.Event(
-                    row.referral_id,
-                    now,
-                    actor,
-                    kind,
-                    {"delivery": row.id, "kind": row.kind, "attempt": row.attempts, "reason": reason},
-                )
-            ]
-            if final and row.kind == "alert" and not await self._another_alert_alive(conn, row, now):
-                events.append(
-                    audit.Event(row.referral_id, now, actor, "undeliverable", {"team": row.team_id, "reason": reason})
-                )
-            await transition(conn, row.referral_id, events)
-        if final:
+    @staticmethod
+    def _log(row: Any, reason: str | None, final: bool) -> None:
+        if reason is None:
+            log.info("outbox: %s for referral %s sent (attempt %d)", row.kind, row.reference, row.attempts)
+        elif final:
             log.error(
                 "outbox: %s for referral %s failed for good after %d attempts: %s",
                 row.kind,

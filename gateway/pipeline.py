@@ -8,6 +8,7 @@ claimed again when its lease runs out and processed from scratch; nothing is twi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -17,7 +18,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -74,18 +75,7 @@ def outbox_row(out: Outgoing, referral_id: str, sealer: Sealer, now: datetime) -
     }
 
 
-async def queue_outgoing(
-    conn: AsyncConnection,
-    sealer: Sealer,
-    referral_id: str,
-    outgoing: Sequence[Outgoing],
-    now: datetime,
-    actor: str,
-) -> list[audit.Event]:
-    """Insert outbox rows; returns their `delivery_queued` events for the caller's batch."""
-    rows = [outbox_row(out, referral_id, sealer, now) for out in outgoing]
-    if rows:
-        await conn.execute(deliveries.insert(), rows)
+def queued_events(referral_id: str, rows: Sequence[dict[str, Any]], now: datetime, actor: str) -> list[audit.Event]:
     return [
         audit.Event(
             referral_id,
@@ -96,6 +86,16 @@ async def queue_outgoing(
         )
         for row in rows
     ]
+
+
+async def queue_outgoing(
+    conn: AsyncConnection, sealer: Sealer, referral_id: str, outgoing: Sequence[Outgoing], now: datetime, actor: str
+) -> list[audit.Event]:
+    """Insert outbox rows; returns their `delivery_queued` events for the caller's batch."""
+    rows = [outbox_row(out, referral_id, sealer, now) for out in outgoing]
+    if rows:
+        await conn.execute(deliveries.insert(), rows)
+    return queued_events(referral_id, rows, now, actor)
 
 
 class Processor:
@@ -137,6 +137,7 @@ class Processor:
             await self._fail(bad, now, "load", "the stored message cannot be read from the database", final)
         prepared: list[Prepared] = []
         for row in rows:
+            await asyncio.sleep(0)  # let SMTP sessions in between messages: parsing is CPU work
             stages = ["open"]  # the stage reached, for the report if it fails
             try:
                 prepared.append(self._prepare(row, now, stages))
@@ -276,15 +277,13 @@ class Processor:
     async def _write(self, batch: list[Prepared], now: datetime) -> None:
         try:
             async with self._db.write() as conn:
-                for prep in batch:
-                    await self._write_one(conn, prep, now)
+                await self._write_many(conn, batch, now)
         except LeaseLost:
-            # Rare: one lease ran out mid-batch. Write the others alone; the lost one is
-            # someone else's now.
+            # Rare: a lease ran out mid-batch. Write each alone; a lost one is someone else's now.
             for prep in batch:
                 try:
                     async with self._db.write() as conn:
-                        await self._write_one(conn, prep, now)
+                        await self._write_many(conn, [prep], now)
                 except LeaseLost:
                     log.warning("processing: lease lost for referral %s; another worker has it", prep.reference)
             return
@@ -296,25 +295,37 @@ class Processor:
                 " (incomplete)" if prep.values["incomplete"] else "",
             )
 
-    async def _write_one(self, conn: AsyncConnection, prep: Prepared, now: datetime) -> None:
+    async def _write_many(self, conn: AsyncConnection, batch: list[Prepared], now: datetime) -> None:
+        """Everything a batch produced, in one transaction and a handful of statements."""
         done = await conn.execute(
             update(messages)
             .where(
-                messages.c.id == prep.message_id,
-                messages.c.lease_owner == self._owner,
+                messages.c.id.in_([prep.message_id for prep in batch]),
+                messages.c.lease_owner == self._owner,  # only if the lease is still ours
                 messages.c.processed_at.is_(None),
             )
             .values(processed_at=now, lease_owner=None, lease_until=None, last_error=None)
         )
-        if done.rowcount != 1:
-            raise LeaseLost(prep.message_id)
-        await conn.execute(update(referrals).where(referrals.c.id == prep.referral_id).values(**prep.values))
-        events = list(prep.events)
-        events += await queue_outgoing(
-            conn, self._sealer, prep.referral_id, prep.outgoing, now, f"worker:{self._owner}"
+        if done.rowcount != len(batch):
+            raise LeaseLost()
+        columns = list(batch[0].values)
+        await conn.execute(
+            update(referrals)
+            .where(referrals.c.id == bindparam("b_id"))
+            .values({column: bindparam(f"b_{column}") for column in columns}),
+            [{"b_id": prep.referral_id, **{f"b_{c}": prep.values[c] for c in columns}} for prep in batch],
         )
-        if prep.due_at is not None:
-            await conn.execute(deadlines.insert().values(referral_id=prep.referral_id, kind="ack", due_at=prep.due_at))
+        events: list[audit.Event] = []
+        outbox_rows: list[dict[str, Any]] = []
+        for prep in batch:
+            rows = [outbox_row(out, prep.referral_id, self._sealer, now) for out in prep.outgoing]
+            outbox_rows += rows
+            events += prep.events + queued_events(prep.referral_id, rows, now, f"worker:{self._owner}")
+        if outbox_rows:
+            await conn.execute(deliveries.insert(), outbox_rows)
+        due = [{"referral_id": p.referral_id, "kind": "ack", "due_at": p.due_at} for p in batch if p.due_at]
+        if due:
+            await conn.execute(deadlines.insert(), due)
         await audit.append(conn, events)
 
     async def _fail(self, row: Any, now: datetime, stage: str, reason: str, final: bool) -> None:

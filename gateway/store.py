@@ -60,6 +60,7 @@ class IntakeWriter:
         sealer: Sealer,
         clock: Clock,
         on_committed: Callable[[], None] = lambda: None,
+        window: float = 0.0,
     ) -> None:
         self._db = db
         self._sealer = sealer
@@ -67,6 +68,8 @@ class IntakeWriter:
         self._on_committed = on_committed
         self._queue: asyncio.Queue[tuple[Incoming, asyncio.Future[Accepted]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._last_arrival = float("-inf")
+        self._window = window
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="intake-writer")
@@ -81,19 +84,40 @@ class IntakeWriter:
             if not fut.done():
                 fut.set_exception(ConnectionAbortedError("gateway stopping"))
 
+    async def quiet(self, max_wait: float, idle: float = 0.05) -> None:
+        """Wait until no message has arrived for `idle` seconds, but never longer than `max_wait`.
+
+        The workers call this before each step: under a burst, saying yes to senders (whose
+        servers time out and retry) goes first, and alerts follow within `max_wait`.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + max_wait
+        # A timestamp checked a few times per `idle`, rather than an Event set on every arrival:
+        # the sessions' hot path stays one assignment.
+        while loop.time() < give_up and (self._queue.qsize() or loop.time() - self._last_arrival < idle):  # noqa: ASYNC110
+            await asyncio.sleep(idle / 2)
+
     async def submit(self, item: Incoming) -> Accepted:
         """Returns once the message and its `received` event are committed; raises if not."""
-        fut: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._last_arrival = loop.time()
+        fut: asyncio.Future[Accepted] = loop.create_future()
         await self._queue.put((item, fut))
         # shield: aiosmtpd cancels the handler when the client hangs up, but the commit must
         # finish or fail as a whole; the writer owns it, not the session.
         return await asyncio.shield(fut)
 
     async def _run(self) -> None:
+        busy = False
         while True:
             batch = [await self._queue.get()]
+            if busy and self._window > 0:
+                # Under load (the last batch shared a commit), wait a moment for more sessions
+                # to join this one: fewer, larger commits. Idle, a lone message goes at once.
+                await asyncio.sleep(self._window)
             while not self._queue.empty() and len(batch) < _MAX_BATCH:
                 batch.append(self._queue.get_nowait())
+            busy = len(batch) > 1
             live = [(item, fut) for item, fut in batch if not fut.cancelled()]
             try:
                 results = await self._write_batch([item for item, _ in live])

@@ -150,6 +150,9 @@ class Tracker:
         The referral stays on the report until acknowledged (escalation rotas come later)."""
         now = self._clock.now()
         fired = 0
+        earliest = await self.next_due()
+        if earliest is None or earliest > now:
+            return 0  # a read, not a write transaction, on every wake-up with nothing due
         async with self._db.write() as conn:
             due = (
                 await conn.execute(

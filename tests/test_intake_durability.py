@@ -125,3 +125,15 @@ async def test_many_concurrent_sessions_share_commits_and_each_gets_its_own_refe
         received = (await conn.execute(select(events.c.id).where(events.c.kind == "received"))).all()
         count = len((await conn.execute(select(messages.c.id))).all())
     assert stored == references and len(received) == 40 and count == 40
+
+
+def test_dedupe_key_is_the_message_id_from_that_sender_or_else_the_bytes() -> None:
+    from gateway.intake_smtp import dedupe_key
+
+    folded = b"Subject: x\r\nMessage-ID:\r\n <abc@nhs.example>\r\n\r\nbody one"
+    plain = b"message-id: <abc@nhs.example>\n\nbody two (a client that re-renders on retry)"
+    assert dedupe_key("Ann@NHS.example", folded) == dedupe_key("ann@nhs.example", plain)
+    assert dedupe_key("ann@nhs.example", folded) != dedupe_key("other@nhs.example", folded)
+    in_body = b"Subject: x\r\n\r\nMessage-ID: <abc@nhs.example>\r\n"  # not a header: no id
+    assert dedupe_key("ann@nhs.example", in_body) == dedupe_key("ann@nhs.example", in_body)
+    assert dedupe_key("ann@nhs.example", in_body) != dedupe_key("ann@nhs.example", in_body + b" ")
