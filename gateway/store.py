@@ -70,17 +70,25 @@ class IntakeWriter:
         self._task: asyncio.Task[None] | None = None
         self._last_arrival = float("-inf")
         self._window = window
+        self._writing: list[asyncio.Future[Accepted]] = []  # the batch being committed now
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="intake-writer")
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 5.0) -> None:
+        """Commit what is queued (up to `grace` seconds), then stop. Anyone still waiting is told
+        it failed, so their session answers 451 and the sender retries."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + grace
+        while (self._queue.qsize() or self._writing) and loop.time() < give_up:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        # Anyone still waiting gets an error (their sender is told 451 and retries).
+        waiting = list(self._writing)
         while not self._queue.empty():
-            _, fut = self._queue.get_nowait()
+            waiting.append(self._queue.get_nowait()[1])
+        for fut in waiting:
             if not fut.done():
                 fut.set_exception(ConnectionAbortedError("gateway stopping"))
 
@@ -119,26 +127,32 @@ class IntakeWriter:
                 batch.append(self._queue.get_nowait())
             busy = len(batch) > 1
             live = [(item, fut) for item, fut in batch if not fut.cancelled()]
-            try:
-                results = await self._write_batch([item for item, _ in live])
-            except IntegrityError:
-                # A duplicate raced in from another instance, or a reference collided: write
-                # each message alone so one conflict cannot fail the others.
-                for item, fut in live:
-                    await self._write_one(item, fut)
-                self._on_committed()
-                continue
-            except Exception as exc:  # noqa: BLE001
-                # Every waiter must hear: their senders get 451 and retry.
-                log.error("intake commit failed for %d messages: %s", len(live), type(exc).__name__)
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), result in zip(live, results, strict=True):
-                if not fut.done():
-                    fut.set_result(result)
+            self._writing = [fut for _, fut in live]
+            await self._commit(live)
+            self._writing = []
+
+    async def _commit(self, live: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> None:
+        """Write a batch and answer each waiter: its result, or the error (its session says 451)."""
+        try:
+            results = await self._write_batch([item for item, _ in live])
+        except IntegrityError:
+            # A duplicate raced in from another instance, or a reference collided: write each
+            # message alone so one conflict cannot fail the others.
+            for item, fut in live:
+                await self._write_one(item, fut)
             self._on_committed()
+            return
+        except Exception as exc:  # noqa: BLE001
+            # Every waiter must hear: their senders get 451 and retry.
+            log.error("intake commit failed for %d messages: %s", len(live), type(exc).__name__)
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), result in zip(live, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
+        self._on_committed()
 
     async def _write_one(self, item: Incoming, fut: asyncio.Future[Accepted]) -> None:
         try:
