@@ -15,11 +15,10 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Settings
-from gateway.lifecycle import State
+from gateway.lifecycle import TRACKED_OPEN, State
 from gateway.schema import deliveries, events, messages, referrals
 
 FORMATS = ("table", "csv", "json")
-_OPEN = (State.RECEIVED, State.ROUTED, State.ALERTED, State.UNDELIVERABLE, State.QUARANTINED)
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
             await conn.execute(
                 select(referrals, messages.c.last_error.label("processing_error"))
                 .outerjoin(messages, messages.c.id == referrals.c.message_id)
-                .where(or_(referrals.c.state.in_([s.value for s in _OPEN]), referrals.c.id.in_(dead)))
+                .where(or_(referrals.c.state.in_([s.value for s in TRACKED_OPEN]), referrals.c.id.in_(dead)))
                 .order_by(referrals.c.received_at)
             )
         ).all()
