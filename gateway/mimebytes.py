@@ -1,0 +1,99 @@
+"""MIME by the byte: cut entities and multipart parts out of a message exactly as received.
+
+A signature covers the bytes the sender's client signed. Parsing a message into objects and
+serialising it again changes those bytes (header folding, line endings, boundary whitespace), so a
+good signature would fail, or worse, a check would pass over bytes that are not what was sent.
+Here a part is a slice of the original bytes, cut at the delimiters RFC 2046 §5.1.1 defines:
+the CRLF before `--boundary` belongs to the delimiter, not to the part.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import re
+from dataclasses import dataclass
+from email.message import Message
+
+MAX_DEPTH = 8  # nested multiparts/encryption layers we follow before calling a message malformed
+
+
+class MimeError(Exception):
+    """The message's structure cannot be read; `reason` is safe to report (no content)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_SEPARATOR = re.compile(rb"\r?\n\r?\n")
+
+
+@dataclass(frozen=True)
+class Entity:
+    raw: bytes  # the whole entity as received: headers, blank line, body
+    headers: Message
+    body: bytes  # everything after the blank line, byte for byte
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get_content_type()
+
+    def param(self, name: str) -> str | None:
+        value = self.headers.get_param(name)
+        if value is None or isinstance(value, tuple):
+            return None if value is None else str(value[2])
+        return str(value)
+
+    def decoded_body(self) -> bytes:
+        """The body with its Content-Transfer-Encoding undone (base64, quoted-printable)."""
+        encoding = (self.headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
+        if encoding not in ("7bit", "8bit", "binary", "base64", "quoted-printable"):
+            raise MimeError(f"unknown transfer encoding '{encoding[:20]}'")
+        probe = Message()
+        probe["Content-Transfer-Encoding"] = encoding
+        probe.set_payload(self.body)
+        data = probe.get_payload(decode=True)
+        return data if isinstance(data, bytes) else b""
+
+
+def parse_entity(raw: bytes) -> Entity:
+    """Split headers from body without touching either."""
+    match = _SEPARATOR.search(raw)
+    if match is None:
+        head, body = raw, b""
+        if raw.strip() and not re.match(rb"^[!-9;-~]+:", raw):
+            raise MimeError("no headers at the start of a MIME part")
+    else:
+        head, body = raw[: match.start()], raw[match.end() :]
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head + b"\r\n\r\n")
+    return Entity(raw=raw, headers=headers, body=body)
+
+
+def split_multipart(entity: Entity) -> list[bytes]:
+    """The exact bytes of each body part of a multipart entity, preamble and epilogue dropped."""
+    boundary = entity.param("boundary")
+    if not boundary:
+        raise MimeError("multipart without a boundary")
+    if len(boundary) > 70:
+        raise MimeError("boundary longer than RFC 2046 allows")
+    # A delimiter line is "--boundary" at the start of a line, maybe with trailing white space;
+    # the close delimiter adds "--". The line break before it is part of the delimiter.
+    delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary.encode("latin-1")) + rb"(--)?[ \t]*(?:\r?\n|$)")
+    parts: list[bytes] = []
+    start: int | None = None
+    for match in delimiter.finditer(entity.body):
+        if start is not None:
+            parts.append(entity.body[start : match.start()])
+        if match.group(1):  # close delimiter: the rest is epilogue
+            return parts
+        start = match.end()
+    if start is None:
+        raise MimeError("the multipart boundary never appears in the body")
+    raise MimeError("the multipart has no closing boundary (truncated?)")
+
+
+def canonical_crlf(data: bytes) -> bytes:
+    """Line endings as CRLF, the canonical form that MIME signatures are made over (RFC 3156 §5,
+    RFC 8551 §3.1.1), for parts that a mail system stored with bare LF."""
+    return re.sub(rb"\r?\n", b"\r\n", data)

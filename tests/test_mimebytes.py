@@ -1,0 +1,73 @@
+"""Exact-bytes MIME splitting: parts come back byte for byte; nothing crashes on junk."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.mimebytes import MimeError, canonical_crlf, parse_entity, split_multipart
+
+BOUNDARY = "b1_=_xyz"
+# A part may not contain the delimiter, and with bare-LF line ends a trailing CR is ambiguous.
+part_text = st.binary(max_size=300).filter(lambda b: b"--" + BOUNDARY.encode() not in b and not b.endswith(b"\r"))
+
+
+def assemble(parts: list[bytes], newline: bytes = b"\r\n", preamble: bytes = b"", epilogue: bytes = b"") -> bytes:
+    head = f'Content-Type: multipart/signed; boundary="{BOUNDARY}"; protocol="application/pgp-signature"'.encode()
+    body = preamble
+    for index, part in enumerate(parts):
+        body += (newline if index or preamble else b"") + b"--" + BOUNDARY.encode() + newline + part
+    body += newline + b"--" + BOUNDARY.encode() + b"--" + newline + epilogue
+    return head + newline + newline + body
+
+
+@given(st.lists(part_text, min_size=1, max_size=4), st.sampled_from([b"\r\n", b"\n"]))
+def test_parts_come_back_byte_for_byte(parts: list[bytes], newline: bytes) -> None:
+    raw = assemble(parts, newline, preamble=b"This is a multipart message.", epilogue=b"trailer")
+    entity = parse_entity(raw)
+    assert entity.content_type == "multipart/signed"
+    assert split_multipart(entity) == parts
+
+
+def test_the_crlf_before_a_delimiter_belongs_to_the_delimiter() -> None:
+    signed = b"Content-Type: text/plain\r\n\r\nHello\r\n"
+    raw = assemble([signed, b"Content-Type: application/pgp-signature\r\n\r\nSIG"])
+    first, second = split_multipart(parse_entity(raw))
+    assert first == signed  # its own final CRLF kept; the delimiter's CRLF not added
+    assert second.endswith(b"SIG")
+
+
+def test_truncated_and_boundaryless_multiparts_are_named_errors() -> None:
+    raw = assemble([b"a", b"b"])
+    with pytest.raises(MimeError, match="no closing boundary"):
+        split_multipart(parse_entity(raw[: raw.rindex(b"--" + BOUNDARY.encode())]))
+    with pytest.raises(MimeError, match="without a boundary"):
+        split_multipart(parse_entity(b"Content-Type: multipart/mixed\r\n\r\nbody"))
+    with pytest.raises(MimeError, match="never appears"):
+        split_multipart(parse_entity(b'Content-Type: multipart/mixed; boundary="zz"\r\n\r\nbody'))
+
+
+def test_canonical_crlf() -> None:
+    assert canonical_crlf(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=2000))
+def test_junk_never_raises_anything_but_mime_error(data: bytes) -> None:
+    try:
+        entity = parse_entity(data)
+        entity.decoded_body()
+        if entity.content_type.startswith("multipart/"):
+            split_multipart(entity)
+    except MimeError:
+        pass
+
+
+@given(st.text(max_size=200))
+def test_junk_with_a_multipart_header_never_raises_anything_but_mime_error(body: str) -> None:
+    raw = b'Content-Type: multipart/mixed; boundary="q"\r\n\r\n' + body.encode("utf-8", "surrogatepass")
+    try:
+        split_multipart(parse_entity(raw))
+    except MimeError:
+        pass
