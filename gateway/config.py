@@ -204,6 +204,56 @@ class Route(_Strict):
         return self
 
 
+def _fingerprint(value: str) -> str:
+    compact = re.sub(r"[\s:]", "", str(value)).upper()
+    if not re.fullmatch(r"[0-9A-F]{40}|[0-9A-F]{64}", compact):
+        raise ValueError(f"{value!r} is not a key fingerprint; use the 40 hex digits gpg --fingerprint shows")
+    return compact
+
+
+Fingerprint = Annotated[str, BeforeValidator(_fingerprint)]
+
+
+def _sender_pattern(value: str) -> str:
+    text = str(value).strip().lower()
+    if not re.fullmatch(r"(?:[^@\s<>]+)?@[^@\s<>]+\.[^@\s<>]+", text):
+        raise ValueError(
+            f"{value!r} is not an address; use an address (ann@trust.example) or a domain (@trust.example)"
+        )
+    return text
+
+
+class Partner(_Strict):
+    """A partner organisation whose staff send referrals: who may sign for it, from where."""
+
+    name: str
+    addresses: tuple[Annotated[str, BeforeValidator(_sender_pattern)], ...] = Field(min_length=1)
+    openpgp: tuple[Fingerprint, ...] = ()  # fingerprints of keys allowed to sign for this partner
+    smime_anchors: tuple[Path, ...] = ()  # CA certificates (PEM) its staff's certificates chain to
+    smime_pinned: tuple[Path, ...] = ()  # individual certificates (PEM) trusted as they are
+
+    def covers(self, address: str) -> bool:
+        """Whether a sending address belongs to this partner (exact address, or its domain)."""
+        address = address.strip().lower()
+        domain = "@" + address.rpartition("@")[2]
+        return any(pattern == address or pattern == domain for pattern in self.addresses)
+
+
+class SecuritySection(_Strict):
+    # Neither required: accept and flag (the alert and the report say what was missing).
+    require_encryption: bool = False
+    require_signature: bool = False  # a valid signature by a known partner, sent from its own address
+
+
+class KeysSection(_Strict):
+    """The gateway's own keys, under keys/. Absent: that kind of mail cannot be decrypted."""
+
+    openpgp_home: Path = Path("gnupg")
+    openpgp_fingerprint: Fingerprint | None = None
+    smime_key: Path | None = None
+    smime_cert: Path | None = None
+
+
 class Settings(_Strict):
     gateway: GatewaySection
     paths: PathsSection = PathsSection()
@@ -217,6 +267,9 @@ class Settings(_Strict):
     ack: AckSection = AckSection()
     teams: tuple[Team, ...] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)
+    security: SecuritySection = SecuritySection()
+    keys: KeysSection = KeysSection()
+    partners: tuple[Partner, ...] = ()
 
     def team(self, team_id: str) -> Team:
         for team in self.teams:
