@@ -27,6 +27,7 @@ from gateway.sealing import Sealer
 from gateway.store import IntakeWriter
 from gateway.tokens import AckSigner
 from gateway.track import Tracker
+from gateway.unwrap import Trust, Unwrapper
 from gateway.web import AckPages, make_app, web_environment
 
 log = logging.getLogger(__name__)
@@ -79,11 +80,12 @@ class Gateway:
         self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir)
         self.transport = self._transport or make_transport(cfg)
+        self.unwrapper = Unwrapper(None, None, Trust())
         composer = Composer(cfg, self.signer, email_environment(cfg.templates_dir))
         self.writer = IntakeWriter(
             self.db, self.sealer, self.clock, self._wake_processor.set, cfg.settings.smtp.commit_window.total_seconds()
         )
-        self.processor = Processor(cfg, self.db, self.sealer, composer, self.clock, self.owner)
+        self.processor = Processor(cfg, self.db, self.sealer, composer, self.clock, self.owner, self.unwrapper)
         self.outbox = Outbox(cfg, self.db, self.sealer, self.transport, self.clock, self.owner)
         self.tracker = Tracker(cfg, self.db, self.sealer, composer, self.clock)
         self.writer.start()

@@ -28,6 +28,7 @@ REQUIRED_TEMPLATES = (
     "email/reminder.txt",
     "email/receipt.txt",
     "email/ack_notice.txt",
+    "email/quarantine_notice.txt",
     "web/ack_confirm.html",
     "web/ack_done.html",
     "web/error.html",

@@ -139,6 +139,17 @@ class Composer:
             in_reply_to,
         )
 
+    def quarantine_notice(
+        self, *, reference: str, to: str, reason: str, received_at: datetime, now: datetime, in_reply_to: str | None
+    ) -> Outgoing:
+        return self._build(
+            "notice",
+            "email/quarantine_notice.txt",
+            to,
+            {"reference": reference, "reason": reason, "received_at": received_at, "now": now},
+            in_reply_to,
+        )
+
     def ack_notice(self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime) -> Outgoing:
         return self._build(
             "ack_notice",

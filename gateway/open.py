@@ -8,7 +8,9 @@ missing part is never a reason to lose a referral.
 from __future__ import annotations
 
 import email
+import email.parser
 import email.policy
+import email.utils
 import html
 import re
 from dataclasses import dataclass
@@ -76,6 +78,33 @@ def _is_automatic(msg: Message) -> bool:
     auto = (msg.get("Auto-Submitted") or "no").strip().lower()
     precedence = (msg.get("Precedence") or "").strip().lower()
     return auto != "no" or precedence in ("bulk", "junk", "list")
+
+
+@dataclass(frozen=True)
+class Outer:
+    """What the outer (possibly encrypted) message's own headers say."""
+
+    message_id: str | None
+    automatic: bool
+    from_address: str | None
+
+
+_PROTECTED = re.compile(
+    rb"multipart/encrypted|multipart/signed|pkcs7-mime|pkcs7-signature|-----BEGIN PGP (?:MESSAGE|SIGNED)", re.IGNORECASE
+)
+
+
+def read_outer(raw: bytes) -> Outer:
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
+    message_id = headers.get("Message-ID")
+    from_address = email.utils.parseaddr(str(headers.get("From") or ""))[1].strip().lower() or None
+    return Outer(re.sub(r"\s+", "", str(message_id)) if message_id else None, _is_automatic(headers), from_address)
+
+
+def looks_protected(raw: bytes) -> bool:
+    """Whether a message claims encryption or a signature anywhere: then a structure we cannot
+    read is a reason to quarantine, not to read the plaintext leniently."""
+    return _PROTECTED.search(raw) is not None
 
 
 def open_message(raw: bytes) -> Opened:

@@ -9,10 +9,12 @@ from __future__ import annotations
 class Quarantine(Exception):
     """This message cannot be processed as it is; a person must look at it (never dropped)."""
 
-    def __init__(self, stage: str, reason: str) -> None:
+    def __init__(self, stage: str, reason: str, notify: str | None = None, in_reply_to: str | None = None) -> None:
         super().__init__(f"{stage}: {reason}")
         self.stage = stage
         self.reason = reason
+        self.notify = notify  # the sender to tell what failed (None: a null sender or automatic mail)
+        self.in_reply_to = in_reply_to
 
 
 class TemporaryFailure(Exception):

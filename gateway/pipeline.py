@@ -26,17 +26,21 @@ from gateway import audit
 from gateway.clock import Clock
 from gateway.compose import Composer, Outgoing
 from gateway.config import Config
+from gateway.crypto import CryptoError
 from gateway.db import Database
 from gateway.lifecycle import State
+from gateway.mimebytes import MimeError
 from gateway.model import Referral
-from gateway.open import open_message
+from gateway.open import Opened, Outer, looks_protected, open_message, read_outer
 from gateway.outcomes import Quarantine, describe
 from gateway.parse import parse_json, parse_text
+from gateway.policy import judge
 from gateway.queue import claim
 from gateway.route import route
 from gateway.schema import deadlines, deliveries, messages, referrals
 from gateway.sealing import Sealer
 from gateway.store import sealed_context
+from gateway.unwrap import Unwrapper
 
 log = logging.getLogger(__name__)
 UK = ZoneInfo("Europe/London")
@@ -107,7 +111,9 @@ class Processor:
         composer: Composer,
         clock: Clock,
         owner: str,
+        unwrapper: Unwrapper,
     ) -> None:
+        self._unwrapper = unwrapper
         self._config = config
         self._s = config.settings
         self._db = db
@@ -140,9 +146,9 @@ class Processor:
             await asyncio.sleep(0)  # let SMTP sessions in between messages: parsing is CPU work
             stages = ["open"]  # the stage reached, for the report if it fails
             try:
-                prepared.append(self._prepare(row, now, stages))
+                prepared.append(await self._prepare(row, now, stages))
             except Quarantine as outcome:
-                await self._fail(row, now, outcome.stage, outcome.reason, final=True)
+                await self._fail(row, now, outcome.stage, outcome.reason, final=True, outcome=outcome)
             except Exception as exc:  # noqa: BLE001
                 # Mailman's shunt: a bug in any stage must not lose the message; it is retried,
                 # then quarantined for a person to see.
@@ -186,10 +192,40 @@ class Processor:
                     )
             return rows, bad
 
-    def _prepare(self, row: Any, now: datetime, stages: list[str]) -> Prepared:
+    async def _open(self, raw: bytes, reply_to: str, outer: Outer) -> tuple[Opened, dict[str, Any]]:
+        """Unwrap the security layers and judge them; the content, and what to record about it.
+        Raises Quarantine when the message cannot be read or fails the policy."""
+        notify = reply_to if reply_to and not outer.automatic else None
+        try:
+            unwrapped = await self._unwrapper.unwrap(raw)
+        except (MimeError, CryptoError) as exc:
+            if isinstance(exc, CryptoError) or looks_protected(raw):
+                raise Quarantine("open", exc.reason, notify, outer.message_id) from None
+            # Plain mail with a broken structure: read what can be read, never bounce a concern.
+            return open_message(raw), {"encrypted": False, "layers": [], "flags": [f"malformed MIME ({exc.reason})"]}
+        verdict = judge(
+            unwrapped.encrypted,
+            unwrapped.signatures,
+            outer.from_address or reply_to,
+            self._s.partners,
+            self._s.security,
+        )
+        if verdict.quarantine is not None:
+            raise Quarantine("policy", verdict.quarantine, notify, outer.message_id)
+        security = {
+            "encrypted": unwrapped.encrypted,
+            "layers": unwrapped.layers,
+            "partner": verdict.partner,
+            "flags": list(verdict.flags),
+        }
+        return open_message(unwrapped.entity.raw), security
+
+    async def _prepare(self, row: Any, now: datetime, stages: list[str]) -> Prepared:
         raw = self._sealer.open(row.raw, sealed_context("raw", row.id))
         envelope = json.loads(self._sealer.open(row.envelope, sealed_context("envelope", row.id)))
-        opened = open_message(raw)
+        outer = read_outer(raw)
+        reply_to = envelope.get("mail_from") or ""
+        opened, security = await self._open(raw, reply_to, outer)
         stages.append("parse")
         today = now.astimezone(UK).date()
         referral: Referral = (
@@ -243,6 +279,7 @@ class Processor:
                     "incomplete": referral.incomplete,
                     "problem_fields": [p.field for p in referral.problems],
                     "attachments": len(opened.attachments),
+                    **security,
                 },
             )
         )
@@ -250,15 +287,14 @@ class Processor:
             audit.Event(row.referral_id, now, actor, "routed", {"route": decision.route.name, "team": team.id})
         )
         prep.outgoing.append(alert)
-        reply_to = envelope.get("mail_from") or ""
-        if reply_to and not opened.automatic:
+        if reply_to and not outer.automatic:
             prep.outgoing.append(
                 self._composer.receipt(
                     reference=row.reference,
                     to=reply_to,
                     received_at=row.received_at,
                     now=now,
-                    in_reply_to=opened.message_id,
+                    in_reply_to=outer.message_id,
                 )
             )
         else:
@@ -328,7 +364,9 @@ class Processor:
             await conn.execute(deadlines.insert(), due)
         await audit.append(conn, events)
 
-    async def _fail(self, row: Any, now: datetime, stage: str, reason: str, final: bool) -> None:
+    async def _fail(
+        self, row: Any, now: datetime, stage: str, reason: str, final: bool, outcome: Quarantine | None = None
+    ) -> None:
         actor = f"worker:{self._owner}"
         async with self._db.write() as conn:
             owned = messages.c.lease_owner == self._owner
@@ -346,10 +384,20 @@ class Processor:
                 await conn.execute(
                     update(referrals).where(referrals.c.id == row.referral_id).values(state=State.QUARANTINED.value)
                 )
-                await audit.append(
-                    conn,
-                    [audit.Event(row.referral_id, now, actor, "quarantined", {"stage": stage, "reason": reason})],
-                )
+                events = [audit.Event(row.referral_id, now, actor, "quarantined", {"stage": stage, "reason": reason})]
+                if outcome is not None and outcome.notify:
+                    # Tell the sender what failed and how to send correctly: their referral is held,
+                    # not acted on, and they may need to phone. Nothing of its content is echoed.
+                    notice = self._composer.quarantine_notice(
+                        reference=row.reference,
+                        to=outcome.notify,
+                        reason=reason,
+                        received_at=row.received_at,
+                        now=now,
+                        in_reply_to=outcome.in_reply_to,
+                    )
+                    events += await queue_outgoing(conn, self._sealer, row.referral_id, [notice], now, actor)
+                await audit.append(conn, events)
                 log.error("processing: referral %s quarantined at stage %s: %s", row.reference, stage, reason)
             else:
                 await conn.execute(
