@@ -107,6 +107,7 @@ class Composer:
         received_at: datetime,
         due_at: datetime,
         now: datetime,
+        security: dict[str, Any] | None = None,
     ) -> Outgoing:
         token = self._signer.sign(referral_id, team.email, now, self._s.ack.link_ttl)
         return self._build(
@@ -124,6 +125,7 @@ class Composer:
                 "now": now,
                 "ack_url": f"{self._s.http.public_url}/ack/{token}",
                 "link_expires": now + self._s.ack.link_ttl,
+                "security": security or {},
             },
             team_id=team.id,
         )

@@ -249,6 +249,7 @@ class Processor:
             received_at=row.received_at,
             due_at=due_at,
             now=now,
+            security=security,
         )
         prep = Prepared(
             row.id,

@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,6 +36,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.crypto import CryptoError, CryptoKeyError, DecryptError, Signature, VerifyError
 
+_E = TypeVar("_E", bound=x509.ExtensionType)
+_EMAIL_PROTECTION = ExtendedKeyUsageOID.EMAIL_PROTECTION
 _TIMEOUT = 60.0  # seconds; openssl needs milliseconds, so this only catches a hung process
 
 # `openssl cms -verify` stderr -> Signature.problem. Checked in order; the first match wins.
@@ -52,7 +55,10 @@ _SIGNATURE_PROBLEMS: tuple[tuple[str, str], ...] = (
     ("digest failure", "bad signature"),
     ("signature failure", "bad signature"),
 )
-_CERT_PROBLEMS = frozenset({"expired certificate", "certificate not yet valid", "wrong certificate purpose"})
+# Chain problems: the signature itself may still be good, so it is checked again with -noverify.
+_CHAIN_PROBLEMS = frozenset(
+    {"expired certificate", "certificate not yet valid", "wrong certificate purpose", "untrusted certificate"}
+)
 
 
 @dataclass(frozen=True)
@@ -70,13 +76,16 @@ def _load_certificate(data: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(data)
 
 
-def _info(cert: x509.Certificate) -> CertInfo:
-    emails: list[str] = []
+def _ext(cert: x509.Certificate, kind: type[_E]) -> _E | None:
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        emails += san.get_values_for_type(x509.RFC822Name)
+        return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
-        pass
+        return None
+
+
+def _info(cert: x509.Certificate) -> CertInfo:
+    san = _ext(cert, x509.SubjectAlternativeName)
+    emails = san.get_values_for_type(x509.RFC822Name) if san else []
     emails += [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)]
     return CertInfo(
         subject=cert.subject.rfc4514_string(),
@@ -89,17 +98,12 @@ def _info(cert: x509.Certificate) -> CertInfo:
 
 def _usable_for_signing(cert: x509.Certificate) -> bool:
     """What `-purpose smimesign` would check, for pinned certificates verified with -noverify."""
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not (usage.digital_signature or usage.content_commitment):
-            return False
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        return ExtendedKeyUsageOID.EMAIL_PROTECTION in eku or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku
-    except x509.ExtensionNotFound:
-        return True
+    usage, eku = _ext(cert, x509.KeyUsage), _ext(cert, x509.ExtendedKeyUsage)
+    if usage is not None and not (usage.digital_signature or usage.content_commitment):
+        return False
+    return eku is None or bool(
+        {ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(eku)
+    )
 
 
 def _read_certificates(paths: Sequence[Path]) -> list[x509.Certificate]:
@@ -225,29 +229,18 @@ class SMime:
         signer = tmp / "signer.pem"
         # -no-CApath/-no-CAstore: with only -CAfile, openssl *also* trusts the system CA directory
         # (/etc/ssl/certs or $SSL_CERT_DIR); partners must chain to our anchors and nothing else.
-        base = (
-            "cms",
-            "-verify",
-            "-binary",
-            "-inform",
-            "DER",
-            *extra,
-            "-signer",
-            str(signer),
-            "-no-CApath",
-            "-no-CAstore",
-        )
+        base = ("cms", "-verify", "-binary", "-inform", "DER", *extra, "-signer", str(signer))
+        base += ("-no-CApath", "-no-CAstore")
         first: str | None = None
         try:
             if anchors is not None:
                 when = ("-attime", str(int(at.timestamp()))) if at is not None else ()
-                rc, out, err = await self._run(
-                    *base, "-CAfile", str(anchors), "-purpose", "smimesign", *when, stdin=der
-                )
+                chain = ("-CAfile", str(anchors), "-purpose", "smimesign", *when)
+                rc, out, err = await self._run(*base, *chain, stdin=der)
                 if rc == 0:
                     return out, _signature(await _read_signer(signer), True, None)
                 first = _classify(err)
-                if first not in _CERT_PROBLEMS and first != "untrusted certificate":
+                if first not in _CHAIN_PROBLEMS:
                     return b"", Signature(kind="smime", valid=False, signer_id=None, problem=first)
             # The chain failed (or there are no anchors): check the signature alone, then pins.
             rc, out, err = await self._run(*base, "-no-CAfile", "-noverify", stdin=der)
