@@ -60,7 +60,7 @@ class Gateway:
         self._workers = workers
         # Identifies this process's leases; a restarted process is a new owner, and the old
         # one's leases simply run out.
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # < 64 chars
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_processor = asyncio.Event()
         self._wake_outbox = asyncio.Event()
@@ -74,11 +74,11 @@ class Gateway:
         cfg = self.config
         self.engine: AsyncEngine = db.make_engine(cfg.database_url, cfg.settings.database.busy_timeout)
         await db.upgrade(self.engine)
-        self.db = db.Database(self.engine)
+        self.db = db.Database(self.engine, cfg.settings.processing.max_defer)
         async with self.engine.connect() as conn:
             has_data = (await conn.execute(select(messages.c.id).limit(1))).first() is not None
         self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=not has_data)
-        self.signer = AckSigner.from_keys_dir(cfg.keys_dir)
+        self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.transport = self._transport or make_transport(cfg)
         self.unwrapper = Unwrapper(None, None, Trust())
         composer = Composer(cfg, self.signer, email_environment(cfg.templates_dir))

@@ -104,7 +104,7 @@ def cmd_route(args: argparse.Namespace) -> int:
         # A time without a zone is UK time: that is what a duty manager means by "16:55".
         at = (given if given.tzinfo else given.replace(tzinfo=UK)).astimezone(UTC)
     data = args.file.read_bytes()
-    today = at.date()
+    today = at.astimezone(UK).date()  # as processing does: a date of birth is a UK date
     if args.file.suffix.lower() == ".json":
         referral = parse_json(data, today)
     elif args.file.suffix.lower() == ".eml":

@@ -272,10 +272,18 @@ class Settings(_Strict):
     partners: tuple[Partner, ...] = ()
 
     def team(self, team_id: str) -> Team:
-        for team in self.teams:
-            if team.id == team_id:
-                return team
-        raise KeyError(team_id)
+        team = self.find_team(team_id)
+        if team is None:
+            raise KeyError(team_id)
+        return team
+
+    def find_team(self, team_id: str) -> Team | None:
+        """None for a team id no longer in the config (renamed or removed since routing)."""
+        return next((team for team in self.teams if team.id == team_id), None)
+
+    def team_name(self, team_id: str) -> str:
+        team = self.find_team(team_id)
+        return team.name if team else f"{team_id} (no longer in config)"
 
 
 @dataclass(frozen=True)

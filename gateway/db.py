@@ -47,7 +47,8 @@ def make_engine(url: str, busy_timeout: timedelta = timedelta(seconds=10)) -> As
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, pool_size=5, max_overflow=5)
+        # hide_parameters: bound values (sealed blobs, a worker's name) never reach an error's text.
+        engine = create_async_engine(url, pool_size=5, max_overflow=5, hide_parameters=True)
         timeout_ms = int(busy_timeout.total_seconds() * 1000)
         event.listen(
             engine.sync_engine,
@@ -56,7 +57,7 @@ def make_engine(url: str, busy_timeout: timedelta = timedelta(seconds=10)) -> As
         )
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True)
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:
@@ -122,6 +123,9 @@ class WriteGate:
         self._normal = deque(item for item in self._normal if item[1] is not waiter)
 
     def _release(self) -> None:
+        # Waiters cancelled in the same tick are still queued: drop them, never hand them the gate.
+        self._urgent = deque(w for w in self._urgent if not w.done())
+        self._normal = deque(item for item in self._normal if not item[1].done())
         loop = asyncio.get_running_loop()
         overdue = self._normal and loop.time() - self._normal[0][0] > self._max_defer
         if self._urgent and not overdue:
@@ -138,11 +142,11 @@ class Database:
     """The engine plus the one way to write: `write()` (BEGIN IMMEDIATE on SQLite, through the
     gate) and the way to read: `read()` (no write lock)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, max_defer: timedelta = timedelta(seconds=2)) -> None:
         self.engine = engine
         self._writer = engine.execution_options(**{_WRITE: True})
         # PostgreSQL has row locks and many writers; the gate is for SQLite's single write lock.
-        self._gate = WriteGate() if engine.dialect.name == "sqlite" else None
+        self._gate = WriteGate(max_defer) if engine.dialect.name == "sqlite" else None
 
     @asynccontextmanager
     async def write(self, urgent: bool = False) -> AsyncIterator[AsyncConnection]:

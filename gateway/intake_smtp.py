@@ -30,7 +30,7 @@ _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)", re.IGN
 
 
 def dedupe_key(mail_from: str, raw: bytes) -> str:
-    """Same Message-ID from the same sender is the same message (a retry after a lost 250).
+    """Same Message-ID and body from the same sender is the same message (a retry after a lost 250).
 
     Without a Message-ID the exact bytes stand in for it: a sender's retry resends them unchanged.
     (A regex over the header block, not the email parser: this runs for every message before
@@ -40,7 +40,13 @@ def dedupe_key(mail_from: str, raw: bytes) -> str:
     match = _MESSAGE_ID.search(raw, 0, end.start() if end else len(raw))
     message_id = b"".join(match.group(1).split()) if match else b""
     if message_id:
-        return hashlib.sha256(b"mid\0" + mail_from.lower().encode() + b"\0" + message_id).hexdigest()
+        # The body too: a retry resends it unchanged, but some senders (scanners, clients that
+        # make ids from the time in seconds) reuse a Message-ID for a different message.
+        # Line endings and trailing blank lines are the transport's, not the sender's.
+        body = (raw[end.end() :] if end else b"").replace(b"\r\n", b"\n").rstrip(b"\n")
+        return hashlib.sha256(
+            b"mid\0" + mail_from.lower().encode() + b"\0" + message_id + b"\0" + hashlib.sha256(body).digest()
+        ).hexdigest()
     return hashlib.sha256(b"raw\0" + raw).hexdigest()
 
 

@@ -74,9 +74,24 @@ def _text_of(part: Message) -> str:
         return payload.decode("utf-8", errors="replace")
 
 
+def _header(msg: Message, name: str) -> str:
+    """A header as text: compat32 hands back a Header object for 8-bit values (SMTPUTF8 mail)."""
+    value = msg.get(name)
+    return "" if value is None else str(value)
+
+
+_MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}@[\x21-\x3b\x3d\x3f-\x7e]{1,250}>$")
+
+
+def _message_id(msg: Message) -> str | None:
+    """Only a well-formed ASCII Message-ID is repeated in our replies' In-Reply-To."""
+    value = re.sub(r"\s+", "", _header(msg, "Message-ID"))
+    return value if _MESSAGE_ID.match(value) else None
+
+
 def _is_automatic(msg: Message) -> bool:
-    auto = (msg.get("Auto-Submitted") or "no").strip().lower()
-    precedence = (msg.get("Precedence") or "").strip().lower()
+    auto = _header(msg, "Auto-Submitted").strip().lower() or "no"
+    precedence = _header(msg, "Precedence").strip().lower()
     return auto != "no" or precedence in ("bulk", "junk", "list")
 
 
@@ -96,9 +111,8 @@ _PROTECTED = re.compile(
 
 def read_outer(raw: bytes) -> Outer:
     headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
-    message_id = headers.get("Message-ID")
-    from_address = email.utils.parseaddr(str(headers.get("From") or ""))[1].strip().lower() or None
-    return Outer(re.sub(r"\s+", "", str(message_id)) if message_id else None, _is_automatic(headers), from_address)
+    from_address = email.utils.parseaddr(_header(headers, "From"))[1].strip().lower() or None
+    return Outer(_message_id(headers), _is_automatic(headers), from_address)
 
 
 def looks_protected(raw: bytes) -> bool:
@@ -130,9 +144,8 @@ def open_message(raw: bytes) -> Opened:
         elif ctype == "text/html":
             markup.append(_text_of(part))
     text = "\n".join(plain) if plain else "\n".join(html_to_text(m) for m in markup)
-    message_id = msg.get("Message-ID")
     return Opened(
-        message_id=re.sub(r"\s+", "", message_id) if message_id else None,
+        message_id=_message_id(msg),
         text=text,
         referral_json=referral_json,
         attachments=tuple(attachments),

@@ -27,7 +27,7 @@ from gateway.queue import backoff, claim
 from gateway.schema import deliveries, referrals
 from gateway.sealing import Sealer
 from gateway.store import sealed_context
-from gateway.track import transition
+from gateway.track import transitions
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,14 @@ class Outbox:
                     delay = backoff(row.attempts, self._s.outbox.first_retry, self._s.outbox.max_retry)
                     values = {"next_attempt_at": now + delay, "last_error": reason[:200]}
                     kind = "delivery_failed"
+                guard = [deliveries.c.id == row.id, deliveries.c.state == "pending"]
+                if reason is not None:
+                    # A failure is ours to record only while the lease is ours: another worker
+                    # may have taken the row over and be sending it right now. A success is a
+                    # fact whoever holds the lease.
+                    guard.append(deliveries.c.lease_owner == self._owner)
                 done = await conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id == row.id, deliveries.c.state == "pending")
-                    .values(lease_owner=None, lease_until=None, **values)
+                    update(deliveries).where(*guard).values(lease_owner=None, lease_until=None, **values)
                 )
                 if done.rowcount != 1:
                     continue  # another worker recorded it first (our lease had run out)
@@ -128,15 +132,15 @@ class Outbox:
                             row.referral_id, now, actor, "alerted", {"team": row.team_id, "channel": row.channel}
                         )
                     )
-                if final and row.kind == "alert" and not await self._another_alert_alive(conn, row, now):
+                if final and row.kind in _ALERT_KINDS and not await self._another_alert_alive(conn, row, now):
                     events.append(
                         audit.Event(
                             row.referral_id, now, actor, "undeliverable", {"team": row.team_id, "reason": reason}
                         )
                     )
                 self._log(row, reason, final)
-            for referral_id, events in by_referral.items():
-                await transition(conn, referral_id, events)
+            if by_referral:
+                await transitions(conn, by_referral)
 
     @staticmethod
     def _log(row: Any, reason: str | None, final: bool) -> None:

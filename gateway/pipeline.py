@@ -137,6 +137,9 @@ class Processor:
         )
         if not ids:
             return 0
+        ids = await self._quarantine_exhausted(ids, now)
+        if not ids:
+            return 1
         rows, unloadable = await self._load(ids)
         for bad in unloadable:
             final = bad.attempts >= self._s.processing.max_attempts
@@ -158,6 +161,30 @@ class Processor:
             await self._write(prepared, now)
         return len(ids)
 
+    async def _quarantine_exhausted(self, ids: list[str], now: datetime) -> list[str]:
+        """Claims count attempts, so a message that crashed its worker (or failed its batch's
+        write) max_attempts times is quarantined here without being opened again; it cannot hold
+        up the queue behind it."""
+        limit = self._s.processing.max_attempts
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        messages.c.id,
+                        messages.c.attempts,
+                        referrals.c.id.label("referral_id"),
+                        referrals.c.reference,
+                        referrals.c.received_at,
+                    )
+                    .join(referrals, referrals.c.message_id == messages.c.id)
+                    .where(messages.c.id.in_(ids), messages.c.attempts > limit)
+                )
+            ).all()
+        for row in rows:
+            await self._fail(row, now, "process", f"gave up after {limit} attempts that did not finish", final=True)
+        exhausted = {row.id for row in rows}
+        return [message_id for message_id in ids if message_id not in exhausted]
+
     async def _load(self, ids: list[str]) -> tuple[list[Any], list[Any]]:
         """The claimed rows; any that cannot even be read come back apart (id columns only), so
         one damaged row cannot block its batch forever."""
@@ -176,21 +203,26 @@ class Processor:
                 return list((await conn.execute(query.where(messages.c.id.in_(ids)))).all()), []
             except DBAPIError:
                 pass
-            rows, bad = [], []
-            for message_id in ids:
+        rows, bad = [], []
+        for message_id in ids:
+            # A fresh connection per row: after an error PostgreSQL refuses the rest of a transaction.
+            async with self._db.read() as conn:
                 try:
                     rows.append((await conn.execute(query.where(messages.c.id == message_id))).one())
+                    continue
                 except DBAPIError:
-                    bad.append(
-                        (
-                            await conn.execute(
-                                select(*columns)
-                                .join(referrals, referrals.c.message_id == messages.c.id)
-                                .where(messages.c.id == message_id)
-                            )
-                        ).one()
-                    )
-            return rows, bad
+                    pass
+            async with self._db.read() as conn:
+                bad.append(
+                    (
+                        await conn.execute(
+                            select(*columns)
+                            .join(referrals, referrals.c.message_id == messages.c.id)
+                            .where(messages.c.id == message_id)
+                        )
+                    ).one()
+                )
+        return rows, bad
 
     async def _open(self, raw: bytes, reply_to: str, outer: Outer) -> tuple[Opened, dict[str, Any]]:
         """Unwrap the security layers and judge them; the content, and what to record about it.
@@ -372,9 +404,9 @@ class Processor:
         async with self._db.write() as conn:
             owned = messages.c.lease_owner == self._owner
             if final:
-                await conn.execute(
+                done = await conn.execute(
                     update(messages)
-                    .where(messages.c.id == row.id, owned)
+                    .where(messages.c.id == row.id, owned, messages.c.processed_at.is_(None))
                     .values(
                         processed_at=now,
                         lease_owner=None,
@@ -382,6 +414,8 @@ class Processor:
                         last_error=f"{stage}: {reason}"[:200],
                     )
                 )
+                if done.rowcount != 1:
+                    return  # our lease ran out and another worker has the message: its outcome stands
                 await conn.execute(
                     update(referrals).where(referrals.c.id == row.referral_id).values(state=State.QUARANTINED.value)
                 )
@@ -401,9 +435,9 @@ class Processor:
                 await audit.append(conn, events)
                 log.error("processing: referral %s quarantined at stage %s: %s", row.reference, stage, reason)
             else:
-                await conn.execute(
+                done = await conn.execute(
                     update(messages)
-                    .where(messages.c.id == row.id, owned)
+                    .where(messages.c.id == row.id, owned, messages.c.processed_at.is_(None))
                     .values(
                         next_attempt_at=now + self._s.processing.retry,
                         lease_owner=None,
@@ -411,6 +445,8 @@ class Processor:
                         last_error=f"{stage}: {reason}"[:200],
                     )
                 )
+                if done.rowcount != 1:
+                    return
                 await audit.append(
                     conn,
                     [

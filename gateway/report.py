@@ -76,7 +76,7 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
     out: list[Row] = []
     for r in rows:
         reasons: list[str] = []
-        team = settings.team(r.team_id).name if r.team_id else "(not routed)"
+        team = settings.team_name(r.team_id) if r.team_id else "(not routed)"
         if r.state == State.QUARANTINED:
             q = quarantined.get(r.id, {})
             reasons.append(f"quarantined at stage {q.get('stage', '?')}: {q.get('reason', 'unknown')}")
@@ -90,7 +90,7 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
             allowed = settings.deadlines.for_urgency(r.urgency)
             reasons.append(f"not acknowledged within {human(allowed)} (overdue by {human(now - r.due_at)})")
         for d in dead_by.get(r.id, ()):
-            who = f"to {settings.team(d.team_id).name}" if d.team_id else "to the referrer"
+            who = f"to {settings.team_name(d.team_id)}" if d.team_id else "to the referrer"
             reasons.append(f"{d.kind} {who} failed for good after {d.attempts} attempts: {d.last_error}")
         if reasons:
             out.append(Row(r.reference, team, r.state, r.received_at, now - r.received_at, "; ".join(reasons)))

@@ -119,6 +119,7 @@ class IntakeWriter:
         busy = False
         while True:
             batch = [await self._queue.get()]
+            self._writing = [batch[0][1]]  # stop() answers it if we are cancelled while waiting
             if busy and self._window > 0:
                 # Under load (the last batch shared a commit), wait a moment for more sessions
                 # to join this one: fewer, larger commits. Idle, a lone message goes at once.

@@ -51,8 +51,10 @@ class AckSigner:
         self._key = key
 
     @classmethod
-    def from_keys_dir(cls, keys_dir: Path) -> AckSigner:
-        return cls(keyfiles.load_or_create(keys_dir / KEY_FILE))
+    def from_keys_dir(cls, keys_dir: Path, may_create: bool = True) -> AckSigner:
+        """may_create=False once referrals exist: a lost key would silently void every link sent."""
+        path = keys_dir / KEY_FILE
+        return cls(keyfiles.load_or_create(path) if may_create else keyfiles.load(path, 32))
 
     def recipient_hash(self, address: str) -> str:
         return hmac.new(self._key, b"recipient\0" + address.strip().lower().encode(), hashlib.sha256).hexdigest()[:32]

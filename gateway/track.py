@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import audit, lifecycle
 from gateway.clock import Clock
 from gateway.compose import Composer, Outgoing
-from gateway.config import Config
+from gateway.config import Config, Team
 from gateway.db import Database
 from gateway.lifecycle import State
 from gateway.model import Problem, Urgency
@@ -33,15 +33,39 @@ log = logging.getLogger(__name__)
 
 async def transition(conn: AsyncConnection, referral_id: str, batch: Sequence[audit.Event], **values: Any) -> State:
     """Apply events to a referral (raises IllegalTransition, writing nothing, if one is not allowed)."""
-    current = (
-        await conn.execute(select(referrals.c.state).where(referrals.c.id == referral_id).with_for_update())
-    ).scalar_one()
-    state = State(current)
-    for ev in batch:
-        state = lifecycle.apply(state, ev.kind)
-    await conn.execute(update(referrals).where(referrals.c.id == referral_id).values(state=state.value, **values))
-    await audit.append(conn, batch)
-    return state
+    return (await transitions(conn, {referral_id: list(batch)}, {referral_id: values}))[referral_id]
+
+
+async def transitions(
+    conn: AsyncConnection,
+    batch: dict[str, list[audit.Event]],
+    values: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, State]:
+    """Apply events to several referrals in the caller's transaction.
+
+    Lock order matters on PostgreSQL: referral rows first, in id order, and the audit chain head
+    last, once. Every writer follows it, so two transactions never wait on each other in a cycle.
+    """
+    ids = sorted(batch)
+    rows = await conn.execute(
+        select(referrals.c.id, referrals.c.state)
+        .where(referrals.c.id.in_(ids))
+        .order_by(referrals.c.id)
+        .with_for_update()
+    )
+    states: dict[str, State] = {}
+    for row in rows:
+        state = State(row.state)
+        for ev in batch[row.id]:
+            state = lifecycle.apply(state, ev.kind)
+        states[row.id] = state
+    for referral_id in ids:
+        extra = (values or {}).get(referral_id, {})
+        await conn.execute(
+            update(referrals).where(referrals.c.id == referral_id).values(state=states[referral_id].value, **extra)
+        )
+    await audit.append(conn, [ev for referral_id in ids for ev in batch[referral_id]])
+    return states
 
 
 @dataclass(frozen=True)
@@ -93,7 +117,9 @@ class Tracker:
         now = self._clock.now()
         async with self._db.write() as conn:
             row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id).with_for_update())).one()
-            team = self._s.team(row.team_id)
+            team = self._s.find_team(row.team_id) or Team(
+                id=row.team_id, name=row.team_id, email="unknown@invalid.example", phone=""
+            )  # a team renamed in config since routing: acknowledge all the same
             if row.acknowledged_at is not None:
                 return AckResult(row.reference, team.name, row.acknowledged_by, row.acknowledged_at, True)
             events = [
@@ -179,38 +205,37 @@ class Tracker:
                     .with_for_update(skip_locked=True)
                 )
             ).all()
+            events: list[audit.Event] = []
             for row in due:
                 await conn.execute(
                     update(deadlines)
                     .where(deadlines.c.id == row.id, deadlines.c.fired_at.is_(None))
                     .values(fired_at=now)
                 )
-                events = [
-                    audit.Event(
-                        row.referral_id,
-                        now,
-                        "gateway",
-                        "overdue",
-                        {"due_at": row.due_at.isoformat(), "state": row.state},
-                    )
-                ]
-                if row.team_id and row.state in (State.ROUTED, State.ALERTED):
+                detail = {"due_at": row.due_at.isoformat(), "state": row.state}
+                team = self._s.find_team(row.team_id) if row.team_id else None
+                if row.team_id and team is None:
+                    # The team was renamed or removed from config since routing: the referral stays
+                    # on the report (it is overdue), and nobody is reminded by a name that is gone.
+                    detail["reminder"] = f"team '{row.team_id}' is no longer in the config"
+                events.append(audit.Event(row.referral_id, now, "gateway", "overdue", detail))
+                if team is not None and row.state in (State.ROUTED, State.ALERTED):
                     events += await queue_outgoing(
-                        conn, self._sealer, row.referral_id, [self._reminder(row, now)], now, "gateway"
+                        conn, self._sealer, row.referral_id, [self._reminder(row, team, now)], now, "gateway"
                     )
-                await audit.append(conn, events)
                 log.warning("track: referral %s not acknowledged by its deadline", row.reference)
                 fired += 1
+            await audit.append(conn, events)  # once, last: the chain head is locked after the rows
         return fired
 
-    def _reminder(self, row: Any, now: datetime) -> Outgoing:
+    def _reminder(self, row: Any, team: Team, now: datetime) -> Outgoing:
         content = json.loads(self._sealer.open(row.content, sealed_context("content", row.referral_id)))
         problems = tuple(Problem(**p) for p in content.get("problems") or ())
         return self._composer.alert(
             kind="reminder",
             referral_id=row.referral_id,
             reference=row.reference,
-            team=self._s.team(row.team_id),
+            team=team,
             route_name=row.route_name,
             urgency=Urgency(row.urgency) if row.urgency else None,
             problems=problems,

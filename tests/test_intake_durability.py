@@ -127,13 +127,26 @@ async def test_many_concurrent_sessions_share_commits_and_each_gets_its_own_refe
     assert stored == references and len(received) == 40 and count == 40
 
 
-def test_dedupe_key_is_the_message_id_from_that_sender_or_else_the_bytes() -> None:
+def test_dedupe_key_is_sender_message_id_and_body_or_else_the_bytes() -> None:
     from gateway.intake_smtp import dedupe_key
 
-    folded = b"Subject: x\r\nMessage-ID:\r\n <abc@nhs.example>\r\n\r\nbody one"
-    plain = b"message-id: <abc@nhs.example>\n\nbody two (a client that re-renders on retry)"
+    folded = b"Subject: x\r\nMessage-ID:\r\n <abc@nhs.example>\r\n\r\nbody one\r\n"
+    plain = b"message-id: <abc@nhs.example>\n\nbody one\n"  # the same message, other line endings
     assert dedupe_key("Ann@NHS.example", folded) == dedupe_key("ann@nhs.example", plain)
     assert dedupe_key("ann@nhs.example", folded) != dedupe_key("other@nhs.example", folded)
+    assert dedupe_key("ann@nhs.example", folded) != dedupe_key("ann@nhs.example", folded.replace(b"one", b"two"))
     in_body = b"Subject: x\r\n\r\nMessage-ID: <abc@nhs.example>\r\n"  # not a header: no id
     assert dedupe_key("ann@nhs.example", in_body) == dedupe_key("ann@nhs.example", in_body)
     assert dedupe_key("ann@nhs.example", in_body) != dedupe_key("ann@nhs.example", in_body + b" ")
+
+
+async def test_a_reused_message_id_with_a_different_body_is_a_new_referral(gateway: Gateway) -> None:
+    """Scanners and some clients reuse Message-IDs: a different message must not be swallowed."""
+    first = make_message(referral_body(category="neglect"), message_id="<reused@nhs.example>")
+    second = make_message(referral_body(category="physical"), message_id="<reused@nhs.example>")
+    code1, text1 = await smtp_send(gateway.smtp_port, first)
+    code2, text2 = await smtp_send(gateway.smtp_port, second)
+    assert code1 == code2 == 250
+    assert text1.split()[-1] != text2.split()[-1]
+    async with gateway.engine.connect() as conn:
+        assert len((await conn.execute(select(referrals.c.id))).all()) == 2
