@@ -1,17 +1,13 @@
 """S/MIME (RFC 8551) at the crypto edge: decrypt, verify, sign+encrypt, through `openssl cms`.
 
-python-cryptography cannot verify CMS signatures, so every operation runs the openssl binary with
-asyncio subprocesses (never blocking the loop), bounded by a semaphore (each run costs ~5 ms of CPU).
-Data goes through stdin/stdout pipes; the only files are the detached content and the signer
-certificate that `openssl cms -verify` can only take or give as files. Those live in a fresh
-mkdtemp() directory (mode 0700) that is removed afterwards.
+python-cryptography cannot verify CMS signatures, so each operation runs openssl as an asyncio
+subprocess (the loop never blocks), at most `concurrency` at once. Data goes through pipes; the only
+files are those `openssl cms -verify` insists on (detached content, signer certificate), in a fresh
+mkdtemp() directory (mode 0700) removed afterwards. The output of a failed run is always discarded:
+openssl writes the unauthenticated plaintext of a tampered AES-GCM message before failing.
 
-Output of a failed openssl run is always discarded: openssl writes the (unauthenticated) plaintext
-of a tampered AES-GCM message and the content of a badly signed one before it reports the failure.
-
-Content types are the caller's job; accept all of `application/pkcs7-mime` (openssl cms, RFC 8551),
-`application/x-pkcs7-mime` (openssl smime, older clients) with smime-type `enveloped-data`,
-`authEnveloped-data` (AES-GCM) or `signed-data`, and detached `application/(x-)pkcs7-signature`.
+Callers cut the parts: accept `application/pkcs7-mime` (openssl cms) and `application/x-pkcs7-mime` (openssl
+smime), smime-type enveloped-data, authEnveloped-data (AES-GCM) or signed-data; `application/(x-)pkcs7-signature`.
 """
 
 from __future__ import annotations
@@ -47,6 +43,7 @@ _SIGNATURE_PROBLEMS: tuple[tuple[str, str], ...] = (
     ("certificate is not yet valid", "certificate not yet valid"),
     ("unsupported certificate purpose", "wrong certificate purpose"),
     ("certificate verify error", "untrusted certificate"),  # any other chain error: no path to an anchor
+    # ^ chain problems (_CHAIN_PROBLEMS): the signature may still be good; checked again with -noverify.
     ("signer certificate not found", "no signer certificate"),
     ("invalid digest", "unsupported signature algorithm"),  # e.g. Ed25519 SignedData on OpenSSL 3.0
     ("unsupported", "unsupported signature algorithm"),
@@ -55,10 +52,7 @@ _SIGNATURE_PROBLEMS: tuple[tuple[str, str], ...] = (
     ("digest failure", "bad signature"),
     ("signature failure", "bad signature"),
 )
-# Chain problems: the signature itself may still be good, so it is checked again with -noverify.
-_CHAIN_PROBLEMS = frozenset(
-    {"expired certificate", "certificate not yet valid", "wrong certificate purpose", "untrusted certificate"}
-)
+_CHAIN_PROBLEMS = frozenset(problem for _, problem in _SIGNATURE_PROBLEMS[:4])
 
 
 @dataclass(frozen=True)
@@ -70,10 +64,9 @@ class CertInfo:
     not_after: datetime
 
 
-def _load_certificate(data: bytes) -> x509.Certificate:
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_certificate(data)
-    return x509.load_der_x509_certificate(data)
+def _load(data: bytes) -> list[x509.Certificate]:
+    """PEM (one or a bundle) or DER; ValueError if unreadable."""
+    return x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else [x509.load_der_x509_certificate(data)]
 
 
 def _ext(cert: x509.Certificate, kind: type[_E]) -> _E | None:
@@ -101,17 +94,14 @@ def _usable_for_signing(cert: x509.Certificate) -> bool:
     usage, eku = _ext(cert, x509.KeyUsage), _ext(cert, x509.ExtendedKeyUsage)
     if usage is not None and not (usage.digital_signature or usage.content_commitment):
         return False
-    return eku is None or bool(
-        {ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(eku)
-    )
+    return eku is None or _EMAIL_PROTECTION in eku or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku
 
 
 def _read_certificates(paths: Sequence[Path]) -> list[x509.Certificate]:
     certs: list[x509.Certificate] = []
     for path in paths:
         try:
-            data = path.read_bytes()
-            certs += x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else [_load_certificate(data)]
+            certs += _load(path.read_bytes())
         except (OSError, ValueError):
             raise CryptoKeyError(f"certificate {path.name} is missing or unreadable") from None
     return certs
@@ -119,8 +109,7 @@ def _read_certificates(paths: Sequence[Path]) -> list[x509.Certificate]:
 
 @asynccontextmanager
 async def _private_dir() -> AsyncIterator[Path]:
-    # mkdtemp creates the directory with mode 0700, so the content written into it is never
-    # readable by other users, however the process umask is set.
+    # mkdtemp makes the directory 0700 whatever the umask: the content in it is never readable by others.
     path = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="smime-"))
     try:
         yield path
@@ -196,14 +185,8 @@ class SMime:
         # failed AES-GCM tag ("Error decrypting CMS structure" alone).
         raise DecryptError("damaged or altered")
 
-    async def verify_detached(
-        self,
-        content: bytes,
-        signature_der: bytes,
-        anchors: Path | None,
-        pinned: Sequence[Path] = (),
-        at: datetime | None = None,
-    ) -> Signature:
+    async def verify_detached(self, content: bytes, signature_der: bytes, anchors: Path | None,
+                              pinned: Sequence[Path] = (), at: datetime | None = None) -> Signature:  # fmt: skip
         async with _private_dir() as tmp:
             await asyncio.to_thread(_write_private, tmp / "content", content)
             _, sig = await self._verify(tmp, signature_der, ("-content", str(tmp / "content")), anchors, pinned, at)
@@ -217,15 +200,8 @@ class SMime:
         async with _private_dir() as tmp:
             return await self._verify(tmp, signed_der, (), anchors, pinned, at)
 
-    async def _verify(
-        self,
-        tmp: Path,
-        der: bytes,
-        extra: tuple[str, ...],
-        anchors: Path | None,
-        pinned: Sequence[Path],
-        at: datetime | None,
-    ) -> tuple[bytes, Signature]:
+    async def _verify(self, tmp: Path, der: bytes, extra: tuple[str, ...], anchors: Path | None,
+                      pinned: Sequence[Path], at: datetime | None) -> tuple[bytes, Signature]:  # fmt: skip
         signer = tmp / "signer.pem"
         # -no-CApath/-no-CAstore: with only -CAfile, openssl *also* trusts the system CA directory
         # (/etc/ssl/certs or $SSL_CERT_DIR); partners must chain to our anchors and nothing else.
@@ -304,7 +280,7 @@ class SMime:
     @staticmethod
     def certificate_info(pem_or_der: bytes) -> CertInfo:
         try:
-            return _info(_load_certificate(pem_or_der))
+            return _info(_load(pem_or_der)[0])
         except ValueError:
             raise CryptoKeyError("unreadable certificate") from None
 
@@ -318,8 +294,7 @@ def _classify(stderr: str) -> str:
 
 
 async def _read_signer(path: Path) -> x509.Certificate:
-    # With several signers openssl has verified them all and writes them all; report the first.
-    return (await asyncio.to_thread(_read_certificates, [path]))[0]
+    return (await asyncio.to_thread(_read_certificates, [path]))[0]  # of several signers (all checked): the first
 
 
 def _signature(cert: x509.Certificate, valid: bool, problem: str | None) -> Signature:
@@ -338,14 +313,12 @@ _SIGN_AND_ENCRYPT_USAGE = x509.KeyUsage(
 
 
 def make_development_identity(directory: Path, common_name: str, email: str, days: int = 825) -> tuple[Path, Path]:
-    """A self-signed S/MIME identity for `referral-gateway keys init` (use a CA-issued one in production).
-
-    RSA-3072 rather than EC: RSA key transport is what every S/MIME client can encrypt to.
-    """
+    """A self-signed identity for `referral-gateway keys init` (production: a CA-issued one). RSA-3072,
+    not EC: RSA key transport is what every S/MIME client can encrypt to."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_path, cert_path = directory / "smime-key.pem", directory / "smime-cert.pem"
-    if cert_path.exists():
-        raise CryptoKeyError(f"{cert_path.name} already exists; not replacing an identity")
+    if key_path.exists() or cert_path.exists():  # checked first so a half-made pair cannot result
+        raise CryptoKeyError("an S/MIME identity already exists there; not replacing it")
     key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
     name = x509.Name([
         x509.NameAttribute(NameOID.COMMON_NAME, common_name), x509.NameAttribute(NameOID.EMAIL_ADDRESS, email)
@@ -361,7 +334,7 @@ def make_development_identity(directory: Path, common_name: str, email: str, day
         .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_SIGN_AND_ENCRYPT_USAGE, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([_EMAIL_PROTECTION]), critical=False)
         .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
@@ -370,7 +343,7 @@ def make_development_identity(directory: Path, common_name: str, email: str, day
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     try:
         _write_private(key_path, pem)
+        _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))  # (0600 too: harmless)
     except FileExistsError:
-        raise CryptoKeyError(f"{key_path.name} already exists; not replacing an identity") from None
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        raise CryptoKeyError("an S/MIME identity already exists there; not replacing it") from None
     return key_path, cert_path
