@@ -19,6 +19,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.compose import Composer, email_environment
 from gateway.config import Config
 from gateway.deliver import MaildirTransport, SmtpRelayTransport, Transport
+from gateway.identity import load_identity
 from gateway.intake_smtp import start_smtp
 from gateway.outbox import Outbox
 from gateway.pipeline import Processor
@@ -27,7 +28,6 @@ from gateway.sealing import Sealer
 from gateway.store import IntakeWriter
 from gateway.tokens import AckSigner
 from gateway.track import Tracker
-from gateway.unwrap import Trust, Unwrapper
 from gateway.web import AckPages, make_app, web_environment
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ class Gateway:
         self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.transport = self._transport or make_transport(cfg)
-        self.unwrapper = Unwrapper(None, None, Trust())
+        self.identity = load_identity(cfg, self.clock.now())
+        self.unwrapper = self.identity.unwrapper()
         composer = Composer(cfg, self.signer, email_environment(cfg.templates_dir))
         self.writer = IntakeWriter(
             self.db, self.sealer, self.clock, self._wake_processor.set, cfg.settings.smtp.commit_window.total_seconds()
@@ -155,6 +156,7 @@ class Gateway:
         if self._http:
             await self._http.cleanup()
         await self.engine.dispose()
+        self.identity.close()
 
     async def _process_step(self) -> int:
         count = await self.processor.run_once()

@@ -16,6 +16,7 @@ from gateway import db, report
 from gateway.clock import SystemClock
 from gateway.compose import UK, uk_time
 from gateway.config import Config, ConfigError
+from gateway.crypto import CryptoError
 from gateway.keyfiles import KeyFileError
 from gateway.open import open_message
 from gateway.parse import parse_json, parse_text
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         for issue in exc.issues:
             print(f"error: {issue}", file=sys.stderr)
         return 2
-    except KeyFileError as exc:
+    except (KeyFileError, CryptoError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, IsADirectoryError) as exc:

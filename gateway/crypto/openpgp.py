@@ -16,7 +16,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from pathlib import Path
@@ -33,6 +33,7 @@ _EXPIRE = re.compile(r"0|\d{1,4}[dwmy]?|\d{4}-\d{2}-\d{2}")
 # (2) looks the same as for a complete message. So gpg gets this much slack above our limit, and anything
 # longer than our limit is refused: a truncated output is always longer than the limit.
 _SLACK = 1024 * 1024
+_NOT_GOOD = {"BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG"}
 
 # python-gnupg decodes gpg's stderr (the status lines) with errors="strict" in a reader thread, and gpg copies
 # sender-chosen bytes into it (a signature's signer-UID subpacket: NEWSIG, "issuer"). One invalid UTF-8 byte
@@ -79,6 +80,7 @@ class _Run:
     rc: int
     status: list[tuple[str, list[str]]]
     data: bytes
+    uids: dict[str, list[str]] = field(default_factory=dict)  # primary fingerprint -> user ids, for signers we hold
 
     def has(self, keyword: str) -> bool:
         return any(k == keyword for k, _ in self.status)
@@ -146,11 +148,14 @@ class OpenPGP:
 
     async def decrypt(self, data: bytes) -> tuple[bytes, Signature | None]:
         # Decrypt to stdout: `-o existing_file` without --yes gives a false BADSIG (NOTES.md).
-        run = await self._call(lambda: self._with_signer_addresses(_run_of(self._gpg.decrypt(data, extra_args=self._limit))))
+        run = await self._call(lambda: self._decrypt_run(data))
         reason = self._decrypt_problem(run)
         if reason is not None:
             raise DecryptError(reason)  # run.data may hold partial plaintext: dropped here
         return run.data, (self._signature(run) if run.has("NEWSIG") else None)
+
+    def _decrypt_run(self, data: bytes) -> _Run:
+        return self._with_signer_addresses(_run_of(self._gpg.decrypt(data, extra_args=self._limit)))
 
     def _decrypt_problem(self, run: _Run) -> str | None:
         if not (run.has("ENC_TO") or run.has("BEGIN_DECRYPTION") or run.has("NEED_PASSPHRASE_SYM")):
@@ -177,9 +182,10 @@ class OpenPGP:
 
     @staticmethod
     def _rc_explained(run: _Run) -> bool:
-        # gpg exits 1 for a bad signature and 2 for an unknown signer even when decryption was fine; any other
-        # non-zero exit is a failure we cannot attribute, so the output is not trusted.
-        return run.rc == 0 or (run.rc == 1 and run.has("BADSIG")) or (run.rc == 2 and run.has("ERRSIG"))
+        # gpg exits 1 for a bad (or expired) signature and 2 for an unknown signer even when decryption was
+        # fine; any other non-zero exit is a failure we cannot attribute, so the output is not trusted.
+        rc1 = run.rc == 1 and any(run.has(k) for k in _NOT_GOOD - {"ERRSIG"})
+        return run.rc == 0 or rc1 or (run.rc == 2 and run.has("ERRSIG"))
 
     async def verify_detached(self, signed: bytes, signature: bytes) -> Signature:
         def work() -> _Run:
@@ -196,7 +202,7 @@ class OpenPGP:
         return self._signature(run)
 
     async def verify_inline(self, data: bytes) -> tuple[bytes, Signature]:
-        run = await self._call(lambda: self._with_signer_addresses(_run_of(self._gpg.decrypt(data, extra_args=self._limit))))
+        run = await self._call(lambda: self._decrypt_run(data))
         if run.has("ENC_TO") or run.has("BEGIN_DECRYPTION"):
             raise VerifyError("encrypted, not inline-signed")
         if len(run.data) > self._max:
@@ -212,8 +218,8 @@ class OpenPGP:
         fprs = {v[-1] for k, v in run.status if k == "VALIDSIG" and len(v) >= 10}
         if fprs:
             listed = self._gpg.list_keys(keys=sorted(fprs))
-            extra = [("_UID", [key["fingerprint"], *key.get("uids", [])]) for key in listed]
-            return _Run(rc=run.rc, status=run.status + extra, data=run.data)
+            uids = {str(k["fingerprint"]).upper(): [str(u) for u in k.get("uids", [])] for k in listed}
+            return replace(run, uids=uids)
         return run
 
     def _signature(self, run: _Run) -> Signature:
@@ -223,8 +229,7 @@ class OpenPGP:
                 blocks.append([])
             elif blocks:
                 blocks[-1].append((keyword, values))
-        uids = {v[0]: v[1:] for k, v in run.status if k == "_UID" and v}
-        sigs = [self._one_signature(block, uids) for block in blocks]
+        sigs = [self._one_signature(block, run.uids) for block in blocks]
         bad = [s for s in sigs if not s.valid]
         if bad:
             return bad[0]
@@ -238,19 +243,19 @@ class OpenPGP:
         validsig = found.get("VALIDSIG")
         # VALIDSIG's last field is the primary key's fingerprint, also when a subkey made the signature.
         primary = validsig[-1].upper() if validsig and len(validsig) >= 10 else None
-        addresses = _emails([" ".join(u.split()) for u in uids.get(primary or "", [])])
-        if "GOODSIG" in found and primary and not ({"BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG"} & found.keys()):
+        addresses = _emails(uids.get(primary or "", []))
+        if "GOODSIG" in found and primary and not (_NOT_GOOD & found.keys()):
             return Signature(kind="openpgp", valid=True, signer_id=primary, signer_addresses=addresses)
         problems = [
             ("BADSIG", "bad signature"),
             ("REVKEYSIG", "revoked key"),
             ("EXPKEYSIG", "expired key"),
-            ("EXPSIG", "expired signature"),
+            ("EXPSIG", "expired key"),  # the signature's own expiry: same outcome, and policy.py quarantines on it
         ]
         for keyword, problem in problems:
             if keyword in found:
                 key_id = primary or (found[keyword][0].upper() if found[keyword] else None)
-                return Signature(kind="openpgp", valid=False, signer_id=key_id, signer_addresses=addresses, problem=problem)
+                return Signature("openpgp", valid=False, signer_id=key_id, signer_addresses=addresses, problem=problem)
         errsig = found.get("ERRSIG")
         if errsig is not None or "NO_PUBKEY" in found:
             # ERRSIG <keyid> <pkalgo> <hash> <class> <time> <rc> [<fpr>]: rc 9 = no public key. The fingerprint
