@@ -1,0 +1,233 @@
+"""Encrypted and signed referrals over real SMTP, end to end: S/MIME made with the openssl command
+line, PGP/MIME made with the gpg command line, against the partner directory and the policy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from gateway import config as config_mod
+from gateway import report
+from gateway.app import Gateway
+from gateway.clock import FakeClock
+from gateway.crypto.openpgp import OpenPGP
+from gateway.schema import events, referrals
+from tests.conftest import maildir_messages, referral_body, smtp_send, write_config
+from tests.test_smime import Identity, issue, openssl
+
+MASH = "mash-duty@demo-council.example"
+SENDER = "ann.example@nhs.example"
+
+
+@dataclass
+class Setup:
+    home: Path
+    ca: Identity
+    partner: Identity  # Ann at the NHS trust, issued by the trust's CA
+    stranger: Identity  # a certificate from a CA the gateway does not trust
+    gateway_cert: Path
+    pgp_partner_home: Path
+    pgp_partner_fpr: str
+    pgp_gateway_fpr: str
+
+
+def gpg(home: Path, *args: str, stdin: bytes = b"") -> bytes:
+    done = subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--yes", *args], input=stdin, capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    home = tmp_path / "gw"
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = issue(pki, "trust-ca", ca=True)
+    partner = issue(pki, "ann", issuer=ca, email_address=SENDER)
+    other_ca = issue(pki, "other-ca", ca=True)
+    stranger = issue(pki, "stranger", issuer=other_ca, email_address=SENDER)
+    gw_id = issue(pki, "gateway", issuer=ca, email_address="referrals@demo-council.example")
+    keys = home / "keys"
+    (keys / "smime").mkdir(parents=True)
+    shutil.copy(gw_id.key_path, keys / "smime" / "gateway.key.pem")
+    shutil.copy(gw_id.cert_path, keys / "smime" / "gateway.crt.pem")
+    (keys / "partners").mkdir()
+    shutil.copy(ca.cert_path, keys / "partners" / "trust-ca.pem")
+    # OpenPGP: the gateway's key in its own home; the partner's in another, as on their machine.
+    short = Path(tempfile.mkdtemp(prefix="gpg"))  # gpg-agent socket paths must be short
+    gateway_pgp = OpenPGP(keys / "gnupg")
+    gateway_fpr = gateway_pgp.generate_key("Demo gateway", "referrals@demo-council.example")
+    partner_home = short / "partner"
+    partner_home.mkdir(mode=0o700)
+    gpg(partner_home, "--passphrase", "", "--quick-gen-key", f"Ann Example <{SENDER}>", "ed25519", "sign", "2y")
+    partner_fpr = gpg(partner_home, "--with-colons", "--list-secret-keys").decode().split("fpr:::::::::")[1][:40]
+    gpg(partner_home, "--passphrase", "", "--quick-add-key", partner_fpr, "cv25519", "encr", "2y")
+    gateway_pgp.import_keys(gpg(partner_home, "--armor", "--export", partner_fpr))
+    gpg(partner_home, "--import", stdin=gateway_pgp.export_public(gateway_fpr))
+    gateway_pgp.close()
+    yield Setup(home, ca, partner, stranger, gw_id.cert_path, partner_home, partner_fpr, gateway_fpr)
+    subprocess.run(["gpgconf", "--homedir", str(partner_home), "--kill", "gpg-agent"], check=False)
+    subprocess.run(["gpgconf", "--homedir", str(keys / "gnupg"), "--kill", "gpg-agent"], check=False)
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def config_text(s: Setup, *, strict: bool) -> str:
+    return (
+        f"[security]\nrequire_encryption = {str(strict).lower()}\nrequire_signature = {str(strict).lower()}\n\n"
+        f'[keys]\nsmime_key = "smime/gateway.key.pem"\nsmime_cert = "smime/gateway.crt.pem"\n'
+        f'openpgp_fingerprint = "{s.pgp_gateway_fpr}"\n\n'
+        f'[[partners]]\nname = "Demo NHS Trust"\naddresses = ["@nhs.example"]\n'
+        f'openpgp = ["{s.pgp_partner_fpr}"]\nsmime_anchors = ["keys/partners/trust-ca.pem"]\n'
+    )
+
+
+@pytest.fixture(params=[True], ids=["strict"])
+async def gateway(setup: Setup, clock: FakeClock) -> AsyncIterator[Gateway]:
+    gw = Gateway(config_mod.load(write_config(setup.home, config_text(setup, strict=True))), clock=clock, workers=False)
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+def inner_entity(body: str) -> bytes:
+    return f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}".replace("\n", "\r\n").replace("\r\r", "\r").encode()
+
+
+def outer(entity: bytes, mid: str, sender: str = SENDER) -> bytes:
+    head = (
+        f"From: Ann Example <{sender}>\r\nTo: referrals@demo-council.example\r\nSubject: Referral\r\n"
+        f"Message-ID: <{mid}@nhs.example>\r\nMIME-Version: 1.0\r\n"
+    )
+    return head.encode() + entity
+
+
+def smime_message(signer: Identity, recipient: Path, body: str, *, tamper: bool = False) -> bytes:
+    signed = openssl(
+        "smime",
+        "-sign",
+        "-md",
+        "sha256",
+        "-signer",
+        str(signer.cert_path),
+        "-inkey",
+        str(signer.key_path),
+        stdin=inner_entity(body),
+    )
+    assert signed.returncode == 0, signed.stderr
+    data = signed.stdout.replace(b"Zebra-crossing", b"Zebra-crossinG") if tamper else signed.stdout
+    encrypted = openssl("smime", "-encrypt", "-aes256", str(recipient), stdin=data)
+    assert encrypted.returncode == 0, encrypted.stderr
+    return encrypted.stdout
+
+
+def pgpmime_message(s: Setup, body: str) -> bytes:
+    armoured = gpg(
+        s.pgp_partner_home,
+        "--armor",
+        "--trust-model",
+        "always",
+        "--sign",
+        "--encrypt",
+        "--local-user",
+        s.pgp_partner_fpr,
+        "--recipient",
+        s.pgp_gateway_fpr,
+        stdin=inner_entity(body),
+    ).decode()
+    return (
+        'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="pgp42"\r\n\r\n'
+        "--pgp42\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n"
+        "--pgp42\r\nContent-Type: application/octet-stream; name=encrypted.asc\r\n\r\n"
+        f"{armoured}\r\n--pgp42--\r\n"
+    ).encode()
+
+
+async def send_and_process(gw: Gateway, raw: bytes, sender: str = SENDER) -> str:
+    code, text = await smtp_send(gw.smtp_port, raw, sender=sender)
+    assert code == 250, text
+    await gw.process_all()
+    await gw.deliver_all()
+    return text.split()[-1]
+
+
+async def referral(gw: Gateway, reference: str) -> tuple[str, dict[str, object]]:
+    async with gw.engine.connect() as conn:
+        row = (await conn.execute(select(referrals).where(referrals.c.reference == reference))).one()
+        details = [
+            json.loads(e.detail)
+            for e in await conn.execute(
+                select(events.c.detail).where(
+                    events.c.referral_id == row.id, events.c.kind.in_(("parsed", "quarantined"))
+                )
+            )
+        ]
+    return row.state, details[0]
+
+
+async def test_smime_signed_and_encrypted_by_a_partner_is_routed(gateway: Gateway, setup: Setup) -> None:
+    reference = await send_and_process(
+        gateway, outer(smime_message(setup.partner, setup.gateway_cert, referral_body()), "s1")
+    )
+    state, detail = await referral(gateway, reference)
+    assert state == "alerted"
+    assert detail["encrypted"] is True and detail["partner"] == "Demo NHS Trust"
+    assert detail["layers"] == ["smime-encrypted", "smime-signed"] and detail["incomplete"] is False
+    (alert,) = maildir_messages(setup.home, MASH)
+    assert "encrypted, signed by Demo NHS Trust" in alert.get_content()
+
+
+async def test_pgpmime_signed_and_encrypted_by_a_partner_is_routed(gateway: Gateway, setup: Setup) -> None:
+    reference = await send_and_process(gateway, outer(pgpmime_message(setup, referral_body()), "p1"))
+    state, detail = await referral(gateway, reference)
+    assert state == "alerted" and detail["partner"] == "Demo NHS Trust"
+    assert detail["layers"] == ["pgp-encrypted", "pgp-signed"]
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("tampered", "bad signature (smime)"),
+        ("stranger", "no valid signature from a known partner (untrusted certificate)"),
+        ("plaintext", "not encrypted, and this gateway requires encryption"),
+        ("wrong-address", "signed by a key of Demo NHS Trust, but sent from an address not registered to them"),
+        ("not-for-us", "not encrypted for this gateway's certificate"),
+    ],
+)
+async def test_mail_failing_the_policy_is_quarantined_and_the_sender_told(
+    gateway: Gateway, setup: Setup, case: str, reason: str
+) -> None:
+    body = referral_body()
+    sender = SENDER
+    if case == "tampered":
+        raw = outer(smime_message(setup.partner, setup.gateway_cert, body, tamper=True), case)
+    elif case == "stranger":
+        raw = outer(smime_message(setup.stranger, setup.gateway_cert, body), case)
+    elif case == "plaintext":
+        raw = outer(inner_entity(body), case)
+    elif case == "wrong-address":
+        sender = "ann.example@gmail.example"
+        raw = outer(smime_message(setup.partner, setup.gateway_cert, body), case, sender=sender)
+    else:
+        raw = outer(smime_message(setup.partner, setup.partner.cert_path, body), case)
+    reference = await send_and_process(gateway, raw, sender=sender)
+    state, detail = await referral(gateway, reference)
+    assert state == "quarantined" and detail["reason"] == reason
+    assert maildir_messages(setup.home, MASH) == []  # nothing reached a team
+    (row,) = await report.undelivered(gateway.engine, gateway.config.settings, gateway.clock.now())
+    assert row.reference == reference and reason in row.reason
+    notice_box = maildir_messages(setup.home, sender)
+    (notice,) = [m for m in notice_box if "NOT passed on" in m["Subject"]]
+    text = notice.as_string()
+    assert reason in notice.get_content() and reference in text
+    for secret in ("Sam Testchild", "Zebra-crossing", "W1A", "Example Street"):
+        assert secret not in text  # nothing of the referral is echoed back
