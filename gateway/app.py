@@ -23,6 +23,7 @@ from gateway.identity import load_identity
 from gateway.intake_smtp import start_smtp
 from gateway.outbox import Outbox
 from gateway.pipeline import Processor
+from gateway.protect import Protector
 from gateway.schema import messages
 from gateway.sealing import Sealer
 from gateway.store import IntakeWriter
@@ -86,7 +87,9 @@ class Gateway:
         self.writer = IntakeWriter(
             self.db, self.sealer, self.clock, self._wake_processor.set, cfg.settings.smtp.commit_window.total_seconds()
         )
-        self.processor = Processor(cfg, self.db, self.sealer, composer, self.clock, self.owner, self.unwrapper)
+        self.processor = Processor(
+            cfg, self.db, self.sealer, composer, self.clock, self.owner, self.unwrapper, Protector(cfg, self.identity)
+        )
         self.outbox = Outbox(cfg, self.db, self.sealer, self.transport, self.clock, self.owner)
         self.tracker = Tracker(cfg, self.db, self.sealer, composer, self.clock)
         self.writer.start()

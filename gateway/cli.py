@@ -30,6 +30,7 @@ REQUIRED_TEMPLATES = (
     "email/receipt.txt",
     "email/ack_notice.txt",
     "email/quarantine_notice.txt",
+    "email/alert_secure.txt",
     "web/ack_confirm.html",
     "web/ack_done.html",
     "web/error.html",

@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
+from email.message import Message
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from email.policy import compat32
 from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 from typing import Any
@@ -20,9 +24,11 @@ import jinja2
 
 from gateway.config import Config, Team
 from gateway.model import Problem, Urgency
+from gateway.open import Attachment
 from gateway.tokens import AckSigner
 
 UK = ZoneInfo("Europe/London")
+_CRLF = compat32.clone(linesep="\r\n")  # signed and encrypted entities are made in canonical form
 
 
 def uk_time(when: datetime) -> str:
@@ -64,6 +70,27 @@ class Composer:
         self._env = env
         self._domain = self._s.mail.from_address.split("@", 1)[1]
 
+    def _render(self, template: str, context: dict[str, Any]) -> tuple[str, str]:
+        text = self._env.get_template(template).render(
+            council=self._s.gateway.council, duty_phone=self._s.gateway.duty_phone, **context
+        )
+        first, _, body = text.partition("\n")
+        if not first.startswith("Subject: "):
+            raise ValueError(f"{template}: the first line must be 'Subject: ...'")
+        return first.removeprefix("Subject: ").strip(), body.lstrip("\n")
+
+    def _headers(self, msg: Message, to: str, subject: str, context: dict[str, Any], in_reply_to: str | None) -> None:
+        msg["From"] = formataddr((f"{self._s.gateway.council} referrals", self._s.mail.from_address), "utf-8")
+        msg["To"] = to
+        msg["Subject"] = _header(subject)
+        msg["Date"] = format_datetime(context["now"])
+        msg["Message-ID"] = make_msgid("rg", domain=self._domain)
+        msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: stops auto-replies looping back
+        msg["X-Referral-Reference"] = context["reference"]
+        if in_reply_to:
+            msg["In-Reply-To"] = in_reply_to
+            msg["References"] = in_reply_to
+
     def _build(
         self,
         kind: str,
@@ -73,26 +100,48 @@ class Composer:
         in_reply_to: str | None = None,
         team_id: str | None = None,
     ) -> Outgoing:
-        text = self._env.get_template(template).render(
-            council=self._s.gateway.council, duty_phone=self._s.gateway.duty_phone, **context
-        )
-        first, _, body = text.partition("\n")
-        if not first.startswith("Subject: "):
-            raise ValueError(f"{template}: the first line must be 'Subject: ...'")
+        subject, body = self._render(template, context)
         # compat32 MIMEText, not EmailMessage: the modern policy re-parses every header we set,
         # which was half of the processing stage's time, and these headers are all ours.
-        msg = MIMEText(body.lstrip("\n"), "plain", "utf-8")
-        msg["From"] = formataddr((f"{self._s.gateway.council} referrals", self._s.mail.from_address), "utf-8")
-        msg["To"] = to
-        msg["Subject"] = _header(first.removeprefix("Subject: ").strip())
-        msg["Date"] = format_datetime(context["now"])
-        msg["Message-ID"] = make_msgid("rg", domain=self._domain)
-        msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: stops auto-replies looping back
-        msg["X-Referral-Reference"] = context["reference"]
-        if in_reply_to:
-            msg["In-Reply-To"] = in_reply_to
-            msg["References"] = in_reply_to
+        msg = MIMEText(body, "plain", "utf-8")
+        self._headers(msg, to, subject, context, in_reply_to)
         return Outgoing(kind, to, msg.as_bytes(), self._signer.recipient_hash(to), team_id)
+
+    def secure_alert_parts(
+        self,
+        *,
+        referral_id: str,
+        reference: str,
+        team: Team,
+        context: dict[str, Any],
+        attachments: tuple[Attachment, ...],
+    ) -> tuple[bytes, bytes]:
+        """(outer headers, inner MIME entity) of an alert WITH the referral's content, for a team
+        with a key: the caller encrypts the entity to that key and joins the two."""
+        token = self._signer.sign(referral_id, team.email, context["now"], self._s.ack.link_ttl)
+        context = {
+            **context,
+            "reference": reference,
+            "team": team,
+            "ack_url": f"{self._s.http.public_url}/ack/{token}",
+            "link_expires": context["now"] + self._s.ack.link_ttl,
+            "attachments": [(a.filename, a.content_type, len(a.data)) for a in attachments],
+        }
+        subject, body = self._render("email/alert_secure.txt", context)
+        inner = MIMEMultipart("mixed")
+        inner.attach(MIMEText(body, "plain", "utf-8"))
+        for item in attachments:
+            maintype, _, subtype = item.content_type.partition("/")
+            part = MIMEApplication(item.data, _subtype=subtype or "octet-stream")
+            if maintype != "application":
+                part.replace_header("Content-Type", f"{item.content_type}")
+            part.add_header("Content-Disposition", "attachment", filename=item.filename)
+            inner.attach(part)
+        outer = Message()
+        self._headers(outer, team.email, subject, context, None)
+        outer["MIME-Version"] = "1.0"
+        head = outer.as_bytes(policy=_CRLF).split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        return head, inner.as_bytes(policy=_CRLF)
 
     def alert(
         self,

@@ -168,11 +168,25 @@ class AckSection(_Strict):
     link_ttl: Duration = timedelta(days=7)
 
 
+def _fingerprint(value: str) -> str:
+    compact = re.sub(r"[\s:]", "", str(value)).upper()
+    if not re.fullmatch(r"[0-9A-F]{40}|[0-9A-F]{64}", compact):
+        raise ValueError(f"{value!r} is not a key fingerprint; use the 40 hex digits gpg --fingerprint shows")
+    return compact
+
+
+Fingerprint = Annotated[str, BeforeValidator(_fingerprint)]
+
+
 class Team(_Strict):
     id: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
     name: str
     email: Email
     phone: str
+    # With a key, alerts carry the referral's content, encrypted to it and signed by the gateway;
+    # without one they carry no personal data (reference, urgency, a link).
+    openpgp: Fingerprint | None = None  # the team mailbox's OpenPGP key (import it with `keys import`)
+    smime_cert: Path | None = None  # the team mailbox's S/MIME certificate (PEM)
 
 
 class Route(_Strict):
@@ -202,16 +216,6 @@ class Route(_Strict):
         if self.default and (self.postcode or self.urgency or self.category):
             raise ValueError("a default route matches everything; use no postcode, urgency or category on it")
         return self
-
-
-def _fingerprint(value: str) -> str:
-    compact = re.sub(r"[\s:]", "", str(value)).upper()
-    if not re.fullmatch(r"[0-9A-F]{40}|[0-9A-F]{64}", compact):
-        raise ValueError(f"{value!r} is not a key fingerprint; use the 40 hex digits gpg --fingerprint shows")
-    return compact
-
-
-Fingerprint = Annotated[str, BeforeValidator(_fingerprint)]
 
 
 def _sender_pattern(value: str) -> str:

@@ -138,7 +138,9 @@ def open_message(raw: bytes) -> Opened:
         if filename and filename.strip().lower() == "referral.json" and referral_json is None:
             referral_json = data
         elif filename or disposition == "attachment":
-            attachments.append(Attachment(filename or "unnamed", ctype, data))
+            # The name is the sender's: no control characters (it goes into our alert's headers).
+            safe_name = re.sub(r"[\x00-\x1f\x7f]", "", filename or "")[:200] or "unnamed"
+            attachments.append(Attachment(safe_name, ctype, data))
         elif ctype == "text/plain":
             plain.append(_text_of(part))
         elif ctype == "text/html":

@@ -9,6 +9,7 @@ claimed again when its lease runs out and processed from scratch; nothing is twi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -35,6 +36,7 @@ from gateway.open import Opened, Outer, looks_protected, open_message, read_oute
 from gateway.outcomes import Quarantine, describe
 from gateway.parse import parse_json, parse_text
 from gateway.policy import judge
+from gateway.protect import Protector
 from gateway.queue import claim
 from gateway.route import route
 from gateway.schema import deadlines, deliveries, messages, referrals
@@ -112,8 +114,10 @@ class Processor:
         clock: Clock,
         owner: str,
         unwrapper: Unwrapper,
+        protector: Protector,
     ) -> None:
         self._unwrapper = unwrapper
+        self._protector = protector
         self._config = config
         self._s = config.settings
         self._db = db
@@ -283,6 +287,29 @@ class Processor:
             now=now,
             security=security,
         )
+        fallback = None
+        if self._protector.can_protect(team):
+            stages.append("protect")
+            head, entity = self._composer.secure_alert_parts(
+                referral_id=row.referral_id,
+                reference=row.reference,
+                team=team,
+                attachments=opened.attachments,
+                context={
+                    "now": now,
+                    "referral": referral,
+                    "route_name": decision.route.name,
+                    "received_at": row.received_at,
+                    "due_at": due_at,
+                    "security": security,
+                },
+            )
+            try:
+                alert = dataclasses.replace(alert, message=await self._protector.protect(team, head, entity))
+            except CryptoError as exc:
+                # The team's key failed (expired, removed): alert all the same, without content,
+                # rather than hold the referral back; the event says why.
+                fallback = exc.reason
         prep = Prepared(
             row.id,
             row.referral_id,
@@ -317,7 +344,18 @@ class Processor:
             )
         )
         prep.events.append(
-            audit.Event(row.referral_id, now, actor, "routed", {"route": decision.route.name, "team": team.id})
+            audit.Event(
+                row.referral_id,
+                now,
+                actor,
+                "routed",
+                {
+                    "route": decision.route.name,
+                    "team": team.id,
+                    "alert": "encrypted" if self._protector.can_protect(team) and not fallback else "no content",
+                    **({"encryption_failed": fallback} if fallback else {}),
+                },
+            )
         )
         prep.outgoing.append(alert)
         if reply_to and not outer.automatic:

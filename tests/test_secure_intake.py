@@ -3,6 +3,9 @@ line, PGP/MIME made with the gpg command line, against the partner directory and
 
 from __future__ import annotations
 
+import base64
+import email
+import email.policy
 import json
 import shutil
 import subprocess
@@ -231,3 +234,105 @@ async def test_mail_failing_the_policy_is_quarantined_and_the_sender_told(
     assert reason in notice.get_content() and reference in text
     for secret in ("Sam Testchild", "Zebra-crossing", "W1A", "Example Street"):
         assert secret not in text  # nothing of the referral is echoed back
+
+
+PDF = b"%PDF-1.4\n% synthetic scanned form\n" + bytes(range(256)) * 40
+
+
+def with_attachment(body: str) -> bytes:
+    """A plain referral with a PDF attached, as a client would compose it."""
+    return (
+        (
+            'Content-Type: multipart/mixed; boundary="mix1"\r\n\r\n'
+            f"--mix1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+            "--mix1\r\nContent-Type: application/pdf; name=scan.pdf\r\nContent-Transfer-Encoding: base64\r\n"
+            "Content-Disposition: attachment; filename=scan.pdf\r\n\r\n"
+        ).encode()
+        + base64.encodebytes(PDF).replace(b"\n", b"\r\n")
+        + b"\r\n--mix1--\r\n"
+    )
+
+
+async def start_with_team_key(setup: Setup, clock: FakeClock, team_key: str) -> Gateway:
+    text = write_config(setup.home, config_text(setup, strict=False)).read_text()
+    text = text.replace(
+        'email = "mash-duty@demo-council.example"', f'email = "mash-duty@demo-council.example"\n{team_key}'
+    )
+    (setup.home / "config" / "gateway.toml").write_text(text)
+    gw = Gateway(config_mod.load(setup.home / "config" / "gateway.toml"), clock=clock, workers=False)
+    await gw.start()
+    return gw
+
+
+def check_content(plaintext: bytes, reference: str) -> None:
+    message = email.message_from_bytes(plaintext, policy=email.policy.default)
+    text = next(p for p in message.walk() if p.get_content_type() == "text/plain").get_content()
+    assert reference in text and "Sam Testchild" in text and "Zebra-crossing-unique-detail" in text
+    assert f"scan.pdf (application/pdf, {len(PDF):,} bytes)" in text
+    (pdf,) = [p for p in message.walk() if p.get_filename() == "scan.pdf"]
+    assert pdf.get_content() == PDF
+
+
+async def test_alert_to_a_team_with_an_openpgp_key_carries_the_content_encrypted_and_signed(
+    setup: Setup, clock: FakeClock, tmp_path: Path
+) -> None:
+    team_home = Path(tempfile.mkdtemp(prefix="gpg"))
+    team_home.chmod(0o700)
+    try:
+        gpg(
+            team_home,
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "MASH duty <mash-duty@demo-council.example>",
+            "ed25519",
+            "sign",
+            "2y",
+        )
+        team_fpr = gpg(team_home, "--with-colons", "--list-secret-keys").decode().split("fpr:::::::::")[1][:40]
+        gpg(team_home, "--passphrase", "", "--quick-add-key", team_fpr, "cv25519", "encr", "2y")
+        pgp = OpenPGP(setup.home / "keys" / "gnupg")
+        pgp.import_keys(gpg(team_home, "--armor", "--export", team_fpr))
+        gpg(team_home, "--import", stdin=pgp.export_public(setup.pgp_gateway_fpr))
+        pgp.close()
+        gw = await start_with_team_key(setup, clock, f'openpgp = "{team_fpr}"')
+        try:
+            reference = await send_and_process(gw, outer(with_attachment(referral_body()), "t1"))
+        finally:
+            await gw.stop()
+        (alert,) = maildir_messages(setup.home, MASH)
+        assert alert.get_content_type() == "multipart/encrypted"
+        assert "Sam Testchild" not in alert.as_string()  # nothing readable on the wire
+        armoured = alert.get_payload()[1].get_payload(decode=True)
+        done = subprocess.run(
+            ["gpg", "--homedir", str(team_home), "--batch", "--status-fd", "2", "--decrypt"],
+            input=armoured,
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"VALIDSIG {setup.pgp_gateway_fpr}".encode() in done.stderr
+        assert b"GOODMDC" in done.stderr or b"DECRYPTION_OKAY" in done.stderr
+        check_content(done.stdout, reference)
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(team_home), "--kill", "gpg-agent"], check=False)
+        shutil.rmtree(team_home, ignore_errors=True)
+
+
+async def test_alert_to_a_team_with_an_smime_certificate_decrypts_and_verifies_with_openssl(
+    setup: Setup, clock: FakeClock
+) -> None:
+    team = issue(setup.home / "keys", "mash-team", issuer=setup.ca, email_address=MASH)
+    gw = await start_with_team_key(setup, clock, f'smime_cert = "{team.cert_path}"')
+    try:
+        reference = await send_and_process(gw, outer(with_attachment(referral_body()), "t2"))
+    finally:
+        await gw.stop()
+    (alert,) = maildir_messages(setup.home, MASH)
+    raw = alert.as_bytes()
+    assert b"Sam Testchild" not in raw
+    decrypted = openssl("smime", "-decrypt", "-inkey", str(team.key_path), "-recip", str(team.cert_path), stdin=raw)
+    assert decrypted.returncode == 0, decrypted.stderr
+    verified = openssl("smime", "-verify", "-CAfile", str(setup.ca.cert_path), stdin=decrypted.stdout)
+    assert verified.returncode == 0 and b"Verification successful" in verified.stderr, verified.stderr
+    check_content(verified.stdout, reference)
