@@ -20,7 +20,7 @@ from gateway.compose import Composer, email_environment
 from gateway.config import Config
 from gateway.deliver import MaildirTransport, SmtpRelayTransport, Transport
 from gateway.identity import load_identity
-from gateway.intake_smtp import start_smtp
+from gateway.intake_smtp import start_smtp, tls_context
 from gateway.outbox import Outbox
 from gateway.pipeline import Processor
 from gateway.protect import Protector
@@ -93,7 +93,13 @@ class Gateway:
         self.outbox = Outbox(cfg, self.db, self.sealer, self.transport, self.clock, self.owner)
         self.tracker = Tracker(cfg, self.db, self.sealer, composer, self.clock)
         self.writer.start()
-        self._smtp = await start_smtp(cfg.settings.smtp, self.writer)
+        smtp = cfg.settings.smtp
+        tls = (
+            tls_context(cfg.keys_dir / smtp.tls_cert, cfg.keys_dir / smtp.tls_key)
+            if smtp.tls_cert and smtp.tls_key
+            else None
+        )
+        self._smtp = await start_smtp(smtp, self.writer, tls)
         pages = AckPages(
             self.signer,
             self.tracker,

@@ -101,6 +101,28 @@ class SmtpSection(_Strict):
     timeout: Duration = timedelta(minutes=5)
     # How long a batch of concurrent sessions may wait to share one commit (group commit).
     commit_window: Duration = timedelta(milliseconds=5)
+    # STARTTLS: certificate and key (PEM; paths relative to keys/). Required by default on any
+    # listener that is not loopback: referrals must not cross a network in clear.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    require_starttls: bool | None = None  # None: required unless host is loopback
+
+    @model_validator(mode="after")
+    def _tls_when_exposed(self) -> SmtpSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together; use both or neither")
+        if self.starttls_required and self.tls_cert is None:
+            raise ValueError(
+                f"STARTTLS is required on {self.host} but no certificate is set; use tls_cert and tls_key "
+                "(or listen on 127.0.0.1 behind a relay that does TLS)"
+            )
+        return self
+
+    @property
+    def starttls_required(self) -> bool:
+        if self.require_starttls is not None:
+            return self.require_starttls
+        return self.host not in ("127.0.0.1", "::1", "localhost")
 
 
 class HttpSection(_Strict):

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 import ssl
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -100,9 +101,14 @@ class ReferralHandler:
         return TEMPFAIL
 
 
-async def start_smtp(
-    settings: SmtpSection, writer: IntakeWriter, tls_context: ssl.SSLContext | None = None
-) -> asyncio.Server:
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def start_smtp(settings: SmtpSection, writer: IntakeWriter, tls: ssl.SSLContext | None = None) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     handler = ReferralHandler(settings, writer)
 
@@ -112,8 +118,8 @@ async def start_smtp(
             hostname=settings.hostname,  # never socket.getfqdn(): it can block the loop
             data_size_limit=settings.max_message_size,
             timeout=int(settings.timeout.total_seconds()),
-            tls_context=tls_context,
-            require_starttls=False,
+            tls_context=tls,
+            require_starttls=settings.starttls_required,
             decode_data=False,
             enable_SMTPUTF8=True,
             loop=loop,
