@@ -196,6 +196,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=report.FORMATS, default="table")
     p.set_defaults(func=cmd_report)
     command("verify", "check that every accepted referral is tracked").set_defaults(func=cmd_verify)
+    from gateway import keys_cli  # `keys ...` lives in its own module (key management, not serving)
+
+    keys_cli.register(sub, DEFAULT_CONFIG)
     return top
 
 

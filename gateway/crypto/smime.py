@@ -128,14 +128,14 @@ class SMime:
         try:
             cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
         except (OSError, ValueError):
-            raise CryptoKeyError("S/MIME certificate is missing or unreadable") from None
+            raise CryptoKeyError(f"{cert_pem}: S/MIME certificate is missing or unreadable") from None
         try:
             key = serialization.load_pem_private_key(key_pem.read_bytes(), password=None)
         except (OSError, ValueError, TypeError):  # TypeError: the key is password-protected
-            raise CryptoKeyError("S/MIME key is missing, unreadable or password-protected") from None
+            raise CryptoKeyError(f"{key_pem}: S/MIME key is missing, unreadable or password-protected") from None
         spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
-            raise CryptoKeyError("S/MIME key does not match its certificate")
+            raise CryptoKeyError(f"{key_pem}: S/MIME key does not match its certificate {cert_pem}")
         # An expired certificate is not refused here: mail encrypted to it still decrypts, and
         # refusing would stop alerts going out. `info` lets config checks warn well before expiry.
         self.info = _info(cert)
