@@ -87,11 +87,12 @@ class Gateway:
         self.writer = IntakeWriter(
             self.db, self.sealer, self.clock, self._wake_processor.set, cfg.settings.smtp.commit_window.total_seconds()
         )
+        protector = Protector(cfg, self.identity)
         self.processor = Processor(
-            cfg, self.db, self.sealer, composer, self.clock, self.owner, self.unwrapper, Protector(cfg, self.identity)
+            cfg, self.db, self.sealer, composer, self.clock, self.owner, self.unwrapper, protector
         )
         self.outbox = Outbox(cfg, self.db, self.sealer, self.transport, self.clock, self.owner)
-        self.tracker = Tracker(cfg, self.db, self.sealer, composer, self.clock)
+        self.tracker = Tracker(cfg, self.db, self.sealer, composer, self.clock, protector)
         self.writer.start()
         smtp = cfg.settings.smtp
         tls = (

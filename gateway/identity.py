@@ -8,8 +8,9 @@ and the administrator sees why in the journal).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from gateway.config import Config
 from gateway.crypto import CryptoKeyError
@@ -26,6 +27,8 @@ class Identity:
     pgp: OpenPGP | None
     smime: SMime | None
     trust: Trust
+    # Pinned partner certificates by SHA-256 fingerprint: replies to their holders are encrypted.
+    pinned_by_fingerprint: dict[str, Path] = field(default_factory=dict)
 
     def unwrapper(self) -> Unwrapper:
         return Unwrapper(self.pgp, self.smime, self.trust)
@@ -80,7 +83,9 @@ def load_identity(config: Config, now: datetime) -> Identity:
                         partner.name,
                         fingerprint,
                     )
-    return Identity(pgp, smime, _trust(config))
+    trust = _trust(config)
+    pinned = {SMime.certificate_info(path.read_bytes()).fingerprint: path for path in trust.pinned}
+    return Identity(pgp, smime, trust, pinned)
 
 
 def _warn_expiry(what: str, expires: datetime, now: datetime) -> None:

@@ -47,7 +47,9 @@ class Entity:
 
     def decoded_body(self) -> bytes:
         """The body with its Content-Transfer-Encoding undone (base64, quoted-printable)."""
-        encoding = (self.headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
+        # str(): a header holding 8-bit bytes comes back as an email.header.Header object, not a str,
+        # and had no .strip() (AttributeError on sender-controlled input instead of a MimeError).
+        encoding = str(self.headers.get("Content-Transfer-Encoding") or "7bit").strip().lower()
         if encoding not in ("7bit", "8bit", "binary", "base64", "quoted-printable"):
             raise MimeError(f"unknown transfer encoding '{encoding[:20]}'")
         probe = Message()
@@ -59,8 +61,13 @@ class Entity:
 
 def parse_entity(raw: bytes) -> Entity:
     """Split headers from body without touching either."""
-    match = _SEPARATOR.search(raw)
-    if match is None:
+    blank = re.match(rb"\r?\n", raw)
+    match = None if blank else _SEPARATOR.search(raw)
+    if blank:
+        # A part that starts with the blank line has no headers (RFC 2045 §5.2: text/plain). Searching for
+        # the separator found none ("\nText" was a MimeError: RFC 4134 §4.8) or a blank line in the body.
+        head, body = b"", raw[blank.end() :]
+    elif match is None:
         head, body = raw, b""
         if raw.strip() and not re.match(rb"^[!-9;-~]+:", raw):
             raise MimeError("no headers at the start of a MIME part")
@@ -77,9 +84,15 @@ def split_multipart(entity: Entity) -> list[bytes]:
         raise MimeError("multipart without a boundary")
     if len(boundary) > 70:
         raise MimeError("boundary longer than RFC 2046 allows")
+    try:
+        delimiter_bytes = boundary.encode("latin-1")
+    except UnicodeEncodeError:
+        # 8-bit bytes in the header come back as U+FFFD or surrogates: encoding them raised
+        # UnicodeEncodeError (a crash on sender input) instead of a MimeError. No body can match it.
+        raise MimeError("boundary with characters RFC 2046 does not allow") from None
     # A delimiter line is "--boundary" at the start of a line, maybe with trailing white space;
     # the close delimiter adds "--". The line break before it is part of the delimiter.
-    delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary.encode("latin-1")) + rb"(--)?[ \t]*(?:\r?\n|$)")
+    delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(delimiter_bytes) + rb"(--)?[ \t]*(?:\r?\n|$)")
     parts: list[bytes] = []
     start: int | None = None
     for match in delimiter.finditer(entity.body):

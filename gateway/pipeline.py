@@ -248,11 +248,16 @@ class Processor:
         )
         if verdict.quarantine is not None:
             raise Quarantine("policy", verdict.quarantine, notify, outer.message_id)
+        partner = next((p for p in self._s.partners if p.name == verdict.partner), None)
+        reply_key = self._protector.reply_key(unwrapped.signatures, partner)
         security = {
             "encrypted": unwrapped.encrypted,
             "layers": unwrapped.layers,
             "partner": verdict.partner,
             "flags": list(verdict.flags),
+            # Replies to the referrer are encrypted to the key they signed with (a fingerprint or
+            # a pinned certificate's path: no personal data).
+            "reply_key": list(reply_key) if reply_key else None,
         }
         return open_message(unwrapped.entity.raw), security
 
@@ -316,7 +321,8 @@ class Processor:
             row.reference,
             {
                 "content": self._sealer.seal(
-                    json.dumps(referral.to_json()).encode(), sealed_context("content", row.referral_id)
+                    json.dumps(referral.to_json() | {"reply_key": security.get("reply_key")}).encode(),
+                    sealed_context("content", row.referral_id),
                 ),
                 "team_id": team.id,
                 "route_name": decision.route.name,
@@ -359,15 +365,14 @@ class Processor:
         )
         prep.outgoing.append(alert)
         if reply_to and not outer.automatic:
-            prep.outgoing.append(
-                self._composer.receipt(
-                    reference=row.reference,
-                    to=reply_to,
-                    received_at=row.received_at,
-                    now=now,
-                    in_reply_to=outer.message_id,
-                )
+            receipt = self._composer.receipt(
+                reference=row.reference,
+                to=reply_to,
+                received_at=row.received_at,
+                now=now,
+                in_reply_to=outer.message_id,
             )
+            prep.outgoing.append(await self._protector.maybe_protect(security.get("reply_key"), receipt))
         else:
             # RFC 3834: no receipt to a null sender or to automatic mail, or we could loop.
             prep.events.append(

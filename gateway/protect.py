@@ -7,11 +7,19 @@ gets the plain alert that holds no personal data; nothing in between.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import re
 import uuid
+from collections.abc import Sequence
+from pathlib import Path
 
-from gateway.config import Config, Team
-from gateway.crypto import CryptoKeyError
+from gateway.compose import Outgoing
+from gateway.config import Config, Partner, Team
+from gateway.crypto import CryptoError, CryptoKeyError, Signature
 from gateway.identity import Identity
+
+log = logging.getLogger(__name__)
 
 
 class Protector:
@@ -47,12 +55,47 @@ class Protector:
     def can_protect(team: Team) -> bool:
         return bool(team.openpgp or team.smime_cert)
 
+    def reply_key(self, signatures: Sequence[Signature], partner: Partner | None) -> ReplyKey | None:
+        """The key to encrypt replies to a referrer with: the key they signed with, when it is in
+        the partner directory (an OpenPGP fingerprint, or a pinned S/MIME certificate)."""
+        if partner is None:
+            return None
+        for signature in signatures:
+            if not signature.valid or signature.signer_id is None:
+                continue
+            if signature.kind == "openpgp" and signature.signer_id in partner.openpgp and self._identity.pgp:
+                return ("openpgp", signature.signer_id)
+            pinned = self._identity.pinned_by_fingerprint.get(signature.signer_id)
+            if signature.kind == "smime" and pinned is not None and self._identity.smime:
+                return ("smime", str(pinned))
+        return None
+
     async def protect(self, team: Team, head: bytes, entity: bytes) -> bytes:
         """The complete message: our outer headers, then the entity encrypted and signed."""
-        if team.openpgp:
+        key: ReplyKey = (
+            ("openpgp", team.openpgp) if team.openpgp else ("smime", str(self._config.path(team.smime_cert or Path())))
+        )
+        return await self.protect_to(key, head, entity)
+
+    async def maybe_protect(self, key: Sequence[str] | None, outgoing: Outgoing) -> Outgoing:
+        """A receipt or notice encrypted to the referrer's key when it is known; unchanged when it
+        is not, or when encryption fails (these messages hold no personal data either way)."""
+        if not key:
+            return outgoing
+        head, entity = split_headers(outgoing.message)
+        try:
+            message = await self.protect_to((key[0], key[1]), head, entity)
+        except CryptoError as exc:
+            log.warning("protect: %s not encrypted to the referrer (%s); sent as it is", outgoing.kind, exc.reason)
+            return outgoing
+        return dataclasses.replace(outgoing, message=message)
+
+    async def protect_to(self, key: ReplyKey, head: bytes, entity: bytes) -> bytes:
+        kind, ref = key
+        if kind == "openpgp":
             assert self._identity.pgp is not None and self._config.settings.keys.openpgp_fingerprint
             armoured = await self._identity.pgp.encrypt_and_sign(
-                entity, [team.openpgp], self._config.settings.keys.openpgp_fingerprint
+                entity, [ref], self._config.settings.keys.openpgp_fingerprint
             )
             boundary = f"rg-{uuid.uuid4().hex}"
             body = (
@@ -68,5 +111,22 @@ class Protector:
                 + f"\r\n--{boundary}--\r\n".encode()
             )
             return head + body
-        assert self._identity.smime is not None and team.smime_cert is not None
-        return head + await self._identity.smime.sign_and_encrypt(entity, [self._config.path(team.smime_cert)])
+        assert self._identity.smime is not None
+        return head + await self._identity.smime.sign_and_encrypt(entity, [Path(ref)])
+
+
+ReplyKey = tuple[str, str]  # ("openpgp", fingerprint) or ("smime", certificate path)
+
+_CONTENT_HEADER = re.compile(rb"^(?:content-|mime-version:)", re.IGNORECASE)
+
+
+def split_headers(message: bytes) -> tuple[bytes, bytes]:
+    """Our composed message -> (outer headers, MIME entity): the Content-* headers and the body
+    are what gets encrypted; From/To/Subject stay outside (they hold no personal data)."""
+    message = re.sub(rb"\r?\n", b"\r\n", message)
+    header_block, _, body = message.partition(b"\r\n\r\n")
+    lines = re.split(rb"\r\n(?![ \t])", header_block)  # unfold-aware: continuation lines stay
+    outer = [line for line in lines if not _CONTENT_HEADER.match(line)]
+    inner = [line for line in lines if _CONTENT_HEADER.match(line) and not line.lower().startswith(b"mime-version")]
+    head = b"\r\n".join([*outer, b"MIME-Version: 1.0"]) + b"\r\n"
+    return head, b"\r\n".join(inner) + b"\r\n\r\n" + body

@@ -24,6 +24,7 @@ from gateway.db import Database
 from gateway.lifecycle import State
 from gateway.model import Problem, Urgency
 from gateway.pipeline import queue_outgoing
+from gateway.protect import Protector
 from gateway.schema import deadlines, deliveries, messages, referrals
 from gateway.sealing import Sealer
 from gateway.store import sealed_context
@@ -82,7 +83,10 @@ class NotFound(Exception):
 
 
 class Tracker:
-    def __init__(self, config: Config, db: Database, sealer: Sealer, composer: Composer, clock: Clock) -> None:
+    def __init__(
+        self, config: Config, db: Database, sealer: Sealer, composer: Composer, clock: Clock, protector: Protector
+    ) -> None:
+        self._protector = protector
         self._config = config
         self._s = config.settings
         self._db = db
@@ -142,18 +146,12 @@ class Tracker:
             )
             referrer = await self._referrer_address(conn, row)
             if referrer:
-                events += await queue_outgoing(
-                    conn,
-                    self._sealer,
-                    referral_id,
-                    [
-                        self._composer.ack_notice(
-                            reference=row.reference, to=referrer, team=team, by=by, at=now, now=now
-                        )
-                    ],
-                    now,
-                    "gateway",
+                notice = self._composer.ack_notice(
+                    reference=row.reference, to=referrer, team=team, by=by, at=now, now=now
                 )
+                content = json.loads(self._sealer.open(row.content, sealed_context("content", referral_id)))
+                notice = await self._protector.maybe_protect(content.get("reply_key"), notice)
+                events += await queue_outgoing(conn, self._sealer, referral_id, [notice], now, "gateway")
             await transition(conn, referral_id, events, acknowledged_at=now, acknowledged_by=by)
         log.info("track: referral %s acknowledged (team %s)", row.reference, team.id)
         return AckResult(row.reference, team.name, by, now, False)

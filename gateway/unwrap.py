@@ -73,7 +73,7 @@ class Unwrapper:
             inner = await self._peel(result.entity, result)
             if inner is None:
                 return result
-            result.entity = parse_entity(inner)
+            result.entity = _content_entity(inner)
         raise MimeError(f"more than {MAX_DEPTH} nested encryption or signature layers")
 
     def _need_pgp(self) -> OpenPGPEngine:
@@ -166,6 +166,29 @@ class Unwrapper:
             result.layers.append("pgp-inline-signed")
             return _text_entity(text, charset)
         return None
+
+
+_HEADER_OR_BLANK = re.compile(rb"[!-9;-~]+:|\r?\n")
+_BINARY = re.compile(rb"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def _content_entity(content: bytes) -> Entity:
+    """What a layer decrypted or verified to, as an entity. RFC 8551 content is a MIME entity, but
+    older clients (the RFC 4134 §5.3 example) encrypt or sign bare text with no headers at all:
+    parse_entity refused it ("no headers"), so such a message could never be read. Text is read as
+    RFC 2045's default, text/plain, its body the content byte for byte; headerless binary is still a
+    MimeError (quarantined)."""
+    if content and not _HEADER_OR_BLANK.match(content) and _is_text(content):
+        content = b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + content
+    return parse_entity(content)
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return _BINARY.search(data) is None
 
 
 def _p7m_name(entity: Entity) -> bool:

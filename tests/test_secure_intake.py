@@ -336,3 +336,49 @@ async def test_alert_to_a_team_with_an_smime_certificate_decrypts_and_verifies_w
     verified = openssl("smime", "-verify", "-CAfile", str(setup.ca.cert_path), stdin=decrypted.stdout)
     assert verified.returncode == 0 and b"Verification successful" in verified.stderr, verified.stderr
     check_content(verified.stdout, reference)
+
+
+async def test_receipt_and_ack_notice_are_encrypted_to_the_referrers_own_key(
+    gateway: Gateway, setup: Setup, clock: FakeClock
+) -> None:
+    reference = await send_and_process(gateway, outer(pgpmime_message(setup, referral_body()), "r1"))
+    (receipt,) = maildir_messages(setup.home, SENDER)
+    assert receipt.get_content_type() == "multipart/encrypted" and receipt["X-Referral-Reference"] == reference
+    armoured = receipt.get_payload()[1].get_payload(decode=True)
+    done = subprocess.run(
+        ["gpg", "--homedir", str(setup.pgp_partner_home), "--batch", "--status-fd", "2", "--decrypt"],
+        input=armoured,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0 and f"VALIDSIG {setup.pgp_gateway_fpr}".encode() in done.stderr, done.stderr
+    assert reference in email.message_from_bytes(done.stdout, policy=email.policy.default).get_content()
+
+    async with gateway.engine.connect() as conn:
+        referral_id = (
+            await conn.execute(select(referrals.c.id).where(referrals.c.reference == reference))
+        ).scalar_one()
+    await gateway.tracker.acknowledge(referral_id, gateway.signer.recipient_hash(MASH), "Dee Worker")
+    await gateway.deliver_all()
+    (notice,) = [m for m in maildir_messages(setup.home, SENDER) if m is not receipt and "acknowledged" in m["Subject"]]
+    assert notice.get_content_type() == "multipart/encrypted"
+    done = subprocess.run(
+        ["gpg", "--homedir", str(setup.pgp_partner_home), "--batch", "--decrypt"],
+        input=notice.get_payload()[1].get_payload(decode=True),
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert "Dee Worker" in email.message_from_bytes(done.stdout, policy=email.policy.default).get_content()
+
+
+async def test_receipt_to_a_referrer_without_a_known_key_holds_only_the_reference(
+    gateway: Gateway, setup: Setup
+) -> None:
+    reference = await send_and_process(
+        gateway, outer(smime_message(setup.partner, setup.gateway_cert, referral_body()), "r2")
+    )
+    (receipt,) = maildir_messages(setup.home, SENDER)
+    assert receipt.get_content_type() == "text/plain" and reference in receipt.get_content()
+    for secret in ("Sam Testchild", "W1A", "Zebra-crossing", "neglect"):
+        assert secret not in receipt.as_string()
