@@ -148,22 +148,26 @@ class Processor:
         for bad in unloadable:
             final = bad.attempts >= self._s.processing.max_attempts
             await self._fail(bad, now, "load", "the stored message cannot be read from the database", final)
-        prepared: list[Prepared] = []
-        for row in rows:
-            await asyncio.sleep(0)  # let SMTP sessions in between messages: parsing is CPU work
-            stages = ["open"]  # the stage reached, for the report if it fails
-            try:
-                prepared.append(await self._prepare(row, now, stages))
-            except Quarantine as outcome:
-                await self._fail(row, now, outcome.stage, outcome.reason, final=True, outcome=outcome)
-            except Exception as exc:  # noqa: BLE001
-                # Mailman's shunt: a bug in any stage must not lose the message; it is retried,
-                # then quarantined for a person to see.
-                final = row.attempts >= self._s.processing.max_attempts
-                await self._fail(row, now, stages[-1], describe(exc), final=final)
+        # Concurrently: gpg and openssl run in threads and subprocesses (bounded by their own
+        # semaphores), so one message's decryption overlaps another's parsing.
+        results = await asyncio.gather(*(self._prepare_or_fail(row, now) for row in rows))
+        prepared = [prep for prep in results if prep is not None]
         if prepared:
             await self._write(prepared, now)
         return len(ids)
+
+    async def _prepare_or_fail(self, row: Any, now: datetime) -> Prepared | None:
+        stages = ["open"]  # the stage reached, for the report if it fails
+        try:
+            return await self._prepare(row, now, stages)
+        except Quarantine as outcome:
+            await self._fail(row, now, outcome.stage, outcome.reason, final=True, outcome=outcome)
+        except Exception as exc:  # noqa: BLE001
+            # Mailman's shunt: a bug in any stage must not lose the message; it is retried,
+            # then quarantined for a person to see.
+            final = row.attempts >= self._s.processing.max_attempts
+            await self._fail(row, now, stages[-1], describe(exc), final=final)
+        return None
 
     async def _quarantine_exhausted(self, ids: list[str], now: datetime) -> list[str]:
         """Claims count attempts, so a message that crashed its worker (or failed its batch's

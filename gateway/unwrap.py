@@ -10,12 +10,14 @@ Trust is not decided here (see gateway.policy); every structural problem is a `M
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from gateway.crypto import Signature
+from gateway.crypto import CryptoError, DecryptError, Signature, VerifyError
 from gateway.mimebytes import MAX_DEPTH, Entity, MimeError, canonical_crlf, parse_entity, split_multipart
 
 _PGP_MESSAGE = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.DOTALL)
@@ -69,7 +71,9 @@ class Unwrapper:
 
     async def unwrap(self, raw: bytes) -> Unwrapped:
         result = Unwrapped(entity=parse_entity(raw))
-        for _ in range(MAX_DEPTH):
+        # MAX_DEPTH layers peeled, plus one look to see that what is left is content: with range(MAX_DEPTH)
+        # a message of exactly MAX_DEPTH layers was refused as having "more than" that many.
+        for _ in range(MAX_DEPTH + 1):
             inner = await self._peel(result.entity, result)
             if inner is None:
                 return result
@@ -93,7 +97,8 @@ class Unwrapper:
             parts = split_multipart(entity)
             if (entity.param("protocol") or "").lower() != "application/pgp-encrypted" or len(parts) != 2:
                 raise MimeError("multipart/encrypted that is not PGP/MIME (RFC 3156 needs two parts)")
-            plaintext, signature = await self._need_pgp().decrypt(parse_entity(parts[1]).decoded_body())
+            with _gpg_gave_up(DecryptError):
+                plaintext, signature = await self._need_pgp().decrypt(parse_entity(parts[1]).decoded_body())
             result.encrypted = True
             result.layers.append("pgp-encrypted")
             if signature is not None:
@@ -123,7 +128,8 @@ class Unwrapper:
         signed = canonical_crlf(parts[0])  # the exact bytes the client signed (RFC 3156 §5, RFC 8551 §3.1.1)
         signature_bytes = parse_entity(parts[1]).decoded_body()
         if protocol == "application/pgp-signature":
-            signature = await self._need_pgp().verify_detached(signed, signature_bytes)
+            with _gpg_gave_up(VerifyError):
+                signature = await self._need_pgp().verify_detached(signed, signature_bytes)
             result.layers.append("pgp-signed")
         elif protocol in _PKCS7_SIGNATURE:
             signature = await self._need_smime().verify_detached(
@@ -154,18 +160,32 @@ class Unwrapper:
         body = entity.decoded_body()
         charset = entity.headers.get_content_charset() or "utf-8"
         if match := _PGP_MESSAGE.search(body):
-            plaintext, signature = await self._need_pgp().decrypt(match.group(0))
+            with _gpg_gave_up(DecryptError):
+                plaintext, signature = await self._need_pgp().decrypt(match.group(0))
             result.encrypted = True
             result.layers.append("pgp-inline-encrypted")
             if signature is not None:
                 result.signatures.append(signature)
             return _text_entity(plaintext, charset)
         if match := _PGP_SIGNED.search(body):
-            text, signature = await self._need_pgp().verify_inline(match.group(0))
+            with _gpg_gave_up(VerifyError):
+                text, signature = await self._need_pgp().verify_inline(match.group(0))
             result.signatures.append(signature)
             result.layers.append("pgp-inline-signed")
             return _text_entity(text, charset)
         return None
+
+
+@contextmanager
+def _gpg_gave_up(error: type[CryptoError]) -> Iterator[None]:
+    """gpg stops reading its input as soon as it sees garbage (a 10 MB blob starting 0xFF; a large part with
+    a junk signature), and python-gnupg 0.5.7 re-raises its writer thread's BrokenPipeError. That escaped
+    as a crash on sender-controlled input instead of a reason the caller quarantines on. (The source is
+    gateway.crypto.openpgp; this keeps the walker's promise of MimeError/CryptoError only.)"""
+    try:
+        yield
+    except BrokenPipeError:
+        raise error("unreadable: damaged or not OpenPGP") from None
 
 
 _HEADER_OR_BLANK = re.compile(rb"[!-9;-~]+:|\r?\n")

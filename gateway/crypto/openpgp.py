@@ -139,6 +139,8 @@ class OpenPGP:
         ]  # fmt: skip
         self._gpg = gnupg.GPG(gnupghome=str(self._home), options=options, encoding=_CODEC)
         self._limit = ["--max-output", str(max_plaintext + _SLACK)]  # bounds decompression bombs
+        self._uid_cache: dict[str, list[str]] = {}
+        self._uid_stamp = (0, 0, 0)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         async with self._sem:
@@ -214,13 +216,29 @@ class OpenPGP:
         return run.data, self._signature(run)
 
     def _with_signer_addresses(self, run: _Run) -> _Run:
-        # Runs in the worker thread: the addresses of a key we hold, for the Signature (one extra gpg call).
+        # Runs in the worker thread: the addresses of a key we hold, for the Signature. Listing
+        # them is a gpg process of its own, so they are cached until the keyring file changes
+        # (`keys import` changes it, and the next message sees the new key).
         fprs = {v[-1] for k, v in run.status if k == "VALIDSIG" and len(v) >= 10}
-        if fprs:
-            listed = self._gpg.list_keys(keys=sorted(fprs))
-            uids = {str(k["fingerprint"]).upper(): [str(u) for u in k.get("uids", [])] for k in listed}
-            return replace(run, uids=uids)
-        return run
+        if not fprs:
+            return run
+        stamp = self._keyring_stamp()
+        if stamp != self._uid_stamp:
+            self._uid_cache, self._uid_stamp = {}, stamp
+        missing = sorted(f for f in fprs if f not in self._uid_cache)
+        if missing:
+            for k in self._gpg.list_keys(keys=missing):
+                self._uid_cache[str(k["fingerprint"]).upper()] = [str(u) for u in k.get("uids", [])]
+        return replace(run, uids={f: self._uid_cache[f] for f in fprs if f in self._uid_cache})
+
+    def _keyring_stamp(self) -> tuple[int, int, int]:
+        for name in ("pubring.kbx", "pubring.gpg"):
+            try:
+                st = (self._home / name).stat()
+            except FileNotFoundError:
+                continue
+            return (st.st_ino, st.st_size, st.st_mtime_ns)
+        return (0, 0, 0)
 
     def _signature(self, run: _Run) -> Signature:
         blocks: list[list[tuple[str, list[str]]]] = []
