@@ -60,7 +60,7 @@ def load_identity(config: Config, now: datetime) -> Identity:
         if keys.smime_key is None or keys.smime_cert is None:
             raise CryptoKeyError("keys.smime_key and keys.smime_cert must be given together")
         smime = SMime(config.keys_dir / keys.smime_key, config.keys_dir / keys.smime_cert)
-        _warn_expiry("S/MIME certificate", smime.info.not_after, now)
+        _warn_expiry("the gateway's S/MIME certificate", smime.info.not_after, now)
     pgp = None
     if keys.openpgp_fingerprint is not None:
         pgp = OpenPGP(config.keys_dir / keys.openpgp_home)
@@ -73,8 +73,8 @@ def load_identity(config: Config, now: datetime) -> Identity:
                 "run `referral-gateway keys init` or restore the key"
             )
         if own.expires is not None:
-            _warn_expiry("OpenPGP key", own.expires, now)
-        public = {k.fingerprint for k in pgp.keys()}
+            _warn_expiry("the gateway's OpenPGP key", own.expires, now)
+        public = {k.fingerprint: k for k in pgp.keys()}
         for partner in config.settings.partners:
             for fingerprint in partner.openpgp:
                 if fingerprint not in public:
@@ -83,13 +83,19 @@ def load_identity(config: Config, now: datetime) -> Identity:
                         partner.name,
                         fingerprint,
                     )
+                elif (expires := public[fingerprint].expires) is not None:
+                    _warn_expiry(f"partner {partner.name}'s OpenPGP key {fingerprint}", expires, now)
     trust = _trust(config)
+    for partner in config.settings.partners:
+        for path in (*partner.smime_anchors, *partner.smime_pinned):
+            info = SMime.certificate_info(config.path(path).read_bytes())
+            _warn_expiry(f"partner {partner.name}'s certificate {path}", info.not_after, now)
     pinned = {SMime.certificate_info(path.read_bytes()).fingerprint: path for path in trust.pinned}
     return Identity(pgp, smime, trust, pinned)
 
 
 def _warn_expiry(what: str, expires: datetime, now: datetime) -> None:
     if expires <= now:
-        log.error("the gateway's %s expired on %s: renew it now", what, expires.date().isoformat())
+        log.error("%s expired on %s: renew it now", what, expires.date().isoformat())
     elif expires - now <= EXPIRY_WARNING:
-        log.warning("the gateway's %s expires on %s: renew it", what, expires.date().isoformat())
+        log.warning("%s expires on %s: renew it", what, expires.date().isoformat())

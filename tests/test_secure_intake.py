@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -382,3 +383,18 @@ async def test_receipt_to_a_referrer_without_a_known_key_holds_only_the_referenc
     assert receipt.get_content_type() == "text/plain" and reference in receipt.get_content()
     for secret in ("Sam Testchild", "W1A", "Zebra-crossing", "neglect"):
         assert secret not in receipt.as_string()
+
+
+async def test_start_warns_of_a_partner_certificate_expiring_within_30_days(
+    setup: Setup, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The trust CA made for these tests is valid for 30 days from when it was made: a day later,
+    # it expires within the warning period.
+    clock.set(datetime.now(UTC) + timedelta(days=1))
+    caplog.set_level("WARNING")
+    gw = Gateway(config_mod.load(write_config(setup.home, config_text(setup, strict=True))), clock=clock, workers=False)
+    await gw.start()
+    await gw.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("partner Demo NHS Trust's certificate keys/partners/trust-ca.pem expires on" in w for w in warnings)
+    assert not any("gateway's OpenPGP key" in w for w in warnings)  # it is valid for two years
