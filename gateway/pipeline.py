@@ -12,8 +12,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,13 +27,13 @@ from gateway.compose import Composer, Outgoing
 from gateway.config import Config
 from gateway.crypto import CryptoError
 from gateway.db import Database
+from gateway.enqueue import outbox_row, queue_outgoing, queued_events
 from gateway.lifecycle import State
-from gateway.mimebytes import MimeError
 from gateway.model import Referral
-from gateway.open import Opened, Outer, looks_protected, open_message, read_outer
+from gateway.open import read_outer
+from gateway.opener import Opener
 from gateway.outcomes import Quarantine, describe
 from gateway.parse import parse_json, parse_text
-from gateway.policy import judge
 from gateway.protect import Protector
 from gateway.queue import claim
 from gateway.route import route
@@ -63,47 +61,6 @@ class Prepared:
     due_at: datetime | None = None
 
 
-def outbox_row(out: Outgoing, referral_id: str, sealer: Sealer, now: datetime) -> dict[str, Any]:
-    delivery_id = uuid.uuid4().hex
-    payload = json.dumps({"to": out.to, "message": out.message.decode("ascii")}).encode()
-    return {
-        "id": delivery_id,
-        "referral_id": referral_id,
-        "kind": out.kind,
-        "channel": "email",
-        "team_id": out.team_id,
-        "recipient_hash": out.recipient_hash,
-        "payload": sealer.seal(payload, sealed_context("delivery", delivery_id)),
-        "state": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-    }
-
-
-def queued_events(referral_id: str, rows: Sequence[dict[str, Any]], now: datetime, actor: str) -> list[audit.Event]:
-    return [
-        audit.Event(
-            referral_id,
-            now,
-            actor,
-            "delivery_queued",
-            {"delivery": row["id"], "kind": row["kind"], "team": row["team_id"]},
-        )
-        for row in rows
-    ]
-
-
-async def queue_outgoing(
-    conn: AsyncConnection, sealer: Sealer, referral_id: str, outgoing: Sequence[Outgoing], now: datetime, actor: str
-) -> list[audit.Event]:
-    """Insert outbox rows; returns their `delivery_queued` events for the caller's batch."""
-    rows = [outbox_row(out, referral_id, sealer, now) for out in outgoing]
-    if rows:
-        await conn.execute(deliveries.insert(), rows)
-    return queued_events(referral_id, rows, now, actor)
-
-
 class Processor:
     def __init__(
         self,
@@ -116,7 +73,7 @@ class Processor:
         unwrapper: Unwrapper,
         protector: Protector,
     ) -> None:
-        self._unwrapper = unwrapper
+        self._opener = Opener(config.settings, unwrapper, protector)
         self._protector = protector
         self._config = config
         self._s = config.settings
@@ -232,45 +189,12 @@ class Processor:
                 )
         return rows, bad
 
-    async def _open(self, raw: bytes, reply_to: str, outer: Outer) -> tuple[Opened, dict[str, Any]]:
-        """Unwrap the security layers and judge them; the content, and what to record about it.
-        Raises Quarantine when the message cannot be read or fails the policy."""
-        notify = reply_to if reply_to and not outer.automatic else None
-        try:
-            unwrapped = await self._unwrapper.unwrap(raw)
-        except (MimeError, CryptoError) as exc:
-            if isinstance(exc, CryptoError) or looks_protected(raw):
-                raise Quarantine("open", exc.reason, notify, outer.message_id) from None
-            # Plain mail with a broken structure: read what can be read, never bounce a concern.
-            return open_message(raw), {"encrypted": False, "layers": [], "flags": [f"malformed MIME ({exc.reason})"]}
-        verdict = judge(
-            unwrapped.encrypted,
-            unwrapped.signatures,
-            outer.from_address or reply_to,
-            self._s.partners,
-            self._s.security,
-        )
-        if verdict.quarantine is not None:
-            raise Quarantine("policy", verdict.quarantine, notify, outer.message_id)
-        partner = next((p for p in self._s.partners if p.name == verdict.partner), None)
-        reply_key = self._protector.reply_key(unwrapped.signatures, partner)
-        security = {
-            "encrypted": unwrapped.encrypted,
-            "layers": unwrapped.layers,
-            "partner": verdict.partner,
-            "flags": list(verdict.flags),
-            # Replies to the referrer are encrypted to the key they signed with (a fingerprint or
-            # a pinned certificate's path: no personal data).
-            "reply_key": list(reply_key) if reply_key else None,
-        }
-        return open_message(unwrapped.entity.raw), security
-
     async def _prepare(self, row: Any, now: datetime, stages: list[str]) -> Prepared:
         raw = self._sealer.open(row.raw, sealed_context("raw", row.id))
         envelope = json.loads(self._sealer.open(row.envelope, sealed_context("envelope", row.id)))
         outer = read_outer(raw)
         reply_to = envelope.get("mail_from") or ""
-        opened, security = await self._open(raw, reply_to, outer)
+        opened, security = await self._opener.open(raw, reply_to, outer)
         stages.append("parse")
         today = now.astimezone(UK).date()
         referral: Referral = (

@@ -21,9 +21,9 @@ from gateway.clock import Clock
 from gateway.compose import Composer, Outgoing
 from gateway.config import Config, Team
 from gateway.db import Database
+from gateway.enqueue import queue_outgoing
 from gateway.lifecycle import State
 from gateway.model import Problem, Urgency
-from gateway.pipeline import queue_outgoing
 from gateway.protect import Protector
 from gateway.schema import deadlines, deliveries, messages, referrals
 from gateway.sealing import Sealer
