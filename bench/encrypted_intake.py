@@ -41,8 +41,6 @@ import platform
 import random
 import resource
 import shutil
-import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -53,20 +51,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+import common
+
+if TYPE_CHECKING:
+    import aiosmtplib
 
 SCRIPT = Path(__file__).resolve()
-ROOT = SCRIPT.parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `gateway` and `tests` from this checkout, whatever the working directory
-
-SENDER = "ann.example@nhs.example"
-RECIPIENT = "referrals@demo-council.example"
 PARTNER = "Demo NHS Trust"
-READY_TIMEOUT = 60.0
 POLL = 0.02  # seconds between looks at the gateway's database
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 # What gateway.crypto.openpgp.OpenPGP passes to gpg, so the baseline makes the same calls.
 GPG_OPTIONS = [
     "--trust-model", "direct",
@@ -81,44 +75,16 @@ MAX_OUTPUT = ["--max-output", str(64 * 1024 * 1024 + 1024 * 1024)]
 # --------------------------------------------------------------------------- processes (Linux /proc)
 
 
-def proc_cpu(pid: int, children: bool = True) -> float:
-    """utime+stime (+cutime+cstime: the gpg processes it has waited for) of a process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
-
-
-def proc_cpu_split(pid: int) -> tuple[float, float]:
-    """(own, waited-for children) CPU seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK, (int(fields[13]) + int(fields[14])) / CLK_TCK
-
-
-def proc_hwm_kb(pid: int) -> int:
-    """Peak resident set size (VmHWM) in KiB; 0 when the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def find_agent(gnupg_home: Path) -> int | None:
     """The gpg-agent serving a GnuPG home: a daemon (not our child), found by its command line."""
     want = str(gnupg_home).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in common.pids():
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if argv and argv[0].endswith(b"gpg-agent") and want in argv:
-            return int(entry.name)
+            return pid
     return None
 
 
@@ -126,36 +92,15 @@ def agent_cpu(pid: int | None) -> float:
     if pid is None:
         return 0.0
     try:
-        return proc_cpu(pid, children=False)
+        return common.proc_cpu(pid)
     except OSError:
         return 0.0
-
-
-def children_of(pid: int, name: str) -> list[int]:
-    """The running children of `pid` whose command name is `name`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm, rest = stat.split(" (", 1)[1].rsplit(")", 1)
-        if comm == name and int(rest.split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 def kill_agent(gnupg_home: Path) -> None:
     subprocess.run(
         ["gpgconf", "--homedir", str(gnupg_home), "--kill", "gpg-agent"], check=False, capture_output=True, timeout=30
     )
-
-
-def _python() -> str:
-    venv = ROOT / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
 
 
 # --------------------------------------------------------------------------- keys
@@ -186,10 +131,10 @@ def make_keys(work: Path) -> Keys:
     gateway_gnupg = home / "keys" / "gnupg"
     gateway_pgp = OpenPGP(gateway_gnupg)
     try:
-        gateway_fpr = gateway_pgp.generate_key("Demo gateway", RECIPIENT)
+        gateway_fpr = gateway_pgp.generate_key("Demo gateway", common.RECIPIENT)
         partner = work / "partner"
         partner.mkdir(mode=0o700)
-        gpg(partner, "--passphrase", "", "--quick-gen-key", f"Ann Example <{SENDER}>", "ed25519", "sign", "2y")
+        gpg(partner, "--passphrase", "", "--quick-gen-key", f"Ann Example <{common.SENDER}>", "ed25519", "sign", "2y")
         partner_fpr = gpg(partner, "--with-colons", "--list-secret-keys").decode().split("fpr:::::::::")[1][:40]
         gpg(partner, "--passphrase", "", "--quick-add-key", partner_fpr, "cv25519", "encr", "2y")
         gateway_pgp.import_keys(gpg(partner, "--armor", "--export", partner_fpr))
@@ -209,9 +154,6 @@ def gateway_extra(keys: Keys) -> str:
 
 # --------------------------------------------------------------------------- the messages
 
-POSTCODES = ("W1A 1AA", "WC1E 6BT", "NW1 4RY", "SE1 7PB", "E1 6AN", "N1 9GU")
-CATEGORIES = ("neglect", "physical", "emotional", "sexual", "domestic abuse", "other")
-URGENCIES = ("immediate", "urgent", "standard")
 NARRATIVE = (
     "The child attended clinic with an unexplained bruise on the upper arm",
     "the parent gave two different accounts of how it happened",
@@ -236,9 +178,7 @@ class Built:
 
 
 def inner_entity(rng: random.Random) -> bytes:
-    from tests.conftest import referral_body
-
-    body = referral_body(postcode=rng.choice(POSTCODES), category=rng.choice(CATEGORIES), urgency=rng.choice(URGENCIES))
+    body = common.referral_form(rng)
     target = rng.randint(3000, 6000)
     lines: list[str] = []
     line = ""
@@ -255,7 +195,7 @@ def inner_entity(rng: random.Random) -> bytes:
 
 def pgp_mime(armoured: bytes, message_id: str) -> bytes:
     head = (
-        f"From: Ann Example <{SENDER}>\r\nTo: {RECIPIENT}\r\nSubject: Safeguarding referral\r\n"
+        f"From: Ann Example <{common.SENDER}>\r\nTo: {common.RECIPIENT}\r\nSubject: Safeguarding referral\r\n"
         f"Message-ID: <{message_id}@nhs.example>\r\nDate: {datetime.now(UTC):%a, %d %b %Y %H:%M:%S +0000}\r\n"
         "MIME-Version: 1.0\r\n"
         'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="pgp-bench-42"\r\n\r\n'
@@ -324,7 +264,7 @@ def baseline_worker(gnupg_home: Path, blobs: Path, threads: int, warmup: int, si
         "cpu_agent": agent_cpu(agent) - agent0,
         "self_hwm_kb": self1.ru_maxrss,
         "gpg_rss_kb": gpg_max_rss(gnupg_home, timed[0]),
-        "agent_hwm_kb": proc_hwm_kb(agent) if agent else 0,
+        "agent_hwm_kb": common.proc_hwm_kb(agent) if agent else 0,
     }
     print(json.dumps(report), flush=True)
 
@@ -377,10 +317,10 @@ async def run_baseline(
     os.chmod(home, 0o700)
     blobs = work / f"{slug}.blobs"
     blobs.write_bytes(b"\0".join(b.armoured for b in built))
-    argv = [_python(), str(SCRIPT), "--baseline-worker", str(home), str(blobs), str(threads), str(warmup)]
+    argv = [common.python(), str(SCRIPT), "--baseline-worker", str(home), str(blobs), str(threads), str(warmup)]
     argv += [keys.partner_fpr]
     proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True
+        *argv, cwd=common.ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True
     )
     try:
         out, err = await proc.communicate()
@@ -395,79 +335,11 @@ async def run_baseline(
     return BaselineResult(name, **json.loads(out.decode().strip().splitlines()[-1]))
 
 
-# --------------------------------------------------------------------------- the gateway process
-
-
-class Server:
-    """A child process that prints `ready_prefix...` on stdout once it listens (as in smtp_accept.py)."""
-
-    def __init__(self, name: str, argv: list[str], ready_prefix: str, log: Path, cwd: Path) -> None:
-        self.name, self.argv, self.ready_prefix, self.log, self.cwd = name, argv, ready_prefix, log, cwd
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        with self.log.open("wb") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                cwd=self.cwd,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,  # a Ctrl-C at the terminal reaches us, and we stop it
-            )
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT)
-        except (TimeoutError, EOFError):
-            await self.stop()
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.name} did not start; its log ends:\n{tail}") from None
-        self.port = int(line.split("SMTP on ", 1)[1].split(",", 1)[0].rsplit(":", 1)[1])
-        self._drain = asyncio.create_task(self._drain_stdout())
-
-    async def _ready_line(self) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        while True:
-            raw = await self.proc.stdout.readline()
-            if not raw:
-                raise EOFError
-            line = raw.decode(errors="replace")
-            if line.startswith(self.ready_prefix):
-                return line.strip()
-
-    async def _drain_stdout(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while await self.proc.stdout.read(65536):
-            pass
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def stop(self) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        if self._drain:
-            self._drain.cancel()
-            await asyncio.gather(self._drain, return_exceptions=True)
-        self.proc = None
+# --------------------------------------------------------------------------- watching the gateway
 
 
 def _epoch(text: str) -> float:
-    when = datetime.fromisoformat(text)
-    return (when.replace(tzinfo=UTC) if when.tzinfo is None else when).timestamp()
+    return common.parse_utc(text).timestamp()
 
 
 @dataclass
@@ -499,7 +371,7 @@ class Watcher:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        db = sqlite3.connect(f"file:{self._db_path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        db = common.readonly_db(self._db_path, autocommit=True)
         next_sample = 0.0
         try:
             while True:
@@ -517,9 +389,9 @@ class Watcher:
                     self._changed.set()
                 if seen >= next_sample:  # gpg processes live ~10 ms: a sample now and then, cheaply
                     next_sample = seen + 0.25
-                    for child in children_of(self._pid, "gpg"):  # after exec: not the forked Python image
+                    for child in common.children_of(self._pid, "gpg"):  # after exec: not the forked Python image
                         self.child_samples += 1
-                        self.child_hwm_kb = max(self.child_hwm_kb, proc_hwm_kb(child))
+                        self.child_hwm_kb = max(self.child_hwm_kb, common.proc_hwm_kb(child))
                 await asyncio.sleep(POLL)
         finally:
             db.close()
@@ -538,7 +410,7 @@ class Watcher:
 
 def db_counts(db_path: Path, references: Sequence[str]) -> tuple[dict[str, int], int]:
     """(referral states of these references, deliveries not yet sent)."""
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)) as db:
+    with contextlib.closing(common.readonly_db(db_path)) as db:
         states: dict[str, int] = {}
         wanted = set(references)
         for reference, state in db.execute("SELECT reference, state FROM referrals"):
@@ -587,51 +459,26 @@ class Client:
 
     def __init__(self, port: int) -> None:
         self._port = port
-        self._smtp: Any = None
+        self._smtp: aiosmtplib.SMTP | None = None
 
     async def connect(self) -> None:
-        import aiosmtplib
-
-        self._smtp = aiosmtplib.SMTP(
-            hostname="127.0.0.1",
-            port=self._port,
-            start_tls=False,
-            use_tls=False,
-            local_hostname="bench.localhost",
-            timeout=120,
-        )
-        await self._smtp.connect()
-        await self._smtp.ehlo()
+        self._smtp = await common.smtp_connect(self._port)
 
     async def send(self, raw: bytes, out: Sending) -> None:
-        import aiosmtplib
-
+        assert self._smtp is not None
         sent = time.time()
-        try:
-            await self._smtp.mail(SENDER)
-            await self._smtp.rcpt(RECIPIENT)
-            start = time.perf_counter()
-            response = await self._smtp.data(raw)
-            elapsed = time.perf_counter() - start
-        except aiosmtplib.SMTPResponseException as exc:
-            out.fail(f"{exc.code} {exc.message[:60]}")
-            if not self._smtp.is_connected:
-                await self.connect()
-            return
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-            out.fail(type(exc).__name__)
-            self._smtp.close()
-            await self.connect()
+        outcome = await common.smtp_send(self._smtp, self._port, raw)
+        self._smtp = outcome.client
+        if outcome.failure:
+            out.fail(outcome.failure)
             return
         accepted = time.time()
         out.last_accept = max(out.last_accept, accepted)
-        out.sent.append(Sent(response.message.split()[-1], sent, accepted, elapsed))
+        out.sent.append(Sent(outcome.reply.split()[-1], sent, accepted, outcome.seconds))
 
     async def close(self) -> None:
         if self._smtp is not None:
-            with contextlib.suppress(Exception):
-                await self._smtp.quit()
-            self._smtp.close()
+            await common.smtp_close(self._smtp)
 
 
 async def connect_all(port: int, count: int) -> list[Client]:
@@ -680,15 +527,6 @@ async def send_paced(clients: Sequence[Client], messages: Sequence[bytes], rate:
 
 
 # --------------------------------------------------------------------------- the report
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 @dataclass
@@ -780,7 +618,8 @@ def print_report(
         n = b.count or 1
         print(
             f"{b.name + ' (decrypt)':<22} {b.count:>5} {b.seconds:>8.2f} {b.rate:>7.1f} "
-            f"{ms(pct(b.latencies, 50)):>7} {ms(pct(b.latencies, 99)):>7} {ms(max(b.latencies, default=0)):>7}"
+            f"{ms(common.pct(b.latencies, 50)):>7} {ms(common.pct(b.latencies, 99)):>7} "
+            f"{ms(max(b.latencies, default=0)):>7}"
             f" {b.cpu_self / n:>6.4f} {b.cpu_children / n:>6.4f} {b.cpu_agent / n:>6.4f} {b.cpu / n:>6.4f}"
         )
     for ph in (burst, paced):
@@ -788,7 +627,7 @@ def print_report(
         lat = ph.to_alert()
         print(
             f"{ph.name:<22} {ph.count:>5} {ph.seconds:>8.2f} {ph.rate:>7.1f} "
-            f"{ms(pct(lat, 50)):>7} {ms(pct(lat, 99)):>7} {ms(max(lat, default=0)):>7}"
+            f"{ms(common.pct(lat, 50)):>7} {ms(common.pct(lat, 99)):>7} {ms(max(lat, default=0)):>7}"
             f" {ph.cpu_self / n:>6.4f} {ph.cpu_children / n:>6.4f} {ph.cpu_agent / n:>6.4f} {ph.cpu / n:>6.4f}"
         )
     print()
@@ -797,14 +636,15 @@ def print_report(
         data = [s.data_seconds for s in ph.sending.sent]
         db = ph.to_alert_db()
         print(
-            f"{ph.name}: DATA -> 250 p50 {ms(pct(data, 50))} / p99 {ms(pct(data, 99))} ms; "
-            f"gateway timestamps created_at - received_at p50 {ms(pct(db, 50))} / p99 {ms(pct(db, 99))} ms; "
+            f"{ph.name}: DATA -> 250 p50 {ms(common.pct(data, 50))} / p99 {ms(common.pct(data, 99))} ms; "
+            f"gateway timestamps created_at - received_at p50 {ms(common.pct(db, 50))} / "
+            f"p99 {ms(common.pct(db, 99))} ms; "
             f"first send -> max(created_at) {ph.seconds_db:.2f} s"
             + ("" if ph.complete else "; NOT ALL ALERTS QUEUED before the timeout")
         )
         if ph.sending.late:
             print(
-                f"  paced sends behind schedule: p50 {ms(pct(ph.sending.late, 50))} / "
+                f"  paced sends behind schedule: p50 {ms(common.pct(ph.sending.late, 50))} / "
                 f"max {ms(max(ph.sending.late))} ms (offered {args.rate:g}/s for {args.seconds:g} s; "
                 f"achieved {ph.count / max(ph.sending.last_accept - ph.sending.first_send, 1e-9):.1f}/s accepted)"
             )
@@ -838,7 +678,7 @@ def print_report(
     print()
     base_rate = sum(b.rate for b in baselines) / len(baselines)
     ratio = burst.rate / base_rate if base_rate else 0.0
-    p99 = pct(paced.to_alert(), 99)
+    p99 = common.pct(paced.to_alert(), 99)
     print(
         f"target: gateway rate >= 0.70 x baseline ({burst.rate:.1f} / {base_rate:.1f} ref/s: "
         f"{'met' if ratio >= 0.7 else 'NOT met'}); paced {args.rate:g}/s p99 250 -> alert queued < 1 s "
@@ -853,18 +693,18 @@ def print_report(
 
 async def gateway_phase(
     name: str,
-    gw: Server,
+    gw: common.Server,
     watcher: Watcher,
     agent: int | None,
     send: Callable[[], Awaitable[Sending]],
     limit: float,
 ) -> Phase:
-    self0, child0 = proc_cpu_split(gw.pid)
+    self0, child0 = common.proc_cpu_split(gw.pid)
     agent0 = agent_cpu(agent)
     sending: Sending = await send()
     references = [s.reference for s in sending.sent]
     complete = await watcher.wait_for(references, limit)
-    self1, child1 = proc_cpu_split(gw.pid)
+    self1, child1 = common.proc_cpu_split(gw.pid)
     return Phase(
         name,
         sending,
@@ -877,13 +717,11 @@ async def gateway_phase(
 
 
 async def run(args: argparse.Namespace) -> int:
-    from tests.conftest import write_config
-
     paced_count = round(args.rate * args.seconds)
     total = args.warmup + args.messages + paced_count
     work = Path(tempfile.mkdtemp(prefix="encint-"))  # short: gpg-agent socket paths must be short
     keys: Keys | None = None
-    gw: Server | None = None
+    gw: common.Server | None = None
     watcher: Watcher | None = None
     clients: list[Client] = []
     try:
@@ -903,14 +741,8 @@ async def run(args: argparse.Namespace) -> int:
         baselines.append(await run_baseline("baseline 1", work, keys, [*warm, *timed], len(warm), args.gpg_threads))
         print(f"baseline 1: {baselines[-1].rate:.1f} decrypts/s", flush=True)
 
-        config = write_config(keys.gateway_home, gateway_extra(keys))
-        gw = Server(
-            "gateway",
-            [_python(), "-m", "gateway", "serve", "--config", str(config)],
-            "referral-gateway serving:",
-            work / "gateway.log",
-            ROOT,
-        )
+        config = common.write_config(keys.gateway_home, gateway_extra(keys))
+        gw = common.gateway_server(config, work / "gateway.log")
         await gw.start()
         db_path = keys.gateway_home / "var" / "gateway.db"
         watcher = Watcher(db_path, gw.pid)
@@ -946,13 +778,13 @@ async def run(args: argparse.Namespace) -> int:
             lambda: send_paced(clients, [b.raw for b in paced_msgs], args.rate),
             args.drain_timeout,
         )
-        p99 = pct(paced.to_alert(), 99)
+        p99 = common.pct(paced.to_alert(), 99)
         print(f"gateway paced: p99 250 -> alert queued {p99 * 1000:.0f} ms", flush=True)
         await wait_outbox(db_path, args.drain_timeout)
         states, _ = db_counts(db_path, [s.reference for s in (*burst.sending.sent, *paced.sending.sent)])
         memory = {
-            "gateway": proc_hwm_kb(gw.pid),
-            "agent": proc_hwm_kb(agent) if agent else 0,
+            "gateway": common.proc_hwm_kb(gw.pid),
+            "agent": common.proc_hwm_kb(agent) if agent else 0,
             "children": watcher.child_hwm_kb,
             "samples": watcher.child_samples,
         }
@@ -961,13 +793,7 @@ async def run(args: argparse.Namespace) -> int:
         clients = []
         await watcher.stop()
         await gw.stop()
-        errors = [
-            line
-            for line in (work / "gateway.log").read_text(errors="replace").splitlines()
-            if " ERROR " in line or "Traceback" in line
-        ]
-        if errors:
-            print(f"gateway log: {len(errors)} error lines, first: {errors[0][:200]}")
+        common.print_log_errors(work / "gateway.log")
 
         print(f"baseline 2: python-gnupg decrypt+verify of {len(timed)} messages, {args.gpg_threads} threads...")
         baselines.append(await run_baseline("baseline 2", work, keys, [*warm, *timed], len(warm), args.gpg_threads))
@@ -1024,10 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         home, blobs, threads, warmup, signer = args.baseline_worker
         baseline_worker(Path(home), Path(blobs), int(threads), int(warmup), signer)
         return 0
-    try:
-        return asyncio.run(run(args))
-    except KeyboardInterrupt:
-        return 130
+    return common.run_main(run(args))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import os
 import platform
 import random
 import signal
-import sqlite3
 import sys
 import tempfile
 import time
@@ -38,14 +37,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import common
+
+if TYPE_CHECKING:
+    import aiosmtplib
 
 SCRIPT = Path(__file__).resolve()
-ROOT = SCRIPT.parent.parent
-SENDER = "ann.example@nhs.example"
-RECIPIENT = "referrals@demo-council.example"
-READY_TIMEOUT = 60.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- the baseline server
@@ -80,73 +79,23 @@ async def _serve_sink(port: int) -> None:
 
 # --------------------------------------------------------------------------- the messages
 
-# The logic of tests/conftest.py (referral_body, write_config), copied rather than imported so the
-# benchmark does not depend on the test suite's fixtures and their imports.
-REFERRAL_FORM = """\
-Referrer name: Ann Example
-Referrer role: Community midwife
-Referrer organisation: Demo NHS Foundation Trust
-Referrer email: ann.example@nhs.example
-Referrer phone: 020 7946 0999
-Child name: Sam Testchild
-Child's date of birth: 03/04/2021
-NHS number: {nhs}
-Child address: 1 Example Street, London
-Child postcode: {postcode}
-Concern category: {category}
-Urgency: {urgency}
-Parents/carers aware: yes
-Consent basis: consent given by mother
-Details:
-{details}
-"""
-
+# The narrative added to the form of tests/conftest.py, so the text part is of a realistic size.
 DETAILS = (
     "Synthetic benchmark concern text. The child attended clinic with an unexplained bruise and "
     "the parent gave two different accounts of how it happened. Health visitor informed. "
 )
 
 
-def valid_nhs() -> str:
-    """A valid NHS number from the 999 test range (check digit computed, not guessed)."""
-    body = "999000001"
-    total = sum(int(d) * w for d, w in zip(body, range(10, 1, -1), strict=True))
-    check = 11 - total % 11
-    return body + str(0 if check == 11 else check)
-
-
-def referral_body(postcode: str, category: str, urgency: str) -> str:
-    return REFERRAL_FORM.format(
-        nhs=valid_nhs(), postcode=postcode, category=category, urgency=urgency, details=DETAILS * 3
-    )
-
-
-def write_config(home: Path) -> Path:
-    """The embedded default config, in a temp home, on free loopback ports (SQLite, maildir)."""
-    text = (ROOT / "config" / "gateway.toml").read_text()
-    text = text.replace("port = 8025", "port = 0").replace("port = 8080", "port = 0")
-    text = text.replace('templates_dir = "templates"', f'templates_dir = "{ROOT / "templates"}"')
-    (home / "config").mkdir(parents=True, exist_ok=True)
-    path = home / "config" / "gateway.toml"
-    path.write_text(text)
-    return path
-
-
 def build_messages(count: int, size: int, seed: int) -> list[bytes]:
     """Filled referral forms with a base64 attachment padding each to about `size` bytes."""
     rng = random.Random(seed)
     run = uuid.UUID(int=rng.getrandbits(128)).hex[:12]
-    postcodes = ("W1A 1AA", "WC1E 6BT", "NW1 4RY", "SE1 7PB", "E1 6AN", "N1 9GU")
-    categories = ("neglect", "physical", "emotional", "sexual", "domestic abuse", "other")
-    urgencies = ("immediate", "urgent", "standard")
 
     def one(index: int, attachment_bytes: int) -> bytes:
-        body = referral_body(
-            postcode=rng.choice(postcodes), category=rng.choice(categories), urgency=rng.choice(urgencies)
-        )
+        body = common.referral_form(rng) + DETAILS * 3 + "\n"
         msg = EmailMessage()
-        msg["From"] = f"Ann Example <{SENDER}>"
-        msg["To"] = RECIPIENT
+        msg["From"] = f"Ann Example <{common.SENDER}>"
+        msg["To"] = common.RECIPIENT
         msg["Subject"] = "Safeguarding referral"
         msg["Message-ID"] = f"<bench-{run}-{index}@nhs.example>"
         msg.set_content(body)
@@ -185,12 +134,6 @@ class LoadResult:
         return self.accepted / self.seconds if self.seconds else 0.0
 
 
-def _proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 async def drive(
     name: str,
     port: int,
@@ -199,8 +142,6 @@ async def drive(
     timed: Sequence[bytes],
     concurrency: int,
 ) -> LoadResult:
-    import aiosmtplib
-
     result = LoadResult(name)
     warm_iter: Iterator[bytes] = iter(warmup)
     timed_iter: Iterator[bytes] = iter(timed)  # shared: one event loop, so next() is safe
@@ -209,49 +150,19 @@ async def drive(
     go = asyncio.Event()
     connections = min(concurrency, len(timed))
 
-    async def connect() -> aiosmtplib.SMTP:
-        client = aiosmtplib.SMTP(
-            hostname="127.0.0.1",
-            port=port,
-            start_tls=False,
-            use_tls=False,
-            local_hostname="bench.localhost",
-            timeout=120,
-        )
-        await client.connect()
-        await client.ehlo()
-        return client
-
     async def send(client: aiosmtplib.SMTP, raw: bytes, record: bool) -> aiosmtplib.SMTP:
-        try:
-            await client.mail(SENDER)
-            await client.rcpt(RECIPIENT)
-            start = time.perf_counter()
-            await client.data(raw)
-            elapsed = time.perf_counter() - start
-        except aiosmtplib.SMTPResponseException as exc:
-            if record:
-                result.failed += 1
-                key = f"{exc.code} {exc.message[:60]}"
-                result.failures[key] = result.failures.get(key, 0) + 1
-            if not client.is_connected:
-                client = await connect()
-            return client
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-            if record:
-                result.failed += 1
-                key = type(exc).__name__
-                result.failures[key] = result.failures.get(key, 0) + 1
-            client.close()
-            return await connect()
-        if record:
+        outcome = await common.smtp_send(client, port, raw)
+        if record and outcome.failure:
+            result.failed += 1
+            result.failures[outcome.failure] = result.failures.get(outcome.failure, 0) + 1
+        elif record:
             result.accepted += 1
-            result.latencies.append(elapsed)
-        return client
+            result.latencies.append(outcome.seconds)
+        return outcome.client
 
     async def worker() -> None:
         nonlocal ready
-        client = await connect()
+        client = await common.smtp_connect(port)
         try:
             for raw in warm_iter:  # shared, so the warm-up is spread over every connection
                 client = await send(client, raw, record=False)
@@ -262,21 +173,19 @@ async def drive(
             for raw in timed_iter:
                 client = await send(client, raw, record=True)
         finally:
-            with contextlib.suppress(Exception):
-                await client.quit()
-            client.close()
+            await common.smtp_close(client)
 
     tasks = [asyncio.create_task(worker()) for _ in range(connections)]
     try:
-        await asyncio.wait_for(all_ready.wait(), READY_TIMEOUT)
+        await asyncio.wait_for(all_ready.wait(), common.READY_TIMEOUT)
         await asyncio.sleep(0.2)  # let the gateway's workers finish with the warm-up
-        cpu0, client0 = _proc_cpu(server_pid), time.process_time()
+        cpu0, client0 = common.proc_cpu(server_pid), time.process_time()
         result.started_utc = datetime.now(UTC)
         start = time.perf_counter()
         go.set()
         await asyncio.gather(*tasks)
         result.seconds = time.perf_counter() - start
-        result.server_cpu = _proc_cpu(server_pid) - cpu0
+        result.server_cpu = common.proc_cpu(server_pid) - cpu0
         result.client_cpu = time.process_time() - client0
     finally:
         for task in tasks:
@@ -285,88 +194,7 @@ async def drive(
     return result
 
 
-# --------------------------------------------------------------------------- server processes
-
-
-class Server:
-    """A child process that prints `ready_prefix...` on stdout once it listens."""
-
-    def __init__(self, name: str, argv: list[str], ready_prefix: str, log: Path, cwd: Path) -> None:
-        self.name, self.argv, self.ready_prefix, self.log, self.cwd = name, argv, ready_prefix, log, cwd
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        with self.log.open("wb") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                cwd=self.cwd,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,  # a Ctrl-C at the terminal reaches us, and we stop it
-            )
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self._ready_line(), READY_TIMEOUT)
-        except (TimeoutError, EOFError):
-            await self.stop()
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.name} did not start; its log ends:\n{tail}") from None
-        # "...SMTP on 127.0.0.1:PORT, ..." or "...SMTP on 127.0.0.1:PORT"
-        self.port = int(line.split("SMTP on ", 1)[1].split(",", 1)[0].rsplit(":", 1)[1])
-        self._drain = asyncio.create_task(self._drain_stdout())
-
-    async def _ready_line(self) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
-        while True:
-            raw = await self.proc.stdout.readline()
-            if not raw:
-                raise EOFError
-            line = raw.decode(errors="replace")
-            if line.startswith(self.ready_prefix):
-                return line.strip()
-
-    async def _drain_stdout(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while await self.proc.stdout.read(65536):
-            pass
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def stop(self) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        if self._drain:
-            self._drain.cancel()
-            await asyncio.gather(self._drain, return_exceptions=True)
-        self.proc = None
-
-
-def _python() -> str:
-    venv = ROOT / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
-
-
 # --------------------------------------------------------------------------- reading the gateway's DB
-
-
-def _utc(text: str) -> datetime:
-    when = datetime.fromisoformat(text)
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 @dataclass
@@ -378,16 +206,12 @@ class AlertLatency:
     unprocessed: int
 
 
-def _ro(db_path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
-
-
 async def wait_processed(db_path: Path, expected: int, limit: float) -> tuple[float, int]:
     """Poll until `expected` messages exist and none is unprocessed; returns (seconds, unprocessed)."""
     start = time.perf_counter()
     unprocessed = expected
     while time.perf_counter() - start < limit:
-        with contextlib.closing(_ro(db_path)) as db:
+        with contextlib.closing(common.readonly_db(db_path)) as db:
             total, unprocessed = db.execute("SELECT count(*), count(*) - count(processed_at) FROM messages").fetchone()
         if total >= expected and unprocessed == 0:
             return time.perf_counter() - start, 0
@@ -397,7 +221,7 @@ async def wait_processed(db_path: Path, expected: int, limit: float) -> tuple[fl
 
 def alert_latencies(db_path: Path, since: datetime) -> tuple[list[float], int, int]:
     """(created_at - received_at of each alert, referrals counted, quarantined) for the timed run."""
-    with contextlib.closing(_ro(db_path)) as db:
+    with contextlib.closing(common.readonly_db(db_path)) as db:
         rows = db.execute(
             "SELECT r.received_at, r.state, min(d.created_at) FROM referrals r "
             "LEFT JOIN deliveries d ON d.referral_id = r.id AND d.kind = 'alert' GROUP BY r.id"
@@ -405,27 +229,18 @@ def alert_latencies(db_path: Path, since: datetime) -> tuple[list[float], int, i
     latencies: list[float] = []
     counted = quarantined = 0
     for received, state, created in rows:
-        received_at = _utc(received)
+        received_at = common.parse_utc(received)
         if received_at < since:
             continue  # a warm-up message
         counted += 1
         if state == "quarantined":
             quarantined += 1
         if created is not None:
-            latencies.append((_utc(created) - received_at).total_seconds())
+            latencies.append((common.parse_utc(created) - received_at).total_seconds())
     return latencies, counted, quarantined
 
 
 # --------------------------------------------------------------------------- the report
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def print_report(
@@ -449,7 +264,7 @@ def print_report(
     for r in results:
         print(
             f"{r.name:<9} {r.accepted:>8} {r.failed:>6} {r.seconds:>8.2f} {r.rate:>8.1f} "
-            f"{pct(r.latencies, 50) * 1000:>8.1f} {pct(r.latencies, 99) * 1000:>8.1f} "
+            f"{common.pct(r.latencies, 50) * 1000:>8.1f} {common.pct(r.latencies, 99) * 1000:>8.1f} "
             f"{r.server_cpu:>8.2f} {r.client_cpu:>8.2f}"
         )
         for why, count in sorted(r.failures.items()):
@@ -458,7 +273,7 @@ def print_report(
     lat = alerts.latencies
     print(
         f"gateway 250 -> alert queued ({len(lat)} of {alerts.referrals} referrals): "
-        f"p50 {pct(lat, 50) * 1000:.1f} ms, p99 {pct(lat, 99) * 1000:.1f} ms, "
+        f"p50 {common.pct(lat, 50) * 1000:.1f} ms, p99 {common.pct(lat, 99) * 1000:.1f} ms, "
         f"max {max(lat, default=0) * 1000:.1f} ms"
     )
     print(
@@ -491,19 +306,14 @@ async def run(args: argparse.Namespace) -> int:
     all_messages = build_messages(total, args.size, args.seed)
     warmup, timed = all_messages[: args.warmup], all_messages[args.warmup :]
     sizes = [len(m) for m in timed]
-    python = _python()
     results: list[LoadResult] = []
 
     with tempfile.TemporaryDirectory(prefix="smtp-accept-") as tmp:
         work = Path(tmp)
-        servers: list[Server] = []
+        servers: list[common.Server] = []
         try:
-            sink = Server(
-                "sink",
-                [python, str(SCRIPT), "--sink-server", "0"],
-                "sink serving:",
-                work / "sink.log",
-                ROOT,
+            sink = common.Server(
+                "sink", [common.python(), str(SCRIPT), "--sink-server", "0"], "sink serving:", work / "sink.log"
             )
             servers.append(sink)
             await sink.start()
@@ -513,14 +323,8 @@ async def run(args: argparse.Namespace) -> int:
             print(f"sink: {results[-1].rate:.1f} msg/s", flush=True)
 
             home = work / "gw"
-            config = write_config(home)
-            gateway = Server(
-                "gateway",
-                [python, "-m", "gateway", "serve", "--config", str(config)],
-                "referral-gateway serving:",
-                work / "gateway.log",
-                ROOT,
-            )
+            config = common.write_config(home)
+            gateway = common.gateway_server(config, work / "gateway.log")
             servers.append(gateway)
             await gateway.start()
             print(f"gateway on port {gateway.port} (pid {gateway.pid}): sending...", flush=True)
@@ -532,13 +336,7 @@ async def run(args: argparse.Namespace) -> int:
             latencies, counted, quarantined = alert_latencies(db_path, result.started_utc)
             alerts = AlertLatency(counted, latencies, drained, quarantined, unprocessed)
             await gateway.stop()
-            errors = [
-                line
-                for line in (work / "gateway.log").read_text(errors="replace").splitlines()
-                if " ERROR " in line or "Traceback" in line
-            ]
-            if errors:
-                print(f"gateway log: {len(errors)} error lines, first: {errors[0][:200]}")
+            common.print_log_errors(work / "gateway.log")
             if args.keep:
                 keep = Path(tempfile.mkdtemp(prefix="smtp-accept-kept-"))
                 os.rename(home, keep / "gw")
@@ -574,10 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sink_server is not None:
         asyncio.run(_serve_sink(args.sink_server))
         return 0
-    try:
-        return asyncio.run(run(args))
-    except KeyboardInterrupt:
-        return 130
+    return common.run_main(run(args))
 
 
 if __name__ == "__main__":
