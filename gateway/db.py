@@ -71,7 +71,22 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
 async def upgrade(engine: AsyncEngine) -> None:
     """Apply every migration not yet applied (idempotent; `serve` calls it at start)."""
     async with engine.execution_options(**{_WRITE: True}).begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Several instances may start together: one migrates, the others wait here and then
+            # find nothing left to do (the lock ends with the transaction).
+            await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7340182)")
         await conn.run_sync(lambda sync: command.upgrade(_alembic_config(sync), "head"))
+
+
+@asynccontextmanager
+async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A read connection that sees one consistent state across all its statements (reports and
+    checks on a live PostgreSQL would otherwise mix rows from before and after other writers'
+    commits; SQLite's read transaction is a snapshot already)."""
+    async with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+        yield conn
 
 
 class WriteGate:

@@ -15,6 +15,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Settings
+from gateway.db import snapshot
 from gateway.lifecycle import TRACKED_OPEN, State
 from gateway.schema import deliveries, events, messages, referrals
 
@@ -40,7 +41,7 @@ def human(delta: timedelta) -> str:
 
 async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) -> list[Row]:
     """Late, undeliverable, quarantined and stuck referrals, and failed deliveries, oldest first."""
-    async with engine.connect() as conn:
+    async with snapshot(engine) as conn:
         dead = select(deliveries.c.referral_id).where(deliveries.c.state == "dead")
         rows = (
             await conn.execute(

@@ -15,13 +15,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import audit, lifecycle
+from gateway.db import snapshot
 from gateway.lifecycle import State
 from gateway.schema import deadlines, deliveries, events, messages, referrals
 
 
 async def verify(engine: AsyncEngine, now: datetime) -> list[str]:
     problems: list[str] = []
-    async with engine.connect() as conn:
+    async with snapshot(engine) as conn:
         msgs = {m.id: m for m in (await conn.execute(select(messages.c.id, messages.c.processed_at))).all()}
         refs = (await conn.execute(select(referrals))).all()
         kinds: dict[str, list[str]] = defaultdict(list)
