@@ -274,6 +274,8 @@ class SecuritySection(_Strict):
 class KeysSection(_Strict):
     """The gateway's own keys, under keys/. Absent: that kind of mail cannot be decrypted."""
 
+    # Development only (the embedded default): make the gateway's keys on first run if missing.
+    development: bool = False
     openpgp_home: Path = Path("gnupg")
     openpgp_fingerprint: Fingerprint | None = None
     smime_key: Path | None = None

@@ -31,8 +31,8 @@ from gateway.clock import SystemClock
 from gateway.config import Config
 from gateway.crypto import CryptoError
 from gateway.crypto.openpgp import KeyInfo, OpenPGP
-from gateway.crypto.smime import CertInfo, SMime, make_development_identity
-from gateway.identity import EXPIRY_WARNING
+from gateway.crypto.smime import CertInfo, SMime
+from gateway.identity import EXPIRY_WARNING, make_smime_files
 
 SMIME_KEY = Path("smime/gateway.key.pem")
 SMIME_CERT = Path("smime/gateway.crt.pem")
@@ -241,26 +241,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _make_smime(cfg: Config, key_path: Path, cert_path: Path, name: str, email: str) -> CertInfo:
-    """make_development_identity writes smime-key.pem/smime-cert.pem; made in a private scratch directory
-    beside the target, then hard-linked into place: a link never replaces an existing file (as O_EXCL)."""
-    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".smime-", dir=key_path.parent))
-    placed: list[Path] = []
     try:
-        made_key, made_cert = make_development_identity(scratch, name, email)
-        for made, target in ((made_key, key_path), (made_cert, cert_path)):
-            os.link(made, target)
-            placed.append(target)
-        return SMime.certificate_info(cert_path.read_bytes())
-    except FileExistsError as exc:
-        for path in placed:  # a half-made pair would not load; only what this run placed is removed
-            path.unlink()
-        raise KeysError(f"{exc.filename2 or exc.filename} appeared while making keys; not replacing it") from None
+        return make_smime_files(key_path, cert_path, name, email)
     except CryptoError as exc:
-        raise KeysError(f"making the S/MIME identity failed ({exc.reason}); check --name and --email") from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        raise KeysError(f"{exc.reason}; check --name and --email") from None
 
 
 # -- keys import ----------------------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ def write_config(
     text = text.replace('templates_dir = "templates"', f'templates_dir = "{ROOT / "templates"}"')
     text = text.replace('first_retry = "30s"', 'first_retry = "30s"\npoll = "1s"')
     text = text.replace('url = ""', f'url = "{database_url}"', 1)
+    # Tests name their keys themselves (making development keys would cost every test a second).
+    text = text.replace("[keys]\ndevelopment = true\n", "")
     text += "\n" + extra
     if relay:
         text = text.replace(
