@@ -82,14 +82,13 @@ class Gateway:
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.transport = self._transport or make_transport(cfg)
         self.identity = load_identity(cfg, self.clock.now())
-        self.unwrapper = self.identity.unwrapper()
         composer = Composer(cfg, self.signer, email_environment(cfg.templates_dir))
         self.writer = IntakeWriter(
             self.db, self.sealer, self.clock, self._wake_processor.set, cfg.settings.smtp.commit_window.total_seconds()
         )
         protector = Protector(cfg, self.identity)
         self.processor = Processor(
-            cfg, self.db, self.sealer, composer, self.clock, self.owner, self.unwrapper, protector
+            cfg, self.db, self.sealer, composer, self.clock, self.owner, self.identity, protector
         )
         self.outbox = Outbox(cfg, self.db, self.sealer, self.transport, self.clock, self.owner)
         self.tracker = Tracker(cfg, self.db, self.sealer, composer, self.clock, protector)

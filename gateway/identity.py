@@ -7,15 +7,17 @@ and the administrator sees why in the journal).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from gateway.config import Config
+from gateway.config import Config, Partner
 from gateway.crypto import CryptoError, CryptoKeyError
 from gateway.crypto.openpgp import OpenPGP
 from gateway.crypto.smime import CertInfo, SMime, make_development_identity
@@ -32,9 +34,21 @@ class Identity:
     trust: Trust
     # Pinned partner certificates by SHA-256 fingerprint: replies to their holders are encrypted.
     pinned_by_fingerprint: dict[str, Path] = field(default_factory=dict)
+    anchors_by_partner: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    pinned_by_partner: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    bundle_dir: Path = Path()
+    openpgp_fingerprint: str | None = None  # the gateway's own key: signs what it sends
 
     def unwrapper(self) -> Unwrapper:
         return Unwrapper(self.pgp, self.smime, self.trust)
+
+    def unwrapper_for(self, sender: str, partners: Sequence[Partner]) -> Unwrapper:
+        """An unwrapper whose S/MIME trust is that of the partners `sender` belongs to (none: no
+        S/MIME signature is trusted, and the policy says so)."""
+        names = [p.name for p in partners if p.covers(sender)] if sender else []
+        anchors = [a for name in names for a in self.anchors_by_partner.get(name, ())]
+        pinned = tuple(c for name in names for c in self.pinned_by_partner.get(name, ()))
+        return Unwrapper(self.pgp, self.smime, Trust(_bundle(self.bundle_dir, anchors), pinned))
 
     def close(self) -> None:
         if self.pgp is not None:
@@ -67,7 +81,10 @@ def load_identity(config: Config, now: datetime) -> Identity:
     if keys.smime_key is not None or keys.smime_cert is not None:
         if keys.smime_key is None or keys.smime_cert is None:
             raise CryptoKeyError("keys.smime_key and keys.smime_cert must be given together")
-        smime = SMime(config.keys_dir / keys.smime_key, config.keys_dir / keys.smime_cert)
+        key_path = config.keys_dir / keys.smime_key
+        if key_path.exists() and key_path.stat().st_mode & 0o077:
+            raise CryptoKeyError(f"{key_path}: the S/MIME private key is readable by others; run: chmod 600 {key_path}")
+        smime = SMime(key_path, config.keys_dir / keys.smime_cert)
         _warn_expiry("the gateway's S/MIME certificate", smime.info.not_after, now)
     pgp = None
     if keys.openpgp_fingerprint is not None:
@@ -94,12 +111,40 @@ def load_identity(config: Config, now: datetime) -> Identity:
                 elif (expires := public[fingerprint].expires) is not None:
                     _warn_expiry(f"partner {partner.name}'s OpenPGP key {fingerprint}", expires, now)
     trust = _trust(config)
+    anchors_by_partner = {p.name: tuple(config.path(a) for a in p.smime_anchors) for p in config.settings.partners}
+    pinned_by_partner = {p.name: tuple(config.path(c) for c in p.smime_pinned) for p in config.settings.partners}
+    for anchors in anchors_by_partner.values():
+        _bundle(config.data_dir / "trust", list(anchors))  # made now: a missing file stops the start
     for partner in config.settings.partners:
         for path in (*partner.smime_anchors, *partner.smime_pinned):
             info = SMime.certificate_info(config.path(path).read_bytes())
             _warn_expiry(f"partner {partner.name}'s certificate {path}", info.not_after, now)
     pinned = {SMime.certificate_info(path.read_bytes()).fingerprint: path for path in trust.pinned}
-    return Identity(pgp, smime, trust, pinned)
+    return Identity(
+        pgp,
+        smime,
+        trust,
+        pinned,
+        anchors_by_partner,
+        pinned_by_partner,
+        config.data_dir / "trust",
+        keys.openpgp_fingerprint,
+    )
+
+
+def _bundle(directory: Path, anchors: Sequence[Path]) -> Path | None:
+    """One PEM file of these anchors for `openssl cms -CAfile`, named by its content (so every
+    combination is written once and reused)."""
+    if not anchors:
+        return None
+    data = b"\n".join(path.read_bytes().strip() for path in anchors) + b"\n"
+    path = directory / f"anchors-{hashlib.sha256(data).hexdigest()[:16]}.pem"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
 
 
 def _warn_expiry(what: str, expires: datetime, now: datetime) -> None:

@@ -28,6 +28,7 @@ from gateway.config import Config
 from gateway.crypto import CryptoError
 from gateway.db import Database
 from gateway.enqueue import outbox_row, queue_outgoing, queued_events
+from gateway.identity import Identity
 from gateway.lifecycle import State
 from gateway.model import Referral
 from gateway.open import read_outer
@@ -40,10 +41,10 @@ from gateway.route import route
 from gateway.schema import deadlines, deliveries, messages, referrals
 from gateway.sealing import Sealer
 from gateway.store import sealed_context
-from gateway.unwrap import Unwrapper
 
 log = logging.getLogger(__name__)
 UK = ZoneInfo("Europe/London")
+PREPARE_TIMEOUT = 120.0  # seconds; a timed-out message is retried, then quarantined
 
 
 class LeaseLost(Exception):
@@ -70,10 +71,10 @@ class Processor:
         composer: Composer,
         clock: Clock,
         owner: str,
-        unwrapper: Unwrapper,
+        identity: Identity,
         protector: Protector,
     ) -> None:
-        self._opener = Opener(config.settings, unwrapper, protector)
+        self._opener = Opener(config.settings, identity, protector)
         self._protector = protector
         self._config = config
         self._s = config.settings
@@ -116,7 +117,9 @@ class Processor:
     async def _prepare_or_fail(self, row: Any, now: datetime) -> Prepared | None:
         stages = ["open"]  # the stage reached, for the report if it fails
         try:
-            return await self._prepare(row, now, stages)
+            # A bound per message: one pathological message (gpg grinding through thousands of
+            # bogus key packets) must not hold up the referrals claimed with it.
+            return await asyncio.wait_for(self._prepare(row, now, stages), PREPARE_TIMEOUT)
         except Quarantine as outcome:
             await self._fail(row, now, outcome.stage, outcome.reason, final=True, outcome=outcome)
         except Exception as exc:  # noqa: BLE001

@@ -26,11 +26,10 @@ class Protector:
     def __init__(self, config: Config, identity: Identity) -> None:
         self._config = config
         self._identity = identity
-        keys = config.settings.keys
         for team in config.settings.teams:
             # Refuse to start rather than silently fall back to content-free alerts for a team
             # that was promised encrypted content.
-            if team.openpgp and (identity.pgp is None or keys.openpgp_fingerprint is None):
+            if team.openpgp and (identity.pgp is None or identity.openpgp_fingerprint is None):
                 raise CryptoKeyError(
                     f"team {team.id} has an OpenPGP key but the gateway has none to sign with; "
                     "set [keys] openpgp_fingerprint (`referral-gateway keys init`)"
@@ -93,10 +92,8 @@ class Protector:
     async def protect_to(self, key: ReplyKey, head: bytes, entity: bytes) -> bytes:
         kind, ref = key
         if kind == "openpgp":
-            assert self._identity.pgp is not None and self._config.settings.keys.openpgp_fingerprint
-            armoured = await self._identity.pgp.encrypt_and_sign(
-                entity, [ref], self._config.settings.keys.openpgp_fingerprint
-            )
+            assert self._identity.pgp is not None and self._identity.openpgp_fingerprint
+            armoured = await self._identity.pgp.encrypt_and_sign(entity, [ref], self._identity.openpgp_fingerprint)
             boundary = f"rg-{uuid.uuid4().hex}"
             body = (
                 (

@@ -20,8 +20,22 @@ from typing import Protocol
 from gateway.crypto import CryptoError, DecryptError, Signature, VerifyError
 from gateway.mimebytes import MAX_DEPTH, Entity, MimeError, canonical_crlf, parse_entity, split_multipart
 
-_PGP_MESSAGE = re.compile(rb"-----BEGIN PGP MESSAGE-----.*?-----END PGP MESSAGE-----", re.DOTALL)
-_PGP_SIGNED = re.compile(rb"-----BEGIN PGP SIGNED MESSAGE-----.*?-----END PGP SIGNATURE-----", re.DOTALL)
+_PGP_MESSAGE = (b"-----BEGIN PGP MESSAGE-----", b"-----END PGP MESSAGE-----")
+_PGP_SIGNED = (b"-----BEGIN PGP SIGNED MESSAGE-----", b"-----END PGP SIGNATURE-----")
+
+
+def _armour_block(body: bytes, markers: tuple[bytes, bytes]) -> bytes | None:
+    """The first armoured block, found with two linear searches: a lazy regex here was quadratic,
+    and a body of repeated BEGIN lines with no END froze the event loop for minutes."""
+    start = body.find(markers[0])
+    if start < 0:
+        return None
+    end = body.find(markers[1], start)
+    if end < 0:
+        raise MimeError("an armoured PGP block with no END line (truncated?)")
+    return body[start : end + len(markers[1])]
+
+
 _PKCS7_MIME = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _PKCS7_SIGNATURE = ("application/pkcs7-signature", "application/x-pkcs7-signature")
 
@@ -146,6 +160,10 @@ class Unwrapper:
         der = entity.decoded_body()
         if smime_type == "signed-data":
             content, signature = await self._need_smime().verify_opaque(der, self._trust.anchors, self._trust.pinned)
+            if not signature.valid and not content:
+                # No content comes back when the signature cannot be checked at all: that is an
+                # unreadable message for a person to look at, never an empty referral.
+                raise VerifyError(f"the signature could not be checked ({signature.problem})")
             result.signatures.append(signature)
             result.layers.append("smime-signed")
             return content
@@ -159,17 +177,17 @@ class Unwrapper:
     async def _inline(self, entity: Entity, result: Unwrapped) -> bytes | None:
         body = entity.decoded_body()
         charset = entity.headers.get_content_charset() or "utf-8"
-        if match := _PGP_MESSAGE.search(body):
+        if (block := _armour_block(body, _PGP_MESSAGE)) is not None:
             with _gpg_gave_up(DecryptError):
-                plaintext, signature = await self._need_pgp().decrypt(match.group(0))
+                plaintext, signature = await self._need_pgp().decrypt(block)
             result.encrypted = True
             result.layers.append("pgp-inline-encrypted")
             if signature is not None:
                 result.signatures.append(signature)
             return _text_entity(plaintext, charset)
-        if match := _PGP_SIGNED.search(body):
+        if (block := _armour_block(body, _PGP_SIGNED)) is not None:
             with _gpg_gave_up(VerifyError):
-                text, signature = await self._need_pgp().verify_inline(match.group(0))
+                text, signature = await self._need_pgp().verify_inline(block)
             result.signatures.append(signature)
             result.layers.append("pgp-inline-signed")
             return _text_entity(text, charset)

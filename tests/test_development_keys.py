@@ -21,6 +21,8 @@ async def test_first_run_makes_development_keys_and_the_next_reuses_them(home: P
     try:
         assert gw.identity.pgp is not None and gw.identity.smime is not None
         first = [k.fingerprint for k in gw.identity.pgp.keys(secret=True)]
+        # The generated key is the one the gateway signs with (alerts, encrypted receipts).
+        assert first == [gw.identity.openpgp_fingerprint]
         cert = gw.identity.smime.info.fingerprint
     finally:
         await gw.stop()

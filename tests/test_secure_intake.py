@@ -22,6 +22,7 @@ from gateway import config as config_mod
 from gateway import report
 from gateway.app import Gateway
 from gateway.clock import FakeClock
+from gateway.crypto import CryptoKeyError
 from gateway.crypto.openpgp import OpenPGP
 from gateway.schema import events, referrals
 from tests.conftest import maildir_messages, referral_body, smtp_send, write_config
@@ -64,6 +65,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     keys = home / "keys"
     (keys / "smime").mkdir(parents=True)
     shutil.copy(gw_id.key_path, keys / "smime" / "gateway.key.pem")
+    (keys / "smime" / "gateway.key.pem").chmod(0o600)  # as `keys init` makes it: the gateway insists
     shutil.copy(gw_id.cert_path, keys / "smime" / "gateway.crt.pem")
     (keys / "partners").mkdir()
     shutil.copy(ca.cert_path, keys / "partners" / "trust-ca.pem")
@@ -398,3 +400,54 @@ async def test_start_warns_of_a_partner_certificate_expiring_within_30_days(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("partner Demo NHS Trust's certificate keys/partners/trust-ca.pem expires on" in w for w in warnings)
     assert not any("gateway's OpenPGP key" in w for w in warnings)  # it is valid for two years
+
+
+async def test_one_partners_ca_cannot_vouch_for_another_partners_staff(setup: Setup, clock: FakeClock) -> None:
+    """The NHS trust's CA issues a certificate for a school address: mail signed with it and sent
+    from that school address must not count as signed by the school."""
+    extra = config_text(setup, strict=True) + '\n[[partners]]\nname = "Demo School"\naddresses = ["@school.example"]\n'
+    gw = Gateway(config_mod.load(write_config(setup.home, extra)), clock=clock, workers=False)
+    await gw.start()
+    try:
+        forged = issue(setup.home / "keys", "fake-head", issuer=setup.ca, email_address="head@school.example")
+        raw = outer(smime_message(forged, setup.gateway_cert, referral_body()), "x1", sender="head@school.example")
+        reference = await send_and_process(gw, raw, sender="head@school.example")
+        state, detail = await referral(gw, reference)
+    finally:
+        await gw.stop()
+    assert state == "quarantined"
+    assert detail["reason"] == "no valid signature from a known partner (untrusted certificate)"
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
+async def test_plain_mail_with_a_broken_structure_still_meets_the_policy(
+    setup: Setup, clock: FakeClock, strict: bool
+) -> None:
+    gw = Gateway(
+        config_mod.load(write_config(setup.home, config_text(setup, strict=strict))), clock=clock, workers=False
+    )
+    await gw.start()
+    try:
+        truncated = (
+            'Content-Type: multipart/mixed; boundary="cut"\r\n\r\n--cut\r\nContent-Type: text/plain\r\n\r\n'
+            + referral_body()
+        ).encode()  # no closing boundary
+        reference = await send_and_process(gw, outer(truncated, "m1"))
+        state, detail = await referral(gw, reference)
+    finally:
+        await gw.stop()
+    if strict:
+        assert state == "quarantined" and detail["reason"] == "not encrypted, and this gateway requires encryption"
+    else:
+        assert state == "alerted"
+        assert "malformed MIME (the multipart has no closing boundary (truncated?))" in detail["flags"]
+        (alert,) = maildir_messages(setup.home, MASH)
+        assert "Flag: malformed MIME" in alert.get_content()
+
+
+async def test_gateway_refuses_to_start_with_a_private_key_others_can_read(setup: Setup, clock: FakeClock) -> None:
+    (setup.home / "keys" / "smime" / "gateway.key.pem").chmod(0o644)
+    gw = Gateway(config_mod.load(write_config(setup.home, config_text(setup, strict=True))), clock=clock, workers=False)
+    with pytest.raises(CryptoKeyError, match="readable by others; run: chmod 600"):
+        await gw.start()
+    await gw.engine.dispose()
