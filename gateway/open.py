@@ -111,8 +111,20 @@ _PROTECTED = re.compile(
 
 def read_outer(raw: bytes) -> Outer:
     headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
-    from_address = email.utils.parseaddr(_header(headers, "From"))[1].strip().lower() or None
-    return Outer(_message_id(headers), _is_automatic(headers), from_address)
+    return Outer(_message_id(headers), _is_automatic(headers), _one_address(_header(headers, "From")))
+
+
+_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\\\"]+@[^@\s<>()\[\],;:\\\"]+\.[^@\s<>()\[\],;:\\\"]+$")
+
+
+def _one_address(value: str) -> str | None:
+    """The From address, or "" when the header is there but is not exactly one plain address:
+    `"duty@partner.example" <evil@example.org>` and the like must not pass as the partner, nor
+    fall back to the unauthenticated envelope sender."""
+    if not value.strip():
+        return None
+    found = [address.strip().lower() for _, address in email.utils.getaddresses([value]) if address.strip()]
+    return found[0] if len(found) == 1 and _ADDRESS.match(found[0]) else ""
 
 
 def looks_protected(raw: bytes) -> bool:

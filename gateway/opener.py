@@ -29,7 +29,9 @@ class Opener:
         """Unwrap the security layers and judge them; the content, and what to record about it.
         Raises Quarantine when the message cannot be read or fails the policy."""
         notify = reply_to if reply_to and not outer.automatic else None
-        sender = outer.from_address or reply_to
+        # The From header's address (what the signature must belong to); the envelope sender
+        # only when there is no From at all. An ambiguous From ("") belongs to no partner.
+        sender = reply_to if outer.from_address is None else outer.from_address
         # S/MIME signatures are checked only against the trust of the partners the sending
         # address belongs to: one partner's CA must not vouch for another partner's staff.
         unwrapper = self._identity.unwrapper_for(sender, self._s.partners)

@@ -451,3 +451,26 @@ async def test_gateway_refuses_to_start_with_a_private_key_others_can_read(setup
     with pytest.raises(CryptoKeyError, match="readable by others; run: chmod 600"):
         await gw.start()
     await gw.engine.dispose()
+
+
+async def test_a_from_header_dressed_up_as_the_partner_does_not_pass(gateway: Gateway, setup: Setup) -> None:
+    raw = outer(pgpmime_message(setup, referral_body()), "f1").replace(
+        f"From: Ann Example <{SENDER}>".encode(), f"From: {SENDER} <someone@attacker.example>".encode()
+    )
+    reference = await send_and_process(gateway, raw)
+    state, detail = await referral(gateway, reference)
+    assert state == "quarantined"
+    assert detail["reason"] == "signed by a key of Demo NHS Trust, but sent from an address not registered to them"
+
+
+def test_the_from_address_must_be_exactly_one_plain_address() -> None:
+    from gateway.open import read_outer
+
+    def sender(from_header: str) -> str | None:
+        return read_outer(f"From: {from_header}\r\nSubject: x\r\n\r\nbody".encode()).from_address
+
+    assert sender("Ann Example <Ann.Example@NHS.example>") == "ann.example@nhs.example"
+    assert sender("ann@nhs.example <evil@attacker.example>") == ""
+    assert sender("ann@nhs.example, other@nhs.example") == ""
+    assert sender("a@b@nhs.example") == ""
+    assert read_outer(b"Subject: no from\r\n\r\nbody").from_address is None
