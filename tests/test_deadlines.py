@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from gateway import config as config_mod
 from gateway import report
 from gateway.app import Gateway
 from gateway.clock import FakeClock
@@ -68,3 +69,27 @@ async def test_acknowledgement_cancels_the_deadline(gateway: Gateway, clock: Fak
         (deadline,) = (await conn.execute(select(deadlines).where(deadlines.c.referral_id == ref.id))).all()
     assert deadline.cancelled_at is not None and deadline.fired_at is None
     assert await report.undelivered(gateway.engine, gateway.config.settings, clock.now()) == []
+
+
+async def test_a_team_renamed_in_config_does_not_stop_deadlines_or_the_report(
+    gateway: Gateway, home: Path, clock: FakeClock
+) -> None:
+    reference = await send(gateway, "immediate", "<d4@nhs.example>")
+    await gateway.process_all()
+    await gateway.deliver_all()
+    await gateway.stop()
+    path = home / "config" / "gateway.toml"
+    path.write_text(
+        path.read_text().replace('id = "mash"', 'id = "mash-north"').replace('team = "mash"', 'team = "mash-north"')
+    )
+    renamed = Gateway(config_mod.load(path), clock=clock, workers=False)
+    await renamed.start()
+    try:
+        clock.advance(timedelta(hours=1))
+        assert await renamed.fire_deadlines() == 1  # fired, without a reminder to a team that is gone
+        (row,) = await report.undelivered(renamed.engine, renamed.config.settings, clock.now())
+        assert row.reference == reference and row.team == "mash (no longer in config)"
+        assert "not acknowledged within 15m" in row.reason
+    finally:
+        await renamed.stop()
+    await gateway.start()  # the fixture stops it again

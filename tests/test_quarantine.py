@@ -60,3 +60,25 @@ async def test_a_row_the_database_cannot_return_is_quarantined_not_stuck(
     with sqlite3.connect(home / "var" / "gateway.db") as conn:
         states = sorted(s for (s,) in conn.execute("SELECT state FROM referrals"))
     assert states == ["quarantined", "routed"]
+
+
+async def test_a_message_that_kept_killing_its_worker_is_quarantined_unopened(
+    gateway: Gateway, home: Path, clock: FakeClock
+) -> None:
+    """Claims count attempts: a message whose earlier claims never finished (its worker died each
+    time) is set aside without being opened again, and the rest of the queue goes on."""
+    poison = make_message(referral_body(), message_id="<q4@nhs.example>")
+    fine = make_message(referral_body(), message_id="<q5@nhs.example>")
+    assert (await smtp_send(gateway.smtp_port, poison))[0] == 250
+    assert (await smtp_send(gateway.smtp_port, fine))[0] == 250
+    limit = gateway.config.settings.processing.max_attempts
+    with sqlite3.connect(home / "var" / "gateway.db") as conn:
+        (first,) = conn.execute("SELECT id FROM messages ORDER BY received_at, rowid LIMIT 1").fetchone()
+        conn.execute("UPDATE messages SET attempts = ? WHERE id = ?", (limit, first))  # 5 claims, none finished
+    await gateway.process_all()
+    rows = await report.undelivered(gateway.engine, gateway.config.settings, clock.now())
+    assert [(r.state, r.reason) for r in rows] == [
+        ("quarantined", f"quarantined at stage process: gave up after {limit} attempts that did not finish")
+    ]
+    with sqlite3.connect(home / "var" / "gateway.db") as conn:
+        assert sorted(s for (s,) in conn.execute("SELECT state FROM referrals")) == ["quarantined", "routed"]
