@@ -63,7 +63,7 @@ class Opener:
             "encrypted": unwrapped.encrypted,
             "layers": unwrapped.layers,
             "partner": verdict.partner,
-            "flags": list(verdict.flags),
+            "flags": [*verdict.flags, *unwrapped.notes],
             # Replies to the referrer are encrypted to the key they signed with (a fingerprint or
             # a pinned certificate's path: no personal data).
             "reply_key": list(reply_key) if reply_key else None,

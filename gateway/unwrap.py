@@ -75,6 +75,7 @@ class Unwrapped:
     encrypted: bool = False
     signatures: list[Signature] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)  # e.g. ["pgp-encrypted", "pgp-signed"], for the audit trail
+    notes: list[str] = field(default_factory=list)  # what a person should know (shown as flags)
 
 
 class Unwrapper:
@@ -176,8 +177,14 @@ class Unwrapper:
 
     async def _inline(self, entity: Entity, result: Unwrapped) -> bytes | None:
         body = entity.decoded_body()
-        charset = entity.headers.get_content_charset() or "utf-8"
-        if (block := _armour_block(body, _PGP_MESSAGE)) is not None:
+        if (block := _armour_block(body, _PGP_MESSAGE) or _armour_block(body, _PGP_SIGNED)) is None:
+            return None
+        # The outer part's charset is not covered by the signature: read what was signed as the
+        # armour says (its Charset header) or as UTF-8, never as an unsigned header says.
+        charset = _armour_charset(block)
+        if body.replace(block, b"").strip():
+            result.notes.append("text outside the PGP block was ignored")
+        if block.startswith(_PGP_MESSAGE[0]):
             with _gpg_gave_up(DecryptError):
                 plaintext, signature = await self._need_pgp().decrypt(block)
             result.encrypted = True
@@ -185,7 +192,7 @@ class Unwrapper:
             if signature is not None:
                 result.signatures.append(signature)
             return _text_entity(plaintext, charset)
-        if (block := _armour_block(body, _PGP_SIGNED)) is not None:
+        if block.startswith(_PGP_SIGNED[0]):
             with _gpg_gave_up(VerifyError):
                 text, signature = await self._need_pgp().verify_inline(block)
             result.signatures.append(signature)
@@ -227,6 +234,12 @@ def _is_text(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return _BINARY.search(data) is None
+
+
+def _armour_charset(block: bytes) -> str:
+    header = block.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    match = re.search(rb"^Charset:[ \t]*([A-Za-z0-9_.:-]{1,40})[ \t]*\r?$", header, re.MULTILINE | re.IGNORECASE)
+    return match.group(1).decode() if match else "utf-8"
 
 
 def _p7m_name(entity: Entity) -> bool:

@@ -474,3 +474,27 @@ def test_the_from_address_must_be_exactly_one_plain_address() -> None:
     assert sender("ann@nhs.example, other@nhs.example") == ""
     assert sender("a@b@nhs.example") == ""
     assert read_outer(b"Subject: no from\r\n\r\nbody").from_address is None
+
+
+async def test_inline_signed_text_is_read_as_signed_and_unsigned_text_beside_it_is_flagged(
+    setup: Setup, clock: FakeClock
+) -> None:
+    gw = Gateway(
+        config_mod.load(write_config(setup.home, config_text(setup, strict=False))), clock=clock, workers=False
+    )
+    await gw.start()
+    try:
+        signed = gpg(
+            setup.pgp_partner_home, "--clearsign", "--local-user", setup.pgp_partner_fpr, stdin=referral_body().encode()
+        )
+        # The outer charset is not signed: a sender could claim utf-7 to change how the signed
+        # bytes read. The unsigned preamble is not part of the referral either.
+        body = b"Unsigned words someone added in transit.\r\n\r\n" + signed
+        raw = outer(b"Content-Type: text/plain; charset=utf-7\r\n\r\n" + body, "i1")
+        reference = await send_and_process(gw, raw)
+        state, detail = await referral(gw, reference)
+    finally:
+        await gw.stop()
+    assert state == "alerted" and detail["partner"] == "Demo NHS Trust"
+    assert detail["layers"] == ["pgp-inline-signed"] and detail["incomplete"] is False
+    assert "text outside the PGP block was ignored" in detail["flags"]
