@@ -38,6 +38,7 @@ class Identity:
     pinned_by_partner: dict[str, tuple[Path, ...]] = field(default_factory=dict)
     bundle_dir: Path = Path()
     openpgp_fingerprint: str | None = None  # the gateway's own key: signs what it sends
+    _trust_by_names: dict[tuple[str, ...], Trust] = field(default_factory=dict)
 
     def unwrapper(self) -> Unwrapper:
         return Unwrapper(self.pgp, self.smime, self.trust)
@@ -45,10 +46,13 @@ class Identity:
     def unwrapper_for(self, sender: str, partners: Sequence[Partner]) -> Unwrapper:
         """An unwrapper whose S/MIME trust is that of the partners `sender` belongs to (none: no
         S/MIME signature is trusted, and the policy says so)."""
-        names = [p.name for p in partners if p.covers(sender)] if sender else []
-        anchors = [a for name in names for a in self.anchors_by_partner.get(name, ())]
-        pinned = tuple(c for name in names for c in self.pinned_by_partner.get(name, ()))
-        return Unwrapper(self.pgp, self.smime, Trust(_bundle(self.bundle_dir, anchors), pinned))
+        names = tuple(p.name for p in partners if p.covers(sender)) if sender else ()
+        trust = self._trust_by_names.get(names)
+        if trust is None:  # once per set of partners, not per message: it reads and writes files
+            anchors = [a for name in names for a in self.anchors_by_partner.get(name, ())]
+            pinned = tuple(c for name in names for c in self.pinned_by_partner.get(name, ()))
+            trust = self._trust_by_names[names] = Trust(_bundle(self.bundle_dir, anchors), pinned)
+        return Unwrapper(self.pgp, self.smime, trust)
 
     def close(self) -> None:
         if self.pgp is not None:
