@@ -107,6 +107,11 @@ class Composer:
         self._headers(msg, to, subject, context, in_reply_to)
         return Outgoing(kind, to, msg.as_bytes(), self._signer.recipient_hash(to), team_id)
 
+    def _ack_link(self, referral_id: str, team: Team, now: datetime) -> dict[str, Any]:
+        """The acknowledgement link for one referral and one team mailbox, and when it stops working."""
+        token = self._signer.sign(referral_id, team.email, now, self._s.ack.link_ttl)
+        return {"ack_url": f"{self._s.http.public_url}/ack/{token}", "link_expires": now + self._s.ack.link_ttl}
+
     def secure_alert_parts(
         self,
         *,
@@ -118,13 +123,11 @@ class Composer:
     ) -> tuple[bytes, bytes]:
         """(outer headers, inner MIME entity) of an alert WITH the referral's content, for a team
         with a key: the caller encrypts the entity to that key and joins the two."""
-        token = self._signer.sign(referral_id, team.email, context["now"], self._s.ack.link_ttl)
         context = {
             **context,
+            **self._ack_link(referral_id, team, context["now"]),
             "reference": reference,
             "team": team,
-            "ack_url": f"{self._s.http.public_url}/ack/{token}",
-            "link_expires": context["now"] + self._s.ack.link_ttl,
             "attachments": [(a.filename, a.content_type, len(a.data)) for a in attachments],
         }
         subject, body = self._render("email/alert_secure.txt", context)
@@ -158,7 +161,6 @@ class Composer:
         now: datetime,
         security: dict[str, Any] | None = None,
     ) -> Outgoing:
-        token = self._signer.sign(referral_id, team.email, now, self._s.ack.link_ttl)
         return self._build(
             kind,
             f"email/{kind}.txt",
@@ -172,8 +174,7 @@ class Composer:
                 "received_at": received_at,
                 "due_at": due_at,
                 "now": now,
-                "ack_url": f"{self._s.http.public_url}/ack/{token}",
-                "link_expires": now + self._s.ack.link_ttl,
+                **self._ack_link(referral_id, team, now),
                 "security": security or {},
             },
             team_id=team.id,

@@ -60,18 +60,13 @@ class Identity:
 
 
 def _trust(config: Config) -> Trust:
-    """One anchors file for `openssl cms -CAfile`, written under var/ from every partner's CAs."""
+    """Every partner's trust at once (used only to word a refusal: see Opener._name_the_partner)."""
     anchors = [config.path(p) for partner in config.settings.partners for p in partner.smime_anchors]
     pinned = tuple(config.path(p) for partner in config.settings.partners for p in partner.smime_pinned)
     for path in (*anchors, *pinned):
         if not path.is_file():
             raise CryptoKeyError(f"{path}: partner certificate named in config is missing")
-    if not anchors:
-        return Trust(None, pinned)
-    bundle = config.data_dir / "partner-anchors.pem"
-    bundle.parent.mkdir(parents=True, exist_ok=True)
-    bundle.write_bytes(b"\n".join(path.read_bytes().strip() for path in anchors) + b"\n")
-    return Trust(bundle, pinned)
+    return Trust(_bundle(config.data_dir / "trust", anchors), pinned)
 
 
 def load_identity(config: Config, now: datetime) -> Identity:

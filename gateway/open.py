@@ -27,12 +27,11 @@ class Attachment:
 
 @dataclass(frozen=True)
 class Opened:
-    message_id: str | None
+    """The content a referral is read from (the outer headers are `read_outer`'s)."""
+
     text: str
     referral_json: bytes | None
     attachments: tuple[Attachment, ...]
-    # RFC 3834: never auto-reply to automatic mail (bounces, out-of-office, lists): loops.
-    automatic: bool
 
 
 class _TextOnly(HTMLParser):
@@ -100,7 +99,7 @@ class Outer:
     """What the outer (possibly encrypted) message's own headers say."""
 
     message_id: str | None
-    automatic: bool
+    automatic: bool  # RFC 3834: never auto-reply to automatic mail (bounces, out-of-office, lists)
     from_address: str | None
 
 
@@ -158,10 +157,4 @@ def open_message(raw: bytes) -> Opened:
         elif ctype == "text/html":
             markup.append(_text_of(part))
     text = "\n".join(plain) if plain else "\n".join(html_to_text(m) for m in markup)
-    return Opened(
-        message_id=_message_id(msg),
-        text=text,
-        referral_json=referral_json,
-        attachments=tuple(attachments),
-        automatic=_is_automatic(msg),
-    )
+    return Opened(text=text, referral_json=referral_json, attachments=tuple(attachments))
