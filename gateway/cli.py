@@ -16,11 +16,13 @@ from gateway import db, report
 from gateway.clock import SystemClock
 from gateway.compose import UK, uk_time
 from gateway.config import Config, ConfigError
+from gateway.coverage import calendar_warnings, gaps
 from gateway.crypto import CryptoError
+from gateway.explain import explain
 from gateway.keyfiles import KeyFileError
 from gateway.open import open_message
 from gateway.parse import parse_json, parse_text
-from gateway.route import route
+from gateway.route import Facts
 from gateway.verify import verify
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
@@ -31,6 +33,9 @@ REQUIRED_TEMPLATES = (
     "email/ack_notice.txt",
     "email/quarantine_notice.txt",
     "email/alert_secure.txt",
+    "email/acknowledged_by.txt",
+    "sms/alert.txt",
+    "sms/ack_told.txt",
     "web/ack_confirm.html",
     "web/ack_done.html",
     "web/error.html",
@@ -95,16 +100,32 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     for team in unused:
         print(f"note: team '{team}' is in no route (it receives nothing until a route names it)")
+    start = _at(args.start) if args.start else SystemClock().now()
+    for warning in calendar_warnings(s, start):
+        print(f"warning: {warning}")
+    found = gaps(s, start, args.days)
+    for gap in found:
+        for line in gap.lines():
+            print(f"gap: {line}")
+    if found:
+        print(
+            f"coverage: {len(found)} gap(s) in the {args.days} days from {uk_time(start)}. Fix: add rota shifts or "
+            "overrides so that someone with an email or mobile is on duty then, or an out_of_hours team on the route"
+        )
+        return 1
+    print(f"coverage: every route has someone reachable on duty for the {args.days} days from {uk_time(start)}")
     return 0
+
+
+def _at(text: str) -> datetime:
+    """An ISO time; without a zone it is UK time: that is what a duty manager means by "16:55"."""
+    given = datetime.fromisoformat(text)
+    return (given if given.tzinfo else given.replace(tzinfo=UK)).astimezone(UTC)
 
 
 def cmd_route(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    at = SystemClock().now()
-    if args.at:
-        given = datetime.fromisoformat(args.at)
-        # A time without a zone is UK time: that is what a duty manager means by "16:55".
-        at = (given if given.tzinfo else given.replace(tzinfo=UK)).astimezone(UTC)
+    at = _at(args.at) if args.at else SystemClock().now()
     data = args.file.read_bytes()
     today = at.astimezone(UK).date()  # as processing does: a date of birth is a UK date
     if args.file.suffix.lower() == ".json":
@@ -118,22 +139,9 @@ def cmd_route(args: argparse.Namespace) -> int:
         )
     else:
         referral = parse_text(data.decode("utf-8", errors="replace"), today)
-    decision = route(referral, cfg.settings.routes)
-    team = cfg.settings.team(decision.team_id)
-    print(
-        f"referral: urgency {referral.urgency or 'not given'}, category {referral.category or 'not given'}, "
-        f"postcode district {referral.child.postcode.split()[0] if referral.child.postcode else 'not given'}"
-    )
-    if referral.problems:
-        print("incomplete:")
-        for p in referral.problems:
-            print(f"  - {p.field}: {p.message}")
-    print("rules, first match wins:")
-    for check in decision.checks:
-        print(f"  {'MATCH' if check.matched else 'no   '}  {check.route}: {check.why}")
-    deadline = cfg.settings.deadlines.for_urgency(referral.urgency)
-    print(f"routed to: {team.name} ({team.id}, {team.email}) by route '{decision.route.name}'")
-    print(f"acknowledge within {report.human(deadline)}: by {uk_time(at + deadline)} if received {uk_time(at)}")
+    facts = Facts(at=at, channel=args.channel, organisation=referral.referrer.organisation)
+    for line in explain(referral, cfg.settings, facts):
+        print(line)
     return 0
 
 
@@ -180,7 +188,10 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     command("serve", "run the gateway (SMTP, HTTP, workers)").set_defaults(func=cmd_serve)
-    command("check-config", "check the config and say what is wrong").set_defaults(func=cmd_check_config)
+    p = command("check-config", "check the config and say what is wrong; prove duty coverage")
+    p.add_argument("--from", dest="start", help="start of the coverage check (ISO time; default now)")
+    p.add_argument("--days", type=int, default=28, help="how many days of coverage to check (default 28)")
+    p.set_defaults(func=cmd_check_config)
     p = command("route", "show how a referral would be routed")
     p.add_argument(
         "--explain",
@@ -189,7 +200,10 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         help="a referral: .json (referral.json shape), .eml or a filled-in text template",
     )
-    p.add_argument("--at", help="when it arrives (ISO time, default now)")
+    p.add_argument("--at", help="when it arrives (ISO time; UK local time if no zone; default now)")
+    p.add_argument(
+        "--channel", default="email", choices=("email", "web", "sms"), help="the channel it arrives by (default email)"
+    )
     p.set_defaults(func=cmd_route)
     p = command("report", "reports for coordinators")
     p.add_argument("which", choices=["undelivered"])

@@ -22,7 +22,8 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 
-from gateway.config import Config, Team
+from gateway.config import Config
+from gateway.config_duty import Team
 from gateway.model import Problem, Urgency
 from gateway.open import Attachment
 from gateway.tokens import AckSigner
@@ -44,11 +45,12 @@ def _header(text: str) -> str:
 
 @dataclass(frozen=True)
 class Outgoing:
-    kind: str  # alert | reminder | receipt | ack_notice
-    to: str
-    message: bytes
+    kind: str  # alert | reminder | receipt | ack_notice | notice | ack_told
+    to: str  # an email address, or an E.164 number for SMS
+    message: bytes  # the whole email; for SMS the UTF-8 text
     recipient_hash: str
     team_id: str | None = None
+    channel: str = "email"
 
 
 def email_environment(templates_dir: Path) -> jinja2.Environment:
@@ -107,10 +109,14 @@ class Composer:
         self._headers(msg, to, subject, context, in_reply_to)
         return Outgoing(kind, to, msg.as_bytes(), self._signer.recipient_hash(to), team_id)
 
-    def _ack_link(self, referral_id: str, team: Team, now: datetime) -> dict[str, Any]:
-        """The acknowledgement link for one referral and one team mailbox, and when it stops working."""
-        token = self._signer.sign(referral_id, team.email, now, self._s.ack.link_ttl)
-        return {"ack_url": f"{self._s.http.public_url}/ack/{token}", "link_expires": now + self._s.ack.link_ttl}
+    def _ack_link(self, referral_id: str, to: str, now: datetime) -> dict[str, Any]:
+        """The acknowledgement link for one referral and one recipient, and when it stops working."""
+        token = self._signer.sign(referral_id, to, now, self._s.ack.link_ttl)
+        return {
+            "ack_url": f"{self._s.http.public_url}/ack/{token}",
+            "link_expires": now + self._s.ack.link_ttl,
+            "link_for": to,
+        }
 
     def secure_alert_parts(
         self,
@@ -118,14 +124,15 @@ class Composer:
         referral_id: str,
         reference: str,
         team: Team,
+        to: str,
         context: dict[str, Any],
         attachments: tuple[Attachment, ...],
     ) -> tuple[bytes, bytes]:
-        """(outer headers, inner MIME entity) of an alert WITH the referral's content, for a team
-        with a key: the caller encrypts the entity to that key and joins the two."""
+        """(outer headers, inner MIME entity) of an alert WITH the referral's content, for a
+        recipient with a key: the caller encrypts the entity to that key and joins the two."""
         context = {
             **context,
-            **self._ack_link(referral_id, team, context["now"]),
+            **self._ack_link(referral_id, to, context["now"]),
             "reference": reference,
             "team": team,
             "attachments": [(a.filename, a.content_type, len(a.data)) for a in attachments],
@@ -141,7 +148,7 @@ class Composer:
             part.add_header("Content-Disposition", "attachment", filename=item.filename)
             inner.attach(part)
         outer = Message()
-        self._headers(outer, team.email, subject, context, None)
+        self._headers(outer, to, subject, context, None)
         outer["MIME-Version"] = "1.0"
         head = outer.as_bytes(policy=_CRLF).split(b"\r\n\r\n", 1)[0] + b"\r\n"
         return head, inner.as_bytes(policy=_CRLF)
@@ -153,6 +160,7 @@ class Composer:
         referral_id: str,
         reference: str,
         team: Team,
+        to: str,
         route_name: str,
         urgency: Urgency | None,
         problems: tuple[Problem, ...],
@@ -160,11 +168,12 @@ class Composer:
         due_at: datetime,
         now: datetime,
         security: dict[str, Any] | None = None,
+        step_notify: str = "",
     ) -> Outgoing:
         return self._build(
             kind,
             f"email/{kind}.txt",
-            team.email,
+            to,
             {
                 "reference": reference,
                 "team": team,
@@ -174,8 +183,9 @@ class Composer:
                 "received_at": received_at,
                 "due_at": due_at,
                 "now": now,
-                **self._ack_link(referral_id, team, now),
+                **self._ack_link(referral_id, to, now),
                 "security": security or {},
+                "step_notify": step_notify,
             },
             team_id=team.id,
         )
@@ -203,9 +213,32 @@ class Composer:
         )
 
     def ack_notice(self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime) -> Outgoing:
-        return self._build(
-            "ack_notice",
-            "email/ack_notice.txt",
+        """To the referrer: a named person has it."""
+        return self._acknowledged("ack_notice", "email/ack_notice.txt", to, reference, team, by, at, now)
+
+    def acknowledged_by(self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime) -> Outgoing:
+        """To everyone already alerted: somebody has it, stand down."""
+        return self._acknowledged("ack_told", "email/acknowledged_by.txt", to, reference, team, by, at, now)
+
+    def _acknowledged(
+        self, kind: str, template: str, to: str, reference: str, team: Team, by: str, at: datetime, now: datetime
+    ) -> Outgoing:
+        context = {"reference": reference, "team": team, "by": by, "at": at, "now": now}
+        return self._build(kind, template, to, context, team_id=team.id if kind == "ack_told" else None)
+
+    def sms(self, kind: str, template: str, *, to: str, referral_id: str | None, context: dict[str, Any]) -> Outgoing:
+        """An SMS from templates/sms/<template>.txt: reference, urgency, team and a link, never content."""
+        now = context["now"]
+        extra = self._ack_link(referral_id, to, now) if referral_id else {}
+        text = self._env.get_template(f"sms/{template}.txt").render(
+            council=self._s.gateway.council, duty_phone=self._s.gateway.duty_phone, kind=kind, **context, **extra
+        )
+        team = context.get("team")
+        return Outgoing(
+            kind,
             to,
-            {"reference": reference, "team": team, "by": by, "at": at, "now": now},
+            " ".join(text.split()).encode(),
+            self._signer.recipient_hash(to),
+            team.id if team is not None else None,
+            "sms",
         )

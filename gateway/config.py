@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,13 +24,27 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.model import Category, Urgency
-from gateway.postcode import normalise_pattern
+from gateway.config_checks import duty_checks
+from gateway.config_duty import (
+    DEFAULT_ESCALATION,
+    Deadline,
+    Email,
+    Escalation,
+    Fingerprint,
+    LocalAuthority,
+    Person,
+    Route,
+    ScheduleConfig,
+    Team,
+)
+from gateway.config_errors import ConfigError as ConfigError
+from gateway.config_errors import ConfigIssue as ConfigIssue
+from gateway.deadline_rules import DeadlineRule, parse_deadline
+from gateway.model import Urgency
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
-_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -58,15 +71,6 @@ def parse_size(value: Any) -> int:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
-
-
-def _email(value: str) -> str:
-    if not _EMAIL.match(value):
-        raise ValueError(f"{value!r} is not an email address; use one like duty@council.example")
-    return value.lower()
-
-
-Email = Annotated[str, BeforeValidator(lambda v: _email(str(v)))]
 
 
 class _Strict(BaseModel):
@@ -175,11 +179,13 @@ class ProcessingSection(_Strict):
 
 
 class DeadlinesSection(_Strict):
-    immediate: Duration = timedelta(minutes=15)
-    urgent: Duration = timedelta(hours=1)
-    standard: Duration = timedelta(hours=24)
+    """Acknowledgement deadlines for teams that do not set their own ([teams.deadlines])."""
 
-    def for_urgency(self, urgency: Urgency | str | None) -> timedelta:
+    immediate: Deadline = parse_deadline("15m")
+    urgent: Deadline = parse_deadline("1h")
+    standard: Deadline = parse_deadline("24h")
+
+    def for_urgency(self, urgency: Urgency | str | None) -> DeadlineRule:
         # A referral whose urgency is missing is treated as the most urgent: guessing low is
         # the mistake that costs a child; guessing high costs a duty worker a minute.
         level = Urgency(urgency) if urgency else Urgency.IMMEDIATE
@@ -188,56 +194,6 @@ class DeadlinesSection(_Strict):
 
 class AckSection(_Strict):
     link_ttl: Duration = timedelta(days=7)
-
-
-def _fingerprint(value: str) -> str:
-    compact = re.sub(r"[\s:]", "", str(value)).upper()
-    if not re.fullmatch(r"[0-9A-F]{40}|[0-9A-F]{64}", compact):
-        raise ValueError(f"{value!r} is not a key fingerprint; use the 40 hex digits gpg --fingerprint shows")
-    return compact
-
-
-Fingerprint = Annotated[str, BeforeValidator(_fingerprint)]
-
-
-class Team(_Strict):
-    id: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
-    name: str
-    email: Email
-    phone: str
-    # With a key, alerts carry the referral's content, encrypted to it and signed by the gateway;
-    # without one they carry no personal data (reference, urgency, a link).
-    openpgp: Fingerprint | None = None  # the team mailbox's OpenPGP key (import it with `keys import`)
-    smime_cert: Path | None = None  # the team mailbox's S/MIME certificate (PEM)
-
-
-class Route(_Strict):
-    name: str
-    team: str
-    default: bool = False
-    postcode: tuple[str, ...] = ()
-    urgency: tuple[Urgency, ...] = ()
-    category: tuple[Category, ...] = ()
-
-    @field_validator("postcode")
-    @classmethod
-    def _postcode_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        patterns = []
-        for pattern in value:
-            try:
-                patterns.append(normalise_pattern(pattern))
-            except ValueError:
-                raise ValueError(
-                    f"'{pattern}' is not a postcode area or district; use an area like 'W', a district like "
-                    "'W1A', or 'SW1' for SW1 and its sub-districts"
-                ) from None
-        return tuple(patterns)
-
-    @model_validator(mode="after")
-    def _default_matches_everything(self) -> Route:
-        if self.default and (self.postcode or self.urgency or self.category):
-            raise ValueError("a default route matches everything; use no postcode, urgency or category on it")
-        return self
 
 
 def _sender_pattern(value: str) -> str:
@@ -298,6 +254,10 @@ class Settings(_Strict):
     security: SecuritySection = SecuritySection()
     keys: KeysSection = KeysSection()
     partners: tuple[Partner, ...] = ()
+    schedules: tuple[ScheduleConfig, ...] = ()
+    escalations: tuple[Escalation, ...] = ()
+    coordinators: tuple[Person, ...] = ()
+    local_authorities: tuple[LocalAuthority, ...] = ()
 
     def team(self, team_id: str) -> Team:
         team = self.find_team(team_id)
@@ -309,26 +269,21 @@ class Settings(_Strict):
         """None for a team id no longer in the config (renamed or removed since routing)."""
         return next((team for team in self.teams if team.id == team_id), None)
 
+    def schedule_of(self, team: Team) -> ScheduleConfig | None:
+        return next((s for s in self.schedules if s.id == team.schedule), None) if team.schedule else None
+
+    def escalation_of(self, team: Team, urgency: Urgency | None) -> Escalation:
+        wanted = team.escalation_for(urgency)
+        return next((e for e in self.escalations if e.id == wanted), DEFAULT_ESCALATION)
+
+    def deadline_rule(self, team: Team, urgency: Urgency | str | None) -> DeadlineRule:
+        level = Urgency(urgency) if urgency else Urgency.IMMEDIATE
+        own: DeadlineRule | None = getattr(team.deadlines, level.value)
+        return own or self.deadlines.for_urgency(level)
+
     def team_name(self, team_id: str) -> str:
         team = self.find_team(team_id)
         return team.name if team else f"{team_id} (no longer in config)"
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    file: Path
-    key: str
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.key}: {self.message}. Fix: {self.fix}"
-
-
-class ConfigError(Exception):
-    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
-        self.issues = tuple(issues)
-        super().__init__("\n".join(str(i) for i in self.issues))
 
 
 @dataclass(frozen=True)
@@ -470,6 +425,7 @@ def load(file: Path) -> Config:
             [ConfigIssue(file, "(syntax)", f"not valid TOML ({exc})", "correct the TOML syntax at that line")]
         ) from None
     issues: list[ConfigIssue] = []
+    settings: Settings | None = None
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
@@ -478,7 +434,9 @@ def load(file: Path) -> Config:
             for e in exc.errors()
         ]
     issues += _cross_checks(raw, file)
-    if issues:
+    if settings is not None:
+        issues += duty_checks(settings, file)
+    if issues or settings is None:
         raise ConfigError(issues)
     home = file.resolve().parent.parent
     return Config(settings=settings, file=file, home=home)

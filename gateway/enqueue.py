@@ -23,12 +23,12 @@ from gateway.store import sealed_context
 
 def outbox_row(out: Outgoing, referral_id: str, sealer: Sealer, now: datetime) -> dict[str, Any]:
     delivery_id = uuid.uuid4().hex
-    payload = json.dumps({"to": out.to, "message": out.message.decode("ascii")}).encode()
+    payload = json.dumps({"to": out.to, "message": out.message.decode("utf-8")}).encode()
     return {
         "id": delivery_id,
         "referral_id": referral_id,
         "kind": out.kind,
-        "channel": "email",
+        "channel": out.channel,
         "team_id": out.team_id,
         "recipient_hash": out.recipient_hash,
         "payload": sealer.seal(payload, sealed_context("delivery", delivery_id)),

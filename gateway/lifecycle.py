@@ -52,6 +52,7 @@ _INFO = frozenset(
         "delivery_failed",
         "delivery_dead",
         "overdue",
+        "escalation_step",
         "alerted",
         "undeliverable",
     }

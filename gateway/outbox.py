@@ -21,7 +21,7 @@ from gateway import audit
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.db import Database
-from gateway.deliver import Transport
+from gateway.deliver import MaildirTransport, Transport
 from gateway.outcomes import PermanentFailure, TemporaryFailure, describe
 from gateway.queue import backoff, claim
 from gateway.schema import deliveries, referrals
@@ -43,11 +43,15 @@ class Outbox:
         transport: Transport,
         clock: Clock,
         owner: str,
+        sms_transport: Transport | None = None,
     ) -> None:
         self._s = config.settings
         self._db = db
         self._sealer = sealer
         self._transport = transport
+        # SMS until a provider is configured: a spool per number under var/sms/, written like the
+        # maildir (fsync, then rename), where a developer or a test reads what would be sent.
+        self._sms: Transport = sms_transport or MaildirTransport(config.data_dir / "sms")
         self._clock = clock
         self._owner = owner
 
@@ -82,7 +86,8 @@ class Outbox:
         final_try = row.attempts >= self._s.outbox.max_attempts
         try:
             payload = json.loads(self._sealer.open(row.payload, sealed_context("delivery", row.id)))
-            await self._transport.send(self._s.mail.from_address, payload["to"], payload["message"].encode("ascii"))
+            transport = self._sms if row.channel == "sms" else self._transport
+            await transport.send(self._s.mail.from_address, payload["to"], payload["message"].encode("utf-8"))
         except PermanentFailure as exc:
             return row, str(exc), True
         except TemporaryFailure as exc:

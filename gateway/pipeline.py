@@ -9,7 +9,6 @@ claimed again when its lease runs out and processed from scratch; nothing is twi
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -22,11 +21,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import audit
+from gateway.alerting import Alerter, Content
 from gateway.clock import Clock
 from gateway.compose import Composer, Outgoing
 from gateway.config import Config
-from gateway.crypto import CryptoError
 from gateway.db import Database
+from gateway.dispatch import Dispatcher
 from gateway.enqueue import outbox_row, queue_outgoing, queued_events
 from gateway.identity import Identity
 from gateway.lifecycle import State
@@ -37,7 +37,7 @@ from gateway.outcomes import Quarantine, describe
 from gateway.parse import parse_json, parse_text
 from gateway.protect import Protector
 from gateway.queue import claim
-from gateway.route import route
+from gateway.route import Facts
 from gateway.schema import deadlines, deliveries, messages, referrals
 from gateway.sealing import Sealer
 from gateway.store import sealed_context
@@ -60,6 +60,7 @@ class Prepared:
     events: list[audit.Event] = field(default_factory=list)
     outgoing: list[Outgoing] = field(default_factory=list)
     due_at: datetime | None = None
+    next_step: dict[str, Any] | None = None  # the escalation chain's next step row
 
 
 class Processor:
@@ -81,6 +82,7 @@ class Processor:
         self._db = db
         self._sealer = sealer
         self._composer = composer
+        self._dispatcher = Dispatcher(config.settings, Alerter(composer, protector))
         self._clock = clock
         self._owner = owner
 
@@ -159,6 +161,7 @@ class Processor:
         columns = [
             messages.c.id,
             messages.c.attempts,
+            messages.c.channel,
             referrals.c.id.label("referral_id"),
             referrals.c.reference,
             referrals.c.received_at,
@@ -206,46 +209,23 @@ class Processor:
             else parse_text(opened.text, today)
         )
         stages.append("route")
-        decision = route(referral, self._s.routes)
-        team = self._s.team(decision.team_id)
-        due_at = row.received_at + self._s.deadlines.for_urgency(referral.urgency)
-        stages.append("compose")
-        alert = self._composer.alert(
-            kind="alert",
+        facts = Facts(
+            at=row.received_at,
+            channel=row.channel,
+            organisation=security.get("partner") or referral.referrer.organisation,
+        )
+        dispatched = await self._dispatcher.first(
+            referral=referral,
             referral_id=row.referral_id,
             reference=row.reference,
-            team=team,
-            route_name=decision.route.name,
-            urgency=referral.urgency,
-            problems=referral.problems,
             received_at=row.received_at,
-            due_at=due_at,
             now=now,
+            facts=facts,
             security=security,
+            content=Content(referral, opened.attachments),
         )
-        fallback = None
-        if self._protector.can_protect(team):
-            stages.append("protect")
-            head, entity = self._composer.secure_alert_parts(
-                referral_id=row.referral_id,
-                reference=row.reference,
-                team=team,
-                attachments=opened.attachments,
-                context={
-                    "now": now,
-                    "referral": referral,
-                    "route_name": decision.route.name,
-                    "received_at": row.received_at,
-                    "due_at": due_at,
-                    "security": security,
-                },
-            )
-            try:
-                alert = dataclasses.replace(alert, message=await self._protector.protect(team, head, entity))
-            except CryptoError as exc:
-                # The team's key failed (expired, removed): alert all the same, without content,
-                # rather than hold the referral back; the event says why.
-                fallback = exc.reason
+        assert dispatched.decision is not None
+        team, route_name = dispatched.team, dispatched.decision.route.name
         prep = Prepared(
             row.id,
             row.referral_id,
@@ -256,13 +236,14 @@ class Processor:
                     sealed_context("content", row.referral_id),
                 ),
                 "team_id": team.id,
-                "route_name": decision.route.name,
+                "route_name": route_name,
                 "urgency": referral.urgency.value if referral.urgency else None,
                 "incomplete": referral.incomplete,
-                "due_at": due_at,
+                "due_at": dispatched.due_at,
                 "state": State.ROUTED.value,
             },
-            due_at=due_at,
+            due_at=dispatched.due_at,
+            next_step=dispatched.next_step,
         )
         actor = f"worker:{self._owner}"
         prep.events.append(
@@ -280,21 +261,11 @@ class Processor:
                 },
             )
         )
-        prep.events.append(
-            audit.Event(
-                row.referral_id,
-                now,
-                actor,
-                "routed",
-                {
-                    "route": decision.route.name,
-                    "team": team.id,
-                    "alert": "encrypted" if self._protector.can_protect(team) and not fallback else "no content",
-                    **({"encryption_failed": fallback} if fallback else {}),
-                },
-            )
-        )
-        prep.outgoing.append(alert)
+        for kind, detail in dispatched.events:
+            if kind == "routed" and dispatched.encryption_failed:
+                detail = {**detail, "encryption_failed": dispatched.encryption_failed}
+            prep.events.append(audit.Event(row.referral_id, now, actor, kind, detail))
+        prep.outgoing += dispatched.outgoing
         if reply_to and not outer.automatic:
             receipt = self._composer.receipt(
                 reference=row.reference,
@@ -367,8 +338,12 @@ class Processor:
         if outbox_rows:
             await conn.execute(deliveries.insert(), outbox_rows)
         due = [{"referral_id": p.referral_id, "kind": "ack", "due_at": p.due_at} for p in batch if p.due_at]
+        due += [{"referral_id": p.referral_id, **p.next_step} for p in batch if p.next_step]
         if due:
-            await conn.execute(deadlines.insert(), due)
+            # Every row with the same keys: an executemany insert takes its columns from the first
+            # row, and an 'ack' row has no chain or step (they would be dropped from the rest).
+            keys = ("referral_id", "kind", "due_at", "chain", "step", "round")
+            await conn.execute(deadlines.insert(), [{key: row.get(key) for key in keys} for row in due])
         await audit.append(conn, events)
 
     async def _fail(

@@ -13,46 +13,64 @@ import re
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from gateway.compose import Outgoing
-from gateway.config import Config, Partner, Team
+from gateway.config import Config, Partner
 from gateway.crypto import CryptoError, CryptoKeyError, Signature
 from gateway.identity import Identity
 
 log = logging.getLogger(__name__)
 
 
+class KeyHolder(Protocol):
+    """A team mailbox, a member, a coordinator: anyone who may have a key of their own."""
+
+    @property
+    def openpgp(self) -> str | None: ...
+
+    @property
+    def smime_cert(self) -> Path | None: ...
+
+
 class Protector:
     def __init__(self, config: Config, identity: Identity) -> None:
         self._config = config
         self._identity = identity
-        for team in config.settings.teams:
-            # Refuse to start rather than silently fall back to content-free alerts for a team
-            # that was promised encrypted content.
-            if team.openpgp and (identity.pgp is None or identity.openpgp_fingerprint is None):
-                raise CryptoKeyError(
-                    f"team {team.id} has an OpenPGP key but the gateway has none to sign with; "
-                    "set [keys] openpgp_fingerprint (`referral-gateway keys init`)"
-                )
-            if team.smime_cert and identity.smime is None:
-                raise CryptoKeyError(
-                    f"team {team.id} has an S/MIME certificate but the gateway has none; "
-                    "set [keys] smime_key and smime_cert"
-                )
-            if team.smime_cert and not config.path(team.smime_cert).is_file():
-                raise CryptoKeyError(f"{config.path(team.smime_cert)}: team {team.id}'s certificate is missing")
-            if (
-                team.openpgp
-                and identity.pgp is not None
-                and team.openpgp not in {k.fingerprint for k in identity.pgp.keys()}
-            ):
-                raise CryptoKeyError(
-                    f"team {team.id}'s OpenPGP key {team.openpgp} is not imported; run `referral-gateway keys import`"
-                )
+        settings = config.settings
+        holders: list[tuple[str, KeyHolder]] = [(f"team {t.id}", t) for t in settings.teams]
+        holders += [(f"member {t.id}/{m.id}", m) for t in settings.teams for m in t.members]
+        holders += [(f"coordinator {c.id}", c) for c in settings.coordinators]
+        for who, holder in holders:
+            self._check(who, holder)
+
+    def _check(self, who: str, holder: KeyHolder) -> None:
+        # Refuse to start rather than silently fall back to content-free alerts for someone who
+        # was promised encrypted content.
+        identity = self._identity
+        if holder.openpgp and (identity.pgp is None or identity.openpgp_fingerprint is None):
+            raise CryptoKeyError(
+                f"{who} has an OpenPGP key but the gateway has none to sign with; "
+                "set [keys] openpgp_fingerprint (`referral-gateway keys init`)"
+            )
+        if holder.smime_cert and identity.smime is None:
+            raise CryptoKeyError(
+                f"{who} has an S/MIME certificate but the gateway has none; set [keys] smime_key and smime_cert"
+            )
+        if holder.smime_cert and not self._config.path(holder.smime_cert).is_file():
+            raise CryptoKeyError(f"{self._config.path(holder.smime_cert)}: {who}'s certificate is missing")
+        if (
+            holder.openpgp
+            and identity.pgp is not None
+            and holder.openpgp not in {k.fingerprint for k in identity.pgp.keys()}
+        ):
+            raise CryptoKeyError(
+                f"{who}'s OpenPGP key {holder.openpgp} is not imported; run `referral-gateway keys import`"
+            )
 
     @staticmethod
-    def can_protect(team: Team) -> bool:
-        return bool(team.openpgp or team.smime_cert)
+    def can_protect(holder: KeyHolder) -> bool:
+        return bool(holder.openpgp or holder.smime_cert)
 
     def reply_key(self, signatures: Sequence[Signature], partner: Partner | None) -> ReplyKey | None:
         """The key to encrypt replies to a referrer with: the key they signed with, when it is in
@@ -69,10 +87,12 @@ class Protector:
                 return ("smime", str(pinned))
         return None
 
-    async def protect(self, team: Team, head: bytes, entity: bytes) -> bytes:
+    async def protect(self, holder: KeyHolder, head: bytes, entity: bytes) -> bytes:
         """The complete message: our outer headers, then the entity encrypted and signed."""
         key: ReplyKey = (
-            ("openpgp", team.openpgp) if team.openpgp else ("smime", str(self._config.path(team.smime_cert or Path())))
+            ("openpgp", holder.openpgp)
+            if holder.openpgp
+            else ("smime", str(self._config.path(holder.smime_cert or Path())))
         )
         return await self.protect_to(key, head, entity)
 

@@ -30,6 +30,7 @@ class Row:
     received_at: datetime
     age: timedelta
     reason: str
+    escalation: str = ""  # the chain's latest step and everyone alerted so far
 
 
 def human(delta: timedelta) -> str:
@@ -70,10 +71,20 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
                 )
             )
         ).all()
+        steps = (
+            await conn.execute(
+                select(events.c.referral_id, events.c.at, events.c.detail)
+                .where(events.c.kind == "escalation_step", events.c.referral_id.in_(ids))
+                .order_by(events.c.id)
+            )
+        ).all()
     dead_by: dict[str, list[Any]] = {}
     for d in dead_rows:
         dead_by.setdefault(d.referral_id, []).append(d)
     quarantined = {q.referral_id: json.loads(q.detail) for q in quarantine}
+    steps_by: dict[str, list[tuple[datetime, dict[str, Any]]]] = {}
+    for step in steps:
+        steps_by.setdefault(step.referral_id, []).append((step.at, json.loads(step.detail)))
     out: list[Row] = []
     for r in rows:
         reasons: list[str] = []
@@ -88,14 +99,33 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
                     "not yet processed" + (f" (last error: {r.processing_error})" if r.processing_error else "")
                 )
         if r.state in (State.ROUTED, State.ALERTED, State.UNDELIVERABLE) and r.due_at and now >= r.due_at:
-            allowed = settings.deadlines.for_urgency(r.urgency)
-            reasons.append(f"not acknowledged within {human(allowed)} (overdue by {human(now - r.due_at)})")
+            found = settings.find_team(r.team_id) if r.team_id else None
+            allowed = settings.deadline_rule(found, r.urgency).describe() if found else "its deadline"
+            reasons.append(f"not acknowledged within {allowed} (overdue by {human(now - r.due_at)})")
         for d in dead_by.get(r.id, ()):
             who = f"to {settings.team_name(d.team_id)}" if d.team_id else "to the referrer"
             reasons.append(f"{d.kind} {who} failed for good after {d.attempts} attempts: {d.last_error}")
         if reasons:
-            out.append(Row(r.reference, team, r.state, r.received_at, now - r.received_at, "; ".join(reasons)))
+            escalation = escalation_summary(steps_by.get(r.id, []))
+            out.append(
+                Row(r.reference, team, r.state, r.received_at, now - r.received_at, "; ".join(reasons), escalation)
+            )
     return out
+
+
+def escalation_summary(steps: list[tuple[datetime, dict[str, Any]]]) -> str:
+    """'step 2 (managers) at 10:15 UTC; alerted: Asha Okafor (email), Dev Malik (sms)'."""
+    fired = [(at, d) for at, d in steps if "step" in d]
+    if not fired:
+        return ""
+    at, last = fired[-1]
+    alerted = sorted({name for _, d in fired for name in d.get("alerted", [])})
+    notify = ", ".join(last.get("notify", []))
+    state = " skipped, nobody reachable" if last.get("skipped") else ""
+    return (
+        f"step {last['step']} ({notify}){state} at {at.strftime('%Y-%m-%d %H:%M UTC')}; "
+        f"alerted: {', '.join(alerted) or 'nobody'}"
+    )
 
 
 def render(rows: list[Row], fmt: str) -> str:
@@ -110,6 +140,7 @@ def render(rows: list[Row], fmt: str) -> str:
                         "received_at": r.received_at.isoformat(),
                         "age_seconds": int(r.age.total_seconds()),
                         "age": human(r.age),
+                        "escalation": r.escalation,
                         "reason": r.reason,
                     }
                     for r in rows
@@ -118,9 +149,17 @@ def render(rows: list[Row], fmt: str) -> str:
             )
             + "\n"
         )
-    header = ["reference", "team", "state", "received", "age", "reason"]
+    header = ["reference", "team", "state", "received", "age", "escalation", "reason"]
     cells = [
-        [r.reference, r.team, r.state, r.received_at.strftime("%Y-%m-%d %H:%M UTC"), human(r.age), r.reason]
+        [
+            r.reference,
+            r.team,
+            r.state,
+            r.received_at.strftime("%Y-%m-%d %H:%M UTC"),
+            human(r.age),
+            r.escalation or "-",
+            r.reason,
+        ]
         for r in rows
     ]
     if fmt == "csv":

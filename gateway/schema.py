@@ -147,9 +147,14 @@ deadlines = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
-    Column("kind", String(16), nullable=False),  # ack
+    # ack: the acknowledgement deadline (overdue when missed); step: an escalation step falls due
+    Column("kind", String(16), nullable=False),
     Column("due_at", UTCDateTime, nullable=False),
     Column("fired_at", UTCDateTime),
     Column("cancelled_at", UTCDateTime),
+    Column("chain", String(64)),  # step rows: the escalation chain's id, its step (0-based) and
+    Column("step", Integer),  # how many times that step has been sent before (repeats)
+    Column("round", Integer),
+    Column("detail", Text),  # JSON, once fired: whom it alerted on which channels, or why it skipped
     Index("ix_deadlines_open", "fired_at", "cancelled_at", "due_at"),
 )

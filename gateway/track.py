@@ -10,26 +10,32 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import audit, lifecycle
+from gateway.alerting import Alerter
 from gateway.clock import Clock
 from gateway.compose import Composer, Outgoing
-from gateway.config import Config, Team
+from gateway.config import Config
+from gateway.config_duty import Team
 from gateway.db import Database
+from gateway.dispatch import Dispatcher
 from gateway.enqueue import queue_outgoing
 from gateway.lifecycle import State
 from gateway.model import Problem, Urgency
+from gateway.outcomes import describe
 from gateway.protect import Protector
 from gateway.schema import deadlines, deliveries, messages, referrals
 from gateway.sealing import Sealer
 from gateway.store import sealed_context
 
 log = logging.getLogger(__name__)
+
+_RETRY = timedelta(minutes=5)  # a deadline row that failed to fire is tried again after this
 
 
 async def transition(conn: AsyncConnection, referral_id: str, batch: Sequence[audit.Event], **values: Any) -> State:
@@ -93,6 +99,7 @@ class Tracker:
         self._sealer = sealer
         self._composer = composer
         self._clock = clock
+        self._dispatcher = Dispatcher(config.settings, Alerter(composer, protector))
 
     async def lookup(self, referral_id: str, recipient_hash: str) -> Any:
         """The referral an ack link points at, if that link's recipient was alerted about it."""
@@ -144,6 +151,21 @@ class Tracker:
                 )
                 .values(cancelled_at=now)
             )
+            # Everyone already alerted stands down: told who has it, on the channel they were alerted on.
+            told = await self._alerted(conn, referral_id, exclude=recipient_hash)
+            notices = [
+                self._composer.acknowledged_by(reference=row.reference, to=to, team=team, by=by, at=now, now=now)
+                if channel == "email"
+                else self._composer.sms(
+                    "ack_told",
+                    "ack_told",
+                    to=to,
+                    referral_id=None,
+                    context={"reference": row.reference, "team": team, "by": by, "now": now},
+                )
+                for channel, to in told
+            ]
+            events += await queue_outgoing(conn, self._sealer, referral_id, notices, now, "gateway")
             referrer = await self._referrer_address(conn, row)
             if referrer:
                 notice = self._composer.ack_notice(
@@ -155,6 +177,32 @@ class Tracker:
             await transition(conn, referral_id, events, acknowledged_at=now, acknowledged_by=by)
         log.info("track: referral %s acknowledged (team %s)", row.reference, team.id)
         return AckResult(row.reference, team.name, by, now, False)
+
+    async def _alerted(self, conn: AsyncConnection, referral_id: str, exclude: str) -> list[tuple[str, str]]:
+        """(channel, address) of everyone alerted about a referral, each once, but the person
+        `exclude` (the acknowledger's link) belongs to, on any of their addresses."""
+        rows = await conn.execute(
+            select(deliveries.c.id, deliveries.c.channel, deliveries.c.payload, deliveries.c.recipient_hash).where(
+                deliveries.c.referral_id == referral_id, deliveries.c.kind.in_(("alert", "reminder"))
+            )
+        )
+        seen: dict[tuple[str, str], None] = {}
+        theirs: set[str] = set()
+        for delivery in rows:
+            payload = json.loads(self._sealer.open(delivery.payload, sealed_context("delivery", delivery.id)))
+            if delivery.recipient_hash == exclude:
+                theirs |= self._addresses_of(payload["to"])
+            seen[(delivery.channel, payload["to"])] = None
+        return [(channel, to) for channel, to in seen if to not in theirs]
+
+    def _addresses_of(self, address: str) -> set[str]:
+        """Every address of the person an address belongs to: whoever acknowledged from a text is
+        not emailed about their own acknowledgement, nor texted when they used the email link."""
+        for someone in [*(m for team in self._s.teams for m in team.members), *self._s.coordinators]:
+            mine = {a for a in (someone.email, someone.mobile) if a}
+            if address in mine:
+                return mine
+        return {address}
 
     async def _referrer_address(self, conn: AsyncConnection, row: Any) -> str | None:
         # The receipt went to the envelope sender; the acknowledgement notice follows it.
@@ -170,19 +218,24 @@ class Tracker:
         return envelope.get("mail_from") or None
 
     async def fire_due(self) -> int:
-        """Mark missed deadlines: an `overdue` event and a reminder alert to the team.
-        The referral stays on the report until acknowledged (escalation rotas come later)."""
+        """Fire what has fallen due: a missed acknowledgement deadline (an `overdue` event; the
+        referral is late on the report) and escalation steps (alerts to the step's targets, and
+        the next step's row). Each row fires once: its `fired_at` is set in the transaction that
+        writes what it caused, guarded so that a row acknowledged or fired meanwhile is left."""
         now = self._clock.now()
-        fired = 0
         earliest = await self.next_due()
         if earliest is None or earliest > now:
             return 0  # a read, not a write transaction, on every wake-up with nothing due
-        async with self._db.write() as conn:
+        async with self._db.read() as conn:
             due = (
                 await conn.execute(
                     select(
                         deadlines.c.id,
+                        deadlines.c.kind,
                         deadlines.c.due_at,
+                        deadlines.c.chain,
+                        deadlines.c.step,
+                        deadlines.c.round,
                         referrals.c.id.label("referral_id"),
                         referrals.c.reference,
                         referrals.c.state,
@@ -190,57 +243,84 @@ class Tracker:
                         referrals.c.route_name,
                         referrals.c.urgency,
                         referrals.c.received_at,
+                        referrals.c.due_at.label("ack_due_at"),
                         referrals.c.content,
                     )
                     .join(referrals, referrals.c.id == deadlines.c.referral_id)
                     .where(
-                        deadlines.c.fired_at.is_(None),
-                        deadlines.c.cancelled_at.is_(None),
-                        deadlines.c.due_at <= now,
+                        deadlines.c.fired_at.is_(None), deadlines.c.cancelled_at.is_(None), deadlines.c.due_at <= now
                     )
                     .order_by(deadlines.c.due_at)
                     .limit(100)
-                    .with_for_update(skip_locked=True)
                 )
             ).all()
-            events: list[audit.Event] = []
-            for row in due:
-                await conn.execute(
+        fired = 0
+        for row in due:
+            # Prepared outside the write transaction (composing and encrypting take time), then
+            # written only if the row is still unfired and not cancelled by an acknowledgement.
+            try:
+                events, outgoing, detail, next_row = await self._prepare_due(row, now)
+            except Exception as exc:  # noqa: BLE001
+                # One row that cannot be prepared (unreadable content, a broken template) must not
+                # stop every other escalation behind it: record why, and try this step again later.
+                # The referral stays late on the report meanwhile.
+                why = describe(exc)
+                log.error("track: escalation for referral %s failed (%s); retrying in %s", row.reference, why, _RETRY)
+                detail = {"failed": why}
+                events = [audit.Event(row.referral_id, now, "gateway", "escalation_step", {**detail, "retry": True})]
+                outgoing = []
+                next_row = {"kind": row.kind, "chain": row.chain, "step": row.step, "round": row.round}
+                next_row["due_at"] = now + _RETRY
+            async with self._db.write() as conn:
+                # The referral row first, as every writer takes it (see `transitions`): otherwise an
+                # acknowledgement holding it and waiting for this deadline row deadlocks with our
+                # insert of the next step, whose foreign key needs a lock on the referral row.
+                await conn.execute(select(referrals.c.id).where(referrals.c.id == row.referral_id).with_for_update())
+                done = await conn.execute(
                     update(deadlines)
-                    .where(deadlines.c.id == row.id, deadlines.c.fired_at.is_(None))
-                    .values(fired_at=now)
+                    .where(deadlines.c.id == row.id, deadlines.c.fired_at.is_(None), deadlines.c.cancelled_at.is_(None))
+                    .values(fired_at=now, detail=json.dumps(detail) if detail is not None else None)
                 )
-                detail = {"due_at": row.due_at.isoformat(), "state": row.state}
-                team = self._s.find_team(row.team_id) if row.team_id else None
-                if row.team_id and team is None:
-                    # The team was renamed or removed from config since routing: the referral stays
-                    # on the report (it is overdue), and nobody is reminded by a name that is gone.
-                    detail["reminder"] = f"team '{row.team_id}' is no longer in the config"
-                events.append(audit.Event(row.referral_id, now, "gateway", "overdue", detail))
-                if team is not None and row.state in (State.ROUTED, State.ALERTED):
-                    events += await queue_outgoing(
-                        conn, self._sealer, row.referral_id, [self._reminder(row, team, now)], now, "gateway"
-                    )
-                log.warning("track: referral %s not acknowledged by its deadline", row.reference)
-                fired += 1
-            await audit.append(conn, events)  # once, last: the chain head is locked after the rows
+                if done.rowcount != 1:
+                    continue  # acknowledged, or fired by another instance, since we read it
+                if next_row is not None:
+                    await conn.execute(deadlines.insert(), [{"referral_id": row.referral_id, **next_row}])
+                events += await queue_outgoing(conn, self._sealer, row.referral_id, outgoing, now, "gateway")
+                await audit.append(conn, events)
+            fired += 1
         return fired
 
-    def _reminder(self, row: Any, team: Team, now: datetime) -> Outgoing:
+    async def _prepare_due(
+        self, row: Any, now: datetime
+    ) -> tuple[list[audit.Event], list[Outgoing], Any, dict[str, Any] | None]:
+        team = self._s.find_team(row.team_id) if row.team_id else None
+        if row.kind == "ack":
+            log.warning("track: referral %s not acknowledged by its deadline", row.reference)
+            detail = {"due_at": row.due_at.isoformat(), "state": row.state}
+            return [audit.Event(row.referral_id, now, "gateway", "overdue", detail)], [], None, None
+        if team is None or row.state not in (State.ROUTED, State.ALERTED, State.UNDELIVERABLE):
+            # The team was renamed or removed from config since routing: the referral stays on
+            # the report (it is late), and nobody is alerted by a name that is gone.
+            why = f"team '{row.team_id}' is no longer in the config" if team is None else f"state {row.state}"
+            event = audit.Event(row.referral_id, now, "gateway", "escalation_step", {"stopped": why})
+            return [event], [], {"stopped": why}, None
         content = json.loads(self._sealer.open(row.content, sealed_context("content", row.referral_id)))
-        problems = tuple(Problem(**p) for p in content.get("problems") or ())
-        return self._composer.alert(
-            kind="reminder",
+        dispatched = await self._dispatcher.step(
             referral_id=row.referral_id,
             reference=row.reference,
             team=team,
             route_name=row.route_name,
             urgency=Urgency(row.urgency) if row.urgency else None,
-            problems=problems,
+            problems=tuple(Problem(**p) for p in content.get("problems") or ()),
             received_at=row.received_at,
-            due_at=row.due_at,
+            due_at=row.ack_due_at or row.due_at,
+            chain_id=row.chain,
+            position=(row.step or 0, row.round or 0),
             now=now,
         )
+        events = [audit.Event(row.referral_id, now, "gateway", kind, detail) for kind, detail in dispatched.events]
+        log.warning("track: referral %s escalated (steps %s)", row.reference, [f["step"] for f in dispatched.fired])
+        return events, dispatched.outgoing, dispatched.fired, dispatched.next_step
 
     async def next_due(self) -> datetime | None:
         async with self._db.read() as conn:

@@ -35,7 +35,9 @@ async def verify(engine: AsyncEngine, now: datetime) -> list[str]:
         open_deadlines = {
             d.referral_id
             for d in (
-                await conn.execute(select(deadlines.c.referral_id).where(deadlines.c.cancelled_at.is_(None)))
+                await conn.execute(
+                    select(deadlines.c.referral_id).where(deadlines.c.kind == "ack", deadlines.c.cancelled_at.is_(None))
+                )
             ).all()
         }
         problems += await audit.check_chain(conn)

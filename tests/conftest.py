@@ -17,10 +17,12 @@ from typing import Any
 import aiosmtplib
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import select
 
 from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.clock import FakeClock
+from gateway.schema import referrals
 from tests.postgres import create_database, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,10 +81,21 @@ def make_message(
 
 
 def write_config(
-    home: Path, extra: str = "", *, smtp_port: int = 0, http_port: int = 0, relay: str = "", database_url: str = ""
+    home: Path,
+    extra: str = "",
+    *,
+    smtp_port: int = 0,
+    http_port: int = 0,
+    relay: str = "",
+    database_url: str = "",
+    all_hours: bool = False,
 ) -> Path:
-    """A config like the embedded default, in a temp home, listening on free loopback ports."""
+    """A config like the embedded default, in a temp home, listening on free loopback ports.
+    `all_hours`: the office schedule is open around the clock, for tests that run on the wall
+    clock (the report's ages) and must route the same way at 3 a.m. as at noon."""
     text = (ROOT / "config" / "gateway.toml").read_text()
+    if all_hours:
+        text = text.replace("[schedules.hours]\n", "always_open = true\n[schedules.hours]\n", 1)
     text = text.replace("port = 8025", f"port = {smtp_port}").replace("port = 8080", f"port = {http_port}")
     text = text.replace('templates_dir = "templates"', f'templates_dir = "{ROOT / "templates"}"')
     text = text.replace('first_retry = "30s"', 'first_retry = "30s"\npoll = "1s"')
@@ -223,3 +236,16 @@ async def gateway(home: Path, clock: FakeClock, database_url: str) -> AsyncItera
 @pytest.fixture
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+async def send_referral(gw: Any, mid: str, *, urgency: str, postcode: str = "W1A 1AA") -> str:
+    """Send the filled referral form by SMTP; returns the reference from the 250 reply."""
+    body = referral_body(urgency=urgency, postcode=postcode)
+    code, text = await smtp_send(gw.smtp_port, make_message(body, message_id=f"<{mid}@nhs.example>"))
+    assert code == 250, text
+    return text.split()[-1]
+
+
+async def referral_row(gw: Any, reference: str) -> Any:
+    async with gw.engine.connect() as conn:
+        return (await conn.execute(select(referrals).where(referrals.c.reference == reference))).one()

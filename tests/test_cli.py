@@ -32,7 +32,7 @@ from tests.conftest import make_message, referral_body, smtp_send, valid_nhs, wr
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "config" / "examples"
 AT = "2026-11-25T10:00:00+00:00"  # a winter morning: times are shown in GMT
-RECEIVED = "received Wednesday 25 November 2026, 10:00 GMT"
+RECEIVED = "received: Wednesday 25 November 2026, 10:00 GMT"
 MASH_ADDRESS = "mash-duty@demo-council.example"
 
 
@@ -76,10 +76,23 @@ def test_explain_shipped_complete_example(capsys: pytest.CaptureFixture[str]) ->
             "immediate-in-borough",
             "postcode district W1A is in W1, WC1, WC2; urgency urgent is not in immediate",
         ),
-        ("MATCH", "borough-postcodes", "postcode district W1A is in W1, WC1, WC2, NW1"),
+        ("MATCH", "borough-postcodes", "local authority E09000999 is in E09000999"),
     ]
     assert ("routed to: MASH duty team (mash, mash-duty@demo-council.example) by route 'borough-postcodes'") in out
-    assert f"acknowledge within 1h 00m: by Wednesday 25 November 2026, 11:00 GMT if {RECEIVED}" in out
+    assert RECEIVED in out
+    assert "hours: in office hours for mash (schedule office)" in out
+    assert "on duty now: Asha Okafor, Ben Carter" in out
+    # MASH's own deadline for urgent referrals is in working time on its schedule.
+    assert "acknowledge within 4 working hours: by Wednesday 25 November 2026, 14:00 GMT" in out
+    assert "escalation chain 'urgent' if nobody acknowledges:" in out
+    assert (
+        "  step 1 at Wednesday 25 November 2026, 10:00 GMT: on-duty, mailbox by email -> Asha Okafor (email), "
+        "Ben Carter (email), MASH duty team (email)"
+    ) in out
+    assert (
+        "  step 2 at Wednesday 25 November 2026, 14:00 GMT: managers by email, sms -> "
+        "Dev Malik (email), Dev Malik (sms)"
+    ) in out
     # The explanation shows no personal data about the child beyond the postcode district.
     assert "Sam Sample" not in out and "W1A 1AA" not in out and "Example Street" not in out
 
@@ -98,7 +111,7 @@ def test_explain_shipped_incomplete_example_lists_what_is_missing_and_goes_to_tr
     assert why.startswith("incomplete referral (") and why.endswith("): goes to the default route")
     assert "routed to: Front door triage team (triage, triage@demo-council.example)" in out
     assert "by route 'default-triage'" in out
-    assert "acknowledge within 15m: by Wednesday 25 November 2026, 10:15 GMT" in out
+    assert "acknowledge within 15 minutes: by Wednesday 25 November 2026, 10:15 GMT" in out
 
 
 def test_explain_own_incomplete_json_missing_urgency_is_treated_as_most_urgent(
@@ -122,7 +135,7 @@ def test_explain_own_incomplete_json_missing_urgency_is_treated_as_most_urgent(
         ("MATCH", "default-triage", "incomplete referral (child_postcode, urgency): goes to the default route")
     ]
     assert "routed to: Front door triage team" in out
-    assert "acknowledge within 15m: by Wednesday 25 November 2026, 10:15 GMT" in out
+    assert "acknowledge within 15 minutes: by Wednesday 25 November 2026, 10:15 GMT" in out
 
 
 def test_explain_filled_in_text_template(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -153,11 +166,12 @@ def test_explain_filled_in_text_template(tmp_path: Path, capsys: pytest.CaptureF
     assert rules(out) == [
         ("no", "sexual-abuse-to-mash", "category physical is not in sexual"),
         ("no", "immediate-in-borough", "postcode district M1 is not in W1, WC1, WC2"),
-        ("no", "borough-postcodes", "postcode district M1 is not in W1, WC1, WC2, NW1"),
+        ("no", "borough-postcodes", "local authority unknown is not in E09000999"),
         ("MATCH", "immediate-out-of-area", "urgency immediate is in immediate"),
     ]
     assert "routed to: Emergency Duty Team (edt, edt@demo-council.example) by route 'immediate-out-of-area'" in out
-    assert f"acknowledge within 15m: by Wednesday 25 November 2026, 10:15 GMT if {RECEIVED}" in out
+    assert RECEIVED in out
+    assert "acknowledge within 15 minutes: by Wednesday 25 November 2026, 10:15 GMT" in out
 
 
 def test_explain_eml_goes_through_every_rule_to_the_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,7 +185,7 @@ def test_explain_eml_goes_through_every_rule_to_the_default(tmp_path: Path, caps
     assert verdicts[-1] == ("MATCH", "default-triage", "default route: matches every referral")
     assert verdicts[3] == ("no", "immediate-out-of-area", "urgency standard is not in immediate")
     assert "routed to: Front door triage team (triage, triage@demo-council.example)" in out
-    assert "acknowledge within 1d 0h 00m: by Thursday 26 November 2026, 10:00 GMT" in out
+    assert "acknowledge within 1 day: by Thursday 26 November 2026, 10:00 GMT" in out
 
 
 def test_explain_eml_with_referral_json_attachment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,7 +205,8 @@ def test_explain_eml_with_referral_json_attachment(tmp_path: Path, capsys: pytes
 
 def test_explain_in_summer_shows_british_summer_time(capsys: pytest.CaptureFixture[str]) -> None:
     out = explain(capsys, EXAMPLES / "complete-referral.json", at="2026-07-01T09:00:00+00:00")
-    assert "by Wednesday 01 July 2026, 11:00 BST if received Wednesday 01 July 2026, 10:00 BST" in out
+    assert "received: Wednesday 01 July 2026, 10:00 BST" in out
+    assert "acknowledge within 4 working hours: by Wednesday 01 July 2026, 14:00 BST" in out
 
 
 def test_explain_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,7 +239,7 @@ async def acknowledge(gw: Gateway, home: Path, reference: str) -> None:
 async def build_store(home: Path) -> tuple[Path, dict[str, str]]:
     """Three referrals received 2 days 30 minutes ago: urgent (MASH), incomplete (triage) and one
     acknowledged. Returns the config path and the references by name."""
-    path = write_config(home)
+    path = write_config(home, all_hours=True)
     clock = FakeClock(datetime.now(UTC) - timedelta(days=2, minutes=30))
     gw = Gateway(config_mod.load(path), clock=clock, workers=False)
     await gw.start()
@@ -261,15 +276,17 @@ def test_report_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     path, refs = asyncio.run(build_store(tmp_path / "gw"))
     out = report(capsys, path, "table")
     lines = out.splitlines()
-    assert lines[0].split() == ["reference", "team", "state", "received", "age", "reason"]
+    assert lines[0].split() == ["reference", "team", "state", "received", "age", "escalation", "reason"]
     assert lines[-1] == "2 referral(s) need attention."
     (late,) = [line for line in lines if refs["late"] in line]
     assert "MASH duty team" in late and "alerted" in late
     assert "2d 0h 30m" in late
-    assert "not acknowledged within 1h 00m (overdue by 1d 23h 30m)" in late
+    assert "not acknowledged within 4 working hours (overdue by 1d 20h 30m)" in late
+    # Who has been alerted so far, and at which step of the chain (no ticks of the clock since).
+    assert "step 1 (on-duty, mailbox) at " in late and "alerted: " in late and "MASH duty team (email)" in late
     (incomplete,) = [line for line in lines if refs["incomplete"] in line]
     assert "Front door triage team" in incomplete
-    assert "not acknowledged within 15m (overdue by 2d 0h 15m)" in incomplete
+    assert "not acknowledged within 15 minutes (overdue by 2d 0h 15m)" in incomplete
     received = (datetime.now(UTC) - timedelta(days=2, minutes=30)).strftime("%Y-%m-%d")
     assert received in late
     assert refs["acknowledged"] not in out
@@ -279,7 +296,7 @@ def test_report_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, refs = asyncio.run(build_store(tmp_path / "gw"))
     rows = list(csv.DictReader(io.StringIO(report(capsys, path, "csv"))))
     assert rows, "no rows"
-    assert list(rows[0]) == ["reference", "team", "state", "received", "age", "reason"]
+    assert list(rows[0]) == ["reference", "team", "state", "received", "age", "escalation", "reason"]
     by_ref = {row["reference"]: row for row in rows}
     assert set(by_ref) == {refs["late"], refs["incomplete"]}
     late = by_ref[refs["late"]]
@@ -287,7 +304,8 @@ def test_report_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert late["state"] == "alerted"
     assert late["age"] == "2d 0h 30m"
     assert late["received"].endswith(" UTC")
-    assert late["reason"].startswith("not acknowledged within 1h 00m")
+    assert late["reason"].startswith("not acknowledged within 4 working hours")
+    assert "MASH duty team (email)" in late["escalation"]
     assert by_ref[refs["incomplete"]]["team"] == "Front door triage team"
 
 
@@ -305,14 +323,15 @@ def test_report_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert late["age"] == "2d 0h 30m"
     received = datetime.fromisoformat(late["received_at"])
     assert abs(datetime.now(UTC) - timedelta(days=2, minutes=30) - received) < timedelta(minutes=1)
-    assert "not acknowledged within 1h 00m" in late["reason"]
+    assert "not acknowledged within 4 working hours" in late["reason"]
+    assert late["escalation"].startswith("step 1 (on-duty, mailbox) at ")
 
 
 def test_report_on_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path / "gw")
     assert report(capsys, path, "table") == "No undelivered, late or quarantined referrals.\n"
     assert list(csv.reader(io.StringIO(report(capsys, path, "csv")))) == [
-        ["reference", "team", "state", "received", "age", "reason"]
+        ["reference", "team", "state", "received", "age", "escalation", "reason"]
     ]
     assert json.loads(report(capsys, path, "json")) == []
 

@@ -42,7 +42,13 @@ async def test_referral_by_email_is_routed_alerted_and_receipted(gateway: Gatewa
     assert normalise_reference(reference) == reference  # the check character is right
 
     assert await gateway.process_all() == 1
-    assert await gateway.deliver_all() == 2
+    # The team mailbox and the two on the rota on Wednesday morning (Asha and Ben), and the receipt.
+    assert await gateway.deliver_all() == 4
+    for member in ("asha.okafor@demo-council.example", "ben.carter@demo-council.example"):
+        (personal,) = maildir_messages(home, member)
+        assert personal["X-Referral-Reference"] == reference
+        assert f"The link is for {member} only" in personal.get_content()
+    assert maildir_messages(home, "chloe.davies@demo-council.example") == []  # not on duty today
 
     (alert,) = maildir_messages(home, MASH)
     assert alert["X-Referral-Reference"] == reference

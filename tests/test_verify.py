@@ -44,7 +44,7 @@ async def _acknowledge(gw: Gateway, home: Path, reference: str) -> None:
 
 async def _build(home: Path, *, process: bool, deliver: bool, acknowledge: bool) -> tuple[Path, list[str]]:
     """Two referrals to MASH; the first acknowledged if asked. Returns (config path, references)."""
-    path = write_config(home)
+    path = write_config(home, all_hours=True)
     gw = Gateway(config_mod.load(path), clock=FakeClock(datetime.now(UTC)), workers=False)
     await gw.start()
     try:
@@ -193,7 +193,7 @@ def test_waiting_for_acknowledgement_without_a_deadline(tmp_path: Path, capsys: 
     path, refs = build(tmp_path / "gw", acknowledge=False)
     tamper(
         path,
-        "DELETE FROM deadlines WHERE referral_id = (SELECT id FROM referrals WHERE reference = ?)",
+        "DELETE FROM deadlines WHERE kind = 'ack' AND referral_id = (SELECT id FROM referrals WHERE reference = ?)",
         refs[1],
     )
     code, lines = verify(capsys, path)
