@@ -26,6 +26,9 @@ from gateway.pipeline import Processor
 from gateway.protect import Protector
 from gateway.schema import messages
 from gateway.sealing import Sealer
+from gateway.sms_out import TwilioTransport, auth_token
+from gateway.sms_status import SmsReconciler
+from gateway.sms_webhooks import SmsWebhooks
 from gateway.store import IntakeWriter
 from gateway.tokens import AckSigner
 from gateway.track import Tracker
@@ -90,8 +93,20 @@ class Gateway:
         self.processor = Processor(
             cfg, self.db, self.sealer, composer, self.clock, self.owner, self.identity, protector
         )
-        self.outbox = Outbox(cfg, self.db, self.sealer, self.transport, self.clock, self.owner)
+        sms = cfg.settings.sms
+        self.sms_transport: TwilioTransport | None = None
+        if sms.provider == "twilio":
+            # Refuses to start (KeyFileError) with Twilio configured and no auth token: webhooks
+            # could not be checked, and alerts could not be sent.
+            token = auth_token(cfg)
+            self.sms_transport = TwilioTransport(sms, token, f"{cfg.settings.http.public_url}/sms/status")
+        self.outbox = Outbox(
+            cfg, self.db, self.sealer, self.transport, self.clock, self.owner, sms_transport=self.sms_transport
+        )
         self.tracker = Tracker(cfg, self.db, self.sealer, composer, self.clock, protector)
+        self.reconciler = (
+            SmsReconciler(cfg.settings, self.db, self.sms_transport, self.clock) if self.sms_transport else None
+        )
         self.writer.start()
         smtp = cfg.settings.smtp
         tls = (
@@ -109,6 +124,10 @@ class Gateway:
             cfg.settings.gateway.duty_phone,
         )
         app = make_app(pages)
+        if self.sms_transport is not None:
+            SmsWebhooks(cfg, token, self.db, self.sealer, self.signer, self.writer, self.tracker, self.clock).routes(
+                app
+            )
         app.on_response_prepare.append(self._after_request)
         self._http = web.AppRunner(app, access_log=None)  # access logs would record ack tokens
         await self._http.setup()
@@ -130,6 +149,10 @@ class Gateway:
                 ),
                 asyncio.create_task(self._deadline_loop()),
             ]
+            if self.reconciler is not None:
+                self._tasks.append(
+                    asyncio.create_task(self._loop("sms-status", self.reconciler.run_once, asyncio.Event(), 60.0))
+                )
         log.info(
             "gateway started: smtp %s:%d, http %s:%d, %s",
             cfg.settings.smtp.host,
@@ -221,3 +244,6 @@ class Gateway:
 
     async def fire_deadlines(self) -> int:
         return await self.tracker.fire_due()
+
+    async def reconcile_sms(self) -> int:
+        return await self.reconciler.run_once() if self.reconciler else 0

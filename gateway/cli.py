@@ -36,6 +36,7 @@ REQUIRED_TEMPLATES = (
     "email/acknowledged_by.txt",
     "sms/alert.txt",
     "sms/ack_told.txt",
+    "sms/ack_notice.txt",
     "web/ack_confirm.html",
     "web/ack_done.html",
     "web/error.html",

@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -32,10 +32,12 @@ from gateway.config_duty import (
     Escalation,
     Fingerprint,
     LocalAuthority,
+    Mobile,
     Person,
     Route,
     ScheduleConfig,
     Team,
+    normalise_mobile,
 )
 from gateway.config_errors import ConfigError as ConfigError
 from gateway.config_errors import ConfigIssue as ConfigIssue
@@ -137,8 +139,11 @@ class HttpSection(_Strict):
     @field_validator("public_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
-        if not re.match(r"^https?://", value):
-            raise ValueError(f"{value!r} is not a web address; use a URL starting with http:// or https://")
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError(
+                f"{value!r} is not a base web address; use a URL starting with http:// or https:// "
+                "with no query or fragment, like https://referrals.council.example"
+            )
         return value.rstrip("/")
 
 
@@ -155,6 +160,37 @@ class RelaySection(_Strict):
 class MailSection(_Strict):
     from_address: Email
     relay: RelaySection | None = None  # absent: everything goes to the maildir under data_dir
+
+
+class SmsSection(_Strict):
+    """SMS in and out. `spool` (the default): alerts are written to <data_dir>/sms/ and there are
+    no webhooks. `twilio`: alerts go through Twilio's API, and /sms/inbound and /sms/status take
+    its webhooks, each checked against X-Twilio-Signature."""
+
+    provider: Literal["spool", "twilio"] = "spool"
+    account_sid: str = ""
+    # The auth token: the TWILIO_AUTH_TOKEN environment variable, else this file under keys/
+    # (mode 0600). Never in config/.
+    auth_token_file: Path = Path("twilio-auth-token")
+    from_number: Annotated[str, BeforeValidator(lambda v: normalise_mobile(v) if v else "")] = ""
+    api_base_url: str = ""  # empty: Twilio's own; tests point it at a local stand-in
+    timeout: Duration = timedelta(seconds=15)  # per API call
+    # No final status (delivered, undelivered, failed) this long after sending: fetch the message
+    # by its SID and take the status from Twilio.
+    status_timeout: Duration = timedelta(minutes=15)
+    # Per sending number: more messages than this in the window are stored and reported, not
+    # acted on (a loop between two auto-responders, a flood), and get no reply. Alerts out are
+    # not limited: they come from referrals, and holding one back could cost a child.
+    inbound_limit: int = Field(default=20, ge=1)
+    inbound_window: Duration = timedelta(hours=1)
+
+    @model_validator(mode="after")
+    def _twilio_needs(self) -> SmsSection:
+        if self.provider == "twilio" and not re.fullmatch(r"AC[0-9a-fA-F]{32}", self.account_sid):
+            raise ValueError('Twilio needs its account SID; use account_sid = "AC" followed by 32 hex digits')
+        if self.provider == "twilio" and not self.from_number:
+            raise ValueError('Twilio needs the number to send from; use from_number = "+447700900000"')
+        return self
 
 
 class OutboxSection(_Strict):
@@ -205,10 +241,18 @@ def _sender_pattern(value: str) -> str:
     return text
 
 
+class Professional(_Strict):
+    """Someone registered to send quick referrals by SMS for a partner organisation."""
+
+    name: str
+    mobile: Mobile
+
+
 class Partner(_Strict):
     """A partner organisation whose staff send referrals: who may sign for it, from where."""
 
     name: str
+    professionals: tuple[Professional, ...] = ()  # registered mobiles: SMS referrals from them
     addresses: tuple[Annotated[str, BeforeValidator(_sender_pattern)], ...] = Field(min_length=1)
     openpgp: tuple[Fingerprint, ...] = ()  # fingerprints of keys allowed to sign for this partner
     smime_anchors: tuple[Path, ...] = ()  # CA certificates (PEM) its staff's certificates chain to
@@ -246,6 +290,7 @@ class Settings(_Strict):
     http: HttpSection = HttpSection()
     mail: MailSection
     outbox: OutboxSection = OutboxSection()
+    sms: SmsSection = SmsSection()
     processing: ProcessingSection = ProcessingSection()
     deadlines: DeadlinesSection = DeadlinesSection()
     ack: AckSection = AckSection()
@@ -280,6 +325,14 @@ class Settings(_Strict):
         level = Urgency(urgency) if urgency else Urgency.IMMEDIATE
         own: DeadlineRule | None = getattr(team.deadlines, level.value)
         return own or self.deadlines.for_urgency(level)
+
+    def professional(self, mobile: str) -> tuple[Partner, Professional] | None:
+        """The partner and professional a mobile number is registered to, if any."""
+        for partner in self.partners:
+            for person in partner.professionals:
+                if person.mobile == mobile:
+                    return partner, person
+        return None
 
     def team_name(self, team_id: str) -> str:
         team = self.find_team(team_id)

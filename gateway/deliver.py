@@ -30,8 +30,9 @@ from gateway.outcomes import PermanentFailure, TemporaryFailure
 
 
 class Transport(Protocol):
-    async def send(self, mail_from: str, to: str, message: bytes) -> None:
-        """Deliver or raise TemporaryFailure / PermanentFailure."""
+    async def send(self, mail_from: str, to: str, message: bytes) -> str | None:
+        """Deliver or raise TemporaryFailure / PermanentFailure; returns the provider's id for the
+        message where it gives one (an SMS's SID), for status callbacks to find it by."""
         ...
 
 

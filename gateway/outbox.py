@@ -27,11 +27,13 @@ from gateway.queue import backoff, claim
 from gateway.schema import deliveries, referrals
 from gateway.sealing import Sealer
 from gateway.store import sealed_context
-from gateway.track import transitions
+from gateway.track import hasten_next_step, transitions
 
 log = logging.getLogger(__name__)
 
-_ALERT_KINDS = ("alert", "reminder")
+Outcome = tuple[Any, str | None, bool, str | None]  # (row, failure reason, final, provider's message id)
+
+ALERT_KINDS = ("alert", "reminder")
 
 
 class Outbox:
@@ -81,32 +83,34 @@ class Outbox:
         await self._record(outcomes)
         return len(ids)
 
-    async def _deliver(self, row: Any) -> tuple[Any, str | None, bool]:
-        """Send one; returns (row, None, False) when sent, else (row, reason, final)."""
+    async def _deliver(self, row: Any) -> Outcome:
+        """Send one; returns (row, None, False, provider id) when sent, else (row, reason, final, None)."""
         final_try = row.attempts >= self._s.outbox.max_attempts
         try:
             payload = json.loads(self._sealer.open(row.payload, sealed_context("delivery", row.id)))
             transport = self._sms if row.channel == "sms" else self._transport
-            await transport.send(self._s.mail.from_address, payload["to"], payload["message"].encode("utf-8"))
+            sent = await transport.send(self._s.mail.from_address, payload["to"], payload["message"].encode("utf-8"))
         except PermanentFailure as exc:
-            return row, str(exc), True
+            return row, str(exc), True, None
         except TemporaryFailure as exc:
-            return row, str(exc), final_try
+            return row, str(exc), final_try, None
         except Exception as exc:  # noqa: BLE001
             # A bug in one delivery must not stop the others; it is retried like a temporary
             # failure and ends dead (on the report) if it persists.
-            return row, describe(exc), final_try
-        return row, None, False
+            return row, describe(exc), final_try, None
+        return row, None, False, sent
 
-    async def _record(self, outcomes: list[tuple[Any, str | None, bool]]) -> None:
+    async def _record(self, outcomes: list[Outcome]) -> None:
         """All outcomes of a claimed batch in one transaction (one fsync, not one per email)."""
         now = self._clock.now()
         actor = f"outbox:{self._owner}"
         by_referral: dict[str, list[audit.Event]] = {}
         async with self._db.write() as conn:
-            for row, reason, final in outcomes:
+            for row, reason, final, provider_id in outcomes:
                 if reason is None:
                     values: dict[str, Any] = {"state": "sent", "sent_at": now, "last_error": None}
+                    if provider_id is not None:
+                        values |= {"provider_id": provider_id, "provider_status": "queued"}
                     kind = "delivery_sent"
                 elif final:
                     values = {"state": "dead", "last_error": reason[:200]}
@@ -131,18 +135,14 @@ class Outbox:
                 events.append(
                     audit.Event(row.referral_id, now, actor, kind, detail | ({"reason": reason} if reason else {}))
                 )
-                if reason is None and row.kind in _ALERT_KINDS:
+                if reason is None and row.kind in ALERT_KINDS:
                     events.append(
                         audit.Event(
                             row.referral_id, now, actor, "alerted", {"team": row.team_id, "channel": row.channel}
                         )
                     )
-                if final and row.kind in _ALERT_KINDS and not await self._another_alert_alive(conn, row, now):
-                    events.append(
-                        audit.Event(
-                            row.referral_id, now, actor, "undeliverable", {"team": row.team_id, "reason": reason}
-                        )
-                    )
+                if final and row.kind in ALERT_KINDS:
+                    await mark_alert_dead(conn, row, now, actor, reason or "", events)
                 self._log(row, reason, final)
             if by_referral:
                 await transitions(conn, by_referral)
@@ -168,17 +168,26 @@ class Outbox:
                 reason,
             )
 
-    async def _another_alert_alive(self, conn: Any, row: Any, now: datetime) -> bool:
-        other = (
-            await conn.execute(
-                select(deliveries.c.id)
-                .where(
-                    deliveries.c.referral_id == row.referral_id,
-                    deliveries.c.id != row.id,
-                    deliveries.c.kind.in_(_ALERT_KINDS),
-                    deliveries.c.state.in_(("pending", "sent")),
-                )
-                .limit(1)
+
+async def mark_alert_dead(
+    conn: Any, row: Any, now: datetime, actor: str, reason: str, events: list[audit.Event]
+) -> None:
+    """An alert (email or SMS) failed for good: the chain's next step is due now, and if no other
+    alert for the referral is still on its way, the referral is undeliverable (on the report)."""
+    await hasten_next_step(conn, row.referral_id, now)
+    other = (
+        await conn.execute(
+            select(deliveries.c.id)
+            .where(
+                deliveries.c.referral_id == row.referral_id,
+                deliveries.c.id != row.id,
+                deliveries.c.kind.in_(ALERT_KINDS),
+                deliveries.c.state.in_(("pending", "sent")),
             )
-        ).first()
-        return other is not None
+            .limit(1)
+        )
+    ).first()
+    if other is None:
+        events.append(
+            audit.Event(row.referral_id, now, actor, "undeliverable", {"team": row.team_id, "reason": reason})
+        )

@@ -30,7 +30,7 @@ from gateway.dispatch import Dispatcher
 from gateway.enqueue import outbox_row, queue_outgoing, queued_events
 from gateway.identity import Identity
 from gateway.lifecycle import State
-from gateway.model import Referral
+from gateway.model import Channel, Referral
 from gateway.open import read_outer
 from gateway.opener import Opener
 from gateway.outcomes import Quarantine, describe
@@ -40,6 +40,7 @@ from gateway.queue import claim
 from gateway.route import Facts
 from gateway.schema import deadlines, deliveries, messages, referrals
 from gateway.sealing import Sealer
+from gateway.sms_in import read_sms_referral
 from gateway.store import sealed_context
 
 log = logging.getLogger(__name__)
@@ -198,22 +199,61 @@ class Processor:
     async def _prepare(self, row: Any, now: datetime, stages: list[str]) -> Prepared:
         raw = self._sealer.open(row.raw, sealed_context("raw", row.id))
         envelope = json.loads(self._sealer.open(row.envelope, sealed_context("envelope", row.id)))
+        if row.channel == Channel.SMS.value:
+            stages.append("parse")
+            referral, partner = read_sms_referral(self._s, raw, envelope)
+            stages.append("route")
+            return await self._routed(row, now, referral, partner, {}, Content(referral, ()), "sms")
         outer = read_outer(raw)
         reply_to = envelope.get("mail_from") or ""
         opened, security = await self._opener.open(raw, reply_to, outer)
         stages.append("parse")
         today = now.astimezone(UK).date()
-        referral: Referral = (
+        referral = (
             parse_json(opened.referral_json, today)
             if opened.referral_json is not None
             else parse_text(opened.text, today)
         )
         stages.append("route")
-        facts = Facts(
-            at=row.received_at,
-            channel=row.channel,
-            organisation=security.get("partner") or referral.referrer.organisation,
-        )
+        organisation: str | None = security.get("partner") or referral.referrer.organisation
+        source = "referral.json" if opened.referral_json is not None else "body"
+        content = Content(referral, opened.attachments)
+        prep = await self._routed(row, now, referral, organisation, security, content, source)
+        actor = f"worker:{self._owner}"
+        if reply_to and not outer.automatic:
+            receipt = self._composer.receipt(
+                reference=row.reference,
+                to=reply_to,
+                received_at=row.received_at,
+                now=now,
+                in_reply_to=outer.message_id,
+            )
+            prep.outgoing.append(await self._protector.maybe_protect(security.get("reply_key"), receipt))
+        else:
+            # RFC 3834: no receipt to a null sender or to automatic mail, or we could loop.
+            prep.events.append(
+                audit.Event(
+                    row.referral_id,
+                    now,
+                    actor,
+                    "receipt_skipped",
+                    {"why": "automatic message" if reply_to else "null sender"},
+                )
+            )
+        return prep
+
+    async def _routed(
+        self,
+        row: Any,
+        now: datetime,
+        referral: Referral,
+        organisation: str | None,
+        security: dict[str, Any],
+        content: Content,
+        source: str,
+    ) -> Prepared:
+        """Route, fire the chain's first step, and gather what to write, for any channel."""
+        facts = Facts(at=row.received_at, channel=row.channel, organisation=organisation)
         dispatched = await self._dispatcher.first(
             referral=referral,
             referral_id=row.referral_id,
@@ -222,7 +262,7 @@ class Processor:
             now=now,
             facts=facts,
             security=security,
-            content=Content(referral, opened.attachments),
+            content=content,
         )
         assert dispatched.decision is not None
         team, route_name = dispatched.team, dispatched.decision.route.name
@@ -253,10 +293,10 @@ class Processor:
                 actor,
                 "parsed",
                 {
-                    "source": "referral.json" if opened.referral_json is not None else "body",
+                    "source": source,
                     "incomplete": referral.incomplete,
                     "problem_fields": [p.field for p in referral.problems],
-                    "attachments": len(opened.attachments),
+                    "attachments": len(content.attachments),
                     **security,
                 },
             )
@@ -266,26 +306,6 @@ class Processor:
                 detail = {**detail, "encryption_failed": dispatched.encryption_failed}
             prep.events.append(audit.Event(row.referral_id, now, actor, kind, detail))
         prep.outgoing += dispatched.outgoing
-        if reply_to and not outer.automatic:
-            receipt = self._composer.receipt(
-                reference=row.reference,
-                to=reply_to,
-                received_at=row.received_at,
-                now=now,
-                in_reply_to=outer.message_id,
-            )
-            prep.outgoing.append(await self._protector.maybe_protect(security.get("reply_key"), receipt))
-        else:
-            # RFC 3834: no receipt to a null sender or to automatic mail, or we could loop.
-            prep.events.append(
-                audit.Event(
-                    row.referral_id,
-                    now,
-                    actor,
-                    "receipt_skipped",
-                    {"why": "automatic message" if reply_to else "null sender"},
-                )
-            )
         return prep
 
     async def _write(self, batch: list[Prepared], now: datetime) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 
@@ -138,8 +139,31 @@ deliveries = Table(
     Column("last_error", String(200)),
     Column("created_at", UTCDateTime, nullable=False),
     Column("sent_at", UTCDateTime),
+    # SMS: the provider's message SID and its latest status (queued, sent, delivered, undelivered,
+    # failed), from status callbacks or, when none came in time, a fetch by SID.
+    Column("provider_id", String(64)),
+    Column("provider_status", String(16)),
     Index("ix_deliveries_queue", "state", "next_attempt_at"),
+    Index("ix_deliveries_provider_id", "provider_id"),
     Index("ix_deliveries_referral_id", "referral_id"),
+)
+
+# Every Twilio webhook that is not a referral (an ACK, HELP, STOP, a status callback), stored
+# before it is answered; Twilio's retries hit the unique key and make no twin.
+sms_webhooks = Table(
+    "sms_webhooks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # inbound | status
+    Column("message_sid", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # the MessageStatus of a callback; "" for inbound
+    Column("sender_hash", String(64), nullable=False),  # keyed hash of the number, for rate limits
+    Column("payload", LargeBinary, nullable=False),  # sealed: the form as posted
+    Column("outcome", String(200), nullable=False),  # what was done, with no personal data
+    Column("reply", LargeBinary),  # sealed: the reply given, so a retry gets the same answer
+    Column("received_at", UTCDateTime, nullable=False),
+    UniqueConstraint("kind", "message_sid", "status", name="uq_sms_webhooks_sid"),
+    Index("ix_sms_webhooks_sender", "sender_hash", "received_at"),
 )
 
 deadlines = Table(

@@ -75,6 +75,22 @@ async def transitions(
     return states
 
 
+async def hasten_next_step(conn: AsyncConnection, referral_id: str, now: datetime) -> None:
+    """An alert failed for good: its recipient will not see it, so the chain's next step is due
+    now rather than after a wait nobody can end."""
+    await conn.execute(
+        update(deadlines)
+        .where(
+            deadlines.c.referral_id == referral_id,
+            deadlines.c.kind == "step",
+            deadlines.c.fired_at.is_(None),
+            deadlines.c.cancelled_at.is_(None),
+            deadlines.c.due_at > now,
+        )
+        .values(due_at=now)
+    )
+
+
 @dataclass(frozen=True)
 class AckResult:
     reference: str
@@ -122,7 +138,25 @@ class Tracker:
                 raise NotFound(referral_id)
             return row
 
-    async def acknowledge(self, referral_id: str, recipient_hash: str, by: str) -> AckResult:
+    async def alert_sent_to(self, recipient_hash: str, reference: str | None) -> tuple[str, str]:
+        """(referral id, reference) of the latest alert sent to a recipient, for that reference if
+        given; NotFound if none was: an acknowledgement is accepted only from someone alerted."""
+        query = (
+            select(referrals.c.id, referrals.c.reference)
+            .join(deliveries, deliveries.c.referral_id == referrals.c.id)
+            .where(deliveries.c.recipient_hash == recipient_hash, deliveries.c.kind.in_(("alert", "reminder")))
+            .order_by(deliveries.c.created_at.desc(), deliveries.c.id)
+            .limit(1)
+        )
+        if reference is not None:
+            query = query.where(referrals.c.reference == reference)
+        async with self._db.read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFound(reference or "latest")
+        return str(row.id), str(row.reference)
+
+    async def acknowledge(self, referral_id: str, recipient_hash: str, by: str, via: str = "email link") -> AckResult:
         """Record that a named person acknowledged; stops the deadline and tells the referrer.
         Idempotent: a second acknowledgement changes nothing and says who was first."""
         now = self._clock.now()
@@ -139,7 +173,7 @@ class Tracker:
                     now,
                     f"person:{by}",
                     "acknowledged",
-                    {"team": team.id, "via": "email link", "recipient": recipient_hash[:12]},
+                    {"team": team.id, "via": via, "recipient": recipient_hash[:12]},
                 )
             ]
             await conn.execute(
@@ -166,8 +200,12 @@ class Tracker:
                 for channel, to in told
             ]
             events += await queue_outgoing(conn, self._sealer, referral_id, notices, now, "gateway")
-            referrer = await self._referrer_address(conn, row)
-            if referrer:
+            channel, referrer = await self._referrer_address(conn, row)
+            if referrer and channel == "sms":
+                context = {"reference": row.reference, "team": team, "by": by, "now": now}
+                notice = self._composer.sms("ack_notice", "ack_notice", to=referrer, referral_id=None, context=context)
+                events += await queue_outgoing(conn, self._sealer, referral_id, [notice], now, "gateway")
+            elif referrer:
                 notice = self._composer.ack_notice(
                     reference=row.reference, to=referrer, team=team, by=by, at=now, now=now
                 )
@@ -204,18 +242,24 @@ class Tracker:
                 return mine
         return {address}
 
-    async def _referrer_address(self, conn: AsyncConnection, row: Any) -> str | None:
-        # The receipt went to the envelope sender; the acknowledgement notice follows it.
+    async def _referrer_address(self, conn: AsyncConnection, row: Any) -> tuple[str, str | None]:
+        """(channel, address) to tell the referrer on: the number an SMS referral came from, or
+        the envelope sender an email referral's receipt went to (the notice follows it)."""
+        message = (
+            await conn.execute(select(messages.c.channel, messages.c.envelope).where(messages.c.id == row.message_id))
+        ).one_or_none()
+        if message is not None and message.channel == "sms":
+            envelope = json.loads(self._sealer.open(message.envelope, sealed_context("envelope", row.message_id)))
+            return "sms", envelope.get("from") or None
         receipt = (
             await conn.execute(
                 select(deliveries.c.id).where(deliveries.c.referral_id == row.id, deliveries.c.kind == "receipt")
             )
         ).first()
-        if receipt is None:
-            return None
-        sealed = (await conn.execute(select(messages.c.envelope).where(messages.c.id == row.message_id))).scalar_one()
-        envelope = json.loads(self._sealer.open(sealed, sealed_context("envelope", row.message_id)))
-        return envelope.get("mail_from") or None
+        if receipt is None or message is None:
+            return "email", None
+        envelope = json.loads(self._sealer.open(message.envelope, sealed_context("envelope", row.message_id)))
+        return "email", envelope.get("mail_from") or None
 
     async def fire_due(self) -> int:
         """Fire what has fallen due: a missed acknowledgement deadline (an `overdue` event; the
