@@ -76,6 +76,9 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
+        # Before anything is opened: with Twilio configured and no auth token the gateway refuses
+        # to start (webhooks could not be checked, alerts could not be sent), leaving nothing open.
+        token = auth_token(cfg) if cfg.settings.sms.provider == "twilio" else ""
         self.engine: AsyncEngine = db.make_engine(cfg.database_url, cfg.settings.database.busy_timeout)
         await db.upgrade(self.engine)
         self.db = db.Database(self.engine, cfg.settings.processing.max_defer)
@@ -96,9 +99,6 @@ class Gateway:
         sms = cfg.settings.sms
         self.sms_transport: TwilioTransport | None = None
         if sms.provider == "twilio":
-            # Refuses to start (KeyFileError) with Twilio configured and no auth token: webhooks
-            # could not be checked, and alerts could not be sent.
-            token = auth_token(cfg)
             self.sms_transport = TwilioTransport(sms, token, f"{cfg.settings.http.public_url}/sms/status")
         self.outbox = Outbox(
             cfg, self.db, self.sealer, self.transport, self.clock, self.owner, sms_transport=self.sms_transport

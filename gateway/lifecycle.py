@@ -51,6 +51,7 @@ _INFO = frozenset(
         "delivery_sent",
         "delivery_failed",
         "delivery_dead",
+        "delivery_confirmed",
         "overdue",
         "escalation_step",
         "alerted",

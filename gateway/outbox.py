@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, select, update
@@ -26,14 +25,13 @@ from gateway.outcomes import PermanentFailure, TemporaryFailure, describe
 from gateway.queue import backoff, claim
 from gateway.schema import deliveries, referrals
 from gateway.sealing import Sealer
+from gateway.sms_status import apply_early_statuses
 from gateway.store import sealed_context
-from gateway.track import hasten_next_step, transitions
+from gateway.track import ALERT_KINDS, mark_alert_dead, transitions
 
 log = logging.getLogger(__name__)
 
 Outcome = tuple[Any, str | None, bool, str | None]  # (row, failure reason, final, provider's message id)
-
-ALERT_KINDS = ("alert", "reminder")
 
 
 class Outbox:
@@ -105,6 +103,7 @@ class Outbox:
         now = self._clock.now()
         actor = f"outbox:{self._owner}"
         by_referral: dict[str, list[audit.Event]] = {}
+        early: list[str] = []  # SIDs whose status callbacks may have come before we recorded them
         async with self._db.write() as conn:
             for row, reason, final, provider_id in outcomes:
                 if reason is None:
@@ -130,6 +129,8 @@ class Outbox:
                 )
                 if done.rowcount != 1:
                     continue  # another worker recorded it first (our lease had run out)
+                if provider_id is not None and reason is None:
+                    early.append(provider_id)
                 detail: dict[str, Any] = {"delivery": row.id, "kind": row.kind, "attempt": row.attempts}
                 events = by_referral.setdefault(row.referral_id, [])
                 events.append(
@@ -146,6 +147,8 @@ class Outbox:
                 self._log(row, reason, final)
             if by_referral:
                 await transitions(conn, by_referral)
+            for sid in early:  # after the sends are on the record, so the audit reads in order
+                await apply_early_statuses(conn, self._s, self._sealer, sid, now)
 
     @staticmethod
     def _log(row: Any, reason: str | None, final: bool) -> None:
@@ -167,27 +170,3 @@ class Outbox:
                 row.attempts,
                 reason,
             )
-
-
-async def mark_alert_dead(
-    conn: Any, row: Any, now: datetime, actor: str, reason: str, events: list[audit.Event]
-) -> None:
-    """An alert (email or SMS) failed for good: the chain's next step is due now, and if no other
-    alert for the referral is still on its way, the referral is undeliverable (on the report)."""
-    await hasten_next_step(conn, row.referral_id, now)
-    other = (
-        await conn.execute(
-            select(deliveries.c.id)
-            .where(
-                deliveries.c.referral_id == row.referral_id,
-                deliveries.c.id != row.id,
-                deliveries.c.kind.in_(ALERT_KINDS),
-                deliveries.c.state.in_(("pending", "sent")),
-            )
-            .limit(1)
-        )
-    ).first()
-    if other is None:
-        events.append(
-            audit.Event(row.referral_id, now, actor, "undeliverable", {"team": row.team_id, "reason": reason})
-        )

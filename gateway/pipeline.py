@@ -204,6 +204,26 @@ class Processor:
             referral, partner = read_sms_referral(self._s, raw, envelope)
             stages.append("route")
             return await self._routed(row, now, referral, partner, {}, Content(referral, ()), "sms")
+        if row.channel == Channel.WEB.value:
+            # The web form stores the referral.json document it built; the reply page gave the
+            # reference, and a receipt goes to the email address the referrer gave, if any.
+            stages.append("parse")
+            referral = parse_json(raw, now.astimezone(UK).date())
+            stages.append("route")
+            prep = await self._routed(
+                row, now, referral, referral.referrer.organisation, {}, Content(referral, ()), "web form"
+            )
+            if envelope.get("referrer_email"):
+                prep.outgoing.append(
+                    self._composer.receipt(
+                        reference=row.reference,
+                        to=envelope["referrer_email"],
+                        received_at=row.received_at,
+                        now=now,
+                        in_reply_to=None,
+                    )
+                )
+            return prep
         outer = read_outer(raw)
         reply_to = envelope.get("mail_from") or ""
         opened, security = await self._opener.open(raw, reply_to, outer)

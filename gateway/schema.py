@@ -142,7 +142,7 @@ deliveries = Table(
     # SMS: the provider's message SID and its latest status (queued, sent, delivered, undelivered,
     # failed), from status callbacks or, when none came in time, a fetch by SID.
     Column("provider_id", String(64)),
-    Column("provider_status", String(16)),
+    Column("provider_status", String(32)),
     Index("ix_deliveries_queue", "state", "next_attempt_at"),
     Index("ix_deliveries_provider_id", "provider_id"),
     Index("ix_deliveries_referral_id", "referral_id"),
@@ -156,7 +156,7 @@ sms_webhooks = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("kind", String(16), nullable=False),  # inbound | status
     Column("message_sid", String(64), nullable=False),
-    Column("status", String(16), nullable=False),  # the MessageStatus of a callback; "" for inbound
+    Column("status", String(32), nullable=False),  # the MessageStatus of a callback; "" for inbound
     Column("sender_hash", String(64), nullable=False),  # keyed hash of the number, for rate limits
     Column("payload", LargeBinary, nullable=False),  # sealed: the form as posted
     Column("outcome", String(200), nullable=False),  # what was done, with no personal data
@@ -182,3 +182,4 @@ deadlines = Table(
     Column("detail", Text),  # JSON, once fired: whom it alerted on which channels, or why it skipped
     Index("ix_deadlines_open", "fired_at", "cancelled_at", "due_at"),
 )
+

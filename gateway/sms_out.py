@@ -54,7 +54,9 @@ class Status:
 def _failure(exc: Exception, what: str) -> Exception:
     if isinstance(exc, TwilioRestException):
         reason = f"Twilio refused to {what} (HTTP {exc.status}, error {exc.code})"
-        if exc.status == 429 or exc.status >= 500:
+        # 429 and 5xx pass; 401/403 mean our credentials are wrong, which an administrator can
+        # fix: retried, so that every alert does not die at once over a bad token.
+        if exc.status in (401, 403, 429) or exc.status >= 500:
             return TemporaryFailure(reason)
         return PermanentFailure(reason)
     # A timeout or a refused connection (requests' exceptions, under the client): try again later.

@@ -7,6 +7,7 @@ escalation chain's next step forward, since its recipient will not see it.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from typing import Any
@@ -18,12 +19,12 @@ from gateway import audit
 from gateway.clock import Clock
 from gateway.config import Settings
 from gateway.db import Database
-from gateway.outbox import ALERT_KINDS, mark_alert_dead
 from gateway.outcomes import TemporaryFailure
 from gateway.queue import backoff
-from gateway.schema import deliveries
+from gateway.schema import deliveries, sms_webhooks
+from gateway.sealing import Sealer
 from gateway.sms_out import FINAL, TwilioTransport
-from gateway.track import hasten_next_step, transitions
+from gateway.track import ALERT_KINDS, hasten_next_step, mark_alert_dead, transitions
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ async def apply_status(
         await conn.execute(select(deliveries).where(deliveries.c.provider_id == sid).with_for_update())
     ).one_or_none()
     if row is None:
-        return "no delivery has this message SID"
+        return NO_DELIVERY
     current = row.provider_status or "queued"
     if current == status:
         return f"already {status}"
@@ -71,6 +72,31 @@ async def apply_status(
     if events:
         await transitions(conn, {row.referral_id: events})
     return outcome
+
+
+NO_DELIVERY = "no delivery has this message SID"
+
+
+async def apply_early_statuses(
+    conn: AsyncConnection, settings: Settings, sealer: Sealer, sid: str, now: datetime
+) -> None:
+    """Statuses that arrived before the outbox had recorded the SID (Twilio can call back before
+    our send's batch commits): stored then as waiting, applied now, in order."""
+    rows = (
+        await conn.execute(
+            select(sms_webhooks.c.id, sms_webhooks.c.status, sms_webhooks.c.payload)
+            .where(
+                sms_webhooks.c.kind == "status",
+                sms_webhooks.c.message_sid == sid,
+                sms_webhooks.c.outcome == NO_DELIVERY,
+            )
+            .order_by(sms_webhooks.c.id)
+        )
+    ).all()
+    for row in rows:
+        form = dict(json.loads(sealer.open(row.payload, f"sms:status:{sid}:{row.status}")))
+        outcome = await apply_status(conn, settings, sid, row.status, form.get("ErrorCode"), now, "sms:callback")
+        await conn.execute(update(sms_webhooks).where(sms_webhooks.c.id == row.id).values(outcome=outcome[:200]))
 
 
 class SmsReconciler:

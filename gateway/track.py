@@ -75,6 +75,33 @@ async def transitions(
     return states
 
 
+ALERT_KINDS = ("alert", "reminder")
+
+
+async def mark_alert_dead(
+    conn: AsyncConnection, row: Any, now: datetime, actor: str, reason: str, events: list[audit.Event]
+) -> None:
+    """An alert (email or SMS) failed for good: the chain's next step is due now, and if no other
+    alert for the referral is still on its way, the referral is undeliverable (on the report)."""
+    await hasten_next_step(conn, row.referral_id, now)
+    other = (
+        await conn.execute(
+            select(deliveries.c.id)
+            .where(
+                deliveries.c.referral_id == row.referral_id,
+                deliveries.c.id != row.id,
+                deliveries.c.kind.in_(ALERT_KINDS),
+                deliveries.c.state.in_(("pending", "sent")),
+            )
+            .limit(1)
+        )
+    ).first()
+    if other is None:
+        events.append(
+            audit.Event(row.referral_id, now, actor, "undeliverable", {"team": row.team_id, "reason": reason})
+        )
+
+
 async def hasten_next_step(conn: AsyncConnection, referral_id: str, now: datetime) -> None:
     """An alert failed for good: its recipient will not see it, so the chain's next step is due
     now rather than after a wait nobody can end."""
@@ -144,7 +171,11 @@ class Tracker:
         query = (
             select(referrals.c.id, referrals.c.reference)
             .join(deliveries, deliveries.c.referral_id == referrals.c.id)
-            .where(deliveries.c.recipient_hash == recipient_hash, deliveries.c.kind.in_(("alert", "reminder")))
+            .where(
+                deliveries.c.recipient_hash == recipient_hash,
+                deliveries.c.kind.in_(ALERT_KINDS),
+                deliveries.c.state == "sent",  # a pending or dead alert never reached the phone
+            )
             .order_by(deliveries.c.created_at.desc(), deliveries.c.id)
             .limit(1)
         )
@@ -259,7 +290,7 @@ class Tracker:
         if receipt is None or message is None:
             return "email", None
         envelope = json.loads(self._sealer.open(message.envelope, sealed_context("envelope", row.message_id)))
-        return "email", envelope.get("mail_from") or None
+        return "email", envelope.get("mail_from") or envelope.get("referrer_email") or None
 
     async def fire_due(self) -> int:
         """Fire what has fallen due: a missed acknowledgement deadline (an `overdue` event; the

@@ -48,7 +48,11 @@ BROKEN: dict[str, tuple[Callable[[str], str], str, tuple[str, ...], tuple[str, .
         ("'to' later than 'from'",),
     ),
     "unknown escalation chain": (
-        lambda t: edited(t, 'escalation = "standard"', 'escalation = "standrad"'),
+        lambda t: edited(
+            t,
+            'deadline.\nescalation = { immediate = "immediate", urgent = "urgent", standard = "standard" }',
+            'deadline.\nescalation = { immediate = "immediate", urgent = "urgent", standard = "standrad" }',
+        ),
         "teams[1].escalation",
         ("unknown escalation chain 'standrad'",),
         ("immediate, urgent, standard",),

@@ -256,15 +256,47 @@ def with_attachment(body: str) -> bytes:
     )
 
 
-async def start_with_team_key(setup: Setup, clock: FakeClock, team_key: str) -> Gateway:
+async def start_with_team_key(
+    setup: Setup, clock: FakeClock, team_key: str, after: str = 'email = "mash-duty@demo-council.example"'
+) -> Gateway:
+    """The gateway with `team_key` added after the line `after` (the MASH mailbox, or a member)."""
     text = write_config(setup.home, config_text(setup, strict=False)).read_text()
-    text = text.replace(
-        'email = "mash-duty@demo-council.example"', f'email = "mash-duty@demo-council.example"\n{team_key}'
-    )
+    assert text.count(after) == 1
+    text = text.replace(after, f"{after}\n{team_key}")
     (setup.home / "config" / "gateway.toml").write_text(text)
     gw = Gateway(config_mod.load(setup.home / "config" / "gateway.toml"), clock=clock, workers=False)
     await gw.start()
     return gw
+
+
+def recipient_key(setup: Setup, home: Path, uid: str) -> str:
+    """An OpenPGP key for a recipient in their own GnuPG home, imported into the gateway's; the
+    recipient holds the gateway's public key to verify its signature. Returns the fingerprint."""
+    home.chmod(0o700)
+    gpg(home, "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "2y")
+    fpr = gpg(home, "--with-colons", "--list-secret-keys").decode().split("fpr:::::::::")[1][:40]
+    gpg(home, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
+    pgp = OpenPGP(setup.home / "keys" / "gnupg")
+    pgp.import_keys(gpg(home, "--armor", "--export", fpr))
+    gpg(home, "--import", stdin=pgp.export_public(setup.pgp_gateway_fpr))
+    pgp.close()
+    return fpr
+
+
+def decrypt_alert(setup: Setup, home: Path, alert: email.message.EmailMessage) -> bytes:
+    assert alert.get_content_type() == "multipart/encrypted"
+    assert "Sam Testchild" not in alert.as_string()  # nothing readable on the wire
+    armoured = alert.get_payload()[1].get_payload(decode=True)  # type: ignore[index,union-attr]
+    done = subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--status-fd", "2", "--decrypt"],
+        input=armoured,
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"VALIDSIG {setup.pgp_gateway_fpr}".encode() in done.stderr
+    assert b"GOODMDC" in done.stderr or b"DECRYPTION_OKAY" in done.stderr
+    return done.stdout
 
 
 def check_content(plaintext: bytes, reference: str) -> None:
@@ -280,46 +312,44 @@ async def test_alert_to_a_team_with_an_openpgp_key_carries_the_content_encrypted
     setup: Setup, clock: FakeClock, tmp_path: Path
 ) -> None:
     team_home = Path(tempfile.mkdtemp(prefix="gpg"))
-    team_home.chmod(0o700)
     try:
-        gpg(
-            team_home,
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            "MASH duty <mash-duty@demo-council.example>",
-            "ed25519",
-            "sign",
-            "2y",
-        )
-        team_fpr = gpg(team_home, "--with-colons", "--list-secret-keys").decode().split("fpr:::::::::")[1][:40]
-        gpg(team_home, "--passphrase", "", "--quick-add-key", team_fpr, "cv25519", "encr", "2y")
-        pgp = OpenPGP(setup.home / "keys" / "gnupg")
-        pgp.import_keys(gpg(team_home, "--armor", "--export", team_fpr))
-        gpg(team_home, "--import", stdin=pgp.export_public(setup.pgp_gateway_fpr))
-        pgp.close()
+        team_fpr = recipient_key(setup, team_home, "MASH duty <mash-duty@demo-council.example>")
         gw = await start_with_team_key(setup, clock, f'openpgp = "{team_fpr}"')
         try:
             reference = await send_and_process(gw, outer(with_attachment(referral_body()), "t1"))
         finally:
             await gw.stop()
         (alert,) = maildir_messages(setup.home, MASH)
-        assert alert.get_content_type() == "multipart/encrypted"
-        assert "Sam Testchild" not in alert.as_string()  # nothing readable on the wire
-        armoured = alert.get_payload()[1].get_payload(decode=True)
-        done = subprocess.run(
-            ["gpg", "--homedir", str(team_home), "--batch", "--status-fd", "2", "--decrypt"],
-            input=armoured,
-            capture_output=True,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        assert f"VALIDSIG {setup.pgp_gateway_fpr}".encode() in done.stderr
-        assert b"GOODMDC" in done.stderr or b"DECRYPTION_OKAY" in done.stderr
-        check_content(done.stdout, reference)
+        check_content(decrypt_alert(setup, team_home, alert), reference)
     finally:
         subprocess.run(["gpgconf", "--homedir", str(team_home), "--kill", "gpg-agent"], check=False)
         shutil.rmtree(team_home, ignore_errors=True)
+
+
+async def test_a_member_on_duty_with_a_key_gets_the_content_and_the_others_do_not(
+    setup: Setup, clock: FakeClock
+) -> None:
+    # Wednesday morning: Asha and Ben are on the MASH rota. Only Asha has a key.
+    asha = "asha.okafor@demo-council.example"
+    member_home = Path(tempfile.mkdtemp(prefix="gpg"))
+    try:
+        fpr = recipient_key(setup, member_home, f"Asha Okafor <{asha}>")
+        gw = await start_with_team_key(setup, clock, f'openpgp = "{fpr}"', after=f'email = "{asha}"')
+        try:
+            reference = await send_and_process(gw, outer(with_attachment(referral_body()), "t1m"))
+        finally:
+            await gw.stop()
+        (alert,) = maildir_messages(setup.home, asha)
+        check_content(decrypt_alert(setup, member_home, alert), reference)
+        for plain in (
+            maildir_messages(setup.home, "ben.carter@demo-council.example")[0],
+            *maildir_messages(setup.home, MASH),
+        ):
+            assert plain.get_content_type() == "text/plain"
+            assert reference in plain.get_content() and "Sam Testchild" not in plain.as_string()
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(member_home), "--kill", "gpg-agent"], check=False)
+        shutil.rmtree(member_home, ignore_errors=True)
 
 
 async def test_alert_to_a_team_with_an_smime_certificate_decrypts_and_verifies_with_openssl(

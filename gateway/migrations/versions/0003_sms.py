@@ -17,14 +17,14 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("deliveries") as batch:
         batch.add_column(sa.Column("provider_id", sa.String(length=64), nullable=True))
-        batch.add_column(sa.Column("provider_status", sa.String(length=16), nullable=True))
+        batch.add_column(sa.Column("provider_status", sa.String(length=32), nullable=True))
         batch.create_index("ix_deliveries_provider_id", ["provider_id"])
     op.create_table(
         "sms_webhooks",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("message_sid", sa.String(length=64), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column("sender_hash", sa.String(length=64), nullable=False),
         sa.Column("payload", sa.LargeBinary(), nullable=False),
         sa.Column("outcome", sa.String(length=200), nullable=False),
