@@ -17,9 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import Settings
 from gateway.db import snapshot
 from gateway.lifecycle import TRACKED_OPEN, State
-from gateway.schema import deliveries, events, messages, referrals
+from gateway.schema import deliveries, events, messages, referrals, sms_webhooks
 
 FORMATS = ("table", "csv", "json")
+HELD_SMS_SHOWN = timedelta(days=7)  # held texts are listed this long (they carry no referral)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,17 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
                 )
             )
         ).all()
+        held = (
+            await conn.execute(
+                select(sms_webhooks.c.received_at, sms_webhooks.c.message_sid)
+                .where(
+                    sms_webhooks.c.kind == "inbound",
+                    sms_webhooks.c.outcome.like("over the rate limit%"),
+                    sms_webhooks.c.received_at >= now - HELD_SMS_SHOWN,
+                )
+                .order_by(sms_webhooks.c.received_at)
+            )
+        ).all()
         steps = (
             await conn.execute(
                 select(events.c.referral_id, events.c.at, events.c.detail)
@@ -110,6 +122,19 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
             out.append(
                 Row(r.reference, team, r.state, r.received_at, now - r.received_at, "; ".join(reasons), escalation)
             )
+    # Texts that were not referrals (an ACK, HELP, STOP) and came over a number's rate limit: stored
+    # but not acted on, so a person should look (an ACK held back means a chain still running).
+    for sms in held:
+        out.append(
+            Row(
+                f"SMS {sms.message_sid[-8:]}",
+                "-",
+                "held",
+                sms.received_at,
+                now - sms.received_at,
+                "a text (not a referral) over its number's SMS rate limit was stored, not acted on",
+            )
+        )
     return out
 
 

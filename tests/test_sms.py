@@ -492,6 +492,9 @@ async def test_texts_over_the_rate_limit_are_stored_reported_and_not_answered(
         assert held not in within
         assert "over the SMS rate limit" in str(rows[held])
         assert all(states[ref] == "alerted" for ref in within)
+        # The HELP over the limit is not a referral, but it is on the report too: held, not lost.
+        (text_held,) = [r for r in rows.values() if r.state == "held"]
+        assert text_held.reference.startswith("SMS ") and "over its number's SMS rate limit" in text_held.reason
 
         # The window moves on: the number is heard again.
         clock.advance(timedelta(hours=1, seconds=1))
