@@ -33,6 +33,7 @@ from gateway.store import IntakeWriter
 from gateway.tokens import AckSigner
 from gateway.track import Tracker
 from gateway.web import AckPages, make_app, web_environment
+from gateway.web_form import ReferralForm
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,9 @@ class Gateway:
             cfg.settings.gateway.duty_phone,
         )
         app = make_app(pages)
+        # After make_app: the form's response hook (a CSP with a nonce for its one module script)
+        # must run after the site-wide headers.
+        ReferralForm.from_config(cfg, self.writer, self.clock).routes(app)
         if self.sms_transport is not None:
             SmsWebhooks(cfg, token, self.db, self.sealer, self.signer, self.writer, self.tracker, self.clock).routes(
                 app
