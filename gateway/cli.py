@@ -211,9 +211,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=report.FORMATS, default="table")
     p.set_defaults(func=cmd_report)
     command("verify", "check that every accepted referral is tracked").set_defaults(func=cmd_verify)
-    from gateway import keys_cli  # `keys ...` lives in its own module (key management, not serving)
+    from gateway import keys_cli, users_cli  # `keys ...`, `users ...`: their own modules (not serving)
 
     keys_cli.register(sub, DEFAULT_CONFIG)
+    users_cli.register(sub, DEFAULT_CONFIG)
     return top
 
 

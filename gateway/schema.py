@@ -183,3 +183,25 @@ deadlines = Table(
     Index("ix_deadlines_open", "fired_at", "cancelled_at", "due_at"),
 )
 
+# Staff who sign in to the web dashboard (gateway.users). Usernames are staff identifiers, stored
+# lower-case (gateway.users.normalise_username makes the unique key case-blind); logs name a user
+# by id only. password_hash is argon2id's encoded string (salt and parameters inside).
+# session_epoch is copied into each signed-in session: bumping it (sign-out, disable, password
+# reset) ends every session of that user, although the sessions themselves live in cookies.
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("display_name", String(200), nullable=False),
+    Column("role", String(16), nullable=False),  # duty | coordinator | admin
+    Column("teams", Text, nullable=False),  # JSON list of team ids (duty workers); "[]" otherwise
+    Column("password_hash", String(255), nullable=False),
+    Column("failed_attempts", Integer, nullable=False, default=0),  # since the last success or lock
+    Column("locked_until", UTCDateTime),
+    Column("disabled_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("password_changed_at", UTCDateTime, nullable=False),
+    Column("last_sign_in_at", UTCDateTime),
+    Column("session_epoch", Integer, nullable=False, default=0),
+)
