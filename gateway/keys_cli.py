@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway import config as config_mod
+from gateway.cli_groups import command_group
 from gateway.clock import SystemClock
 from gateway.config import Config
 from gateway.crypto import CryptoError
@@ -554,27 +555,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 # -- registration ---------------------------------------------------------------------------------------------
 
 
-def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except KeysError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_config: Path) -> None:
     """Adds `keys` and its subcommands to the `referral-gateway` parser."""
-    group = sub.add_parser("keys", help="make, import, list and export keys and certificates")
-    commands = group.add_subparsers(dest="keys_command", required=True)
-
-    def command(name: str, helptext: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        p = commands.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("--config", type=Path, default=default_config, help=f"config file (default: {default_config})")
-        p.set_defaults(func=_guarded(func))
-        return p
+    command = command_group(
+        sub, "keys", "make, import, list and export keys and certificates", default_config, KeysError
+    )
 
     p = command("init", "make the gateway's OpenPGP key and S/MIME certificate (development)", cmd_init)
     p.add_argument("--email", help="address in the key and certificate (default: mail.from_address)")

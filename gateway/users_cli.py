@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from gateway import config as config_mod
 from gateway import db
+from gateway.cli_groups import command_group
 from gateway.clock import SystemClock
 from gateway.compose import UK
 from gateway.config import Config
@@ -161,27 +162,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_config: Path) -> None:
     """Adds `users` and its subcommands to the `referral-gateway` parser."""
-    group = sub.add_parser("users", help="add, disable and list staff who sign in to the web dashboard")
-    commands = group.add_subparsers(dest="users_command", required=True)
-
-    def command(name: str, helptext: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        p = commands.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("--config", type=Path, default=default_config, help=f"config file (default: {default_config})")
-        p.set_defaults(func=_guarded(func))
-        return p
+    command = command_group(
+        sub, "users", "add, disable and list staff who sign in to the web dashboard", default_config, UserError
+    )
 
     def password_option(p: argparse.ArgumentParser) -> None:
         p.add_argument(
