@@ -18,6 +18,7 @@ from gateway import db
 from gateway.clock import Clock, SystemClock
 from gateway.compose import Composer, email_environment
 from gateway.config import Config
+from gateway.dashboard import DashboardPages
 from gateway.deliver import MaildirTransport, SmtpRelayTransport, Transport
 from gateway.identity import load_identity
 from gateway.intake_smtp import start_smtp, tls_context
@@ -32,8 +33,10 @@ from gateway.sms_webhooks import SmsWebhooks
 from gateway.store import IntakeWriter
 from gateway.tokens import AckSigner
 from gateway.track import Tracker
+from gateway.users import Users
 from gateway.web import AckPages, make_app, web_environment
 from gateway.web_form import ReferralForm
+from gateway.web_session import setup_sessions
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,12 @@ class Gateway:
         # After make_app: the form's response hook (a CSP with a nonce for its one module script)
         # must run after the site-wide headers.
         ReferralForm.from_config(cfg, self.writer, self.clock).routes(app)
+        # After the form: the dashboard reuses its /assets route, and its CSP hook must run after
+        # make_app's. Sessions are set up once for every staff page.
+        setup_sessions(app, cfg.keys_dir, cfg.settings.http.public_url)
+        DashboardPages(
+            cfg, self.db, self.sealer, self.signer, self.tracker, self.identity, Users(self.db), self.clock
+        ).routes(app)
         if self.sms_transport is not None:
             SmsWebhooks(cfg, token, self.db, self.sealer, self.signer, self.writer, self.tracker, self.clock).routes(
                 app

@@ -52,10 +52,15 @@ _INFO = frozenset(
         "delivery_failed",
         "delivery_dead",
         "delivery_confirmed",
+        "decision",
         "overdue",
         "escalation_step",
         "alerted",
         "undeliverable",
+        # The staff dashboard (gateway.dashboard): a person read the content or opened an
+        # attachment. Every view of content is audited, in any state.
+        "viewed",
+        "attachment_opened",
     }
 )
 

@@ -1,0 +1,471 @@
+"""What the staff dashboard shows, read from the store: the queues, one referral, its timeline,
+earlier referrals about the same child, and the closure with its outcome.
+
+The web pages (gateway.dashboard) only render what these functions return. Who may see what is
+decided here, in `may_see`, and every function that returns content takes the user.
+
+Earlier referrals about the same child are found by opening every older referral's sealed content
+and comparing identifiers: no identifier is stored in clear (DESIGN.md, Security rules), and an
+index of keyed hashes would need a schema change. Opening a blob is AES-GCM and a JSON parse
+(microseconds), so this is fine for tens of thousands of referrals; past that, add a column of
+keyed hashes of the NHS number and of name+date of birth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from gateway import audit
+from gateway.compose import Composer, Outgoing, uk_time
+from gateway.config import Settings
+from gateway.crypto import CryptoError
+from gateway.db import Database
+from gateway.enqueue import queue_outgoing
+from gateway.identity import Identity
+from gateway.lifecycle import State
+from gateway.mimebytes import MimeError
+from gateway.model import Child, Referral
+from gateway.open import Attachment, looks_protected, open_message
+from gateway.protect import Protector
+from gateway.report import human
+from gateway.schema import deliveries, events, messages, referrals
+from gateway.sealing import Sealer
+from gateway.store import sealed_context
+from gateway.track import Tracker, transition
+from gateway.users import Role, User
+
+log = logging.getLogger(__name__)
+
+OPEN_STATES = (State.ROUTED, State.ALERTED, State.UNDELIVERABLE)
+ACKNOWLEDGEABLE = frozenset(OPEN_STATES)
+_URGENCY_RANK = {"immediate": 0, "urgent": 1, "standard": 2}
+REFERRAL_ID = re.compile(r"[0-9a-f]{32}")
+
+# The outcome of the duty team's first decision, as the referrer is told it (value -> words).
+OUTCOMES: dict[str, str] = {
+    "no_further_action": "No further action",
+    "early_help": "Early help",
+    "assessment": "Assessment",
+    "strategy_discussion": "Strategy discussion",
+    "passed_on": "Passed to another area",
+}
+
+
+def may_see(user: User, team_id: str | None) -> bool:
+    """Coordinators see every referral (also those not routed yet); duty workers those of their
+    teams; administrators none."""
+    if user.role is Role.COORDINATOR:
+        return True
+    return team_id is not None and user.may_see_team(team_id)
+
+
+# --- the queues -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    id: str
+    reference: str
+    urgency: str | None
+    state: str
+    incomplete: bool
+    received_at: datetime
+    due_at: datetime | None
+    left: timedelta | None  # negative: late
+    step: str  # the escalation chain's latest step, "" before any
+
+    @property
+    def late(self) -> bool:
+        return self.left is not None and self.left <= timedelta(0)
+
+    @property
+    def time_left(self) -> str:
+        if self.left is None:
+            return "no deadline"
+        return f"late by {human(-self.left)}" if self.late else f"{human(self.left)} left"
+
+
+@dataclass
+class TeamQueue:
+    team_id: str
+    team_name: str
+    rows: list[QueueRow] = field(default_factory=list)
+
+
+def urgency_order(row: QueueRow) -> tuple[Any, ...]:
+    """Most urgent first: the earliest deadline (the latest first of the late ones), then the
+    urgency, then the oldest; a referral without a deadline after those with one."""
+    return (
+        row.due_at is None,
+        row.due_at or row.received_at,
+        _URGENCY_RANK.get(row.urgency or "", 3),
+        row.received_at,
+        row.reference,
+    )
+
+
+def _step_text(detail: Mapping[str, Any]) -> str:
+    notify = ", ".join(str(n) for n in detail.get("notify", []))
+    return f"step {detail['step']}" + (f" ({notify})" if notify else "")
+
+
+async def queues(db: Database, settings: Settings, user: User, now: datetime) -> list[TeamQueue]:
+    """The open referrals (routed, alerted or undeliverable: not acknowledged) of every team the
+    user may see, each team's most urgent first; teams in config order, then any no longer in it."""
+    if user.role is Role.ADMIN:
+        return []
+    query = select(
+        referrals.c.id,
+        referrals.c.reference,
+        referrals.c.urgency,
+        referrals.c.state,
+        referrals.c.incomplete,
+        referrals.c.received_at,
+        referrals.c.due_at,
+        referrals.c.team_id,
+    ).where(referrals.c.state.in_([s.value for s in OPEN_STATES]), referrals.c.acknowledged_at.is_(None))
+    if user.role is Role.DUTY:
+        query = query.where(referrals.c.team_id.in_(user.teams))
+    async with db.read() as conn:
+        rows = (await conn.execute(query)).all()
+        steps = (
+            await conn.execute(
+                select(events.c.referral_id, events.c.detail)
+                .where(events.c.kind == "escalation_step", events.c.referral_id.in_([r.id for r in rows]))
+                .order_by(events.c.id)
+            )
+        ).all()
+    latest: dict[str, str] = {}
+    for step in steps:
+        detail = json.loads(step.detail)
+        if "step" in detail:
+            latest[step.referral_id] = _step_text(detail)
+    by_team: dict[str, TeamQueue] = {}
+    order = [t.id for t in settings.teams if may_see(user, t.id)]
+    for team_id in order:
+        by_team[team_id] = TeamQueue(team_id, settings.team_name(team_id))
+    for r in rows:
+        if not may_see(user, r.team_id):
+            continue
+        queue = by_team.setdefault(r.team_id, TeamQueue(r.team_id, settings.team_name(r.team_id)))
+        queue.rows.append(
+            QueueRow(
+                id=r.id,
+                reference=r.reference,
+                urgency=r.urgency,
+                state=r.state,
+                incomplete=bool(r.incomplete),
+                received_at=r.received_at,
+                due_at=r.due_at,
+                left=(r.due_at - now) if r.due_at else None,
+                step=latest.get(r.id, ""),
+            )
+        )
+    for queue in by_team.values():
+        queue.rows.sort(key=urgency_order)
+    return list(by_team.values())
+
+
+# --- one referral ---------------------------------------------------------------------------------
+
+
+async def load(db: Database, referral_id: str) -> Any | None:
+    """The referral row, or None for an id that is not one (never an error: the caller answers
+    the same whether it does not exist or may not be seen)."""
+    if not REFERRAL_ID.fullmatch(referral_id):
+        return None
+    async with db.read() as conn:
+        return (await conn.execute(select(referrals).where(referrals.c.id == referral_id))).one_or_none()
+
+
+def open_content(sealer: Sealer, row: Any) -> Referral | None:
+    if row.content is None:  # not read yet, or quarantined
+        return None
+    data = json.loads(sealer.open(row.content, sealed_context("content", row.id)))
+    data.pop("reply_key", None)
+    return Referral.from_json(data)
+
+
+async def record(db: Database, referral_id: str, user: User, now: datetime, kind: str, **detail: Any) -> None:
+    """An audited event by a staff user that does not move the referral (viewed, attachment_opened).
+    Written before the content is shown: if the audit cannot be written, nothing is shown."""
+    async with db.write() as conn:
+        await audit.append(
+            conn, [audit.Event(referral_id, now, f"user:{user.id}", kind, {"role": user.role.value, **detail})]
+        )
+
+
+async def attachments(
+    db: Database, sealer: Sealer, identity: Identity, row: Any
+) -> tuple[tuple[Attachment, ...], str | None]:
+    """The attachments of an email referral, re-read from the stored raw message (only the parsed
+    referral is kept apart from it), and a note when they could not be read here."""
+    if row.channel != "email":
+        return (), None
+    async with db.read() as conn:
+        message = (
+            await conn.execute(select(messages.c.raw).where(messages.c.id == row.message_id))
+        ).scalar_one_or_none()
+    if message is None:
+        return (), None
+    raw = sealer.open(message, sealed_context("raw", row.message_id))
+    try:
+        unwrapped = await identity.unwrapper().unwrap(raw)
+    except (MimeError, CryptoError):
+        if looks_protected(raw):
+            return (), "The attachments could not be decrypted here; they are in the secure alert email."
+        return open_message(raw).attachments, None
+    return open_message(unwrapped.entity.raw).attachments, None
+
+
+# --- the timeline ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    at: datetime
+    what: str
+
+
+_DELIVERY_WORDS = {
+    "alert": "alert",
+    "reminder": "reminder",
+    "receipt": "receipt to the referrer",
+    "ack_notice": "acknowledgement notice to the referrer",
+    "ack_told": "stand-down notice",
+    "notice": "notice to the sender",
+    "outcome_notice": "outcome notice to the referrer",
+}
+
+
+def _actor_name(actor: str, names: Mapping[str, str]) -> str:
+    kind, _, who = actor.partition(":")
+    if kind == "user":
+        return names.get(who, "a staff user")
+    if kind == "person":
+        return who
+    return "the gateway"
+
+
+def describe(
+    kind: str,
+    actor: str,
+    detail: Mapping[str, Any],
+    settings: Settings,
+    names: Mapping[str, str],
+    sent: Mapping[str, Any],
+) -> str:
+    """One event in words. Event details never hold personal data; staff names come from `names`."""
+    delivery = sent.get(str(detail.get("delivery", "")))
+    what = _DELIVERY_WORDS.get(str(detail.get("kind", "")), str(detail.get("kind", "message")))
+    channel = f" by {delivery.channel}" if delivery is not None else ""
+    team_id = detail.get("team") or (delivery.team_id if delivery is not None else None)
+    team = f" to {settings.team_name(team_id)}" if team_id else ""
+    by = _actor_name(actor, names)
+    match kind:
+        case "received":
+            return f"Received ({actor.removeprefix('intake:')})"
+        case "parsed":
+            problems = detail.get("problem_fields") or []
+            text = "Read" + (" (encrypted)" if detail.get("encrypted") else "")
+            text += f"; {detail.get('attachments', 0)} attachment(s)"
+            return text + (f"; incomplete: {', '.join(problems)}" if problems else "")
+        case "routed":
+            due = datetime.fromisoformat(detail["due_at"]) if detail.get("due_at") else None
+            text = f"Routed{team} by the route {detail.get('route', '?')}"
+            return text + (f"; to be acknowledged within {detail.get('deadline')}, by {uk_time(due)}" if due else "")
+        case "delivery_queued":
+            return f"The {what}{team} was queued"
+        case "delivery_sent":
+            return f"The {what}{team} was sent{channel} (attempt {detail.get('attempt', 1)})"
+        case "delivery_confirmed":
+            return f"The {what}{team} was delivered{channel} (confirmed by the provider)"
+        case "delivery_failed":
+            return f"The {what}{team} failed{channel} (attempt {detail.get('attempt', '?')}); trying again"
+        case "delivery_dead":
+            return f"The {what}{team} failed for good{channel}: {detail.get('reason', 'no reason given')}"
+        case "alerted":
+            return f"Alerted {team.removeprefix(' to ')}".rstrip() + (
+                f" by {detail['channel']}" if detail.get("channel") else ""
+            )
+        case "escalation_step" if "step" in detail:
+            if detail.get("skipped"):
+                return f"Escalation {_step_text(detail)}: skipped, nobody reachable"
+            alerted = ", ".join(str(a) for a in detail.get("alerted", [])) or "nobody"
+            return f"Escalation {_step_text(detail)}: alerted {alerted}"
+        case "escalation_step":
+            return f"Escalation: {detail.get('stopped') or detail.get('failed') or 'no step'}"
+        case "overdue":
+            return "Not acknowledged by its deadline"
+        case "acknowledged":
+            return f"Acknowledged by {by}" + (f" ({detail['via']})" if detail.get("via") else "")
+        case "closed":
+            return f"Closed by {by}: {OUTCOMES.get(str(detail.get('outcome')), 'outcome not recorded')}"
+        case "viewed":
+            return f"Viewed by {by}"
+        case "attachment_opened":
+            return f"Attachment {detail.get('index', '?')} opened by {by}"
+        case "quarantined":
+            return f"Quarantined at stage {detail.get('stage', '?')}: {detail.get('reason', '?')}"
+        case "undeliverable":
+            return f"Undeliverable{team}: {detail.get('reason', 'every alert failed')}"
+        case "receipt_skipped":
+            return f"No receipt sent ({detail.get('why', '?')})"
+    return kind.replace("_", " ").capitalize()
+
+
+async def timeline(db: Database, settings: Settings, referral_id: str, names: Mapping[str, str]) -> list[Entry]:
+    async with db.read() as conn:
+        rows = (
+            await conn.execute(select(events).where(events.c.referral_id == referral_id).order_by(events.c.id))
+        ).all()
+        sent = {
+            d.id: d
+            for d in await conn.execute(
+                select(deliveries.c.id, deliveries.c.channel, deliveries.c.team_id).where(
+                    deliveries.c.referral_id == referral_id
+                )
+            )
+        }
+    return [Entry(r.at, describe(r.kind, r.actor, json.loads(r.detail), settings, names, sent)) for r in rows]
+
+
+# --- earlier referrals about the same child --------------------------------------------------------
+
+
+def _folded(text: str | None) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text or "").casefold().split())
+
+
+def same_child(a: Child, b: Child) -> str | None:
+    """Why two referrals are about the same child, or None: the same NHS number, or the same name
+    (ignoring case and spacing) and date of birth."""
+    if a.nhs_number and a.nhs_number == b.nhs_number:
+        return "same NHS number"
+    if (
+        _folded(a.name)
+        and _folded(a.name) == _folded(b.name)
+        and a.date_of_birth
+        and a.date_of_birth == b.date_of_birth
+    ):
+        return "same name and date of birth"
+    return None
+
+
+@dataclass(frozen=True)
+class Earlier:
+    id: str
+    reference: str
+    received_at: datetime
+    team: str
+    state: str
+    why: str
+
+
+async def earlier(
+    db: Database, sealer: Sealer, settings: Settings, user: User, row: Any, child: Child
+) -> list[Earlier]:
+    """Referrals received before this one about the same child that the user may see, newest first."""
+    if not (child.nhs_number or (_folded(child.name) and child.date_of_birth)):
+        return []
+    async with db.read() as conn:
+        others = (
+            await conn.execute(
+                select(
+                    referrals.c.id,
+                    referrals.c.reference,
+                    referrals.c.received_at,
+                    referrals.c.team_id,
+                    referrals.c.state,
+                    referrals.c.content,
+                )
+                .where(
+                    referrals.c.id != row.id,
+                    referrals.c.received_at <= row.received_at,
+                    referrals.c.content.is_not(None),
+                )
+                .order_by(referrals.c.received_at.desc(), referrals.c.id)
+            )
+        ).all()
+    found: list[Earlier] = []
+    for other in others:
+        if not may_see(user, other.team_id):
+            continue
+        content = open_content(sealer, other)
+        why = same_child(child, content.child) if content else None
+        if why:
+            team = settings.team_name(other.team_id) if other.team_id else "not routed"
+            found.append(Earlier(other.id, other.reference, other.received_at, team, other.state, why))
+    return found
+
+
+# --- closing --------------------------------------------------------------------------------------
+
+
+class OutcomeComposer(Composer):
+    """The closure notice to the referrer: the reference and the outcome's category, nothing else."""
+
+    TEMPLATE = "web/staff/closed_notice.txt"
+    SMS_TEMPLATE = "web/staff/closed_notice_sms.txt"
+
+    def closed_notice(self, *, reference: str, to: str, outcome: str, channel: str, now: datetime) -> Outgoing:
+        context = {"reference": reference, "outcome": outcome, "now": now}
+        if channel != "sms":
+            return self._build("outcome_notice", self.TEMPLATE, to, context)
+        text = self._env.get_template(self.SMS_TEMPLATE).render(
+            council=self._s.gateway.council, duty_phone=self._s.gateway.duty_phone, **context
+        )
+        return Outgoing(
+            "outcome_notice", to, " ".join(text.split()).encode(), self._signer.recipient_hash(to), None, "sms"
+        )
+
+
+class NotAcknowledged(Exception):
+    """Only an acknowledged referral can be closed: somebody named must have had it first."""
+
+
+async def close(
+    db: Database,
+    sealer: Sealer,
+    composer: OutcomeComposer,
+    tracker: Tracker,
+    protector: Protector,
+    referral_id: str,
+    user: User,
+    outcome: str,
+    now: datetime,
+) -> str:
+    """Record the outcome (a `closed` event by the user) and queue the notice to the referrer, in
+    one transaction; returns the reference. Raises NotAcknowledged (nothing written) otherwise."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}")
+    async with db.write() as conn:
+        row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id).with_for_update())).one()
+        if row.state != State.ACKNOWLEDGED:
+            raise NotAcknowledged(row.reference)
+        batch = [audit.Event(referral_id, now, f"user:{user.id}", "closed", {"outcome": outcome})]
+        # The referrer is told on the channel their receipt and acknowledgement notice went to.
+        # (Tracker's rule, reused rather than copied, so the notices cannot drift apart.)
+        channel, to = await tracker._referrer_address(conn, row)
+        if to:
+            notice = composer.closed_notice(
+                reference=row.reference, to=to, outcome=OUTCOMES[outcome], channel=channel, now=now
+            )
+            if channel == "email" and row.content is not None:
+                reply_key = json.loads(sealer.open(row.content, sealed_context("content", referral_id))).get(
+                    "reply_key"
+                )
+                notice = await protector.maybe_protect(reply_key, notice)
+            batch += await queue_outgoing(conn, sealer, referral_id, [notice], now, f"user:{user.id}")
+        await transition(conn, referral_id, batch)
+    log.info("dashboard: referral %s closed by user %s (%s)", row.reference, user.id, outcome)
+    return str(row.reference)
