@@ -25,6 +25,7 @@ from gateway.intake_smtp import start_smtp, tls_context
 from gateway.outbox import Outbox
 from gateway.pipeline import Processor
 from gateway.protect import Protector
+from gateway.report_page import ReportPage
 from gateway.schema import messages
 from gateway.sealing import Sealer
 from gateway.sms_out import TwilioTransport, auth_token
@@ -35,8 +36,8 @@ from gateway.tokens import AckSigner
 from gateway.track import Tracker
 from gateway.users import Users
 from gateway.web import AckPages, make_app, web_environment
-from gateway.web_form import ReferralForm
-from gateway.web_session import setup_sessions
+from gateway.web_form import ReferralForm, form_environment
+from gateway.web_session import WebSessions, setup_sessions
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,17 @@ class Gateway:
         # After the form: the dashboard reuses its /assets route, and its CSP hook must run after
         # make_app's. Sessions are set up once for every staff page.
         setup_sessions(app, cfg.keys_dir, cfg.settings.http.public_url)
+        accounts = Users(self.db)
         DashboardPages(
-            cfg, self.db, self.sealer, self.signer, self.tracker, self.identity, Users(self.db), self.clock
+            cfg, self.db, self.sealer, self.signer, self.tracker, self.identity, accounts, self.clock
+        ).routes(app)
+        ReportPage(
+            self.db,
+            self.sealer,
+            WebSessions(accounts, self.clock),
+            cfg.settings,
+            form_environment(cfg.templates_dir),
+            self.clock,
         ).routes(app)
         if self.sms_transport is not None:
             SmsWebhooks(cfg, token, self.db, self.sealer, self.signer, self.writer, self.tracker, self.clock).routes(

@@ -1,5 +1,6 @@
 """Report: what coordinators must act on. Nothing leaves this list by itself: only an
-acknowledgement (or, later, a closure or a coordinator's recorded decision) ends a referral's time here.
+acknowledgement, a closure or a coordinator's recorded decision (gateway.decisions) ends an item's
+time here. The CLI (`report undelivered`) and the web page (gateway.report_page) show the same rows.
 """
 
 from __future__ import annotations
@@ -16,11 +17,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Settings
 from gateway.db import snapshot
+from gateway.decisions import covered, referral_key, sms_key
 from gateway.lifecycle import TRACKED_OPEN, State
 from gateway.schema import deliveries, events, messages, referrals, sms_webhooks
 
 FORMATS = ("table", "csv", "json")
 HELD_SMS_SHOWN = timedelta(days=7)  # held texts are listed this long (they carry no referral)
+
+# Kinds of reason an item is on the report: code (a filter value) -> words.
+KINDS: dict[str, str] = {
+    "quarantined": "Quarantined",
+    "unprocessed": "Not yet processed",
+    "late": "Not acknowledged in time",
+    "failed": "Delivery failed for good",
+    "held": "Text held over its rate limit",
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,9 @@ class Row:
     age: timedelta
     reason: str
     escalation: str = ""  # the chain's latest step and everyone alerted so far
+    key: str = ""  # the item's key for a decision (gateway.decisions): "referral:<id>" or "sms:<sid>"
+    team_id: str | None = None
+    kinds: tuple[str, ...] = ()  # codes from KINDS, one per kind of reason
 
 
 def human(delta: timedelta) -> str:
@@ -53,6 +67,9 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
                 .order_by(referrals.c.received_at)
             )
         ).all()
+        # Items a coordinator has decided on are off the report (unless something failed since).
+        decided = await covered(conn, [r.id for r in rows])
+        rows = [r for r in rows if referral_key(r.id) not in decided]
         ids = [r.id for r in rows]
         dead_rows = (
             await conn.execute(
@@ -83,6 +100,7 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
                 .order_by(sms_webhooks.c.received_at)
             )
         ).all()
+        held = [sms for sms in held if sms_key(sms.message_sid) not in decided]
         steps = (
             await conn.execute(
                 select(events.c.referral_id, events.c.at, events.c.detail)
@@ -100,27 +118,44 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
     out: list[Row] = []
     for r in rows:
         reasons: list[str] = []
+        kinds: list[str] = []
         team = settings.team_name(r.team_id) if r.team_id else "(not routed)"
         if r.state == State.QUARANTINED:
             q = quarantined.get(r.id, {})
             reasons.append(f"quarantined at stage {q.get('stage', '?')}: {q.get('reason', 'unknown')}")
+            kinds.append("quarantined")
         elif r.state == State.RECEIVED:
             grace = r.received_at + settings.deadlines.immediate
             if now >= grace or r.processing_error:
                 reasons.append(
                     "not yet processed" + (f" (last error: {r.processing_error})" if r.processing_error else "")
                 )
+                kinds.append("unprocessed")
         if r.state in (State.ROUTED, State.ALERTED, State.UNDELIVERABLE) and r.due_at and now >= r.due_at:
             found = settings.find_team(r.team_id) if r.team_id else None
             allowed = settings.deadline_rule(found, r.urgency).describe() if found else "its deadline"
             reasons.append(f"not acknowledged within {allowed} (overdue by {human(now - r.due_at)})")
+            kinds.append("late")
         for d in dead_by.get(r.id, ()):
             who = f"to {settings.team_name(d.team_id)}" if d.team_id else "to the referrer"
             reasons.append(f"{d.kind} {who} failed for good after {d.attempts} attempts: {d.last_error}")
+            if "failed" not in kinds:
+                kinds.append("failed")
         if reasons:
             escalation = escalation_summary(steps_by.get(r.id, []))
             out.append(
-                Row(r.reference, team, r.state, r.received_at, now - r.received_at, "; ".join(reasons), escalation)
+                Row(
+                    r.reference,
+                    team,
+                    r.state,
+                    r.received_at,
+                    now - r.received_at,
+                    "; ".join(reasons),
+                    escalation,
+                    key=referral_key(r.id),
+                    team_id=r.team_id,
+                    kinds=tuple(kinds),
+                )
             )
     # Texts that were not referrals (an ACK, HELP, STOP) and came over a number's rate limit: stored
     # but not acted on, so a person should look (an ACK held back means a chain still running).
@@ -133,6 +168,8 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
                 sms.received_at,
                 now - sms.received_at,
                 "a text (not a referral) over its number's SMS rate limit was stored, not acted on",
+                key=sms_key(sms.message_sid),
+                kinds=("held",),
             )
         )
     return out

@@ -205,3 +205,20 @@ users = Table(
     Column("last_sign_in_at", UTCDateTime),
     Column("session_epoch", Integer, nullable=False, default=0),
 )
+
+# A coordinator's recorded decision on an item of the report (gateway.decisions): who, when, what.
+# item_key names the item ("referral:<id>" or "sms:<message sid>" for a text held over its rate
+# limit, which has no referral). `what` is a code from gateway.decisions.WHAT; the free-text note
+# may hold personal data, so it is sealed (context "decision_note:<id>").
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("item_key", String(80), nullable=False),
+    Column("referral_id", String(32), ForeignKey("referrals.id")),  # None for a held text
+    Column("decided_by", String(32), ForeignKey("users.id"), nullable=False),
+    Column("decided_at", UTCDateTime, nullable=False),
+    Column("what", String(32), nullable=False),
+    Column("note", LargeBinary),  # sealed UTF-8 text; None when no note was given
+    Index("ix_decisions_item_key", "item_key"),
+)
