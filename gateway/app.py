@@ -49,6 +49,10 @@ def make_transport(config: Config) -> Transport:
     return SmtpRelayTransport(relay, config.keys_dir)
 
 
+async def _hsts(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+
+
 class Gateway:
     """One instance: SMTP and HTTP listeners plus the processing, outbox and deadline loops.
 
@@ -152,6 +156,9 @@ class Gateway:
                 app
             )
         app.on_response_prepare.append(self._after_request)
+        if cfg.settings.http.public_url.startswith("https://"):
+            # Served over TLS (here or at a proxy): browsers must never fall back to plain HTTP.
+            app.on_response_prepare.append(_hsts)
         self._http = web.AppRunner(app, access_log=None)  # access logs would record ack tokens
         await self._http.setup()
         site = web.TCPSite(self._http, cfg.settings.http.host, cfg.settings.http.port)
