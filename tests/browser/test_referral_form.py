@@ -33,6 +33,7 @@ BLANK_ERRORS = {
     "details": "Enter the details of your concern",
 }
 
+
 async def stored_references(gw: Gateway) -> list[str]:
     async with gw.engine.connect() as conn:
         return list((await conn.scalars(select(referrals.c.reference))).all())
