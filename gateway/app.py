@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import db
+from gateway.admin_pages import AdminPages
 from gateway.clock import Clock, SystemClock
 from gateway.compose import Composer, email_environment
 from gateway.config import Config
@@ -151,6 +152,7 @@ class Gateway:
             form_environment(cfg.templates_dir),
             self.clock,
         ).routes(app)
+        AdminPages(cfg, accounts, WebSessions(accounts, self.clock), self.clock).routes(app)
         if self.sms_transport is not None:
             SmsWebhooks(cfg, token, self.db, self.sealer, self.signer, self.writer, self.tracker, self.clock).routes(
                 app
