@@ -36,7 +36,7 @@ Browser = Callable[[], Awaitable[Client]]
 HOSTILE_NAME = '<script>alert("x")</script>\u202eevil\'"&'
 HOSTILE_STAFF = '<img src=x onerror=alert(1)> "Mo" O\'Neil'
 ALLOWED_URL = re.compile(
-    r"(/assets/[\w.-]+|/dashboard|/sign-in|/sign-out|/refer"
+    r"(/assets/[\w.-]+|/dashboard|/sign-in|/sign-out|/refer|/report|/admin/users|/admin/config"
     r"|/referrals/[0-9a-f]{32}(/acknowledge|/close|/attachments/\d+)?|#[\w-]+)"
 )
 

@@ -185,7 +185,12 @@ async def test_duty_worker_sees_acknowledges_and_closes_a_referral(
 
     await page.get_by_role("button", name="Close the referral").click()  # no outcome chosen
     await expect(page).to_have_title(re.compile(f"^Error: Referral {mine} – "))
-    await expect(page.locator(".govuk-error-summary").get_by_role("link", name="Select the outcome")).to_be_visible()
+    summary_link = page.locator(".govuk-error-summary").get_by_role("link", name="Select the outcome")
+    await expect(summary_link).to_be_visible()
+    # The GOV.UK error pattern: the summary links to the question's first radio, and the question
+    # carries the same message inline, announced with it.
+    await expect(summary_link).to_have_attribute("href", "#outcome-no_further_action")
+    await expect(page.locator("#outcome-error")).to_contain_text("Select the outcome")
     await later.check(page)
     await screenshot(page, f"staff-referral-error-{tab.variant}")
     outcome = page.get_by_role("group", name="Close with an outcome")
@@ -290,4 +295,47 @@ async def test_coordinator_report_filter_export_and_decision(tab: Tab, gateway: 
     await expect(page.get_by_text(mash)).to_have_count(0)
     await later.check(page)
     await screenshot(page, f"staff-report-forbidden-{tab.variant}")
+    later.assert_none()
+
+
+ADMIN = Staff("a.admin", "Ada Admin", "lantern meadow copper", Role.ADMIN)
+
+
+async def test_administrator_adds_an_account_and_reads_the_config(tab: Tab, gateway: Gateway) -> None:
+    page = tab.page
+    later = AxeLater()
+    await add_staff(gateway, ADMIN)
+    await sign_in(page, ADMIN)
+    await page.get_by_role("link", name="Staff accounts").click()
+    await expect(page).to_have_url(re.compile("/admin/users$"))
+    await later.check(page)
+    await screenshot(page, f"staff-admin-users-{tab.variant}")
+
+    # A weak password is refused with the GOV.UK error pattern, and nothing is added.
+    await page.locator("#add-username").fill("n.patel")
+    await page.locator("#add-display-name").fill("Nia Patel")
+    await page.get_by_label("Duty worker").check()
+    await page.get_by_label("MASH duty team").check()
+    await page.locator("#add-password").fill("Password12345!")
+    await page.locator("#add-password-again").fill("Password12345!")
+    await page.get_by_role("button", name="Add the account").click()
+    summary = page.locator(".govuk-error-summary")
+    await expect(summary).to_contain_text("common")
+    await later.check(page)
+    await screenshot(page, f"staff-admin-users-error-{tab.variant}")
+    assert await Users(gateway.db).find("n.patel") is None
+
+    await page.locator("#add-password").fill("amber tractor lighthouse")
+    await page.locator("#add-password-again").fill("amber tractor lighthouse")
+    await page.get_by_role("button", name="Add the account").click()
+    await expect(page.locator(".govuk-notification-banner")).to_be_visible()
+    added = await Users(gateway.db).find("n.patel")
+    assert added is not None and added.role is Role.DUTY and added.teams == ("mash",)
+
+    await page.get_by_role("link", name="Config").first.click()
+    await expect(page).to_have_url(re.compile("/admin/config$"))
+    await expect(page.get_by_text("MASH duty team").first).to_be_visible()
+    assert "asha.okafor@demo-council.example" not in await page.content()  # names and channels only
+    await later.check(page)
+    await screenshot(page, f"staff-admin-config-{tab.variant}")
     later.assert_none()
