@@ -339,3 +339,38 @@ async def test_administrator_adds_an_account_and_reads_the_config(tab: Tab, gate
     await later.check(page)
     await screenshot(page, f"staff-admin-config-{tab.variant}")
     later.assert_none()
+
+
+async def test_acknowledgement_link_pages(tab: Tab, gateway: Gateway, home: Path) -> None:
+    """The pages a duty worker reaches from an alert's link: confirm (GET changes nothing), done,
+    and a tampered link's error page."""
+    page = tab.page
+    later = AxeLater()
+    (reference,) = await ready(gateway, ("ack-page", IN_BOROUGH))
+    (alert,) = [m for m in maildir_messages(home, "mash-duty@demo-council.example") if m["Subject"]]
+    match = re.search(r"http://\S+/ack/(\S+)", alert.get_content())
+    assert match
+    link = f"/ack/{match.group(1)}"
+
+    await page.goto(link)
+    await expect(page.get_by_role("heading", name=f"Acknowledge referral {reference}")).to_be_visible()
+    await later.check(page)
+    await screenshot(page, f"ack-confirm-{tab.variant}")
+    assert (await referral_row(gateway, reference)).acknowledged_at is None  # a GET changes nothing
+
+    # An empty name is stopped by the browser itself (the field is required); the server's own
+    # check of it is in tests/test_referral_flow.py.
+    await expect(page.get_by_label("Your full name")).to_have_attribute("required", "")
+
+    await page.get_by_label("Your full name").fill("Dee Worker")
+    await page.get_by_role("button", name=f"Acknowledge referral {reference}").click()
+    await expect(page.get_by_text("Dee Worker")).to_be_visible()
+    await later.check(page)
+    await screenshot(page, f"ack-done-{tab.variant}")
+    assert (await referral_row(gateway, reference)).acknowledged_by == "Dee Worker"
+
+    await page.goto(link[:-4] + ("AAAA" if not link.endswith("AAAA") else "BBBB"))
+    await expect(page.get_by_role("heading", name="This link is not valid")).to_be_visible()
+    await later.check(page)
+    await screenshot(page, f"ack-invalid-{tab.variant}")
+    later.assert_none()
