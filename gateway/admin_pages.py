@@ -24,7 +24,6 @@ Decisions, each for a reason:
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,11 +37,11 @@ from gateway.config_view import config_view
 from gateway.dashboard import staff_environment
 from gateway.passwords import CONTROL, PasswordPolicyError, check_password
 from gateway.users import Role, User, UserError, UsernameTaken, Users, normalise_username
+from gateway.web_pages import add_page_headers, new_nonce
 from gateway.web_session import CSRF_FIELD, WebSessions, csrf_token, get_session, require_csrf
 
 log = logging.getLogger(__name__)
 
-_NONCE: web.RequestKey[str] = web.RequestKey("admin_nonce", str)
 _FLASH = "admin_flash"
 ROLE_WORDS = {Role.DUTY: "duty worker", Role.COORDINATOR: "coordinator", Role.ADMIN: "administrator"}
 
@@ -94,28 +93,14 @@ class AdminPages:
         app.router.add_post("/admin/users/{user_id}/disable", self._admin(self.disable, post=True))
         app.router.add_post("/admin/users/{user_id}/reset-password", self._admin(self.reset, post=True))
         app.router.add_get("/admin/config", self._admin(self.config_page))
-        app.on_response_prepare.append(self._headers)
+        add_page_headers(app)
 
     # --- plumbing ------------------------------------------------------------------------------
-
-    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        nonce = request.get(_NONCE)
-        if nonce is None:
-            return
-        response.headers["Content-Security-Policy"] = (
-            f"default-src 'none'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; img-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-        )
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["X-Content-Type-Options"] = "nosniff"
 
     async def _page(
         self, request: web.Request, template: str, user: User, status: int = 200, **context: Any
     ) -> web.Response:
-        nonce = secrets.token_urlsafe(18)
-        request[_NONCE] = nonce
+        nonce = new_nonce(request)
         body = self._env.get_template(f"staff/{template}").render(
             **self._common,
             cspNonce=nonce,

@@ -24,7 +24,6 @@ Decisions, each for a reason:
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -46,11 +45,11 @@ from gateway.tokens import AckSigner
 from gateway.track import Tracker
 from gateway.users import REFUSED_MESSAGE, Role, SignInRefused, User, Users
 from gateway.web_form import form_environment
+from gateway.web_pages import new_nonce, page_headers
 from gateway.web_session import CSRF_FIELD, WebSessions, csrf_token, require_csrf
 
 log = logging.getLogger(__name__)
 
-_NONCE: web.RequestKey[str] = web.RequestKey("dashboard_nonce", str)
 _FORM: web.RequestKey[dict[str, str]] = web.RequestKey("dashboard_form", dict)
 _ERROR: web.RequestKey[str] = web.RequestKey("dashboard_error", str)
 _DOWNLOAD: web.RequestKey[bool] = web.RequestKey("dashboard_download", bool)
@@ -119,23 +118,12 @@ class DashboardPages:
         if _DOWNLOAD in request:  # after the site-wide headers, which would replace it
             response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
             return
-        nonce = request.get(_NONCE)
-        if nonce is None:
-            return
-        response.headers["Content-Security-Policy"] = (
-            f"default-src 'none'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; img-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-        )
-        response.headers["Cache-Control"] = "no-store"  # pages hold personal data
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["X-Content-Type-Options"] = "nosniff"
+        await page_headers(request, response)
 
     async def _page(
         self, request: web.Request, template: str, status: int = 200, user: User | None = None, **context: Any
     ) -> web.Response:
-        nonce = secrets.token_urlsafe(18)
-        request[_NONCE] = nonce
+        nonce = new_nonce(request)
         body = self._env.get_template(f"staff/{template}").render(
             **self._common,
             cspNonce=nonce,

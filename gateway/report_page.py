@@ -22,7 +22,6 @@ Decisions, each for a reason:
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,11 +39,11 @@ from gateway.db import Database
 from gateway.lifecycle import State
 from gateway.sealing import Sealer
 from gateway.users import Role, User
+from gateway.web_pages import add_page_headers, new_nonce
 from gateway.web_session import WebSessions, csrf_token, get_session, require_csrf
 
 log = logging.getLogger(__name__)
 
-_NONCE: web.RequestKey[str] = web.RequestKey("report_page_nonce", str)
 _FLASH = "report_flash"
 RECENT = timedelta(days=7)  # decisions listed under the report this long
 STATES = (*(s.value for s in State if s not in (State.ACKNOWLEDGED, State.CLOSED)), "held")
@@ -91,25 +90,12 @@ class ReportPage:
         app.router.add_get("/report", self.show)
         app.router.add_get("/report.csv", self.csv)
         app.router.add_post("/report/decisions", self.decide)
-        app.on_response_prepare.append(self._headers)
+        add_page_headers(app)
 
     # --- helpers -------------------------------------------------------------------------------
 
-    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        nonce = request.get(_NONCE)
-        if nonce is not None:
-            response.headers["Content-Security-Policy"] = (
-                f"default-src 'none'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; img-src 'self'; "
-                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-            )
-            response.headers["Cache-Control"] = "no-store"
-            response.headers["Referrer-Policy"] = "no-referrer"
-            response.headers["X-Frame-Options"] = "DENY"
-            response.headers["X-Content-Type-Options"] = "nosniff"
-
     def _page(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-        nonce = secrets.token_urlsafe(18)
-        request[_NONCE] = nonce
+        nonce = new_nonce(request)
         body = self._env.get_template(f"staff/{template}").render(**self._common, cspNonce=nonce, **context)
         return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
 

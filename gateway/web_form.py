@@ -61,6 +61,7 @@ from gateway.config import Config
 from gateway.model import Channel
 from gateway.reference import new_reference
 from gateway.store import Incoming, IntakeWriter
+from gateway.web_pages import NONCE, new_nonce, page_headers
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,6 @@ MAX_FIELDS = 100
 RECEIPT_TTL = timedelta(minutes=30)
 _COOKIE_VALUE = re.compile("[A-Za-z0-9_-]{43}")
 _SUBMISSION = re.compile(r"([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{22})")
-_NONCE: web.RequestKey[str] = web.RequestKey("referral_form_nonce", str)
 
 
 def _b64(data: bytes) -> str:
@@ -221,23 +221,14 @@ class ReferralForm:
     # --- pages ---------------------------------------------------------------------------------
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
-        nonce = request.get(_NONCE)
-        if nonce is not None:
-            response.headers["Content-Security-Policy"] = (
-                f"default-src 'none'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; img-src 'self'; "
-                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-            )
-            response.headers["Cache-Control"] = "no-store"  # answers are personal data
-            response.headers["Referrer-Policy"] = "no-referrer"
-            response.headers["X-Frame-Options"] = "DENY"
-            response.headers["X-Content-Type-Options"] = "nosniff"
+        if request.get(NONCE) is not None:
+            await page_headers(request, response)
         elif request.path.startswith("/assets/"):
             response.headers["Cache-Control"] = "public, max-age=3600"
             response.headers["X-Content-Type-Options"] = "nosniff"
 
     def _page(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-        nonce = secrets.token_urlsafe(18)
-        request[_NONCE] = nonce
+        nonce = new_nonce(request)
         body = self._env.get_template(f"form/{template}").render(**self._common, cspNonce=nonce, **context)
         return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
 
