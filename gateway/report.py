@@ -175,6 +175,15 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
     return out
 
 
+def spreadsheet_safe(cell: str) -> str:
+    """A CSV cell a spreadsheet will not run: one starting with =, +, @, a tab or a carriage
+    return, or - followed by more, is prefixed with ' (OWASP's advice for CSV injection). Staff
+    names and reasons reach this export, and coordinators open it in a spreadsheet."""
+    if cell[:1] in ("=", "+", "@", "\t", "\r") or (cell.startswith("-") and len(cell) > 1):
+        return "'" + cell
+    return cell
+
+
 def escalation_summary(steps: list[tuple[datetime, dict[str, Any]]]) -> str:
     """'step 2 (managers) at 10:15 UTC; alerted: Asha Okafor (email), Dev Malik (sms)'."""
     fired = [(at, d) for at, d in steps if "step" in d]
@@ -228,7 +237,7 @@ def render(rows: list[Row], fmt: str) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(header)
-        writer.writerows(cells)
+        writer.writerows([[spreadsheet_safe(cell) for cell in row] for row in cells])
         return buffer.getvalue()
     if not rows:
         return "No undelivered, late or quarantined referrals.\n"

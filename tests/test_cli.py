@@ -359,3 +359,21 @@ def test_report_keeps_a_referral_whose_stored_message_row_is_missing(
     assert deleted == 1
     rows = json.loads(report(capsys, path, "json"))
     assert refs["late"] in {row["reference"] for row in rows}
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
+    from gateway.report import Row, render
+
+    row = Row(
+        reference="=HYPERLINK(\"http://x.example\")",
+        team="+team",
+        state="@state",
+        received_at=datetime(2026, 11, 25, 10, 0, tzinfo=UTC),
+        age=timedelta(minutes=5),
+        reason="-1+2",
+        escalation="",
+    )
+    (parsed,) = list(csv.DictReader(io.StringIO(render([row], "csv"))))
+    assert parsed["reference"] == "'=HYPERLINK(\"http://x.example\")"
+    assert parsed["team"] == "'+team" and parsed["state"] == "'@state" and parsed["reason"] == "'-1+2"
+    assert parsed["escalation"] == "-"  # the empty-cell placeholder stays as it is
