@@ -365,7 +365,7 @@ def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
     from gateway.report import Row, render
 
     row = Row(
-        reference="=HYPERLINK(\"http://x.example\")",
+        reference='=HYPERLINK("http://x.example")',
         team="+team",
         state="@state",
         received_at=datetime(2026, 11, 25, 10, 0, tzinfo=UTC),
@@ -374,6 +374,6 @@ def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
         escalation="",
     )
     (parsed,) = list(csv.DictReader(io.StringIO(render([row], "csv"))))
-    assert parsed["reference"] == "'=HYPERLINK(\"http://x.example\")"
+    assert parsed["reference"] == '\'=HYPERLINK("http://x.example")'
     assert parsed["team"] == "'+team" and parsed["state"] == "'@state" and parsed["reason"] == "'-1+2"
     assert parsed["escalation"] == "-"  # the empty-cell placeholder stays as it is
