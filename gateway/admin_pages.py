@@ -34,11 +34,11 @@ from gateway.clock import Clock
 from gateway.compose import uk_time
 from gateway.config import Config
 from gateway.config_view import config_view
-from gateway.dashboard import staff_environment
+from gateway.dashboard import StaffPages
 from gateway.passwords import CONTROL, PasswordPolicyError, check_password
 from gateway.users import Role, User, UserError, UsernameTaken, Users, normalise_username
-from gateway.web_pages import add_page_headers, new_nonce
-from gateway.web_session import CSRF_FIELD, WebSessions, csrf_token, get_session, require_csrf
+from gateway.web_pages import add_page_headers
+from gateway.web_session import WebSessions, get_session, require_csrf
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ class AdminPages:
         self._users = users
         self._sessions = sessions
         self._clock = clock
-        self._env = staff_environment(config)
-        self._common = {"council": self._s.gateway.council, "duty_phone": self._s.gateway.duty_phone}
+        self._pages = StaffPages(config)
 
     def routes(self, app: web.Application) -> None:
         """Needs gateway.web_session.setup_sessions(app, ...) on the same app, and the sign-in
@@ -100,16 +99,7 @@ class AdminPages:
     async def _page(
         self, request: web.Request, template: str, user: User, status: int = 200, **context: Any
     ) -> web.Response:
-        nonce = new_nonce(request)
-        body = self._env.get_template(f"staff/{template}").render(
-            **self._common,
-            cspNonce=nonce,
-            user=user,
-            csrf_field=CSRF_FIELD,
-            csrf_token=await csrf_token(request),
-            **context,
-        )
-        return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+        return await self._pages.render(request, template, status, user, **context)
 
     def _admin(
         self, handler: AdminHandler, post: bool = False

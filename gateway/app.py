@@ -37,7 +37,7 @@ from gateway.tokens import AckSigner
 from gateway.track import Tracker
 from gateway.users import Users
 from gateway.web import AckPages, make_app, web_environment
-from gateway.web_form import ReferralForm, form_environment
+from gateway.web_form import ReferralForm
 from gateway.web_session import WebSessions, setup_sessions
 
 log = logging.getLogger(__name__)
@@ -125,42 +125,7 @@ class Gateway:
             else None
         )
         self._smtp = await start_smtp(smtp, self.writer, tls)
-        pages = AckPages(
-            self.signer,
-            self.tracker,
-            self.clock,
-            web_environment(cfg.templates_dir),
-            cfg.settings.gateway.council,
-            cfg.settings.gateway.duty_phone,
-        )
-        app = make_app(pages)
-        # After make_app: the form's response hook (a CSP with a nonce for its one module script)
-        # must run after the site-wide headers.
-        ReferralForm.from_config(cfg, self.writer, self.clock).routes(app)
-        # After the form: the dashboard reuses its /assets route, and its CSP hook must run after
-        # make_app's. Sessions are set up once for every staff page.
-        setup_sessions(app, cfg.keys_dir, cfg.settings.http.public_url)
-        accounts = Users(self.db)
-        DashboardPages(
-            cfg, self.db, self.sealer, self.signer, self.tracker, self.identity, accounts, self.clock
-        ).routes(app)
-        ReportPage(
-            self.db,
-            self.sealer,
-            WebSessions(accounts, self.clock),
-            cfg.settings,
-            form_environment(cfg.templates_dir),
-            self.clock,
-        ).routes(app)
-        AdminPages(cfg, accounts, WebSessions(accounts, self.clock), self.clock).routes(app)
-        if self.sms_transport is not None:
-            SmsWebhooks(cfg, token, self.db, self.sealer, self.signer, self.writer, self.tracker, self.clock).routes(
-                app
-            )
-        app.on_response_prepare.append(self._after_request)
-        if cfg.settings.http.public_url.startswith("https://"):
-            # Served over TLS (here or at a proxy): browsers must never fall back to plain HTTP.
-            app.on_response_prepare.append(_hsts)
+        app = self.web_app(Users(self.db), token)
         self._http = web.AppRunner(app, access_log=None)  # access logs would record ack tokens
         await self._http.setup()
         site = web.TCPSite(self._http, cfg.settings.http.host, cfg.settings.http.port)
@@ -193,6 +158,41 @@ class Gateway:
             self.http_port,
             "relay " + cfg.settings.mail.relay.host if cfg.settings.mail.relay else "maildir delivery",
         )
+
+    def web_app(self, accounts: Users, sms_token: str = "") -> web.Application:
+        """Every page and webhook on one aiohttp app, in the order their response hooks need.
+        `accounts` is given so that tests can sign staff in with cheap password hashing."""
+        cfg = self.config
+        pages = AckPages(
+            self.signer,
+            self.tracker,
+            self.clock,
+            web_environment(cfg.templates_dir),
+            cfg.settings.gateway.council,
+            cfg.settings.gateway.duty_phone,
+        )
+        app = make_app(pages)
+        # After make_app: the form's response hook (a CSP with a nonce for its one module script)
+        # must run after the site-wide headers.
+        ReferralForm.from_config(cfg, self.writer, self.clock).routes(app)
+        # After the form: the dashboard reuses its /assets route. Sessions are set up once for
+        # every staff page.
+        setup_sessions(app, cfg.keys_dir, cfg.settings.http.public_url)
+        sessions = WebSessions(accounts, self.clock)
+        DashboardPages(
+            cfg, self.db, self.sealer, self.signer, self.tracker, self.identity, accounts, self.clock
+        ).routes(app)
+        ReportPage(cfg, self.db, self.sealer, sessions, self.clock).routes(app)
+        AdminPages(cfg, accounts, sessions, self.clock).routes(app)
+        if self.sms_transport is not None:
+            SmsWebhooks(
+                cfg, sms_token, self.db, self.sealer, self.signer, self.writer, self.tracker, self.clock
+            ).routes(app)
+        app.on_response_prepare.append(self._after_request)
+        if cfg.settings.http.public_url.startswith("https://"):
+            # Served over TLS (here or at a proxy): browsers must never fall back to plain HTTP.
+            app.on_response_prepare.append(_hsts)
+        return app
 
     async def _after_request(self, request: web.Request, response: web.StreamResponse) -> None:
         if request.method == "POST":  # an acknowledgement queues a notice: send it now

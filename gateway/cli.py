@@ -37,6 +37,8 @@ REQUIRED_TEMPLATES = (
     "sms/alert.txt",
     "sms/ack_told.txt",
     "sms/ack_notice.txt",
+    "email/outcome_notice.txt",
+    "sms/outcome_notice.txt",
     "web/ack_confirm.html",
     "web/ack_done.html",
     "web/error.html",

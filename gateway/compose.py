@@ -212,19 +212,17 @@ class Composer:
             in_reply_to,
         )
 
-    def ack_notice(self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime) -> Outgoing:
-        """To the referrer: a named person has it."""
-        return self._acknowledged("ack_notice", "email/ack_notice.txt", to, reference, team, by, at, now)
+    def referrer_notice(self, kind: str, channel: str, to: str, context: dict[str, Any]) -> Outgoing:
+        """A notice to the referrer (ack_notice, outcome_notice) on the channel their referral came
+        by: templates/email/<kind>.txt, or templates/sms/<kind>.txt for an SMS referral."""
+        if channel == "sms":
+            return self.sms(kind, kind, to=to, referral_id=None, context=context)
+        return self._build(kind, f"email/{kind}.txt", to, context)
 
     def acknowledged_by(self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime) -> Outgoing:
         """To everyone already alerted: somebody has it, stand down."""
-        return self._acknowledged("ack_told", "email/acknowledged_by.txt", to, reference, team, by, at, now)
-
-    def _acknowledged(
-        self, kind: str, template: str, to: str, reference: str, team: Team, by: str, at: datetime, now: datetime
-    ) -> Outgoing:
         context = {"reference": reference, "team": team, "by": by, "at": at, "now": now}
-        return self._build(kind, template, to, context, team_id=team.id if kind == "ack_told" else None)
+        return self._build("ack_told", "email/acknowledged_by.txt", to, context, team_id=team.id)
 
     def sms(self, kind: str, template: str, *, to: str, referral_id: str | None, context: dict[str, Any]) -> Outgoing:
         """An SMS from templates/sms/<template>.txt: reference, urgency, team and a link, never content."""

@@ -34,12 +34,11 @@ from markupsafe import Markup, escape
 
 from gateway import dashboard_data as data
 from gateway.clock import Clock
-from gateway.compose import email_environment, uk_time
+from gateway.compose import uk_time
 from gateway.config import Config
 from gateway.db import Database
 from gateway.identity import Identity
 from gateway.lifecycle import IllegalTransition, State
-from gateway.protect import Protector
 from gateway.sealing import Sealer
 from gateway.tokens import AckSigner
 from gateway.track import Tracker
@@ -72,6 +71,29 @@ def staff_environment(config: Config) -> jinja2.Environment:
 Handler = Callable[[web.Request, User], Awaitable[web.StreamResponse]]
 
 
+class StaffPages:
+    """Renders templates/web/staff/* for any staff page: the council's details, the page's nonce
+    (gateway.web_pages), the signed-in user and the session's CSRF token."""
+
+    def __init__(self, config: Config) -> None:
+        self._env = staff_environment(config)
+        s = config.settings
+        self._common = {"council": s.gateway.council, "duty_phone": s.gateway.duty_phone}
+
+    async def render(
+        self, request: web.Request, template: str, status: int, user: User | None, **context: Any
+    ) -> web.Response:
+        body = self._env.get_template(f"staff/{template}").render(
+            **self._common,
+            cspNonce=new_nonce(request),
+            user=user,
+            csrf_field=CSRF_FIELD,
+            csrf_token=await csrf_token(request),
+            **context,
+        )
+        return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+
 class DashboardPages:
     def __init__(
         self,
@@ -94,10 +116,7 @@ class DashboardPages:
         self._users = users
         self._clock = clock
         self._sessions = WebSessions(users, clock)
-        self._env = staff_environment(config)
-        self._composer = data.OutcomeComposer(config, signer, email_environment(config.templates_dir))
-        self._protector = Protector(config, identity)
-        self._common = {"council": self._s.gateway.council, "duty_phone": self._s.gateway.duty_phone}
+        self._pages = StaffPages(config)
 
     def routes(self, app: web.Application) -> None:
         """Needs gateway.web_session.setup_sessions(app, ...) on the same app, and the /assets
@@ -123,16 +142,7 @@ class DashboardPages:
     async def _page(
         self, request: web.Request, template: str, status: int = 200, user: User | None = None, **context: Any
     ) -> web.Response:
-        nonce = new_nonce(request)
-        body = self._env.get_template(f"staff/{template}").render(
-            **self._common,
-            cspNonce=nonce,
-            user=user,
-            csrf_field=CSRF_FIELD,
-            csrf_token=await csrf_token(request),
-            **context,
-        )
-        return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+        return await self._pages.render(request, template, status, user, **context)
 
     async def _forbidden(self, request: web.Request, user: User) -> web.Response:
         return await self._page(request, "forbidden.html", 403, user)
@@ -289,10 +299,7 @@ class DashboardPages:
         try:
             await data.close(
                 self._db,
-                self._sealer,
-                self._composer,
                 self._tracker,
-                self._protector,
                 row.id,
                 user,
                 outcome,

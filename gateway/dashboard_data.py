@@ -24,17 +24,14 @@ from typing import Any
 from sqlalchemy import select
 
 from gateway import audit
-from gateway.compose import Composer, Outgoing
 from gateway.config import Settings
 from gateway.crypto import CryptoError
 from gateway.db import Database
-from gateway.enqueue import queue_outgoing
 from gateway.identity import Identity
 from gateway.lifecycle import State
 from gateway.mimebytes import MimeError
 from gateway.model import Child, Referral
 from gateway.open import Attachment, looks_protected, open_message
-from gateway.protect import Protector
 from gateway.report import human
 from gateway.schema import events, messages, referrals
 from gateway.sealing import Sealer
@@ -288,34 +285,13 @@ async def earlier(
 # --- closing --------------------------------------------------------------------------------------
 
 
-class OutcomeComposer(Composer):
-    """The closure notice to the referrer: the reference and the outcome's category, nothing else."""
-
-    TEMPLATE = "web/staff/closed_notice.txt"
-    SMS_TEMPLATE = "web/staff/closed_notice_sms.txt"
-
-    def closed_notice(self, *, reference: str, to: str, outcome: str, channel: str, now: datetime) -> Outgoing:
-        context = {"reference": reference, "outcome": outcome, "now": now}
-        if channel != "sms":
-            return self._build("outcome_notice", self.TEMPLATE, to, context)
-        text = self._env.get_template(self.SMS_TEMPLATE).render(
-            council=self._s.gateway.council, duty_phone=self._s.gateway.duty_phone, **context
-        )
-        return Outgoing(
-            "outcome_notice", to, " ".join(text.split()).encode(), self._signer.recipient_hash(to), None, "sms"
-        )
-
-
 class NotAcknowledged(Exception):
     """Only an acknowledged referral can be closed: somebody named must have had it first."""
 
 
 async def close(
     db: Database,
-    sealer: Sealer,
-    composer: OutcomeComposer,
     tracker: Tracker,
-    protector: Protector,
     referral_id: str,
     user: User,
     outcome: str,
@@ -330,19 +306,9 @@ async def close(
         if row.state != State.ACKNOWLEDGED:
             raise NotAcknowledged(row.reference)
         batch = [audit.Event(referral_id, now, f"user:{user.id}", "closed", {"outcome": outcome})]
-        # The referrer is told on the channel their receipt and acknowledgement notice went to.
-        # (Tracker's rule, reused rather than copied, so the notices cannot drift apart.)
-        channel, to = await tracker._referrer_address(conn, row)
-        if to:
-            notice = composer.closed_notice(
-                reference=row.reference, to=to, outcome=OUTCOMES[outcome], channel=channel, now=now
-            )
-            if channel == "email" and row.content is not None:
-                reply_key = json.loads(sealer.open(row.content, sealed_context("content", referral_id))).get(
-                    "reply_key"
-                )
-                notice = await protector.maybe_protect(reply_key, notice)
-            batch += await queue_outgoing(conn, sealer, referral_id, [notice], now, f"user:{user.id}")
+        # The referrer is told as for the acknowledgement notice: Tracker's rule, so the two cannot drift.
+        context = {"reference": row.reference, "outcome": OUTCOMES[outcome], "now": now}
+        batch += await tracker.tell_referrer(conn, row, "outcome_notice", context, now, f"user:{user.id}")
         await transition(conn, referral_id, batch)
     log.info("dashboard: referral %s closed by user %s (%s)", row.reference, user.id, outcome)
     return str(row.reference)

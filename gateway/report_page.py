@@ -28,19 +28,19 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-import jinja2
 from aiohttp import web
 
 from gateway import decisions, report
 from gateway.clock import Clock
 from gateway.compose import uk_time
-from gateway.config import Settings
+from gateway.config import Config
+from gateway.dashboard import StaffPages
 from gateway.db import Database
 from gateway.lifecycle import State
 from gateway.sealing import Sealer
 from gateway.users import Role, User
-from gateway.web_pages import add_page_headers, new_nonce
-from gateway.web_session import WebSessions, csrf_token, get_session, require_csrf
+from gateway.web_pages import add_page_headers
+from gateway.web_session import WebSessions, get_session, require_csrf
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +69,20 @@ class Filters:
 class ReportPage:
     def __init__(
         self,
+        config: Config,
         db: Database,
         sealer: Sealer,
         sessions: WebSessions,
-        settings: Settings,
-        env: jinja2.Environment,
         clock: Clock,
         sign_in_path: str = "/sign-in",
     ) -> None:
         self._db = db
         self._sealer = sealer
         self._sessions = sessions
-        self._settings = settings
-        self._env = env
+        self._settings = config.settings
+        self._pages = StaffPages(config)  # the staff layout: navigation, who is signed in, sign-out
         self._clock = clock
         self._sign_in = sign_in_path
-        self._common = {"council": settings.gateway.council, "duty_phone": settings.gateway.duty_phone}
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/report", self.show)
@@ -94,10 +92,10 @@ class ReportPage:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _page(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-        nonce = new_nonce(request)
-        body = self._env.get_template(f"staff/{template}").render(**self._common, cspNonce=nonce, **context)
-        return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+    async def _page(
+        self, request: web.Request, template: str, status: int = 200, user: User | None = None, **context: Any
+    ) -> web.Response:
+        return await self._pages.render(request, template, status, user, **context)
 
     async def _coordinator(self, request: web.Request) -> User | web.Response:
         """The signed-in coordinator, or the answer to give instead."""
@@ -105,15 +103,16 @@ class ReportPage:
         if user is None:
             if request.method == "GET":
                 raise web.HTTPSeeOther(self._sign_in)
-            return self._page(
-                request, "report_message.html", 403, title="Sign in first", paragraphs=["Sign in, then try again."]
+            return await self._page(
+                request, "message.html", 403, title="Sign in first", paragraphs=["Sign in, then try again."]
             )
         if user.role is not Role.COORDINATOR:
             log.info("user %s (%s) refused the report", user.id, user.role.value)
-            return self._page(
+            return await self._page(
                 request,
-                "report_message.html",
+                "message.html",
                 403,
+                user,
                 title="You cannot see the report",
                 paragraphs=["Only coordinators can see the report and record decisions on it."],
             )
@@ -141,11 +140,13 @@ class ReportPage:
             return found
         session = await get_session(request)
         flash = session.pop(_FLASH, None)
-        return await self._report(request, self._filters(request.query), flash=flash if isinstance(flash, str) else "")
+        flash = flash if isinstance(flash, str) else ""
+        return await self._report(request, found, self._filters(request.query), flash=flash)
 
     async def _report(
         self,
         request: web.Request,
+        user: User,
         filters: Filters,
         *,
         status: int = 200,
@@ -181,10 +182,12 @@ class ReportPage:
         if problem is not None and not error_list:
             error_list.append({"text": problem[1], "href": "#report-items"})
         query = filters.as_query()
-        return self._page(
+        return await self._page(
             request,
             "report.html",
             status,
+            user,
+            error=bool(error_list),  # the staff layout's "Error:" title prefix
             has_errors=bool(error_list),
             error_list=error_list,
             flash=flash,
@@ -197,7 +200,6 @@ class ReportPage:
             kind_items=_options([("", "All reasons"), *report.KINDS.items()], filters.kind),
             what_items=list(decisions.WHAT.items()),
             max_note=decisions.MAX_NOTE,
-            csrf_token=await csrf_token(request),
             recent=[
                 {
                     "reference": d.reference,
@@ -242,7 +244,7 @@ class ReportPage:
         except decisions.AlreadyDecided:
             flash = "A decision on that item had been recorded already; it is off the report."
         except decisions.DecisionError as exc:
-            return await self._report(request, filters, status=400, problem=(item, str(exc), what, note[:5000]))
+            return await self._report(request, found, filters, status=400, problem=(item, str(exc), what, note[:5000]))
         else:
             flash = f"Decision recorded for {done.reference}: {decisions.WHAT[done.what]}. It is off the report."
         (await get_session(request))[_FLASH] = flash

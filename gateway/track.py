@@ -231,18 +231,8 @@ class Tracker:
                 for channel, to in told
             ]
             events += await queue_outgoing(conn, self._sealer, referral_id, notices, now, "gateway")
-            channel, referrer = await self._referrer_address(conn, row)
-            if referrer and channel == "sms":
-                context = {"reference": row.reference, "team": team, "by": by, "now": now}
-                notice = self._composer.sms("ack_notice", "ack_notice", to=referrer, referral_id=None, context=context)
-                events += await queue_outgoing(conn, self._sealer, referral_id, [notice], now, "gateway")
-            elif referrer:
-                notice = self._composer.ack_notice(
-                    reference=row.reference, to=referrer, team=team, by=by, at=now, now=now
-                )
-                content = json.loads(self._sealer.open(row.content, sealed_context("content", referral_id)))
-                notice = await self._protector.maybe_protect(content.get("reply_key"), notice)
-                events += await queue_outgoing(conn, self._sealer, referral_id, [notice], now, "gateway")
+            context = {"reference": row.reference, "team": team, "by": by, "at": now, "now": now}
+            events += await self.tell_referrer(conn, row, "ack_notice", context, now, "gateway")
             await transition(conn, referral_id, events, acknowledged_at=now, acknowledged_by=by)
         log.info("track: referral %s acknowledged (team %s)", row.reference, team.id)
         return AckResult(row.reference, team.name, by, now, False)
@@ -272,6 +262,21 @@ class Tracker:
             if address in mine:
                 return mine
         return {address}
+
+    async def tell_referrer(
+        self, conn: AsyncConnection, row: Any, kind: str, context: dict[str, Any], now: datetime, actor: str
+    ) -> list[audit.Event]:
+        """Queue a notice to the referrer (ack_notice, outcome_notice) in the caller's transaction,
+        on the channel their receipt went by; by email, encrypted to their own key when it is known.
+        Nothing if there is nobody to tell (a null sender, automatic mail)."""
+        channel, to = await self._referrer_address(conn, row)
+        if not to:
+            return []
+        notice = self._composer.referrer_notice(kind, channel, to, context)
+        if channel == "email" and row.content is not None:
+            content = json.loads(self._sealer.open(row.content, sealed_context("content", row.id)))
+            notice = await self._protector.maybe_protect(content.get("reply_key"), notice)
+        return await queue_outgoing(conn, self._sealer, row.id, [notice], now, actor)
 
     async def _referrer_address(self, conn: AsyncConnection, row: Any) -> tuple[str, str | None]:
         """(channel, address) to tell the referrer on: the number an SMS referral came from, or

@@ -24,16 +24,12 @@ from markupsafe import escape
 from sqlalchemy import update
 
 from gateway import config as config_mod
-from gateway.admin_pages import AdminPages
 from gateway.app import Gateway
 from gateway.config import Config
 from gateway.coverage import gaps
-from gateway.dashboard import DashboardPages
 from gateway.schema import users as users_table
 from gateway.users import Role, User, Users
-from gateway.web import AckPages, make_app, web_environment
-from gateway.web_form import ReferralForm
-from gateway.web_session import CSRF_FIELD, WebSessions, setup_sessions
+from gateway.web_session import CSRF_FIELD
 from tests.conftest import write_config
 
 PASSWORD = "violet kettle harbour"
@@ -141,24 +137,11 @@ def shown_config(request: pytest.FixtureRequest, gateway: Gateway, home: Path) -
 async def browser(
     gateway: Gateway, accounts: dict[str, User], shown_config: Config
 ) -> AsyncIterator[tuple[Open, list[Browser]]]:
-    cfg = gateway.config
     users = Users(gateway.db, PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
-    app = make_app(
-        AckPages(
-            gateway.signer,
-            gateway.tracker,
-            gateway.clock,
-            web_environment(cfg.templates_dir),
-            cfg.settings.gateway.council,
-            cfg.settings.gateway.duty_phone,
-        )
-    )
-    ReferralForm.from_config(cfg, gateway.writer, gateway.clock).routes(app)
-    setup_sessions(app, cfg.keys_dir, cfg.settings.http.public_url)
-    DashboardPages(
-        cfg, gateway.db, gateway.sealer, gateway.signer, gateway.tracker, gateway.identity, users, gateway.clock
-    ).routes(app)
-    AdminPages(shown_config, users, WebSessions(users, gateway.clock), gateway.clock).routes(app)
+    # The gateway's own app, built from the config the admin pages are to show (its database,
+    # keys and workers stay the running gateway's).
+    gateway.config = shown_config
+    app = gateway.web_app(users)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     opened: list[Browser] = []

@@ -21,12 +21,9 @@ from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.clock import FakeClock
-from gateway.dashboard import DashboardPages
 from gateway.schema import events
 from gateway.users import REFUSED_MESSAGE, Role, Users
-from gateway.web import AckPages, make_app, web_environment
-from gateway.web_form import ReferralForm
-from gateway.web_session import CSRF_FIELD, IDLE_TIMEOUT, setup_sessions
+from gateway.web_session import CSRF_FIELD, IDLE_TIMEOUT
 from tests.conftest import maildir_messages, make_message, referral_body, referral_row, send_referral, smtp_send
 
 PASSWORD = "violet kettle harbour"
@@ -54,23 +51,8 @@ async def accounts(gateway: Gateway) -> Users:
 
 @pytest.fixture
 async def browser(gateway: Gateway, accounts: Users) -> AsyncIterator[Browser]:
-    """Browsers on an app wired as gateway.app wires the dashboard (see the module's report)."""
-    cfg = gateway.config
-    app = make_app(
-        AckPages(
-            gateway.signer,
-            gateway.tracker,
-            gateway.clock,
-            web_environment(cfg.templates_dir),
-            cfg.settings.gateway.council,
-            cfg.settings.gateway.duty_phone,
-        )
-    )
-    ReferralForm.from_config(cfg, gateway.writer, gateway.clock).routes(app)
-    setup_sessions(app, cfg.keys_dir, cfg.settings.http.public_url)
-    DashboardPages(
-        cfg, gateway.db, gateway.sealer, gateway.signer, gateway.tracker, gateway.identity, accounts, gateway.clock
-    ).routes(app)
+    """Browsers on the gateway's own app, with staff accounts that hash cheaply."""
+    app = gateway.web_app(accounts)  # the same wiring as the running gateway
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     opened: list[Client] = []

@@ -32,7 +32,6 @@ from gateway.report_page import STATES, ReportPage
 from gateway.store import sealed_context
 from gateway.users import Role, User, Users
 from gateway.verify import verify
-from gateway.web_form import form_environment
 from gateway.web_session import CSRF_FIELD, WebSessions, csrf_token, setup_sessions
 from tests.conftest import make_message, referral_body, smtp_send
 
@@ -125,8 +124,7 @@ async def browse(store: Store, clock: FakeClock, home: Path) -> AsyncIterator[Ca
         return web.Response(text=await csrf_token(request))
 
     app.router.add_post("/test-sign-in", sign_in)
-    env = form_environment(gw.config.templates_dir)
-    ReportPage(gw.db, gw.sealer, sessions, gw.config.settings, env, clock).routes(app)
+    ReportPage(gw.config, gw.db, gw.sealer, sessions, clock).routes(app)
     server = TestServer(app)
     await server.start_server()
     opened: list[Browser] = []
