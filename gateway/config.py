@@ -326,6 +326,13 @@ class Settings(_Strict):
         own: DeadlineRule | None = getattr(team.deadlines, level.value)
         return own or self.deadlines.for_urgency(level)
 
+    def person_at(self, address: str) -> Person | None:
+        """The team member or coordinator an email address or E.164 mobile belongs to, if any."""
+        for someone in [*(m for team in self.teams for m in team.members), *self.coordinators]:
+            if address in (someone.email, someone.mobile):
+                return someone
+        return None
+
     def professional(self, mobile: str) -> tuple[Partner, Professional] | None:
         """The partner and professional a mobile number is registered to, if any."""
         for partner in self.partners:

@@ -174,14 +174,8 @@ class SmsWebhooks:
         )
 
     def _name_of(self, mobile: str) -> str:
-        for team in self._s.teams:
-            for member in team.members:
-                if member.mobile == mobile:
-                    return member.name
-        for person in self._s.coordinators:
-            if person.mobile == mobile:
-                return person.name
-        return f"the duty phone ending {mobile[-3:]}"
+        someone = self._s.person_at(mobile)
+        return someone.name if someone else f"the duty phone ending {mobile[-3:]}"
 
     async def status(self, request: web.Request) -> web.Response:
         params = await self._signed_form(request)

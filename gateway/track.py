@@ -257,11 +257,8 @@ class Tracker:
     def _addresses_of(self, address: str) -> set[str]:
         """Every address of the person an address belongs to: whoever acknowledged from a text is
         not emailed about their own acknowledgement, nor texted when they used the email link."""
-        for someone in [*(m for team in self._s.teams for m in team.members), *self._s.coordinators]:
-            mine = {a for a in (someone.email, someone.mobile) if a}
-            if address in mine:
-                return mine
-        return {address}
+        someone = self._s.person_at(address)
+        return {a for a in (someone.email, someone.mobile) if a} if someone else {address}
 
     async def tell_referrer(
         self, conn: AsyncConnection, row: Any, kind: str, context: dict[str, Any], now: datetime, actor: str
