@@ -25,6 +25,7 @@ from gateway.clock import FakeClock
 from tests.conftest import make_message, referral_body, smtp_send, write_config
 
 MASH = "mash-duty@demo-council.example"
+QUIET_EVENING = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 OK_LINE = "verify: OK: every accepted referral is tracked and the audit chain is intact"
 
 
@@ -45,7 +46,10 @@ async def _acknowledge(gw: Gateway, home: Path, reference: str) -> None:
 async def _build(home: Path, *, process: bool, deliver: bool, acknowledge: bool) -> tuple[Path, list[str]]:
     """Two referrals to MASH; the first acknowledged if asked. Returns (config path, references)."""
     path = write_config(home, all_hours=True)
-    gw = Gateway(config_mod.load(path), clock=FakeClock(datetime.now(UTC)), workers=False)
+    # A fixed instant, not the wall clock: at 20:00 on a Wednesday nobody is on MASH's rota, so
+    # each referral has exactly one alert (the mailbox's). On the wall clock, in office hours the
+    # two people on duty were alerted too and "its alert was deleted" deleted three rows.
+    gw = Gateway(config_mod.load(path), clock=FakeClock(QUIET_EVENING), workers=False)
     await gw.start()
     try:
         refs = []
