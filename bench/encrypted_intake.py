@@ -125,7 +125,7 @@ def gpg(home: Path, *args: str, stdin: bytes = b"") -> bytes:
 
 
 def make_keys(work: Path) -> Keys:
-    from gateway.crypto.openpgp import OpenPGP
+    from gateway.open.crypto.openpgp import OpenPGP
 
     home = work / "gw"
     gateway_gnupg = home / "keys" / "gnupg"

@@ -14,31 +14,31 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway import db
-from gateway.admin_pages import AdminPages
-from gateway.clock import Clock, SystemClock
-from gateway.compose import Composer, email_environment
-from gateway.config import Config
-from gateway.dashboard import DashboardPages
-from gateway.deliver import MaildirTransport, SmtpRelayTransport, Transport
-from gateway.identity import load_identity
-from gateway.intake_smtp import start_smtp, tls_context
-from gateway.outbox import Outbox
-from gateway.pipeline import Processor
-from gateway.protect import Protector
-from gateway.report_page import ReportPage
-from gateway.schema import messages
-from gateway.sealing import Sealer
-from gateway.sms_out import TwilioTransport, auth_token
-from gateway.sms_status import SmsReconciler
-from gateway.sms_webhooks import SmsWebhooks
-from gateway.store import IntakeWriter
-from gateway.tokens import AckSigner
-from gateway.track import Tracker
-from gateway.users import Users
-from gateway.web import AckPages, make_app, web_environment
-from gateway.web_form import ReferralForm
-from gateway.web_session import WebSessions, setup_sessions
+from gateway.config.settings import Config
+from gateway.core import db
+from gateway.core.clock import Clock, SystemClock
+from gateway.core.schema import messages
+from gateway.core.sealing import Sealer
+from gateway.deliver.sms_status import SmsReconciler
+from gateway.deliver.transports import MaildirTransport, SmtpRelayTransport, Transport
+from gateway.deliver.twilio import TwilioTransport, auth_token
+from gateway.deliver.worker import Outbox
+from gateway.intake.sms_webhooks import SmsWebhooks
+from gateway.intake.smtp import start_smtp, tls_context
+from gateway.intake.store import IntakeWriter
+from gateway.intake.web_form import ReferralForm
+from gateway.open.identity import load_identity
+from gateway.outbox.compose import Composer, email_environment
+from gateway.outbox.protect import Protector
+from gateway.outbox.tokens import AckSigner
+from gateway.pipeline.driver import Processor
+from gateway.staff.users import Users
+from gateway.track.acks import Tracker
+from gateway.web.ack_pages import AckPages, make_app, web_environment
+from gateway.web.admin_pages import AdminPages
+from gateway.web.dashboard import DashboardPages
+from gateway.web.report_page import ReportPage
+from gateway.web.session import WebSessions, setup_sessions
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.schema import events, referrals
-from gateway.tokens import AckSigner, TokenError, TokenExpired
+from gateway.core.clock import FakeClock
+from gateway.core.schema import events, referrals
+from gateway.outbox.tokens import AckSigner, TokenError, TokenExpired
 from tests.conftest import START, both_databases, maildir_messages, make_message, referral_body, smtp_send
 
 MASH = "mash-duty@demo-council.example"

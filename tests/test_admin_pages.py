@@ -23,13 +23,13 @@ from argon2 import PasswordHasher
 from markupsafe import escape
 from sqlalchemy import update
 
-from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import Config
-from gateway.coverage import gaps
-from gateway.schema import users as users_table
-from gateway.users import Role, User, Users
-from gateway.web_session import CSRF_FIELD
+from gateway.config import settings as config_mod
+from gateway.config.settings import Config
+from gateway.core.schema import users as users_table
+from gateway.route.coverage import gaps
+from gateway.staff.users import Role, User, Users
+from gateway.web.session import CSRF_FIELD
 from tests.conftest import write_config
 
 PASSWORD = "violet kettle harbour"

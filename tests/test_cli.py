@@ -23,10 +23,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.cli import main
-from gateway.clock import FakeClock
+from gateway.cli.main import main
+from gateway.config import settings as config_mod
+from gateway.core.clock import FakeClock
 from tests.conftest import make_message, referral_body, smtp_send, valid_nhs, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -362,7 +362,7 @@ def test_report_keeps_a_referral_whose_stored_message_row_is_missing(
 
 
 def test_csv_cells_a_spreadsheet_would_run_are_defused() -> None:
-    from gateway.report import Row, render
+    from gateway.report.undelivered import Row, render
 
     row = Row(
         reference='=HYPERLINK("http://x.example")',

@@ -39,8 +39,8 @@ from typing import IO
 
 import pytest
 
-from gateway.intake_smtp import dedupe_key
-from gateway.reference import normalise_reference
+from gateway.core.reference import normalise_reference
+from gateway.intake.smtp import dedupe_key
 from tests.conftest import REFERRAL_ADDRESS, maildir_messages, make_message, referral_body, write_config
 
 pytestmark = pytest.mark.slow

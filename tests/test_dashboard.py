@@ -20,10 +20,10 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.schema import events
-from gateway.users import REFUSED_MESSAGE, Role, Users
-from gateway.web_session import CSRF_FIELD, IDLE_TIMEOUT
+from gateway.core.clock import FakeClock
+from gateway.core.schema import events
+from gateway.staff.users import REFUSED_MESSAGE, Role, Users
+from gateway.web.session import CSRF_FIELD, IDLE_TIMEOUT
 from tests.conftest import maildir_messages, make_message, referral_body, referral_row, send_referral, smtp_send
 
 PASSWORD = "violet kettle harbour"

@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 from sqlalchemy import select
 
-from gateway import config as config_mod
-from gateway import report
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.schema import deadlines, deliveries, events
+from gateway.config import settings as config_mod
+from gateway.core.clock import FakeClock
+from gateway.core.schema import deadlines, deliveries, events
+from gateway.report import undelivered as report
 from tests.conftest import START, both_databases, maildir_messages, referral_row, send_referral
 
 MASH = "mash-duty@demo-council.example"

@@ -7,9 +7,9 @@ import stat
 import subprocess
 from pathlib import Path
 
-from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.clock import FakeClock
+from gateway.config import settings as config_mod
+from gateway.core.clock import FakeClock
 from tests.conftest import write_config
 
 

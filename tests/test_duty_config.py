@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from tests.test_check_config import SHIPPED, edited, errors, shipped_text, write
 
 MASH_OVERRIDE = 'members = ["chloe"]\nnote = "Ben on leave; Chloe swaps in"'

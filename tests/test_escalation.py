@@ -31,11 +31,11 @@ import aiohttp
 import pytest
 from sqlalchemy import select, text
 
-from gateway import config as config_mod
-from gateway import report
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.schema import deadlines, deliveries, events
+from gateway.config import settings as config_mod
+from gateway.core.clock import FakeClock
+from gateway.core.schema import deadlines, deliveries, events
+from gateway.report import undelivered as report
 from tests.conftest import (
     START,
     both_databases,
@@ -639,9 +639,9 @@ CHILD = """
 import asyncio, signal, sys
 from datetime import datetime
 from pathlib import Path
-from gateway import config as config_mod
+from gateway.config import settings as config_mod
 from gateway.app import Gateway
-from gateway.clock import FakeClock
+from gateway.core.clock import FakeClock
 
 async def main() -> None:
     gw = Gateway(config_mod.load(Path(sys.argv[1])), clock=FakeClock(datetime.fromisoformat(sys.argv[2])))

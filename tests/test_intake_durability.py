@@ -12,10 +12,10 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
-from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.schema import events, messages, referrals
+from gateway.config import settings as config_mod
+from gateway.core.clock import FakeClock
+from gateway.core.schema import events, messages, referrals
 from tests.conftest import make_message, referral_body, smtp_send, write_config
 
 
@@ -104,7 +104,7 @@ async def test_internal_error_in_the_session_answers_451_not_500(gateway: Gatewa
 
 
 async def gateway_handler_exception_reply(gateway: Gateway) -> str:
-    from gateway.intake_smtp import ReferralHandler
+    from gateway.intake.smtp import ReferralHandler
 
     handler = ReferralHandler(gateway.config.settings.smtp, gateway.writer)
     return await handler.handle_exception(RuntimeError("boom with personal data"))
@@ -128,7 +128,7 @@ async def test_many_concurrent_sessions_share_commits_and_each_gets_its_own_refe
 
 
 def test_dedupe_key_is_sender_message_id_and_body_or_else_the_bytes() -> None:
-    from gateway.intake_smtp import dedupe_key
+    from gateway.intake.smtp import dedupe_key
 
     folded = b"Subject: x\r\nMessage-ID:\r\n <abc@nhs.example>\r\n\r\nbody one\r\n"
     plain = b"message-id: <abc@nhs.example>\n\nbody one\n"  # the same message, other line endings

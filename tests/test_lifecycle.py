@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.lifecycle import TRACKED_OPEN, IllegalTransition, State, apply, derive
+from gateway.core.lifecycle import TRACKED_OPEN, IllegalTransition, State, apply, derive
 
 MOVES = ("received", "routed", "quarantined", "alerted", "undeliverable", "acknowledged", "closed")
 INFO = (

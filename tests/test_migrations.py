@@ -8,8 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from gateway import db
-from gateway.schema import metadata
+from gateway.core import db
+from gateway.core.schema import metadata
 
 
 async def test_migrations_match_the_schema_and_are_idempotent(tmp_path: Path) -> None:

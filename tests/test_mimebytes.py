@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.mimebytes import MimeError, canonical_crlf, parse_entity, split_multipart
+from gateway.open.mimebytes import MimeError, canonical_crlf, parse_entity, split_multipart
 
 BOUNDARY = "b1_=_xyz"
 # A part may not contain the delimiter, and with bare-LF line ends a trailing CR is ambiguous.

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.nhs import compact_nhs_number, is_valid_nhs_number, nhs_check_digit, normalise_nhs_number
+from gateway.parse.nhs import compact_nhs_number, is_valid_nhs_number, nhs_check_digit, normalise_nhs_number
 
 
 def data_dictionary_check_digit(nine: str) -> int | None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.crypto import CryptoKeyError, DecryptError, VerifyError
-from gateway.crypto.openpgp import OpenPGP
+from gateway.open.crypto import CryptoKeyError, DecryptError, VerifyError
+from gateway.open.crypto.openpgp import OpenPGP
 
 VECTORS = Path("/work/shared/vectors")
 AUTOCRYPT = VECTORS / "autocrypt-protected-headers"

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway import config as config_mod
-from gateway import report
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.schema import deliveries, events, referrals
+from gateway.config import settings as config_mod
+from gateway.core.clock import FakeClock
+from gateway.core.schema import deliveries, events, referrals
+from gateway.report import undelivered as report
 from tests.conftest import Sink, both_databases, make_message, referral_body, smtp_send, write_config
 from tests.tls import make_cert, server_context
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gateway.model import Category, Problem, Urgency
-from gateway.parse import (
+from gateway.core.model import Category, Problem, Urgency
+from gateway.parse.referral import (
     DOCUMENT,
     FIELDS,
     LABELS,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import Partner, SecuritySection
-from gateway.crypto import Signature
-from gateway.policy import judge
+from gateway.config.settings import Partner, SecuritySection
+from gateway.open.crypto import Signature
+from gateway.open.policy import judge
 
 FPR = "EB85BB5FA33A75E15E944E63F231550C4F47E38E"
 TRUST = Partner(name="Demo NHS Trust", addresses=("@nhs.example",), openpgp=(FPR,))

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.postcode import area, district, matches, normalise_pattern, normalise_postcode
+from gateway.parse.postcode import area, district, matches, normalise_pattern, normalise_postcode
 
 # One of each of the six shapes, from the Royal Mail / Wikipedia examples, and GIR 0AA.
 SHAPES = {

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select
 
 from gateway.app import Gateway
-from gateway.keyfiles import KeyFileError, load_or_create
-from gateway.schema import messages
-from gateway.sealing import Sealer, SealError
+from gateway.core.keyfiles import KeyFileError, load_or_create
+from gateway.core.schema import messages
+from gateway.core.sealing import Sealer, SealError
 from tests.conftest import make_message, referral_body, smtp_send
 
 # Distinctive values from the synthetic referral: none may appear anywhere at rest or in logs.

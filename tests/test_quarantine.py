@@ -6,10 +6,10 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway import report
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.verify import verify
+from gateway.core.clock import FakeClock
+from gateway.report import undelivered as report
+from gateway.track.verify import verify
 from tests.conftest import make_message, referral_body, smtp_send
 
 

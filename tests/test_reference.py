@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.reference import (
+from gateway.core.reference import (
     ALPHABET,
     InvalidReference,
     check_symbol,

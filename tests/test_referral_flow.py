@@ -10,9 +10,9 @@ import aiohttp
 from sqlalchemy import select
 
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.reference import normalise_reference
-from gateway.schema import events, referrals
+from gateway.core.clock import FakeClock
+from gateway.core.reference import normalise_reference
+from gateway.core.schema import events, referrals
 from tests.conftest import both_databases, maildir_messages, make_message, referral_body, smtp_send
 
 MASH = "mash-duty@demo-council.example"

@@ -24,15 +24,15 @@ from aiohttp import ClientResponse, CookieJar, web
 from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
-from gateway import report
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.decisions import WHAT
-from gateway.report_page import STATES, ReportPage
-from gateway.store import sealed_context
-from gateway.users import Role, User, Users
-from gateway.verify import verify
-from gateway.web_session import CSRF_FIELD, WebSessions, csrf_token, setup_sessions
+from gateway.core.clock import FakeClock
+from gateway.intake.store import sealed_context
+from gateway.report import undelivered as report
+from gateway.report.decisions import WHAT
+from gateway.staff.users import Role, User, Users
+from gateway.track.verify import verify
+from gateway.web.report_page import STATES, ReportPage
+from gateway.web.session import CSRF_FIELD, WebSessions, csrf_token, setup_sessions
 from tests.conftest import make_message, referral_body, smtp_send
 
 Client = TestClient[web.Request, web.Application]

@@ -9,8 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.rota import Override, Rota, Shift, changes, duty_intervals, on_duty, overlapping_overrides, shift_interval
-from gateway.schedule import LONDON
+from gateway.duty.rota import (
+    Override,
+    Rota,
+    Shift,
+    changes,
+    duty_intervals,
+    on_duty,
+    overlapping_overrides,
+    shift_interval,
+)
+from gateway.duty.schedule import LONDON
 from tests.test_schedule import instants
 
 WEEKDAYS = frozenset(range(5))

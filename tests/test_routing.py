@@ -8,12 +8,12 @@ from datetime import UTC, date, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import config as config_mod
-from gateway.config import Settings
-from gateway.config_duty import Route
-from gateway.model import Category, Channel, Child, Referral, Referrer, Urgency
-from gateway.route import Facts, route
-from gateway.schedule import LONDON, is_open
+from gateway.config import settings as config_mod
+from gateway.config.duty import Route
+from gateway.config.settings import Settings
+from gateway.core.model import Category, Channel, Child, Referral, Referrer, Urgency
+from gateway.duty.schedule import LONDON, is_open
+from gateway.route.rules import Facts, route
 from tests.test_check_config import SHIPPED
 
 SHIPPED_SETTINGS = config_mod.load(SHIPPED).settings

@@ -10,7 +10,7 @@ from holidays.countries.united_kingdom import UnitedKingdom
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.schedule import (
+from gateway.duty.schedule import (
     LONDON,
     Nation,
     Period,

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway import config as config_mod
-from gateway import report
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.crypto import CryptoKeyError
-from gateway.crypto.openpgp import OpenPGP
-from gateway.schema import events, referrals
+from gateway.config import settings as config_mod
+from gateway.core.clock import FakeClock
+from gateway.core.schema import events, referrals
+from gateway.open.crypto import CryptoKeyError
+from gateway.open.crypto.openpgp import OpenPGP
+from gateway.report import undelivered as report
 from tests.conftest import maildir_messages, referral_body, smtp_send, write_config
 from tests.test_smime import Identity, issue, openssl
 
@@ -494,7 +494,7 @@ async def test_a_from_header_dressed_up_as_the_partner_does_not_pass(gateway: Ga
 
 
 def test_the_from_address_must_be_exactly_one_plain_address() -> None:
-    from gateway.open import read_outer
+    from gateway.open.mime import read_outer
 
     def sender(from_header: str) -> str | None:
         return read_outer(f"From: {from_header}\r\nSubject: x\r\n\r\nbody".encode()).from_address

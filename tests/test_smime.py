@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.crypto import CryptoKeyError, DecryptError, VerifyError
-from gateway.crypto.smime import SMime, make_development_identity
+from gateway.open.crypto import CryptoKeyError, DecryptError, VerifyError
+from gateway.open.crypto.smime import SMime, make_development_identity
 
 VECTORS = Path("/work/shared/vectors")
 RFC9216 = VECTORS / "rfc9216-examples-cms"

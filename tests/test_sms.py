@@ -27,12 +27,12 @@ import pytest
 from sqlalchemy import delete, func, select
 from twilio.request_validator import RequestValidator
 
-from gateway import config as config_mod
-from gateway import report
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.keyfiles import KeyFileError
-from gateway.schema import events, messages, referrals, sms_webhooks
+from gateway.config import settings as config_mod
+from gateway.core.clock import FakeClock
+from gateway.core.keyfiles import KeyFileError
+from gateway.core.schema import events, messages, referrals, sms_webhooks
+from gateway.report import undelivered as report
 from tests.conftest import START, both_databases, referral_row, write_config
 from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, RecordedRequest
 

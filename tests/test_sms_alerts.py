@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import select
 
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.reference import ALPHABET, new_reference
-from gateway.schema import deadlines, deliveries, events, referrals, sms_webhooks
+from gateway.core.clock import FakeClock
+from gateway.core.reference import ALPHABET, new_reference
+from gateway.core.schema import deadlines, deliveries, events, referrals, sms_webhooks
 from tests.conftest import START, both_databases, maildir_messages, referral_row, send_referral
 from tests.test_sms import (
     ASHA,

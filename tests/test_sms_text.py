@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.model import Urgency
-from gateway.parse import FIELDS
-from gateway.reference import ALPHABET, is_valid_reference, new_reference
-from gateway.sms_text import (
+from gateway.core.model import Urgency
+from gateway.core.reference import ALPHABET, is_valid_reference, new_reference
+from gateway.parse.referral import FIELDS
+from gateway.parse.sms_text import (
     Ack,
     BadAck,
     FreeText,

@@ -15,7 +15,7 @@ import requests
 from aiohttp import web
 from twilio.base.exceptions import TwilioRestException
 
-from gateway.twilio_signature import is_valid, request_url
+from gateway.intake.twilio_signature import is_valid, request_url
 from tests.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio, Fault, num_segments
 
 TEAM_PHONE = "+447700900456"

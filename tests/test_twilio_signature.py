@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from twilio.request_validator import RequestValidator
 
-from gateway.twilio_signature import is_valid, request_url, whatwg_normalised
+from gateway.intake.twilio_signature import is_valid, request_url, whatwg_normalised
 
 VECTORS_FILE = Path(__file__).resolve().parent / "vectors" / "twilio-webhook-signature" / "vectors.json"
 # From the shared vector set's SHA256SUMS: the copy must stay byte-identical to what was checked there.

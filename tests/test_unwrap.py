@@ -35,11 +35,11 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.crypto import CryptoError, DecryptError, VerifyError
-from gateway.crypto.openpgp import OpenPGP
-from gateway.crypto.smime import SMime
-from gateway.mimebytes import MimeError, split_multipart
-from gateway.unwrap import Trust, Unwrapped, Unwrapper
+from gateway.open.crypto import CryptoError, DecryptError, VerifyError
+from gateway.open.crypto.openpgp import OpenPGP
+from gateway.open.crypto.smime import SMime
+from gateway.open.mimebytes import MimeError, split_multipart
+from gateway.open.unwrap import Trust, Unwrapped, Unwrapper
 
 VECTORS = Path("/work/shared/vectors")
 AUTOCRYPT = VECTORS / "autocrypt-protected-headers"

@@ -25,13 +25,13 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select
 
-from gateway import config as config_mod
-from gateway import db
-from gateway.cli import main
-from gateway.clock import FakeClock, SystemClock
-from gateway.passwords import check_password
-from gateway.schema import users as users_table
-from gateway.users import (
+from gateway.cli.main import main
+from gateway.config import settings as config_mod
+from gateway.core import db
+from gateway.core.clock import FakeClock, SystemClock
+from gateway.core.schema import users as users_table
+from gateway.staff.passwords import check_password
+from gateway.staff.users import (
     LOCKOUT,
     MAX_FAILURES,
     REFUSED_MESSAGE,

@@ -21,15 +21,15 @@ import pytest
 from aiohttp import web
 from sqlalchemy import select
 
-from gateway import config as config_mod
-from gateway import form_model
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.parse import parse_json
-from gateway.schema import messages, referrals
-from gateway.store import sealed_context
-from gateway.web import AckPages, make_app, web_environment
-from gateway.web_form import STATIC_DIR, ReferralForm, form_environment
+from gateway.config import settings as config_mod
+from gateway.core.clock import FakeClock
+from gateway.core.schema import messages, referrals
+from gateway.intake import form_model
+from gateway.intake.store import sealed_context
+from gateway.intake.web_form import STATIC_DIR, ReferralForm, form_environment
+from gateway.parse.referral import parse_json
+from gateway.web.ack_pages import AckPages, make_app, web_environment
 from tests.conftest import ROOT, maildir_messages, write_config
 
 TODAY = date(2026, 11, 25)  # the UK date at conftest.START

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.clock import FakeClock
+from gateway.config import settings as config_mod
+from gateway.core.clock import FakeClock
 from tests.conftest import START, write_config
 
 

@@ -19,10 +19,10 @@ from aiohttp import CookieJar, web
 from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
-from gateway import db
-from gateway.clock import FakeClock
-from gateway.users import Role, SignInRefused, Users
-from gateway.web_session import (
+from gateway.core import db
+from gateway.core.clock import FakeClock
+from gateway.staff.users import Role, SignInRefused, Users
+from gateway.web.session import (
     ABSOLUTE_TIMEOUT,
     CSRF_FIELD,
     IDLE_TIMEOUT,

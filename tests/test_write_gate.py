@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from gateway.db import WriteGate
+from gateway.core.db import WriteGate
 
 
 async def test_intake_goes_before_queued_workers_and_all_get_their_turn() -> None:

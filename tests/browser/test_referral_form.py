@@ -11,8 +11,8 @@ from playwright.async_api import Page, expect
 from sqlalchemy import func, select
 
 from gateway.app import Gateway
-from gateway.reference import ALPHABET, is_valid_reference
-from gateway.schema import referrals
+from gateway.core.reference import ALPHABET, is_valid_reference
+from gateway.core.schema import referrals
 from tests.browser.conftest import AxeLater, Tab, axe, screenshot
 
 pytestmark = pytest.mark.browser

@@ -21,8 +21,8 @@ from argon2 import PasswordHasher
 from playwright.async_api import Page, expect
 
 from gateway.app import Gateway
-from gateway.clock import FakeClock
-from gateway.users import LOCKOUT, MAX_FAILURES, REFUSED_MESSAGE, Role, Users
+from gateway.core.clock import FakeClock
+from gateway.staff.users import LOCKOUT, MAX_FAILURES, REFUSED_MESSAGE, Role, Users
 from tests.browser.conftest import AxeLater, Tab, screenshot
 from tests.conftest import maildir_messages, referral_row, send_referral
 

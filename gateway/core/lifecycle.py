@@ -1,0 +1,90 @@
+"""The referral state machine, as a pure function over events (DESIGN.md, "The referral lifecycle").
+
+A referral's state is derived from its append-only events; the `state` column only caches it.
+Events that do not move a referral (a receipt sent, an overdue reminder) leave the state alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+
+class State(StrEnum):
+    RECEIVED = "received"
+    ROUTED = "routed"
+    ALERTED = "alerted"
+    ACKNOWLEDGED = "acknowledged"
+    CLOSED = "closed"
+    UNDELIVERABLE = "undeliverable"
+    QUARANTINED = "quarantined"
+
+
+class IllegalTransition(Exception):
+    def __init__(self, state: State, kind: str) -> None:
+        super().__init__(f"event '{kind}' is not allowed in state '{state}'")
+        self.state = state
+        self.kind = kind
+
+
+# event kind -> (states it may happen in, state it leads to)
+_MOVES: dict[str, tuple[frozenset[State], State]] = {
+    "routed": (frozenset({State.RECEIVED}), State.ROUTED),
+    "quarantined": (frozenset({State.RECEIVED}), State.QUARANTINED),
+    # The alert may be marked sent after a quick worker has already acknowledged: then it is news,
+    # not a move (see _INFO), so only these states advance to ALERTED.
+    "alerted": (frozenset({State.ROUTED, State.UNDELIVERABLE}), State.ALERTED),
+    "undeliverable": (frozenset({State.ROUTED}), State.UNDELIVERABLE),
+    "acknowledged": (frozenset({State.ROUTED, State.ALERTED, State.UNDELIVERABLE}), State.ACKNOWLEDGED),
+    "closed": (frozenset({State.ACKNOWLEDGED}), State.CLOSED),
+}
+
+# Events that record something without moving the referral, allowed in any state except
+# where listed in _MOVES above (an "alerted" after acknowledgement is also only news).
+_INFO = frozenset(
+    {
+        "received",
+        "parsed",
+        "processing_failed",
+        "receipt_skipped",
+        "delivery_queued",
+        "delivery_sent",
+        "delivery_failed",
+        "delivery_dead",
+        "delivery_confirmed",
+        "decision",
+        "overdue",
+        "escalation_step",
+        "alerted",
+        "undeliverable",
+        # The staff dashboard (gateway.web.dashboard): a person read the content or opened an
+        # attachment. Every view of content is audited, in any state.
+        "viewed",
+        "attachment_opened",
+    }
+)
+
+TRACKED_OPEN = frozenset({State.RECEIVED, State.ROUTED, State.ALERTED, State.UNDELIVERABLE, State.QUARANTINED})
+
+
+def apply(state: State | None, kind: str) -> State:
+    """The state after `kind` happens in `state` (None: before the first event)."""
+    if state is None:
+        if kind != "received":
+            raise IllegalTransition(State.RECEIVED, kind)
+        return State.RECEIVED
+    move = _MOVES.get(kind)
+    if move and state in move[0]:
+        return move[1]
+    if kind in _INFO:
+        return state
+    raise IllegalTransition(state, kind)
+
+
+def derive(kinds: Iterable[str]) -> State:
+    state: State | None = None
+    for kind in kinds:
+        state = apply(state, kind)
+    if state is None:
+        raise ValueError("a referral with no events has no state")
+    return state

@@ -1,0 +1,46 @@
+"""Queues are table rows claimed with a lease (Postfix's active queue, as rows).
+
+One statement serves both databases: UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)
+RETURNING. PostgreSQL skips rows another instance holds; SQLite drops FOR UPDATE and relies on
+BEGIN IMMEDIATE, which lets one writer in at a time. A worker that dies keeps its lease until it
+runs out; then the row is claimable again, so nothing stays stuck behind a crash.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, or_, select, update
+
+from gateway.core.db import Database
+
+
+async def claim(
+    db: Database,
+    table: Table,
+    ready: ColumnElement[bool],
+    order_by: Any,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+) -> list[str]:
+    """Lease up to `limit` ready rows to `owner`; returns their ids. Counts an attempt per claim,
+    so a row that crashes its worker every time still reaches its attempt limit."""
+    free = or_(table.c.lease_until.is_(None), table.c.lease_until < now)
+    candidates = select(table.c.id).where(ready, free).order_by(order_by).limit(limit).with_for_update(skip_locked=True)
+    stmt = (
+        update(table)
+        .where(table.c.id.in_(candidates.scalar_subquery()))
+        .values(lease_owner=owner, lease_until=now + lease, attempts=table.c.attempts + 1)
+        .returning(table.c.id)
+    )
+    async with db.write() as conn:
+        return [row.id for row in await conn.execute(stmt)]
+
+
+def backoff(attempts: int, first: timedelta, cap: timedelta) -> timedelta:
+    """Capped exponential backoff: first, 2x, 4x, ... never more than cap."""
+    factor: int = 2 ** min(max(attempts - 1, 0), 20)
+    return min(first * factor, cap)

@@ -1,0 +1,224 @@
+"""The tables. Portable SQLAlchemy Core: the same schema on SQLite and PostgreSQL.
+
+Columns that could hold personal data are sealed blobs (see gateway.core.sealing); everything in clear
+is an id, a reference, a state, a time or a team. Times are stored in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out (SQLite keeps no time zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use the injected clock")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        when: datetime = value
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# One row per message accepted by any channel: the raw bytes, sealed, and the processing queue.
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("channel", String(16), nullable=False),
+    Column("dedupe_key", String(64), nullable=False, unique=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),  # sealed JSON: mail_from, rcpt_tos, peer
+    Column("raw", LargeBinary, nullable=False),  # sealed raw bytes exactly as received
+    Column("processed_at", UTCDateTime),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", UTCDateTime),
+    Column("last_error", String(200)),
+    Index("ix_messages_queue", "processed_at", "next_attempt_at"),
+)
+
+referrals = Table(
+    "referrals",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("message_id", String(32), ForeignKey("messages.id"), nullable=False, unique=True),
+    Column("reference", String(9), nullable=False, unique=True),
+    Column("channel", String(16), nullable=False),
+    Column("state", String(20), nullable=False),  # cache of the state derived from events
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("team_id", String(64)),
+    Column("route_name", String(200)),
+    Column("urgency", String(16)),
+    Column("incomplete", Boolean, nullable=False, default=False),
+    Column("due_at", UTCDateTime),
+    Column("acknowledged_at", UTCDateTime),
+    Column("acknowledged_by", String(200)),
+    Column("content", LargeBinary),  # sealed JSON of gateway.core.model.Referral
+    Index("ix_referrals_state", "state"),
+)
+
+# Append-only, hash-chained: each row's hash covers the previous row's hash and its own fields.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("detail", Text, nullable=False),  # JSON; never personal data
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_events_referral_id", "referral_id"),
+)
+
+# A single row holding the chain's head; updating it serialises writers of events on PostgreSQL
+# (row lock) as BEGIN IMMEDIATE does on SQLite, so the chain never forks.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("count", Integer, nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # alert | receipt | ack_notice | reminder
+    Column("channel", String(16), nullable=False),  # email (sms, webhook later)
+    Column("team_id", String(64)),
+    Column("recipient_hash", String(64), nullable=False),  # binds ack links to this recipient
+    Column("payload", LargeBinary, nullable=False),  # sealed: recipient and the message bytes
+    Column("state", String(16), nullable=False),  # pending | sent | dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", UTCDateTime),
+    Column("last_error", String(200)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    # SMS: the provider's message SID and its latest status (queued, sent, delivered, undelivered,
+    # failed), from status callbacks or, when none came in time, a fetch by SID.
+    Column("provider_id", String(64)),
+    Column("provider_status", String(32)),
+    Index("ix_deliveries_queue", "state", "next_attempt_at"),
+    Index("ix_deliveries_provider_id", "provider_id"),
+    Index("ix_deliveries_referral_id", "referral_id"),
+)
+
+# Every Twilio webhook that is not a referral (an ACK, HELP, STOP, a status callback), stored
+# before it is answered; Twilio's retries hit the unique key and make no twin.
+sms_webhooks = Table(
+    "sms_webhooks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # inbound | status
+    Column("message_sid", String(64), nullable=False),
+    Column("status", String(32), nullable=False),  # the MessageStatus of a callback; "" for inbound
+    Column("sender_hash", String(64), nullable=False),  # keyed hash of the number, for rate limits
+    Column("payload", LargeBinary, nullable=False),  # sealed: the form as posted
+    Column("outcome", String(200), nullable=False),  # what was done, with no personal data
+    Column("reply", LargeBinary),  # sealed: the reply given, so a retry gets the same answer
+    Column("received_at", UTCDateTime, nullable=False),
+    UniqueConstraint("kind", "message_sid", "status", name="uq_sms_webhooks_sid"),
+    Index("ix_sms_webhooks_sender", "sender_hash", "received_at"),
+)
+
+deadlines = Table(
+    "deadlines",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
+    # ack: the acknowledgement deadline (overdue when missed); step: an escalation step falls due
+    Column("kind", String(16), nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("fired_at", UTCDateTime),
+    Column("cancelled_at", UTCDateTime),
+    Column("chain", String(64)),  # step rows: the escalation chain's id, its step (0-based) and
+    Column("step", Integer),  # how many times that step has been sent before (repeats)
+    Column("round", Integer),
+    Column("detail", Text),  # JSON, once fired: whom it alerted on which channels, or why it skipped
+    Index("ix_deadlines_open", "fired_at", "cancelled_at", "due_at"),
+)
+
+# Staff who sign in to the web dashboard (gateway.staff.users). Usernames are staff identifiers, stored
+# lower-case (gateway.staff.users.normalise_username makes the unique key case-blind); logs name a user
+# by id only. password_hash is argon2id's encoded string (salt and parameters inside).
+# session_epoch is copied into each signed-in session: bumping it (sign-out, disable, password
+# reset) ends every session of that user, although the sessions themselves live in cookies.
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("display_name", String(200), nullable=False),
+    Column("role", String(16), nullable=False),  # duty | coordinator | admin
+    Column("teams", Text, nullable=False),  # JSON list of team ids (duty workers); "[]" otherwise
+    Column("password_hash", String(255), nullable=False),
+    Column("failed_attempts", Integer, nullable=False, default=0),  # since the last success or lock
+    Column("locked_until", UTCDateTime),
+    Column("disabled_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("password_changed_at", UTCDateTime, nullable=False),
+    Column("last_sign_in_at", UTCDateTime),
+    Column("session_epoch", Integer, nullable=False, default=0),
+)
+
+# A coordinator's recorded decision on an item of the report (gateway.report.decisions): who, when, what.
+# item_key names the item ("referral:<id>" or "sms:<message sid>" for a text held over its rate
+# limit, which has no referral). `what` is a code from gateway.report.decisions.WHAT; the free-text note
+# may hold personal data, so it is sealed (context "decision_note:<id>").
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("item_key", String(80), nullable=False),
+    Column("referral_id", String(32), ForeignKey("referrals.id")),  # None for a held text
+    Column("decided_by", String(32), ForeignKey("users.id"), nullable=False),
+    Column("decided_at", UTCDateTime, nullable=False),
+    Column("what", String(32), nullable=False),
+    Column("note", LargeBinary),  # sealed UTF-8 text; None when no note was given
+    Index("ix_decisions_item_key", "item_key"),
+)

@@ -1,0 +1,128 @@
+"""Intake by SMTP: authenticate the transport, store the raw bytes durably, then answer.
+
+Nothing here parses the referral: that runs later from the stored copy, so a bug in a later stage
+cannot lose a message that was answered 250. Any internal error answers 451 (the sender's server
+keeps the message and retries), never 5xx, and never echoes exception text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import ssl
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.config.settings import SmtpSection
+from gateway.core.model import Channel
+from gateway.intake.store import Incoming, IntakeWriter
+
+log = logging.getLogger(__name__)
+
+TEMPFAIL = "451 4.3.0 Temporary failure storing your message; please try again later"
+
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def dedupe_key(mail_from: str, raw: bytes) -> str:
+    """Same Message-ID and body from the same sender is the same message (a retry after a lost 250).
+
+    Without a Message-ID the exact bytes stand in for it: a sender's retry resends them unchanged.
+    (A regex over the header block, not the email parser: this runs for every message before
+    the 250, and only one header is wanted.)
+    """
+    end = _HEADER_END.search(raw)
+    match = _MESSAGE_ID.search(raw, 0, end.start() if end else len(raw))
+    message_id = b"".join(match.group(1).split()) if match else b""
+    if message_id:
+        # The body too: a retry resends it unchanged, but some senders (scanners, clients that
+        # make ids from the time in seconds) reuse a Message-ID for a different message.
+        # Line endings and trailing blank lines are the transport's, not the sender's.
+        body = (raw[end.end() :] if end else b"").replace(b"\r\n", b"\n").rstrip(b"\n")
+        return hashlib.sha256(
+            b"mid\0" + mail_from.lower().encode() + b"\0" + message_id + b"\0" + hashlib.sha256(body).digest()
+        ).hexdigest()
+    return hashlib.sha256(b"raw\0" + raw).hexdigest()
+
+
+class ReferralHandler:
+    def __init__(self, settings: SmtpSection, writer: IntakeWriter) -> None:
+        self._addresses = frozenset(a.lower() for a in settings.referral_addresses)
+        self._writer = writer
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.lower() not in self._addresses:
+            return f"550 5.1.1 No referral mailbox here by that name; send referrals to {sorted(self._addresses)[0]}"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw: bytes = envelope.original_content or b""
+        mail_from = envelope.mail_from or ""
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        item = Incoming(
+            channel=Channel.EMAIL,
+            raw=raw,
+            envelope={
+                "mail_from": mail_from,
+                "rcpt_tos": list(envelope.rcpt_tos),
+                "peer": peer,
+                "helo": session.host_name or "",
+            },
+            dedupe_key=dedupe_key(mail_from, raw),
+        )
+        try:
+            accepted = await self._writer.submit(item)
+        except asyncio.CancelledError:
+            raise  # the client hung up; the writer still finishes the commit
+        except Exception as exc:  # noqa: BLE001
+            # The one place intake failures become a reply: 451, so the sender's server retries.
+            log.error("smtp intake: commit failed (%s); answered 451", type(exc).__name__)
+            return TEMPFAIL
+        log.info(
+            "smtp intake: accepted referral %s%s",
+            accepted.reference,
+            " (duplicate of an earlier delivery)" if accepted.duplicate else "",
+        )
+        return f"250 2.0.0 Accepted: referral {accepted.reference}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default is "500 Error: (Exc) text": permanent (the referral would be given
+        # up by the sender's server) and it leaks the text. Always a temporary failure instead.
+        log.error("smtp intake: unexpected error %s; answered 451", type(error).__name__)
+        return TEMPFAIL
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def start_smtp(settings: SmtpSection, writer: IntakeWriter, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    handler = ReferralHandler(settings, writer)
+
+    def factory() -> Any:
+        return SMTP(
+            handler,
+            hostname=settings.hostname,  # never socket.getfqdn(): it can block the loop
+            data_size_limit=settings.max_message_size,
+            timeout=int(settings.timeout.total_seconds()),
+            tls_context=tls,
+            require_starttls=settings.starttls_required,
+            decode_data=False,
+            enable_SMTPUTF8=True,
+            loop=loop,
+        )
+
+    return await loop.create_server(factory, host=settings.host, port=settings.port)

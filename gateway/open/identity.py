@@ -1,0 +1,210 @@
+"""The gateway's own keys and its partners' trust material, loaded from config and keys/.
+
+The gateway refuses to start when a configured key is missing or unreadable: running without it
+would quarantine every encrypted referral, which is worse than not running (systemd restarts us
+and the administrator sees why in the journal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from gateway.config.settings import Config, Partner
+from gateway.open.crypto import CryptoError, CryptoKeyError
+from gateway.open.crypto.openpgp import OpenPGP
+from gateway.open.crypto.smime import CertInfo, SMime, make_development_identity
+from gateway.open.unwrap import Trust, Unwrapper
+
+log = logging.getLogger(__name__)
+EXPIRY_WARNING = timedelta(days=30)
+
+
+@dataclass
+class Identity:
+    pgp: OpenPGP | None
+    smime: SMime | None
+    trust: Trust
+    # Pinned partner certificates by SHA-256 fingerprint: replies to their holders are encrypted.
+    pinned_by_fingerprint: dict[str, Path] = field(default_factory=dict)
+    anchors_by_partner: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    pinned_by_partner: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    bundle_dir: Path = Path()
+    openpgp_fingerprint: str | None = None  # the gateway's own key: signs what it sends
+    _trust_by_names: dict[tuple[str, ...], Trust] = field(default_factory=dict)
+
+    def unwrapper(self) -> Unwrapper:
+        return Unwrapper(self.pgp, self.smime, self.trust)
+
+    def unwrapper_for(self, sender: str, partners: Sequence[Partner]) -> Unwrapper:
+        """An unwrapper whose S/MIME trust is that of the partners `sender` belongs to (none: no
+        S/MIME signature is trusted, and the policy says so)."""
+        names = tuple(p.name for p in partners if p.covers(sender)) if sender else ()
+        trust = self._trust_by_names.get(names)
+        if trust is None:  # once per set of partners, not per message: it reads and writes files
+            anchors = [a for name in names for a in self.anchors_by_partner.get(name, ())]
+            pinned = tuple(c for name in names for c in self.pinned_by_partner.get(name, ()))
+            trust = self._trust_by_names[names] = Trust(_bundle(self.bundle_dir, anchors), pinned)
+        return Unwrapper(self.pgp, self.smime, trust)
+
+    def close(self) -> None:
+        if self.pgp is not None:
+            self.pgp.close()
+
+
+def _trust(config: Config) -> Trust:
+    """Every partner's trust at once (used only to word a refusal: see Opener._name_the_partner)."""
+    anchors = [config.path(p) for partner in config.settings.partners for p in partner.smime_anchors]
+    pinned = tuple(config.path(p) for partner in config.settings.partners for p in partner.smime_pinned)
+    for path in (*anchors, *pinned):
+        if not path.is_file():
+            raise CryptoKeyError(f"{path}: partner certificate named in config is missing")
+    return Trust(_bundle(config.data_dir / "trust", anchors), pinned)
+
+
+def load_identity(config: Config, now: datetime) -> Identity:
+    keys = config.settings.keys
+    if keys.development:
+        fingerprint, key_path, cert_path = development_keys(config)
+        keys = keys.model_copy(
+            update={"openpgp_fingerprint": fingerprint, "smime_key": key_path, "smime_cert": cert_path}
+        )
+    smime = None
+    if keys.smime_key is not None or keys.smime_cert is not None:
+        if keys.smime_key is None or keys.smime_cert is None:
+            raise CryptoKeyError("keys.smime_key and keys.smime_cert must be given together")
+        key_path = config.keys_dir / keys.smime_key
+        if key_path.exists() and key_path.stat().st_mode & 0o077:
+            raise CryptoKeyError(f"{key_path}: the S/MIME private key is readable by others; run: chmod 600 {key_path}")
+        smime = SMime(key_path, config.keys_dir / keys.smime_cert)
+        _warn_expiry("the gateway's S/MIME certificate", smime.info.not_after, now)
+    pgp = None
+    if keys.openpgp_fingerprint is not None:
+        pgp = OpenPGP(config.keys_dir / keys.openpgp_home)
+        secret = {k.fingerprint: k for k in pgp.keys(secret=True)}
+        own = secret.get(keys.openpgp_fingerprint)
+        if own is None:
+            pgp.close()
+            raise CryptoKeyError(
+                f"the OpenPGP secret key {keys.openpgp_fingerprint} is not in {config.keys_dir / keys.openpgp_home}; "
+                "run `referral-gateway keys init` or restore the key"
+            )
+        if own.expires is not None:
+            _warn_expiry("the gateway's OpenPGP key", own.expires, now)
+        public = {k.fingerprint: k for k in pgp.keys()}
+        for partner in config.settings.partners:
+            for fingerprint in partner.openpgp:
+                if fingerprint not in public:
+                    log.warning(
+                        "partner %s: OpenPGP key %s is not imported; run `referral-gateway keys import`",
+                        partner.name,
+                        fingerprint,
+                    )
+                elif (expires := public[fingerprint].expires) is not None:
+                    _warn_expiry(f"partner {partner.name}'s OpenPGP key {fingerprint}", expires, now)
+    trust = _trust(config)
+    anchors_by_partner = {p.name: tuple(config.path(a) for a in p.smime_anchors) for p in config.settings.partners}
+    pinned_by_partner = {p.name: tuple(config.path(c) for c in p.smime_pinned) for p in config.settings.partners}
+    for anchors in anchors_by_partner.values():
+        _bundle(config.data_dir / "trust", list(anchors))  # made now: a missing file stops the start
+    for partner in config.settings.partners:
+        for path in (*partner.smime_anchors, *partner.smime_pinned):
+            info = SMime.certificate_info(config.path(path).read_bytes())
+            _warn_expiry(f"partner {partner.name}'s certificate {path}", info.not_after, now)
+    pinned = {SMime.certificate_info(path.read_bytes()).fingerprint: path for path in trust.pinned}
+    return Identity(
+        pgp,
+        smime,
+        trust,
+        pinned,
+        anchors_by_partner,
+        pinned_by_partner,
+        config.data_dir / "trust",
+        keys.openpgp_fingerprint,
+    )
+
+
+def _bundle(directory: Path, anchors: Sequence[Path]) -> Path | None:
+    """One PEM file of these anchors for `openssl cms -CAfile`, named by its content (so every
+    combination is written once and reused)."""
+    if not anchors:
+        return None
+    data = b"\n".join(path.read_bytes().strip() for path in anchors) + b"\n"
+    path = directory / f"anchors-{hashlib.sha256(data).hexdigest()[:16]}.pem"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
+
+
+def _warn_expiry(what: str, expires: datetime, now: datetime) -> None:
+    if expires <= now:
+        log.error("%s expired on %s: renew it now", what, expires.date().isoformat())
+    elif expires - now <= EXPIRY_WARNING:
+        log.warning("%s expires on %s: renew it", what, expires.date().isoformat())
+
+
+def make_smime_files(key_path: Path, cert_path: Path, name: str, email: str) -> CertInfo:
+    """A development S/MIME identity at exactly these paths. make_development_identity writes
+    smime-key.pem/smime-cert.pem; they are made in a private scratch directory beside the target,
+    then hard-linked into place: a link never replaces an existing file (as O_EXCL)."""
+    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".smime-", dir=key_path.parent))
+    placed: list[Path] = []
+    try:
+        made_key, made_cert = make_development_identity(scratch, name, email)
+        for made, target in ((made_key, key_path), (made_cert, cert_path)):
+            os.link(made, target)
+            placed.append(target)
+        return SMime.certificate_info(cert_path.read_bytes())
+    except FileExistsError as exc:
+        for path in placed:  # a half-made pair would not load; only what this run placed is removed
+            path.unlink()
+        raise CryptoKeyError(f"{exc.filename2 or exc.filename} appeared while making keys; not replacing it") from None
+    except CryptoError as exc:
+        raise CryptoKeyError(f"making the S/MIME identity failed ({exc.reason})") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+DEV_SMIME_KEY = Path("smime/gateway.key.pem")
+DEV_SMIME_CERT = Path("smime/gateway.crt.pem")
+
+
+def development_keys(config: Config) -> tuple[str, Path, Path]:
+    """For `keys.development = true` (the embedded default only): the gateway's OpenPGP key and
+    S/MIME identity under keys/, made on first run, so a fresh checkout takes encrypted mail.
+    Returns (OpenPGP fingerprint, S/MIME key, S/MIME certificate)."""
+    keys = config.settings.keys
+    name = f"{config.settings.gateway.council} referral gateway (development)"
+    email = config.settings.mail.from_address
+    key_path = config.keys_dir / (keys.smime_key or DEV_SMIME_KEY)
+    cert_path = config.keys_dir / (keys.smime_cert or DEV_SMIME_CERT)
+    if not key_path.exists() and not cert_path.exists():
+        make_smime_files(key_path, cert_path, name, email)
+        log.warning("made a development S/MIME identity in %s: not for production", cert_path.parent)
+    pgp = OpenPGP(config.keys_dir / keys.openpgp_home)
+    try:
+        secret = pgp.keys(secret=True)
+        if keys.openpgp_fingerprint:
+            fingerprint = keys.openpgp_fingerprint
+        elif len(secret) == 1:
+            fingerprint = secret[0].fingerprint
+        elif not secret:
+            fingerprint = pgp.generate_key(name, email)
+            log.warning("made a development OpenPGP key %s: not for production", fingerprint)
+        else:
+            raise CryptoKeyError("several OpenPGP secret keys in keys/; name the gateway's in keys.openpgp_fingerprint")
+    finally:
+        pgp.close()
+    return fingerprint, key_path, cert_path

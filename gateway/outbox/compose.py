@@ -1,0 +1,242 @@
+"""Compose outbound email (alerts, receipts, notices) from templates/email/*.txt.
+
+Unencrypted email carries no personal data (DESIGN.md, Security rules): these messages hold the
+reference, urgency, team, times, the names of missing fields and a link, nothing about the child.
+Each template's first line is `Subject: ...`, then a blank line, then the body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from email.header import Header
+from email.message import Message
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.policy import compat32
+from email.utils import format_datetime, formataddr, make_msgid
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+
+from gateway.config.duty import Team
+from gateway.config.settings import Config
+from gateway.core.model import Problem, Urgency
+from gateway.open.mime import Attachment
+from gateway.outbox.tokens import AckSigner
+
+UK = ZoneInfo("Europe/London")
+_CRLF = compat32.clone(linesep="\r\n")  # signed and encrypted entities are made in canonical form
+
+
+def uk_time(when: datetime) -> str:
+    """Times as a duty worker in England reads them, whatever the server's zone."""
+    local = when.astimezone(UK)
+    return local.strftime("%A %d %B %Y, %H:%M ") + ("GMT" if not local.dst() else "BST")
+
+
+def _header(text: str) -> str:
+    """RFC 2047-encode a header value only when it needs it (a council or team name in Welsh)."""
+    return text if text.isascii() else Header(text, "utf-8").encode()
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    kind: str  # alert | reminder | receipt | ack_notice | notice | ack_told
+    to: str  # an email address, or an E.164 number for SMS
+    message: bytes  # the whole email; for SMS the UTF-8 text
+    recipient_hash: str
+    team_id: str | None = None
+    channel: str = "email"
+
+
+def email_environment(templates_dir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        undefined=jinja2.StrictUndefined,  # a missing value is a bug, not an empty line in an alert
+        keep_trailing_newline=True,
+        autoescape=False,  # plain text mail  # noqa: S701
+    )
+    env.filters["uk_time"] = uk_time
+    return env
+
+
+class Composer:
+    def __init__(self, config: Config, signer: AckSigner, env: jinja2.Environment) -> None:
+        self._config = config
+        self._s = config.settings
+        self._signer = signer
+        self._env = env
+        self._domain = self._s.mail.from_address.split("@", 1)[1]
+
+    def _render(self, template: str, context: dict[str, Any]) -> tuple[str, str]:
+        text = self._env.get_template(template).render(
+            council=self._s.gateway.council, duty_phone=self._s.gateway.duty_phone, **context
+        )
+        first, _, body = text.partition("\n")
+        if not first.startswith("Subject: "):
+            raise ValueError(f"{template}: the first line must be 'Subject: ...'")
+        return first.removeprefix("Subject: ").strip(), body.lstrip("\n")
+
+    def _headers(self, msg: Message, to: str, subject: str, context: dict[str, Any], in_reply_to: str | None) -> None:
+        msg["From"] = formataddr((f"{self._s.gateway.council} referrals", self._s.mail.from_address), "utf-8")
+        msg["To"] = to
+        msg["Subject"] = _header(subject)
+        msg["Date"] = format_datetime(context["now"])
+        msg["Message-ID"] = make_msgid("rg", domain=self._domain)
+        msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: stops auto-replies looping back
+        msg["X-Referral-Reference"] = context["reference"]
+        if in_reply_to:
+            msg["In-Reply-To"] = in_reply_to
+            msg["References"] = in_reply_to
+
+    def _build(
+        self,
+        kind: str,
+        template: str,
+        to: str,
+        context: dict[str, Any],
+        in_reply_to: str | None = None,
+        team_id: str | None = None,
+    ) -> Outgoing:
+        subject, body = self._render(template, context)
+        # compat32 MIMEText, not EmailMessage: the modern policy re-parses every header we set,
+        # which was half of the processing stage's time, and these headers are all ours.
+        msg = MIMEText(body, "plain", "utf-8")
+        self._headers(msg, to, subject, context, in_reply_to)
+        return Outgoing(kind, to, msg.as_bytes(), self._signer.recipient_hash(to), team_id)
+
+    def _ack_link(self, referral_id: str, to: str, now: datetime) -> dict[str, Any]:
+        """The acknowledgement link for one referral and one recipient, and when it stops working."""
+        token = self._signer.sign(referral_id, to, now, self._s.ack.link_ttl)
+        return {
+            "ack_url": f"{self._s.http.public_url}/ack/{token}",
+            "link_expires": now + self._s.ack.link_ttl,
+            "link_for": to,
+        }
+
+    def secure_alert_parts(
+        self,
+        *,
+        referral_id: str,
+        reference: str,
+        team: Team,
+        to: str,
+        context: dict[str, Any],
+        attachments: tuple[Attachment, ...],
+    ) -> tuple[bytes, bytes]:
+        """(outer headers, inner MIME entity) of an alert WITH the referral's content, for a
+        recipient with a key: the caller encrypts the entity to that key and joins the two."""
+        context = {
+            **context,
+            **self._ack_link(referral_id, to, context["now"]),
+            "reference": reference,
+            "team": team,
+            "attachments": [(a.filename, a.content_type, len(a.data)) for a in attachments],
+        }
+        subject, body = self._render("email/alert_secure.txt", context)
+        inner = MIMEMultipart("mixed")
+        inner.attach(MIMEText(body, "plain", "utf-8"))
+        for item in attachments:
+            maintype, _, subtype = item.content_type.partition("/")
+            part = MIMEApplication(item.data, _subtype=subtype or "octet-stream")
+            if maintype != "application":
+                part.replace_header("Content-Type", f"{item.content_type}")
+            part.add_header("Content-Disposition", "attachment", filename=item.filename)
+            inner.attach(part)
+        outer = Message()
+        self._headers(outer, to, subject, context, None)
+        outer["MIME-Version"] = "1.0"
+        head = outer.as_bytes(policy=_CRLF).split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        return head, inner.as_bytes(policy=_CRLF)
+
+    def alert(
+        self,
+        *,
+        kind: str,
+        referral_id: str,
+        reference: str,
+        team: Team,
+        to: str,
+        route_name: str,
+        urgency: Urgency | None,
+        problems: tuple[Problem, ...],
+        received_at: datetime,
+        due_at: datetime,
+        now: datetime,
+        security: dict[str, Any] | None = None,
+        step_notify: str = "",
+    ) -> Outgoing:
+        return self._build(
+            kind,
+            f"email/{kind}.txt",
+            to,
+            {
+                "reference": reference,
+                "team": team,
+                "route_name": route_name,
+                "urgency": urgency,
+                "problems": problems,
+                "received_at": received_at,
+                "due_at": due_at,
+                "now": now,
+                **self._ack_link(referral_id, to, now),
+                "security": security or {},
+                "step_notify": step_notify,
+            },
+            team_id=team.id,
+        )
+
+    def receipt(
+        self, *, reference: str, to: str, received_at: datetime, now: datetime, in_reply_to: str | None
+    ) -> Outgoing:
+        return self._build(
+            "receipt",
+            "email/receipt.txt",
+            to,
+            {"reference": reference, "received_at": received_at, "now": now},
+            in_reply_to,
+        )
+
+    def quarantine_notice(
+        self, *, reference: str, to: str, reason: str, received_at: datetime, now: datetime, in_reply_to: str | None
+    ) -> Outgoing:
+        return self._build(
+            "notice",
+            "email/quarantine_notice.txt",
+            to,
+            {"reference": reference, "reason": reason, "received_at": received_at, "now": now},
+            in_reply_to,
+        )
+
+    def referrer_notice(self, kind: str, channel: str, to: str, context: dict[str, Any]) -> Outgoing:
+        """A notice to the referrer (ack_notice, outcome_notice) on the channel their referral came
+        by: templates/email/<kind>.txt, or templates/sms/<kind>.txt for an SMS referral."""
+        if channel == "sms":
+            return self.sms(kind, kind, to=to, referral_id=None, context=context)
+        return self._build(kind, f"email/{kind}.txt", to, context)
+
+    def acknowledged_by(self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime) -> Outgoing:
+        """To everyone already alerted: somebody has it, stand down."""
+        context = {"reference": reference, "team": team, "by": by, "at": at, "now": now}
+        return self._build("ack_told", "email/acknowledged_by.txt", to, context, team_id=team.id)
+
+    def sms(self, kind: str, template: str, *, to: str, referral_id: str | None, context: dict[str, Any]) -> Outgoing:
+        """An SMS from templates/sms/<template>.txt: reference, urgency, team and a link, never content."""
+        now = context["now"]
+        extra = self._ack_link(referral_id, to, now) if referral_id else {}
+        text = self._env.get_template(f"sms/{template}.txt").render(
+            council=self._s.gateway.council, duty_phone=self._s.gateway.duty_phone, kind=kind, **context, **extra
+        )
+        team = context.get("team")
+        return Outgoing(
+            kind,
+            to,
+            " ".join(text.split()).encode(),
+            self._signer.recipient_hash(to),
+            team.id if team is not None else None,
+            "sms",
+        )

@@ -1,0 +1,62 @@
+"""Enqueue: every outbound message is an outbox row first, sealed, with its `delivery_queued` event.
+
+The outbox worker (gateway.deliver.worker) sends what is here; callers add the rows inside their own
+transaction, so a referral's state change and the messages it causes commit together.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.core import audit
+from gateway.core.schema import deliveries
+from gateway.core.sealing import Sealer
+from gateway.intake.store import sealed_context
+from gateway.outbox.compose import Outgoing
+
+
+def outbox_row(out: Outgoing, referral_id: str, sealer: Sealer, now: datetime) -> dict[str, Any]:
+    delivery_id = uuid.uuid4().hex
+    payload = json.dumps({"to": out.to, "message": out.message.decode("utf-8")}).encode()
+    return {
+        "id": delivery_id,
+        "referral_id": referral_id,
+        "kind": out.kind,
+        "channel": out.channel,
+        "team_id": out.team_id,
+        "recipient_hash": out.recipient_hash,
+        "payload": sealer.seal(payload, sealed_context("delivery", delivery_id)),
+        "state": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
+def queued_events(referral_id: str, rows: Sequence[dict[str, Any]], now: datetime, actor: str) -> list[audit.Event]:
+    return [
+        audit.Event(
+            referral_id,
+            now,
+            actor,
+            "delivery_queued",
+            {"delivery": row["id"], "kind": row["kind"], "team": row["team_id"]},
+        )
+        for row in rows
+    ]
+
+
+async def queue_outgoing(
+    conn: AsyncConnection, sealer: Sealer, referral_id: str, outgoing: Sequence[Outgoing], now: datetime, actor: str
+) -> list[audit.Event]:
+    """Insert outbox rows; returns their `delivery_queued` events for the caller's batch."""
+    rows = [outbox_row(out, referral_id, sealer, now) for out in outgoing]
+    if rows:
+        await conn.execute(deliveries.insert(), rows)
+    return queued_events(referral_id, rows, now, actor)

@@ -1,0 +1,140 @@
+"""A referral's timeline in words, from its audit events: what the staff dashboard's referral
+page shows. Event details never hold personal data; staff names come from the caller."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from gateway.config.settings import Settings
+from gateway.core.db import Database
+from gateway.core.schema import deliveries, events
+from gateway.outbox.compose import uk_time
+
+# The outcome of the duty team's first decision, as the referrer is told it (value -> words).
+OUTCOMES: dict[str, str] = {
+    "no_further_action": "No further action",
+    "early_help": "Early help",
+    "assessment": "Assessment",
+    "strategy_discussion": "Strategy discussion",
+    "passed_on": "Passed to another area",
+}
+
+
+def step_text(detail: Mapping[str, Any]) -> str:
+    notify = ", ".join(str(n) for n in detail.get("notify", []))
+    return f"step {detail['step']}" + (f" ({notify})" if notify else "")
+
+
+@dataclass(frozen=True)
+class Entry:
+    at: datetime
+    what: str
+
+
+_DELIVERY_WORDS = {
+    "alert": "alert",
+    "reminder": "reminder",
+    "receipt": "receipt to the referrer",
+    "ack_notice": "acknowledgement notice to the referrer",
+    "ack_told": "stand-down notice",
+    "notice": "notice to the sender",
+    "outcome_notice": "outcome notice to the referrer",
+}
+
+
+def _actor_name(actor: str, names: Mapping[str, str]) -> str:
+    kind, _, who = actor.partition(":")
+    if kind == "user":
+        return names.get(who, "a staff user")
+    if kind == "person":
+        return who
+    return "the gateway"
+
+
+def describe(
+    kind: str,
+    actor: str,
+    detail: Mapping[str, Any],
+    settings: Settings,
+    names: Mapping[str, str],
+    sent: Mapping[str, Any],
+) -> str:
+    """One event in words. Event details never hold personal data; staff names come from `names`."""
+    delivery = sent.get(str(detail.get("delivery", "")))
+    what = _DELIVERY_WORDS.get(str(detail.get("kind", "")), str(detail.get("kind", "message")))
+    channel = f" by {delivery.channel}" if delivery is not None else ""
+    team_id = detail.get("team") or (delivery.team_id if delivery is not None else None)
+    team = f" to {settings.team_name(team_id)}" if team_id else ""
+    by = _actor_name(actor, names)
+    match kind:
+        case "received":
+            return f"Received ({actor.removeprefix('intake:')})"
+        case "parsed":
+            problems = detail.get("problem_fields") or []
+            text = "Read" + (" (encrypted)" if detail.get("encrypted") else "")
+            text += f"; {detail.get('attachments', 0)} attachment(s)"
+            return text + (f"; incomplete: {', '.join(problems)}" if problems else "")
+        case "routed":
+            due = datetime.fromisoformat(detail["due_at"]) if detail.get("due_at") else None
+            text = f"Routed{team} by the route {detail.get('route', '?')}"
+            return text + (f"; to be acknowledged within {detail.get('deadline')}, by {uk_time(due)}" if due else "")
+        case "delivery_queued":
+            return f"The {what}{team} was queued"
+        case "delivery_sent":
+            return f"The {what}{team} was sent{channel} (attempt {detail.get('attempt', 1)})"
+        case "delivery_confirmed":
+            return f"The {what}{team} was delivered{channel} (confirmed by the provider)"
+        case "delivery_failed":
+            return f"The {what}{team} failed{channel} (attempt {detail.get('attempt', '?')}); trying again"
+        case "delivery_dead":
+            return f"The {what}{team} failed for good{channel}: {detail.get('reason', 'no reason given')}"
+        case "alerted":
+            return f"Alerted {team.removeprefix(' to ')}".rstrip() + (
+                f" by {detail['channel']}" if detail.get("channel") else ""
+            )
+        case "escalation_step" if "step" in detail:
+            if detail.get("skipped"):
+                return f"Escalation {step_text(detail)}: skipped, nobody reachable"
+            alerted = ", ".join(str(a) for a in detail.get("alerted", [])) or "nobody"
+            return f"Escalation {step_text(detail)}: alerted {alerted}"
+        case "escalation_step":
+            return f"Escalation: {detail.get('stopped') or detail.get('failed') or 'no step'}"
+        case "overdue":
+            return "Not acknowledged by its deadline"
+        case "acknowledged":
+            return f"Acknowledged by {by}" + (f" ({detail['via']})" if detail.get("via") else "")
+        case "closed":
+            return f"Closed by {by}: {OUTCOMES.get(str(detail.get('outcome')), 'outcome not recorded')}"
+        case "viewed":
+            return f"Viewed by {by}"
+        case "attachment_opened":
+            return f"Attachment {detail.get('index', '?')} opened by {by}"
+        case "quarantined":
+            return f"Quarantined at stage {detail.get('stage', '?')}: {detail.get('reason', '?')}"
+        case "undeliverable":
+            return f"Undeliverable{team}: {detail.get('reason', 'every alert failed')}"
+        case "receipt_skipped":
+            return f"No receipt sent ({detail.get('why', '?')})"
+    return kind.replace("_", " ").capitalize()
+
+
+async def timeline(db: Database, settings: Settings, referral_id: str, names: Mapping[str, str]) -> list[Entry]:
+    async with db.read() as conn:
+        rows = (
+            await conn.execute(select(events).where(events.c.referral_id == referral_id).order_by(events.c.id))
+        ).all()
+        sent = {
+            d.id: d
+            for d in await conn.execute(
+                select(deliveries.c.id, deliveries.c.channel, deliveries.c.team_id).where(
+                    deliveries.c.referral_id == referral_id
+                )
+            )
+        }
+    return [Entry(r.at, describe(r.kind, r.actor, json.loads(r.detail), settings, names, sent)) for r in rows]

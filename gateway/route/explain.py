@@ -1,0 +1,76 @@
+"""`route --explain`: the routing decision, who is on duty, the deadline and the escalation steps
+with their times, for a referral as if it arrived at a given moment and nobody acknowledged it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from gateway.config.settings import Settings
+from gateway.core.model import Referral
+from gateway.duty.deadline_rules import due_at
+from gateway.outbox.compose import uk_time
+from gateway.outbox.dispatch import schedule_for
+from gateway.route import escalate
+from gateway.route.rules import Facts, age_band_of, local_authority_of, route
+
+
+def _who(sends: tuple[escalate.Send, ...]) -> str:
+    return ", ".join(f"{s.recipient.name} ({s.channel})" for s in sends) or "nobody reachable: skipped at once"
+
+
+def explain(referral: Referral, settings: Settings, facts: Facts) -> list[str]:
+    at = facts.at
+    child = referral.child
+    unborn, years = age_band_of(referral, at.date())
+    lines = [
+        f"referral: urgency {referral.urgency or 'not given'}, category {referral.category or 'not given'}, "
+        f"postcode district {child.postcode.split()[0] if child.postcode else 'not given'}, "
+        f"local authority {local_authority_of(settings, child.postcode) or 'unknown'}, "
+        f"age {unborn or (f'{years} years' if years is not None else 'unknown')}, channel {facts.channel}, "
+        f"organisation {facts.organisation or 'not given'}",
+        f"received: {uk_time(at)}",
+    ]
+    if referral.problems:
+        lines.append("incomplete:")
+        lines += [f"  - {p.field}: {p.message}" for p in referral.problems]
+    decision = route(referral, settings, facts)
+    lines.append("rules, first match wins:")
+    lines += [f"  {'MATCH' if c.matched else 'no   '}  {c.route}: {c.why}" for c in decision.checks]
+    team = settings.team(decision.team_id)
+    lines.append(f"hours: {decision.hours}")
+    lines.append(f"routed to: {team.name} ({team.id}, {team.email}) by route '{decision.route.name}'")
+    on_duty = escalate.on_duty_members(team, at)
+    lines.append(
+        "on duty now: "
+        + (", ".join(f"{m.name}{' (manager)' if m.manager else ''}" for m in on_duty) or "nobody on the rota")
+    )
+    schedule = schedule_for(settings, team)
+    rule = settings.deadline_rule(team, referral.urgency)
+    due = due_at(rule, at, schedule)
+    lines.append(f"acknowledge within {rule.describe()}: by {uk_time(due)}")
+    chain = settings.escalation_of(team, referral.urgency)
+    ooh = settings.find_team(decision.route.out_of_hours) if decision.route.out_of_hours else None
+    lines.append(f"escalation chain '{chain.id}' if nobody acknowledges:")
+    position: tuple[int, int] | None = (0, 0)
+    when: datetime = at
+    shown = 0
+    limit = sum(step.repeat + 1 for step in chain.steps) + 1  # the whole chain, one repeat of the last
+    while position is not None and shown < limit:
+        planned = escalate.plan(settings, chain, team, ooh, position, when, due, schedule)
+        for fired in planned.fired:
+            step = chain.steps[fired.step]
+            repeat = f" (repeat {fired.round})" if fired.round else ""
+            lines.append(
+                f"  step {fired.step + 1}{repeat} at {uk_time(when)}: {', '.join(step.notify)} "
+                f"by {', '.join(step.channels)} -> {_who(fired.sends)}"
+            )
+            shown += 1
+        if planned.next_step is None:
+            lines.append("  then the chain ends; the referral stays on the coordinators' report until acknowledged")
+            break
+        step_index, round_, when = planned.next_step
+        position = (step_index, round_)
+    else:
+        if position is not None:
+            lines.append(f"  ... and step {position[0] + 1} again every {chain.steps[-1].wait} until acknowledged")
+    return lines

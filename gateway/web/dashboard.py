@@ -1,0 +1,317 @@
+"""The staff web pages: sign in and out, the duty dashboard, a referral, acknowledge and close.
+
+GET/POST /sign-in, POST /sign-out, GET /dashboard, GET /referrals/{id},
+GET /referrals/{id}/attachments/{n}, POST /referrals/{id}/acknowledge, POST /referrals/{id}/close.
+
+Decisions, each for a reason:
+- Sessions, expiry and CSRF are gateway.web.session's: every POST checks the token first, before
+  even who is signed in, so a forged post learns nothing. A refused sign-in shows one message
+  whatever the reason, and does not echo the username back (it may be a password typed into the
+  wrong box).
+- Nothing personal in any URL: a referral is addressed by its internal random id, never by the
+  child's name or NHS number or even the reference; redirects go to fixed paths; the sign-in page
+  takes no "next" parameter (no open redirect, nothing to leak).
+- A referral the user may not see and one that does not exist get the same 403 page: the answer
+  does not tell a duty worker that a referral exists in another team.
+- Every view of content is an audited event ("viewed", "attachment_opened"), written before the
+  content is sent: if the audit cannot be written the content is not shown.
+- Every value from a referral is escaped by Jinja's autoescape and wrapped in <bdi>, so a
+  right-to-left override in a name cannot reorder the words around it.
+- The pages reuse the public form's layout (templates/web/form/base.html) and Jinja environment,
+  with a CSP nonce for the one module script, set in on_response_prepare after the site-wide headers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from aiohttp import web
+from markupsafe import Markup, escape
+
+from gateway.config.settings import Config
+from gateway.core.clock import Clock
+from gateway.core.db import Database
+from gateway.core.lifecycle import IllegalTransition, State
+from gateway.core.sealing import Sealer
+from gateway.intake.web_form import form_environment
+from gateway.open.identity import Identity
+from gateway.outbox.compose import uk_time
+from gateway.outbox.tokens import AckSigner
+from gateway.staff.users import REFUSED_MESSAGE, Role, SignInRefused, User, Users
+from gateway.track.acks import Tracker
+from gateway.web import dashboard_data as data
+from gateway.web.headers import new_nonce, page_headers
+from gateway.web.session import CSRF_FIELD, WebSessions, csrf_token, require_csrf
+
+log = logging.getLogger(__name__)
+
+_FORM: web.RequestKey[dict[str, str]] = web.RequestKey("dashboard_form", dict)
+_ERROR: web.RequestKey[str] = web.RequestKey("dashboard_error", str)
+_DOWNLOAD: web.RequestKey[bool] = web.RequestKey("dashboard_download", bool)
+_MAX_FIELD = 1024  # a username or password longer than this is refused without hashing it
+
+
+def user_text(value: object) -> Markup:
+    """A value from outside (referral content, a staff name): escaped, and isolated so that
+    bidirectional controls in it cannot reorder the text around it."""
+    return Markup('<bdi class="app-user-text">{}</bdi>').format(escape("" if value is None else str(value)))
+
+
+def staff_environment(config: Config) -> jinja2.Environment:
+    env = form_environment(config.templates_dir)
+    env.filters["uk_time"] = uk_time
+    env.filters["user"] = user_text
+    return env
+
+
+Handler = Callable[[web.Request, User], Awaitable[web.StreamResponse]]
+
+
+class StaffPages:
+    """Renders templates/web/staff/* for any staff page: the council's details, the page's nonce
+    (gateway.web.headers), the signed-in user and the session's CSRF token."""
+
+    def __init__(self, config: Config) -> None:
+        self._env = staff_environment(config)
+        s = config.settings
+        self._common = {"council": s.gateway.council, "duty_phone": s.gateway.duty_phone}
+
+    async def render(
+        self, request: web.Request, template: str, status: int, user: User | None, **context: Any
+    ) -> web.Response:
+        body = self._env.get_template(f"staff/{template}").render(
+            **self._common,
+            cspNonce=new_nonce(request),
+            user=user,
+            csrf_field=CSRF_FIELD,
+            csrf_token=await csrf_token(request),
+            **context,
+        )
+        return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
+
+
+class DashboardPages:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        sealer: Sealer,
+        signer: AckSigner,
+        tracker: Tracker,
+        identity: Identity,
+        users: Users,
+        clock: Clock,
+    ) -> None:
+        self._config = config
+        self._s = config.settings
+        self._db = db
+        self._sealer = sealer
+        self._signer = signer
+        self._tracker = tracker
+        self._identity = identity
+        self._users = users
+        self._clock = clock
+        self._sessions = WebSessions(users, clock)
+        self._pages = StaffPages(config)
+
+    def routes(self, app: web.Application) -> None:
+        """Needs gateway.web.session.setup_sessions(app, ...) on the same app, and the /assets
+        route that ReferralForm.routes adds."""
+        app.router.add_get("/sign-in", self.sign_in_form)
+        app.router.add_post("/sign-in", self.sign_in)
+        app.router.add_post("/sign-out", self.sign_out)
+        app.router.add_get("/dashboard", self._signed_in(self.dashboard))
+        app.router.add_get("/referrals/{referral_id}", self._signed_in(self.referral))
+        app.router.add_get("/referrals/{referral_id}/attachments/{index}", self._signed_in(self.attachment))
+        app.router.add_post("/referrals/{referral_id}/acknowledge", self._posted(self.acknowledge))
+        app.router.add_post("/referrals/{referral_id}/close", self._posted(self.close))
+        app.on_response_prepare.append(self._headers)
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        if _DOWNLOAD in request:  # after the site-wide headers, which would replace it
+            response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+            return
+        await page_headers(request, response)
+
+    async def _page(
+        self, request: web.Request, template: str, status: int = 200, user: User | None = None, **context: Any
+    ) -> web.Response:
+        return await self._pages.render(request, template, status, user, **context)
+
+    async def _forbidden(self, request: web.Request, user: User) -> web.Response:
+        return await self._page(request, "forbidden.html", 403, user)
+
+    def _signed_in(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            user = await self._sessions.current_user(request)
+            if user is None:
+                raise web.HTTPSeeOther("/sign-in")
+            return await handler(request, user)
+
+        return wrapped
+
+    def _posted(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """A POST: the CSRF token first, then who is signed in."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            form = await request.post()
+            await require_csrf(request, form)
+            user = await self._sessions.current_user(request)
+            if user is None:
+                raise web.HTTPSeeOther("/sign-in")
+            request[_FORM] = {k: str(v) for k, v in form.items() if isinstance(v, str)}
+            return await handler(request, user)
+
+        return wrapped
+
+    async def _visible(self, request: web.Request, user: User) -> Any | None:
+        row = await data.load(self._db, request.match_info["referral_id"])
+        if row is None or not data.may_see(user, row.team_id):
+            return None
+        return row
+
+    # --- signing in and out --------------------------------------------------------------------
+
+    async def sign_in_form(self, request: web.Request) -> web.StreamResponse:
+        if await self._sessions.current_user(request, activity=False) is not None:
+            raise web.HTTPSeeOther("/dashboard")
+        return await self._page(request, "sign_in.html", error=None)
+
+    async def sign_in(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        await require_csrf(request, form)
+        username, password = str(form.get("username", "")), str(form.get("password", ""))
+        if not username or not password or len(username) > _MAX_FIELD or len(password) > _MAX_FIELD:
+            return await self._page(request, "sign_in.html", 400, error=REFUSED_MESSAGE)
+        result = await self._users.authenticate(username, password, self._clock.now())
+        if isinstance(result, SignInRefused):
+            return await self._page(request, "sign_in.html", 400, error=result.message)
+        await self._sessions.sign_in(request, result)
+        raise web.HTTPSeeOther("/dashboard")
+
+    async def sign_out(self, request: web.Request) -> web.StreamResponse:
+        await require_csrf(request, await request.post())
+        await self._sessions.sign_out(request)
+        return await self._page(request, "signed_out.html")
+
+    # --- the dashboard and a referral ----------------------------------------------------------
+
+    async def dashboard(self, request: web.Request, user: User) -> web.StreamResponse:
+        now = self._clock.now()
+        queues = await data.queues(self._db, self._s, user, now)
+        return await self._page(
+            request, "dashboard.html", user=user, queues=queues, now=now, admin=user.role is Role.ADMIN
+        )
+
+    async def referral(self, request: web.Request, user: User) -> web.StreamResponse:
+        row = await self._visible(request, user)
+        if row is None:
+            return await self._forbidden(request, user)
+        now = self._clock.now()
+        # The audit first: no content leaves without its record.
+        await data.record(self._db, row.id, user, now, "viewed")
+        log.info("dashboard: user %s viewed referral %s", user.id, row.reference)
+        content = data.open_content(self._sealer, row)
+        files, files_note = await data.attachments(self._db, self._sealer, self._identity, row)
+        names = {u.id: u.display_name for u in await self._users.all()}
+        earlier = await data.earlier(self._db, self._sealer, self._s, user, row, content.child) if content else []
+        return await self._page(
+            request,
+            "referral.html",
+            user=user,
+            row=row,
+            team=self._s.team_name(row.team_id) if row.team_id else "not routed",
+            left=data.QueueRow(
+                row.id,
+                row.reference,
+                row.urgency,
+                row.state,
+                bool(row.incomplete),
+                row.received_at,
+                row.due_at,
+                (row.due_at - now) if row.due_at else None,
+                "",
+            ),
+            content=content,
+            files=files,
+            files_note=files_note,
+            timeline=await data.timeline(self._db, self._s, row.id, names),
+            earlier=earlier,
+            may_acknowledge=row.state in data.ACKNOWLEDGEABLE and user.role is not Role.ADMIN,
+            may_close=row.state == State.ACKNOWLEDGED,
+            outcomes=data.OUTCOMES,
+            error=request.get(_ERROR),
+        )
+
+    async def attachment(self, request: web.Request, user: User) -> web.StreamResponse:
+        row = await self._visible(request, user)
+        if row is None:
+            return await self._forbidden(request, user)
+        files, _ = await data.attachments(self._db, self._sealer, self._identity, row)
+        index = request.match_info["index"]
+        if not index.isdigit() or not 1 <= int(index) <= len(files):
+            return await self._forbidden(request, user)
+        item = files[int(index) - 1]
+        await data.record(self._db, row.id, user, self._clock.now(), "attachment_opened", index=int(index))
+        # Sent for download only, never shown by the browser from our origin: it is the sender's file.
+        request[_DOWNLOAD] = True
+        return web.Response(
+            body=item.data,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f"attachment; filename=\"attachment-{index}\"; filename*=UTF-8''"
+                + quote(item.filename, safe=""),
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    # --- acknowledge and close -----------------------------------------------------------------
+
+    async def acknowledge(self, request: web.Request, user: User) -> web.StreamResponse:
+        row = await self._visible(request, user)
+        if row is None or user.role is Role.ADMIN:
+            return await self._forbidden(request, user)
+        if row.state not in data.ACKNOWLEDGEABLE:
+            return await self._again(request, user, "This referral cannot be acknowledged now: it is " + row.state)
+        try:
+            await self._tracker.acknowledge(
+                row.id, self._signer.recipient_hash("user:" + user.id), user.display_name, via="dashboard"
+            )
+        except IllegalTransition:  # it moved on between the read and the write
+            return await self._again(request, user, "This referral changed meanwhile: look again.")
+        log.info("dashboard: user %s acknowledged referral %s", user.id, row.reference)
+        raise web.HTTPSeeOther(f"/referrals/{row.id}")
+
+    async def close(self, request: web.Request, user: User) -> web.StreamResponse:
+        row = await self._visible(request, user)
+        if row is None or user.role is Role.ADMIN:
+            return await self._forbidden(request, user)
+        outcome = request[_FORM].get("outcome", "")
+        if outcome not in data.OUTCOMES:
+            return await self._again(request, user, "Select the outcome")
+        try:
+            await data.close(
+                self._db,
+                self._tracker,
+                row.id,
+                user,
+                outcome,
+                self._clock.now(),
+            )
+        except (data.NotAcknowledged, IllegalTransition):
+            return await self._again(request, user, "Acknowledge the referral before you close it.")
+        raise web.HTTPSeeOther(f"/referrals/{row.id}")
+
+    async def _again(self, request: web.Request, user: User, error: str) -> web.StreamResponse:
+        """The referral page again with an error (status 400), after the usual audited view."""
+        request[_ERROR] = error
+        response = await self.referral(request, user)
+        response.set_status(400)
+        return response

@@ -1,0 +1,314 @@
+"""What the staff dashboard shows, read from the store: the queues, one referral, its timeline,
+earlier referrals about the same child, and the closure with its outcome.
+
+The web pages (gateway.web.dashboard) only render what these functions return. Who may see what is
+decided here, in `may_see`, and every function that returns content takes the user.
+
+Earlier referrals about the same child are found by opening every older referral's sealed content
+and comparing identifiers: no identifier is stored in clear (DESIGN.md, Security rules), and an
+index of keyed hashes would need a schema change. Opening a blob is AES-GCM and a JSON parse
+(microseconds), so this is fine for tens of thousands of referrals; past that, add a column of
+keyed hashes of the NHS number and of name+date of birth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from gateway.config.settings import Settings
+from gateway.core import audit
+from gateway.core.db import Database
+from gateway.core.lifecycle import State
+from gateway.core.model import Child, Referral
+from gateway.core.schema import events, messages, referrals
+from gateway.core.sealing import Sealer
+from gateway.intake.store import sealed_context
+from gateway.open.crypto import CryptoError
+from gateway.open.identity import Identity
+from gateway.open.mime import Attachment, looks_protected, open_message
+from gateway.open.mimebytes import MimeError
+from gateway.report.timeline import OUTCOMES as OUTCOMES
+from gateway.report.timeline import Entry as Entry
+from gateway.report.timeline import step_text
+from gateway.report.timeline import timeline as timeline
+from gateway.report.undelivered import human
+from gateway.staff.users import Role, User
+from gateway.track.acks import Tracker, transition
+
+log = logging.getLogger(__name__)
+
+OPEN_STATES = (State.ROUTED, State.ALERTED, State.UNDELIVERABLE)
+ACKNOWLEDGEABLE = frozenset(OPEN_STATES)
+_URGENCY_RANK = {"immediate": 0, "urgent": 1, "standard": 2}
+REFERRAL_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def may_see(user: User, team_id: str | None) -> bool:
+    """Coordinators see every referral (also those not routed yet); duty workers those of their
+    teams; administrators none."""
+    if user.role is Role.COORDINATOR:
+        return True
+    return team_id is not None and user.may_see_team(team_id)
+
+
+# --- the queues -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    id: str
+    reference: str
+    urgency: str | None
+    state: str
+    incomplete: bool
+    received_at: datetime
+    due_at: datetime | None
+    left: timedelta | None  # negative: late
+    step: str  # the escalation chain's latest step, "" before any
+
+    @property
+    def late(self) -> bool:
+        return self.left is not None and self.left <= timedelta(0)
+
+    @property
+    def time_left(self) -> str:
+        if self.left is None:
+            return "no deadline"
+        return f"late by {human(-self.left)}" if self.late else f"{human(self.left)} left"
+
+
+@dataclass
+class TeamQueue:
+    team_id: str
+    team_name: str
+    rows: list[QueueRow] = field(default_factory=list)
+
+
+def urgency_order(row: QueueRow) -> tuple[Any, ...]:
+    """Most urgent first: the earliest deadline (the latest first of the late ones), then the
+    urgency, then the oldest; a referral without a deadline after those with one."""
+    return (
+        row.due_at is None,
+        row.due_at or row.received_at,
+        _URGENCY_RANK.get(row.urgency or "", 3),
+        row.received_at,
+        row.reference,
+    )
+
+
+async def queues(db: Database, settings: Settings, user: User, now: datetime) -> list[TeamQueue]:
+    """The open referrals (routed, alerted or undeliverable: not acknowledged) of every team the
+    user may see, each team's most urgent first; teams in config order, then any no longer in it."""
+    if user.role is Role.ADMIN:
+        return []
+    query = select(
+        referrals.c.id,
+        referrals.c.reference,
+        referrals.c.urgency,
+        referrals.c.state,
+        referrals.c.incomplete,
+        referrals.c.received_at,
+        referrals.c.due_at,
+        referrals.c.team_id,
+    ).where(referrals.c.state.in_([s.value for s in OPEN_STATES]), referrals.c.acknowledged_at.is_(None))
+    if user.role is Role.DUTY:
+        query = query.where(referrals.c.team_id.in_(user.teams))
+    async with db.read() as conn:
+        rows = (await conn.execute(query)).all()
+        steps = (
+            await conn.execute(
+                select(events.c.referral_id, events.c.detail)
+                .where(events.c.kind == "escalation_step", events.c.referral_id.in_([r.id for r in rows]))
+                .order_by(events.c.id)
+            )
+        ).all()
+    latest: dict[str, str] = {}
+    for step in steps:
+        detail = json.loads(step.detail)
+        if "step" in detail:
+            latest[step.referral_id] = step_text(detail)
+    by_team: dict[str, TeamQueue] = {}
+    order = [t.id for t in settings.teams if may_see(user, t.id)]
+    for team_id in order:
+        by_team[team_id] = TeamQueue(team_id, settings.team_name(team_id))
+    for r in rows:
+        if not may_see(user, r.team_id):
+            continue
+        queue = by_team.setdefault(r.team_id, TeamQueue(r.team_id, settings.team_name(r.team_id)))
+        queue.rows.append(
+            QueueRow(
+                id=r.id,
+                reference=r.reference,
+                urgency=r.urgency,
+                state=r.state,
+                incomplete=bool(r.incomplete),
+                received_at=r.received_at,
+                due_at=r.due_at,
+                left=(r.due_at - now) if r.due_at else None,
+                step=latest.get(r.id, ""),
+            )
+        )
+    for queue in by_team.values():
+        queue.rows.sort(key=urgency_order)
+    return list(by_team.values())
+
+
+# --- one referral ---------------------------------------------------------------------------------
+
+
+async def load(db: Database, referral_id: str) -> Any | None:
+    """The referral row, or None for an id that is not one (never an error: the caller answers
+    the same whether it does not exist or may not be seen)."""
+    if not REFERRAL_ID.fullmatch(referral_id):
+        return None
+    async with db.read() as conn:
+        return (await conn.execute(select(referrals).where(referrals.c.id == referral_id))).one_or_none()
+
+
+def open_content(sealer: Sealer, row: Any) -> Referral | None:
+    if row.content is None:  # not read yet, or quarantined
+        return None
+    data = json.loads(sealer.open(row.content, sealed_context("content", row.id)))
+    data.pop("reply_key", None)
+    return Referral.from_json(data)
+
+
+async def record(db: Database, referral_id: str, user: User, now: datetime, kind: str, **detail: Any) -> None:
+    """An audited event by a staff user that does not move the referral (viewed, attachment_opened).
+    Written before the content is shown: if the audit cannot be written, nothing is shown."""
+    async with db.write() as conn:
+        await audit.append(
+            conn, [audit.Event(referral_id, now, f"user:{user.id}", kind, {"role": user.role.value, **detail})]
+        )
+
+
+async def attachments(
+    db: Database, sealer: Sealer, identity: Identity, row: Any
+) -> tuple[tuple[Attachment, ...], str | None]:
+    """The attachments of an email referral, re-read from the stored raw message (only the parsed
+    referral is kept apart from it), and a note when they could not be read here."""
+    if row.channel != "email":
+        return (), None
+    async with db.read() as conn:
+        message = (
+            await conn.execute(select(messages.c.raw).where(messages.c.id == row.message_id))
+        ).scalar_one_or_none()
+    if message is None:
+        return (), None
+    raw = sealer.open(message, sealed_context("raw", row.message_id))
+    try:
+        unwrapped = await identity.unwrapper().unwrap(raw)
+    except (MimeError, CryptoError):
+        if looks_protected(raw):
+            return (), "The attachments could not be decrypted here; they are in the secure alert email."
+        return open_message(raw).attachments, None
+    return open_message(unwrapped.entity.raw).attachments, None
+
+
+# --- earlier referrals about the same child --------------------------------------------------------
+
+
+def _folded(text: str | None) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text or "").casefold().split())
+
+
+def same_child(a: Child, b: Child) -> str | None:
+    """Why two referrals are about the same child, or None: the same NHS number, or the same name
+    (ignoring case and spacing) and date of birth."""
+    if a.nhs_number and a.nhs_number == b.nhs_number:
+        return "same NHS number"
+    if (
+        _folded(a.name)
+        and _folded(a.name) == _folded(b.name)
+        and a.date_of_birth
+        and a.date_of_birth == b.date_of_birth
+    ):
+        return "same name and date of birth"
+    return None
+
+
+@dataclass(frozen=True)
+class Earlier:
+    id: str
+    reference: str
+    received_at: datetime
+    team: str
+    state: str
+    why: str
+
+
+async def earlier(
+    db: Database, sealer: Sealer, settings: Settings, user: User, row: Any, child: Child
+) -> list[Earlier]:
+    """Referrals received before this one about the same child that the user may see, newest first."""
+    if not (child.nhs_number or (_folded(child.name) and child.date_of_birth)):
+        return []
+    async with db.read() as conn:
+        others = (
+            await conn.execute(
+                select(
+                    referrals.c.id,
+                    referrals.c.reference,
+                    referrals.c.received_at,
+                    referrals.c.team_id,
+                    referrals.c.state,
+                    referrals.c.content,
+                )
+                .where(
+                    referrals.c.id != row.id,
+                    referrals.c.received_at <= row.received_at,
+                    referrals.c.content.is_not(None),
+                )
+                .order_by(referrals.c.received_at.desc(), referrals.c.id)
+            )
+        ).all()
+    found: list[Earlier] = []
+    for other in others:
+        if not may_see(user, other.team_id):
+            continue
+        content = open_content(sealer, other)
+        why = same_child(child, content.child) if content else None
+        if why:
+            team = settings.team_name(other.team_id) if other.team_id else "not routed"
+            found.append(Earlier(other.id, other.reference, other.received_at, team, other.state, why))
+    return found
+
+
+# --- closing --------------------------------------------------------------------------------------
+
+
+class NotAcknowledged(Exception):
+    """Only an acknowledged referral can be closed: somebody named must have had it first."""
+
+
+async def close(
+    db: Database,
+    tracker: Tracker,
+    referral_id: str,
+    user: User,
+    outcome: str,
+    now: datetime,
+) -> str:
+    """Record the outcome (a `closed` event by the user) and queue the notice to the referrer, in
+    one transaction; returns the reference. Raises NotAcknowledged (nothing written) otherwise."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}")
+    async with db.write() as conn:
+        row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id).with_for_update())).one()
+        if row.state != State.ACKNOWLEDGED:
+            raise NotAcknowledged(row.reference)
+        batch = [audit.Event(referral_id, now, f"user:{user.id}", "closed", {"outcome": outcome})]
+        # The referrer is told as for the acknowledgement notice: Tracker's rule, so the two cannot drift.
+        context = {"reference": row.reference, "outcome": OUTCOMES[outcome], "now": now}
+        batch += await tracker.tell_referrer(conn, row, "outcome_notice", context, now, f"user:{user.id}")
+        await transition(conn, referral_id, batch)
+    log.info("dashboard: referral %s closed by user %s (%s)", row.reference, user.id, outcome)
+    return str(row.reference)
