@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.core.clock import LONDON
 from gateway.duty.deadline_rules import DeadlineRule, due_at, parse_deadline
-from gateway.duty.schedule import LONDON, Nation, Schedule
+from gateway.duty.schedule import Nation, Schedule
 from tests.test_schedule import instants, office, schedules
 
 WORKING_4H = DeadlineRule("working", timedelta(hours=4))

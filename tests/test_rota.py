@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.core.clock import LONDON
 from gateway.duty.rota import (
     Override,
     Rota,
@@ -19,7 +20,6 @@ from gateway.duty.rota import (
     overlapping_overrides,
     shift_interval,
 )
-from gateway.duty.schedule import LONDON
 from tests.test_schedule import instants
 
 WEEKDAYS = frozenset(range(5))

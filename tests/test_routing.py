@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from gateway.config import settings as config_mod
 from gateway.config.duty import Route
 from gateway.config.settings import Settings
+from gateway.core.clock import LONDON
 from gateway.core.model import Category, Channel, Child, Referral, Referrer, Urgency
-from gateway.duty.schedule import LONDON, is_open
+from gateway.duty.schedule import is_open
 from gateway.route.rules import Facts, route
 from tests.test_check_config import SHIPPED
 

@@ -10,8 +10,8 @@ from holidays.countries.united_kingdom import UnitedKingdom
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.core.clock import LONDON
 from gateway.duty.schedule import (
-    LONDON,
     Nation,
     Period,
     Schedule,

@@ -14,11 +14,10 @@ from pathlib import Path
 from gateway.config import settings as config_mod
 from gateway.config.settings import Config, ConfigError
 from gateway.core import db
-from gateway.core.clock import SystemClock
+from gateway.core.clock import LONDON, SystemClock, uk_time
 from gateway.core.keyfiles import KeyFileError
 from gateway.open.crypto import CryptoError
 from gateway.open.mime import open_message
-from gateway.outbox.compose import UK, uk_time
 from gateway.parse.referral import parse_json, parse_text
 from gateway.report import undelivered as report
 from gateway.route.coverage import calendar_warnings, gaps
@@ -122,16 +121,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _at(text: str) -> datetime:
-    """An ISO time; without a zone it is UK time: that is what a duty manager means by "16:55"."""
+    """An ISO time; without a zone it is LONDON time: that is what a duty manager means by "16:55"."""
     given = datetime.fromisoformat(text)
-    return (given if given.tzinfo else given.replace(tzinfo=UK)).astimezone(UTC)
+    return (given if given.tzinfo else given.replace(tzinfo=LONDON)).astimezone(UTC)
 
 
 def cmd_route(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     at = _at(args.at) if args.at else SystemClock().now()
     data = args.file.read_bytes()
-    today = at.astimezone(UK).date()  # as processing does: a date of birth is a UK date
+    today = at.astimezone(LONDON).date()  # as processing does: a date of birth is a LONDON date
     if args.file.suffix.lower() == ".json":
         referral = parse_json(data, today)
     elif args.file.suffix.lower() == ".eml":
@@ -204,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         help="a referral: .json (referral.json shape), .eml or a filled-in text template",
     )
-    p.add_argument("--at", help="when it arrives (ISO time; UK local time if no zone; default now)")
+    p.add_argument("--at", help="when it arrives (ISO time; LONDON local time if no zone; default now)")
     p.add_argument(
         "--channel", default="email", choices=("email", "web", "sms"), help="the channel it arrives by (default email)"
     )

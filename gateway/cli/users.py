@@ -22,8 +22,7 @@ from gateway.cli.groups import command_group
 from gateway.config import settings as config_mod
 from gateway.config.settings import Config
 from gateway.core import db
-from gateway.core.clock import SystemClock
-from gateway.outbox.compose import UK
+from gateway.core.clock import LONDON, SystemClock
 from gateway.staff.passwords import check_password
 from gateway.staff.users import (
     Role,
@@ -78,7 +77,7 @@ def _read_password(args: argparse.Namespace, username: str) -> str:
 
 
 def _date(when: datetime | None) -> str:
-    return when.astimezone(UK).strftime("%Y-%m-%d %H:%M") if when else "-"
+    return when.astimezone(LONDON).strftime("%Y-%m-%d %H:%M") if when else "-"
 
 
 def _status(user: User, now: datetime) -> str:

@@ -16,10 +16,11 @@ from typing import Annotated, Any, Literal
 import phonenumbers
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from gateway.core.clock import LONDON
 from gateway.core.model import Category, Channel, Urgency
 from gateway.duty.deadline_rules import DeadlineRule, parse_deadline
 from gateway.duty.rota import Override, Rota, Shift
-from gateway.duty.schedule import LONDON, Nation, Period, Schedule
+from gateway.duty.schedule import Nation, Period, Schedule
 from gateway.parse.postcode import normalise_pattern
 
 _EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")

@@ -43,6 +43,7 @@ from gateway.config.errors import ConfigError as ConfigError
 from gateway.config.errors import ConfigIssue as ConfigIssue
 from gateway.core.model import Urgency
 from gateway.duty.deadline_rules import DeadlineRule, parse_deadline
+from gateway.duty.schedule import ALWAYS_OPEN, Schedule
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -316,6 +317,11 @@ class Settings(_Strict):
 
     def schedule_of(self, team: Team) -> ScheduleConfig | None:
         return next((s for s in self.schedules if s.id == team.schedule), None) if team.schedule else None
+
+    def schedule_for(self, team: Team) -> Schedule:
+        """The team's office hours as the pure schedule; open at all hours without one."""
+        config = self.schedule_of(team)
+        return config.to_schedule() if config else ALWAYS_OPEN
 
     def escalation_of(self, team: Team, urgency: Urgency | None) -> Escalation:
         wanted = team.escalation_for(urgency)

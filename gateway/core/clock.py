@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+from zoneinfo import ZoneInfo
+
+# UK wall-clock time: what rotas, office hours, deadlines and the people reading them mean.
+LONDON = ZoneInfo("Europe/London")
+
+
+def uk_time(when: datetime) -> str:
+    """Times as a duty worker in England reads them, whatever the server's zone."""
+    local = when.astimezone(LONDON)
+    return local.strftime("%A %d %B %Y, %H:%M ") + ("GMT" if not local.dst() else "BST")
 
 
 class Clock(Protocol):

@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from types import MappingProxyType
-from zoneinfo import ZoneInfo
 
 import holidays
 from holidays.countries.united_kingdom import UnitedKingdom
 
-LONDON = ZoneInfo("Europe/London")
+from gateway.core.clock import LONDON
 
 # The longest run of days searched for open time before we call a schedule hopeless, rather than loop forever.
 SEARCH_LIMIT_DAYS = 366
@@ -95,6 +94,10 @@ class Schedule:
     def __hash__(self) -> int:
         # The generated hash would fail on the mapping; hash its items so a Schedule can key a cache.
         return hash((self.nation, tuple(sorted(self.hours.items())), self.closures, self.always_open))
+
+
+# A team with no schedule takes referrals at all hours: working time is clock time for it.
+ALWAYS_OPEN = Schedule(nation=Nation.ENGLAND, hours={}, always_open=True)
 
 
 def _aware(value: datetime, name: str) -> datetime:

@@ -1,4 +1,4 @@
-"""Intake by web form: the public referral form at /refer, built with the GOV.UK Design System.
+"""Intake by web form: the public referral form at /refer, built with the GOV.LONDON Design System.
 
 GET /refer shows the form; POST /refer checks it (gateway.intake.form_model), stores the referral.json it
 makes through the same durable intake as email, then answers 303 to GET /refer/done, the receipt
@@ -50,14 +50,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
-from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
 
 from gateway.config.settings import Config
 from gateway.core import keyfiles
-from gateway.core.clock import Clock
+from gateway.core.clock import LONDON, Clock
 from gateway.core.model import Channel
 from gateway.core.reference import new_reference
 from gateway.intake import form_model
@@ -66,7 +65,6 @@ from gateway.web.headers import NONCE, new_nonce, page_headers
 
 log = logging.getLogger(__name__)
 
-UK = ZoneInfo("Europe/London")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 KEY_FILE = "web-form.key"
 HONEYPOT = "comments"  # bots fill a field so named; browsers do not autofill it
@@ -366,7 +364,7 @@ class ReferralForm:
             return self._message(
                 request, 400, "Your referral has not been sent", "Open the form again and send it from there."
             )
-        today = self._clock.now().astimezone(UK).date()
+        today = self._clock.now().astimezone(LONDON).date()
         checked = form_model.check(form, today)
         if checked.errors or checked.document is None or checked.referral is None:
             return self._form(request, 400, cookie, submission, checked)

@@ -18,24 +18,17 @@ from email.policy import compat32
 from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import jinja2
 
 from gateway.config.duty import Team
 from gateway.config.settings import Config
+from gateway.core.clock import uk_time
 from gateway.core.model import Problem, Urgency
 from gateway.open.mime import Attachment
 from gateway.outbox.tokens import AckSigner
 
-UK = ZoneInfo("Europe/London")
 _CRLF = compat32.clone(linesep="\r\n")  # signed and encrypted entities are made in canonical form
-
-
-def uk_time(when: datetime) -> str:
-    """Times as a duty worker in England reads them, whatever the server's zone."""
-    local = when.astimezone(UK)
-    return local.strftime("%A %d %B %Y, %H:%M ") + ("GMT" if not local.dst() else "BST")
 
 
 def _header(text: str) -> str:

@@ -34,11 +34,6 @@ class Dispatched:
     encryption_failed: list[str] = field(default_factory=list)
 
 
-def schedule_for(settings: Settings, team: Team) -> Schedule:
-    config = settings.schedule_of(team)
-    return config.to_schedule() if config else escalate.ALWAYS_OPEN
-
-
 def chain_by_id(settings: Settings, chain_id: str | None, team: Team, urgency: Urgency | None) -> Escalation:
     """The chain a step row names; if config no longer has it, the team's current chain."""
     found = next((e for e in settings.escalations if e.id == chain_id), None)
@@ -64,7 +59,7 @@ class Dispatcher:
     ) -> Dispatched:
         decision = route(referral, self._s, facts)
         team = self._s.team(decision.team_id)
-        schedule = schedule_for(self._s, team)
+        schedule = self._s.schedule_for(team)
         rule = self._s.deadline_rule(team, referral.urgency)
         due = deadline_due(rule, received_at, schedule)
         chain = self._s.escalation_of(team, referral.urgency)
@@ -119,7 +114,7 @@ class Dispatcher:
         routed = next((r for r in self._s.routes if r.name == route_name), None)
         ooh = self._s.find_team(routed.out_of_hours) if routed and routed.out_of_hours else None
         alert = AlertFacts(referral_id, reference, team, route_name, urgency, problems, received_at, due_at, now)
-        await self._fire(out, chain, (step, position[1]), alert, ooh, schedule_for(self._s, team), None)
+        await self._fire(out, chain, (step, position[1]), alert, ooh, self._s.schedule_for(team), None)
         return out
 
     def _out_of_hours(self, decision: Decision) -> Team | None:

@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.exc import DBAPIError
@@ -22,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config.settings import Config
 from gateway.core import audit
-from gateway.core.clock import Clock
+from gateway.core.clock import LONDON, Clock
 from gateway.core.db import Database
 from gateway.core.lifecycle import State
 from gateway.core.model import Channel, Referral
@@ -44,7 +43,6 @@ from gateway.parse.referral import parse_json, parse_text
 from gateway.route.rules import Facts
 
 log = logging.getLogger(__name__)
-UK = ZoneInfo("Europe/London")
 PREPARE_TIMEOUT = 120.0  # seconds; a timed-out message is retried, then quarantined
 
 
@@ -208,7 +206,7 @@ class Processor:
             # The web form stores the referral.json document it built; the reply page gave the
             # reference, and a receipt goes to the email address the referrer gave, if any.
             stages.append("parse")
-            referral = parse_json(raw, now.astimezone(UK).date())
+            referral = parse_json(raw, now.astimezone(LONDON).date())
             stages.append("route")
             prep = await self._routed(
                 row, now, referral, referral.referrer.organisation, {}, Content(referral, ()), "web form"
@@ -228,7 +226,7 @@ class Processor:
         reply_to = envelope.get("mail_from") or ""
         opened, security = await self._opener.open(raw, reply_to, outer)
         stages.append("parse")
-        today = now.astimezone(UK).date()
+        today = now.astimezone(LONDON).date()
         referral = (
             parse_json(opened.referral_json, today)
             if opened.referral_json is not None

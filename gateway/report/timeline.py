@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import select
 
 from gateway.config.settings import Settings
+from gateway.core.clock import uk_time
 from gateway.core.db import Database
 from gateway.core.schema import deliveries, events
-from gateway.outbox.compose import uk_time
 
 # The outcome of the duty team's first decision, as the referrer is told it (value -> words).
 OUTCOMES: dict[str, str] = {

@@ -14,8 +14,9 @@ from datetime import datetime, timedelta
 
 from gateway.config.duty import Route
 from gateway.config.settings import Settings
+from gateway.core.clock import LONDON
 from gateway.duty.rota import changes
-from gateway.duty.schedule import LONDON, Nation, calendar_warning, open_intervals
+from gateway.duty.schedule import Nation, calendar_warning, open_intervals
 from gateway.route.escalate import on_duty_members
 from gateway.route.rules import responsible_team
 

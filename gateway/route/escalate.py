@@ -16,10 +16,7 @@ from gateway.config.duty import Escalation, EscalationStep, Person, Team
 from gateway.config.settings import Settings
 from gateway.duty.deadline_rules import due_at
 from gateway.duty.rota import on_duty
-from gateway.duty.schedule import Nation, Schedule
-
-# A team with no schedule takes referrals at all hours: working time is clock time for it.
-ALWAYS_OPEN = Schedule(nation=Nation.ENGLAND, hours={}, always_open=True)
+from gateway.duty.schedule import ALWAYS_OPEN, Schedule
 
 
 @dataclass(frozen=True)

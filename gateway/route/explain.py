@@ -6,10 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from gateway.config.settings import Settings
+from gateway.core.clock import uk_time
 from gateway.core.model import Referral
 from gateway.duty.deadline_rules import due_at
-from gateway.outbox.compose import uk_time
-from gateway.outbox.dispatch import schedule_for
 from gateway.route import escalate
 from gateway.route.rules import Facts, age_band_of, local_authority_of, route
 
@@ -44,7 +43,7 @@ def explain(referral: Referral, settings: Settings, facts: Facts) -> list[str]:
         "on duty now: "
         + (", ".join(f"{m.name}{' (manager)' if m.manager else ''}" for m in on_duty) or "nobody on the rota")
     )
-    schedule = schedule_for(settings, team)
+    schedule = settings.schedule_for(team)
     rule = settings.deadline_rule(team, referral.urgency)
     due = due_at(rule, at, schedule)
     lines.append(f"acknowledge within {rule.describe()}: by {uk_time(due)}")

@@ -15,8 +15,9 @@ from datetime import date, datetime
 
 from gateway.config.duty import Route, _band_range
 from gateway.config.settings import Settings
+from gateway.core.clock import LONDON
 from gateway.core.model import Referral
-from gateway.duty.schedule import LONDON, is_open
+from gateway.duty.schedule import is_open
 from gateway.parse import postcode as pc
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import jinja2
 from aiohttp import web
 
-from gateway.core.clock import Clock
-from gateway.outbox.compose import uk_time
+from gateway.core.clock import Clock, uk_time
 from gateway.outbox.tokens import AckSigner, TokenError, TokenExpired
 from gateway.track.acks import NotFound, Tracker
 

@@ -31,8 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config.settings import Config
-from gateway.core.clock import Clock
-from gateway.outbox.compose import uk_time
+from gateway.core.clock import Clock, uk_time
 from gateway.staff.passwords import CONTROL, PasswordPolicyError, check_password
 from gateway.staff.users import Role, User, UserError, UsernameTaken, Users, normalise_username
 from gateway.web.config_view import config_view

@@ -8,8 +8,8 @@ from typing import Any
 
 from gateway.config.duty import DEFAULT_ESCALATION, WEEKDAYS, Person
 from gateway.config.settings import Config, Settings
+from gateway.core.clock import uk_time
 from gateway.core.model import Urgency
-from gateway.outbox.compose import uk_time
 from gateway.route.coverage import calendar_warnings, gaps
 
 COVERAGE_DAYS = 28

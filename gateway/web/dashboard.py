@@ -33,13 +33,12 @@ from aiohttp import web
 from markupsafe import Markup, escape
 
 from gateway.config.settings import Config
-from gateway.core.clock import Clock
+from gateway.core.clock import Clock, uk_time
 from gateway.core.db import Database
 from gateway.core.lifecycle import IllegalTransition, State
 from gateway.core.sealing import Sealer
 from gateway.intake.web_form import form_environment
 from gateway.open.identity import Identity
-from gateway.outbox.compose import uk_time
 from gateway.outbox.tokens import AckSigner
 from gateway.staff.users import REFUSED_MESSAGE, Role, SignInRefused, User, Users
 from gateway.track.acks import Tracker

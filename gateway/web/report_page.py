@@ -31,11 +31,10 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from gateway.config.settings import Config
-from gateway.core.clock import Clock
+from gateway.core.clock import Clock, uk_time
 from gateway.core.db import Database
 from gateway.core.lifecycle import State
 from gateway.core.sealing import Sealer
-from gateway.outbox.compose import uk_time
 from gateway.report import decisions
 from gateway.report import undelivered as report
 from gateway.staff.users import Role, User
