@@ -14,7 +14,7 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.config.settings import Config
+from gateway.config import Config
 from gateway.core import db
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.schema import messages

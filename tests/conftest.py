@@ -19,8 +19,8 @@ import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
+from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import settings as config_mod
 from gateway.core.clock import FakeClock
 from gateway.core.schema import referrals
 from tests.postgres import create_database, postgres_server

@@ -23,9 +23,9 @@ from argon2 import PasswordHasher
 from markupsafe import escape
 from sqlalchemy import update
 
+from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import settings as config_mod
-from gateway.config.settings import Config
+from gateway.config import Config
 from gateway.core.schema import users as users_table
 from gateway.route.coverage import gaps
 from gateway.staff.users import Role, User, Users

@@ -23,9 +23,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.cli.main import main
-from gateway.config import settings as config_mod
 from gateway.core.clock import FakeClock
 from tests.conftest import make_message, referral_body, smtp_send, valid_nhs, write_config
 

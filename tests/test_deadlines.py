@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 from sqlalchemy import select
 
+from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import settings as config_mod
 from gateway.core.clock import FakeClock
 from gateway.core.schema import deadlines, deliveries, events
 from gateway.report import undelivered as report

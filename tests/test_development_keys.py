@@ -7,8 +7,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import settings as config_mod
 from gateway.core.clock import FakeClock
 from tests.conftest import write_config
 

@@ -31,8 +31,8 @@ import aiohttp
 import pytest
 from sqlalchemy import select, text
 
+from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import settings as config_mod
 from gateway.core.clock import FakeClock
 from gateway.core.schema import deadlines, deliveries, events
 from gateway.report import undelivered as report
@@ -639,7 +639,7 @@ CHILD = """
 import asyncio, signal, sys
 from datetime import datetime
 from pathlib import Path
-from gateway.config import settings as config_mod
+from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.core.clock import FakeClock
 

@@ -12,8 +12,8 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
+from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import settings as config_mod
 from gateway.core.clock import FakeClock
 from gateway.core.schema import events, messages, referrals
 from tests.conftest import make_message, referral_body, smtp_send, write_config

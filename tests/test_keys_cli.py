@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.cli.main import main
-from gateway.config import settings as config_mod
 from gateway.open.crypto import CryptoKeyError
 from tests.conftest import write_config
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config.settings import Partner, SecuritySection
+from gateway.config.sections import Partner, SecuritySection
 from gateway.open.crypto import Signature
 from gateway.open.policy import judge
 

@@ -8,9 +8,9 @@ from datetime import UTC, date, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import settings as config_mod
+from gateway import config as config_mod
+from gateway.config import Settings
 from gateway.config.duty import Route
-from gateway.config.settings import Settings
 from gateway.core.clock import LONDON
 from gateway.core.model import Category, Channel, Child, Referral, Referrer, Urgency
 from gateway.duty.schedule import is_open

@@ -27,8 +27,8 @@ import pytest
 from sqlalchemy import delete, func, select
 from twilio.request_validator import RequestValidator
 
+from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import settings as config_mod
 from gateway.core.clock import FakeClock
 from gateway.core.keyfiles import KeyFileError
 from gateway.core.schema import events, messages, referrals, sms_webhooks

@@ -11,9 +11,9 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import settings as config_mod
-from gateway.config.settings import ConfigError
+from gateway.config import ConfigError
 from gateway.core.clock import FakeClock
 from tests.conftest import REFERRAL_ADDRESS, make_message, referral_body, write_config
 from tests.tls import make_cert

@@ -25,8 +25,8 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select
 
+from gateway import config as config_mod
 from gateway.cli.main import main
-from gateway.config import settings as config_mod
 from gateway.core import db
 from gateway.core.clock import FakeClock, SystemClock
 from gateway.core.schema import users as users_table

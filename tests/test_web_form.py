@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 from sqlalchemy import select
 
+from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import settings as config_mod
 from gateway.core.clock import FakeClock
 from gateway.core.schema import messages, referrals
 from gateway.intake import form_model

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway import config as config_mod
 from gateway.app import Gateway
-from gateway.config import settings as config_mod
 from gateway.core.clock import FakeClock
 from tests.conftest import START, write_config
 

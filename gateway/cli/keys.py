@@ -26,9 +26,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from gateway import config as config_mod
 from gateway.cli.groups import command_group
-from gateway.config import settings as config_mod
-from gateway.config.settings import Config
+from gateway.config import Config
 from gateway.core.clock import SystemClock
 from gateway.open.crypto import CryptoError
 from gateway.open.crypto.openpgp import KeyInfo, OpenPGP

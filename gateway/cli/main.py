@@ -11,14 +11,14 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.config import settings as config_mod
-from gateway.config.settings import Config, ConfigError
+from gateway import config as config_mod
+from gateway.config import Config, ConfigError
 from gateway.core import db
 from gateway.core.clock import LONDON, SystemClock, uk_time
 from gateway.core.keyfiles import KeyFileError
 from gateway.open.crypto import CryptoError
 from gateway.open.mime import open_message
-from gateway.parse.referral import parse_json, parse_text
+from gateway.parse.referral import parse_email, parse_json, parse_text
 from gateway.report import undelivered as report
 from gateway.route.coverage import calendar_warnings, gaps
 from gateway.route.explain import explain
@@ -135,11 +135,7 @@ def cmd_route(args: argparse.Namespace) -> int:
         referral = parse_json(data, today)
     elif args.file.suffix.lower() == ".eml":
         opened = open_message(data)
-        referral = (
-            parse_json(opened.referral_json, today)
-            if opened.referral_json is not None
-            else parse_text(opened.text, today)
-        )
+        referral, _ = parse_email(opened.text, opened.referral_json, today)
     else:
         referral = parse_text(data.decode("utf-8", errors="replace"), today)
     facts = Facts(at=at, channel=args.channel, organisation=referral.referrer.organisation)

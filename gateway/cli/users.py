@@ -18,9 +18,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from gateway import config as config_mod
 from gateway.cli.groups import command_group
-from gateway.config import settings as config_mod
-from gateway.config.settings import Config
+from gateway.config import Config
 from gateway.core import db
 from gateway.core.clock import LONDON, SystemClock
 from gateway.staff.passwords import check_password

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from gateway.config.duty import Route, Team, _band_range
+from gateway.config.duty import Route, Team, band_range
 from gateway.config.errors import ConfigIssue
+from gateway.config.settings import Settings
 from gateway.duty.rota import overlapping_overrides
 from gateway.parse import postcode as pc
-
-if TYPE_CHECKING:
-    from gateway.config.settings import Settings
 
 
 def _duplicates(ids: Sequence[str]) -> Iterable[tuple[int, str]]:
@@ -168,6 +165,6 @@ def _postcode_covered(pattern: str, patterns: tuple[str, ...]) -> bool:
 def _band_covered(band: str, other: str) -> bool:
     if band == "unborn" or other == "unborn":
         return band == other
-    low, high = _band_range(band)
-    other_low, other_high = _band_range(other)
+    low, high = band_range(band)
+    other_low, other_high = band_range(other)
     return other_low <= low and high <= other_high

@@ -11,11 +11,11 @@ import itertools
 import re
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import phonenumbers
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from gateway.config.fields import Email, Fingerprint, Mobile, Strict
 from gateway.core.clock import LONDON
 from gateway.core.model import Category, Channel, Urgency
 from gateway.duty.deadline_rules import DeadlineRule, parse_deadline
@@ -23,49 +23,16 @@ from gateway.duty.rota import Override, Rota, Shift
 from gateway.duty.schedule import Nation, Period, Schedule
 from gateway.parse.postcode import normalise_pattern
 
-_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _email(value: Any) -> str:
-    text = str(value)
-    if not _EMAIL.match(text):
-        raise ValueError(f"{text!r} is not an email address; use one like duty@council.example")
-    return text.lower()
-
-
-def normalise_mobile(value: Any) -> str:
-    """A UK or international mobile number in E.164 (+447700900123); GB is the default region.
-    Checks that the number is possible, not that it is allocated, so Ofcom's drama ranges
-    (07700 900xxx) work in examples and tests."""
-    text = str(value)
-    try:
-        number = phonenumbers.parse(text, "GB")
-    except phonenumbers.NumberParseException:
-        number = None
-    if number is None or not phonenumbers.is_possible_number(number):
-        raise ValueError(f"{text!r} is not a phone number; use a UK mobile like '07700 900123' or '+447700900123'")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def _fingerprint(value: Any) -> str:
-    compact = re.sub(r"[\s:]", "", str(value)).upper()
-    if not re.fullmatch(r"[0-9A-F]{40}|[0-9A-F]{64}", compact):
-        raise ValueError(f"{value!r} is not a key fingerprint; use the 40 hex digits gpg --fingerprint shows")
-    return compact
-
-
-def _deadline(value: Any) -> DeadlineRule:
+def _deadline(value: object) -> DeadlineRule:
     if isinstance(value, DeadlineRule):
         return value
     return parse_deadline(str(value))
 
 
-def _clock_time(value: Any) -> time:
+def _clock_time(value: object) -> time:
     if isinstance(value, time):
         return value
     text = str(value).strip()
@@ -75,7 +42,7 @@ def _clock_time(value: Any) -> time:
     return time(int(match.group(1)), int(match.group(2)))
 
 
-def _local_datetime(value: Any) -> datetime:
+def _local_datetime(value: object) -> datetime:
     """'2026-12-24T09:00' (Europe/London wall time) -> aware datetime."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=LONDON)
@@ -86,7 +53,7 @@ def _local_datetime(value: Any) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=LONDON)
 
 
-def _weekday(value: Any) -> int:
+def _weekday(value: object) -> int:
     text = str(value).strip().lower()
     for index, name in enumerate(WEEKDAYS):
         if text in (name, name[:3]):
@@ -94,9 +61,6 @@ def _weekday(value: Any) -> int:
     raise ValueError(f"{value!r} is not a day of the week; use monday, tuesday, ... sunday")
 
 
-Email = Annotated[str, BeforeValidator(_email)]
-Mobile = Annotated[str, BeforeValidator(normalise_mobile)]
-Fingerprint = Annotated[str, BeforeValidator(_fingerprint)]
 Deadline = Annotated[DeadlineRule, BeforeValidator(_deadline)]
 ClockTime = Annotated[time, BeforeValidator(_clock_time)]
 LocalDateTime = Annotated[datetime, BeforeValidator(_local_datetime)]
@@ -104,7 +68,7 @@ Weekday = Annotated[int, BeforeValidator(_weekday)]
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
 
 
-class Person(_Strict):
+class Person(Strict):
     """Someone the gateway can alert: a team member or a coordinator."""
 
     id: Identifier
@@ -121,14 +85,14 @@ class Person(_Strict):
         return tuple(c for c in channels if (c == "email" and self.email) or (c == "sms" and self.mobile))
 
 
-class ShiftConfig(_Strict):
+class ShiftConfig(Strict):
     days: tuple[Weekday, ...] = Field(min_length=1)
     start: ClockTime  # hand-over in
     end: ClockTime  # hand-over out; at or before `start`: the shift runs past midnight
     members: tuple[str, ...] = Field(min_length=1)
 
 
-class OverrideConfig(_Strict):
+class OverrideConfig(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     start: LocalDateTime = Field(alias="from")
@@ -143,7 +107,7 @@ class OverrideConfig(_Strict):
         return self
 
 
-class RotaConfig(_Strict):
+class RotaConfig(Strict):
     shifts: tuple[ShiftConfig, ...] = ()
     overrides: tuple[OverrideConfig, ...] = ()
 
@@ -154,9 +118,9 @@ class RotaConfig(_Strict):
         )
 
 
-def _periods(value: Any) -> tuple[Period, ...]:
+def _periods(value: object) -> tuple[Period, ...]:
     """'09:00-17:00', or a list of them for a day with a break; '24:00' may end a period."""
-    items = [value] if isinstance(value, str) else list(value)
+    items: list[object] = list(value) if isinstance(value, list | tuple) else [value]
     periods = []
     for item in items:
         match = re.fullmatch(r"\s*(\d\d?:\d\d)\s*-\s*(\d\d?:\d\d)\s*", str(item))
@@ -174,11 +138,11 @@ def _periods(value: Any) -> tuple[Period, ...]:
     return tuple(periods)
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(Strict):
     id: Identifier
     nation: Nation = Nation.ENGLAND  # whose bank holidays close the office
     always_open: bool = False  # a 24-hour service: open every hour of every day, holidays too
-    hours: dict[Weekday, Annotated[tuple[Period, ...], BeforeValidator(_periods)]] = {}
+    hours: dict[Weekday, Annotated[tuple[Period, ...], BeforeValidator(_periods)]] = Field(default_factory=dict)
     closures: tuple[date, ...] = ()  # extra dates closed all day (e.g. Christmas Eve)
 
     def to_schedule(self) -> Schedule:
@@ -190,11 +154,11 @@ class ScheduleConfig(_Strict):
 Target = Literal["on-duty", "team", "mailbox", "managers", "out-of-hours", "coordinators"]
 
 
-def _tuple(value: Any) -> Any:
+def _tuple(value: object) -> object:
     return (value,) if isinstance(value, str) else value
 
 
-class EscalationStep(_Strict):
+class EscalationStep(Strict):
     # Whom to alert: the members on duty now, every member, the team's shared mailbox, the team's
     # managers, the out-of-hours team's members on duty, the coordinators.
     notify: Annotated[tuple[Target, ...], BeforeValidator(_tuple)] = Field(min_length=1)
@@ -219,7 +183,7 @@ class EscalationStep(_Strict):
         return None if self.wait == "deadline" else parse_deadline(self.wait)
 
 
-class Escalation(_Strict):
+class Escalation(Strict):
     id: Identifier
     steps: tuple[EscalationStep, ...] = Field(min_length=1)
 
@@ -247,13 +211,13 @@ DEFAULT_ESCALATION = Escalation(
 )
 
 
-class TeamDeadlines(_Strict):
+class TeamDeadlines(Strict):
     immediate: Deadline | None = None
     urgent: Deadline | None = None
     standard: Deadline | None = None
 
 
-class Team(_Strict):
+class Team(Strict):
     id: Identifier
     name: str
     email: Email  # the shared mailbox
@@ -291,14 +255,15 @@ def postcode_patterns(value: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def _age_band(value: Any) -> str:
+def _age_band(value: object) -> str:
     text = str(value).strip().lower()
-    if text == "unborn" or (re.fullmatch(r"\d{1,2}-\d{1,2}", text) and _band_range(text)[0] <= _band_range(text)[1]):
+    if text == "unborn" or (re.fullmatch(r"\d{1,2}-\d{1,2}", text) and band_range(text)[0] <= band_range(text)[1]):
         return text
     raise ValueError(f"{value!r} is not an age band; use 'unborn' or years like '0-4' or '16-17'")
 
 
-def _band_range(band: str) -> tuple[int, int]:
+def band_range(band: str) -> tuple[int, int]:
+    """An age band's years, both ends included: '0-4' -> (0, 4)."""
     low, _, high = band.partition("-")
     return int(low), int(high)
 
@@ -306,7 +271,7 @@ def _band_range(band: str) -> tuple[int, int]:
 AgeBand = Annotated[str, BeforeValidator(_age_band)]
 
 
-class Route(_Strict):
+class Route(Strict):
     name: str
     team: str  # in office hours (the team's schedule open)
     out_of_hours: str | None = None  # when `team`'s schedule is closed; none: `team` at all hours
@@ -343,7 +308,7 @@ class Route(_Strict):
         return self
 
 
-class LocalAuthority(_Strict):
+class LocalAuthority(Strict):
     code: str = Field(pattern=r"^[EWSN]\d{8}$")  # ONS GSS code, e.g. E09000033
     name: str
     postcode: tuple[str, ...] = Field(min_length=1)  # areas or districts it covers

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.core import audit
 from gateway.core.clock import Clock
 from gateway.core.db import Database

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from gateway.config.settings import RelaySection
+from gateway.config.sections import RelaySection
 from gateway.core.keyfiles import load as load_key_file
 from gateway.core.outcomes import PermanentFailure, TemporaryFailure
 

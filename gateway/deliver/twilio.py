@@ -17,7 +17,8 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from gateway.config.settings import Config, SmsSection
+from gateway.config import Config
+from gateway.config.sections import SmsSection
 from gateway.core.keyfiles import KeyFileError
 from gateway.core.keyfiles import load as load_key_file
 from gateway.core.outcomes import PermanentFailure, TemporaryFailure

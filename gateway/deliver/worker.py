@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import and_, select, update
 
-from gateway.config.settings import Config
+from gateway.config import Config
 from gateway.core import audit
 from gateway.core.clock import Clock
 from gateway.core.db import Database

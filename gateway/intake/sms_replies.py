@@ -10,7 +10,7 @@ import dataclasses
 import json
 from typing import Any
 
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.core.model import Referral, Urgency
 from gateway.core.outcomes import Quarantine
 from gateway.parse.sms_text import FreeText, QuickReferral, read_sms, to_referral

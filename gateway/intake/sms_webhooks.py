@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from twilio.twiml.messaging_response import MessagingResponse
 
-from gateway.config.duty import normalise_mobile
-from gateway.config.settings import Config
+from gateway.config import Config
+from gateway.config.fields import normalise_mobile
 from gateway.core.clock import Clock
 from gateway.core.db import Database
 from gateway.core.model import Channel

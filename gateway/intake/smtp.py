@@ -17,7 +17,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway.config.settings import SmtpSection
+from gateway.config.sections import SmtpSection
 from gateway.core.model import Channel
 from gateway.intake.store import Incoming, IntakeWriter
 

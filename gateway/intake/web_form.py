@@ -54,7 +54,7 @@ from urllib.parse import parse_qsl
 import jinja2
 from aiohttp import web
 
-from gateway.config.settings import Config
+from gateway.config import Config
 from gateway.core import keyfiles
 from gateway.core.clock import LONDON, Clock
 from gateway.core.model import Channel

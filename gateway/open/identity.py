@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from gateway.config.settings import Config, Partner
+from gateway.config import Config
+from gateway.config.sections import Partner
 from gateway.open.crypto import CryptoError, CryptoKeyError
 from gateway.open.crypto.openpgp import OpenPGP
 from gateway.open.crypto.smime import CertInfo, SMime, make_development_identity

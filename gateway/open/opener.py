@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.core.outcomes import Quarantine
 from gateway.open.crypto import CryptoError
 from gateway.open.identity import Identity

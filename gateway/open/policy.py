@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.config.settings import Partner, SecuritySection
+from gateway.config.sections import Partner, SecuritySection
 from gateway.open.crypto import Signature
 
 _ALWAYS_QUARANTINE = ("bad signature", "expired certificate", "expired key", "revoked key")

@@ -21,8 +21,8 @@ from typing import Any
 
 import jinja2
 
+from gateway.config import Config
 from gateway.config.duty import Team
-from gateway.config.settings import Config
 from gateway.core.clock import uk_time
 from gateway.core.model import Problem, Urgency
 from gateway.open.mime import Attachment

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from gateway.config import Settings
 from gateway.config.duty import Escalation, Team
-from gateway.config.settings import Settings
 from gateway.core.model import Problem, Referral, Urgency
 from gateway.duty.deadline_rules import due_at as deadline_due
 from gateway.duty.schedule import Schedule

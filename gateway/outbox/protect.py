@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from gateway.config.settings import Config, Partner
+from gateway.config import Config
+from gateway.config.sections import Partner
 from gateway.open.crypto import CryptoError, CryptoKeyError, Signature
 from gateway.open.identity import Identity
 from gateway.outbox.compose import Outgoing

@@ -301,3 +301,11 @@ def parse_json(data: bytes, today: date) -> Referral:
     """A Referral from referral.json bytes. Never raises; unreadable JSON is a Problem."""
     fields, problems = fields_from_json(data)
     return validate(fields, today, problems)
+
+
+def parse_email(text: str, referral_json: bytes | None, today: date) -> tuple[Referral, str]:
+    """(the Referral, where it was read from) for an email: its referral.json attachment when it has
+    one (a partner's system made it), else the body the referrer typed. Never raises."""
+    if referral_json is not None:
+        return parse_json(referral_json, today), "referral.json"
+    return parse_text(text, today), "body"

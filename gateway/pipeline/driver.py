@@ -19,7 +19,7 @@ from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.config.settings import Config
+from gateway.config import Config
 from gateway.core import audit
 from gateway.core.clock import LONDON, Clock
 from gateway.core.db import Database
@@ -39,7 +39,7 @@ from gateway.outbox.compose import Composer, Outgoing
 from gateway.outbox.dispatch import Dispatcher
 from gateway.outbox.enqueue import outbox_row, queue_outgoing, queued_events
 from gateway.outbox.protect import Protector
-from gateway.parse.referral import parse_json, parse_text
+from gateway.parse.referral import parse_email, parse_json
 from gateway.route.rules import Facts
 
 log = logging.getLogger(__name__)
@@ -227,14 +227,9 @@ class Processor:
         opened, security = await self._opener.open(raw, reply_to, outer)
         stages.append("parse")
         today = now.astimezone(LONDON).date()
-        referral = (
-            parse_json(opened.referral_json, today)
-            if opened.referral_json is not None
-            else parse_text(opened.text, today)
-        )
+        referral, source = parse_email(opened.text, opened.referral_json, today)
         stages.append("route")
         organisation: str | None = security.get("partner") or referral.referrer.organisation
-        source = "referral.json" if opened.referral_json is not None else "body"
         content = Content(referral, opened.attachments)
         prep = await self._routed(row, now, referral, organisation, security, content, source)
         actor = f"worker:{self._owner}"

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.core.clock import uk_time
 from gateway.core.db import Database
 from gateway.core.schema import deliveries, events

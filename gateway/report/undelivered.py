@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.core.db import snapshot
 from gateway.core.lifecycle import TRACKED_OPEN, State
 from gateway.core.schema import deliveries, events, messages, referrals, sms_webhooks

@@ -12,8 +12,8 @@ import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from gateway.config import Settings
 from gateway.config.duty import Route
-from gateway.config.settings import Settings
 from gateway.core.clock import LONDON
 from gateway.duty.rota import changes
 from gateway.duty.schedule import Nation, calendar_warning, open_intervals

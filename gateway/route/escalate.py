@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from gateway.config import Settings
 from gateway.config.duty import Escalation, EscalationStep, Person, Team
-from gateway.config.settings import Settings
 from gateway.duty.deadline_rules import due_at
 from gateway.duty.rota import on_duty
 from gateway.duty.schedule import ALWAYS_OPEN, Schedule

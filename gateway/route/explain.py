@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.core.clock import uk_time
 from gateway.core.model import Referral
 from gateway.duty.deadline_rules import due_at

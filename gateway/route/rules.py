@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from gateway.config.duty import Route, _band_range
-from gateway.config.settings import Settings
+from gateway.config import Settings
+from gateway.config.duty import Route, band_range
 from gateway.core.clock import LONDON
 from gateway.core.model import Referral
 from gateway.duty.schedule import is_open
@@ -117,7 +117,7 @@ def _check(route: Route, referral: Referral, facts: Facts, settings: Settings) -
 
 
 def _in_band(years: int, band: str) -> bool:
-    low, high = _band_range(band)
+    low, high = band_range(band)
     return low <= years <= high
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.config import Config
 from gateway.config.duty import Team
-from gateway.config.settings import Config
 from gateway.core import audit, lifecycle
 from gateway.core.clock import Clock
 from gateway.core.db import Database

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.config.settings import Config
+from gateway.config import Config
 from gateway.core.clock import Clock, uk_time
 from gateway.staff.passwords import CONTROL, PasswordPolicyError, check_password
 from gateway.staff.users import Role, User, UserError, UsernameTaken, Users, normalise_username

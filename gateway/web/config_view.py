@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from gateway.config import Config, Settings
 from gateway.config.duty import DEFAULT_ESCALATION, WEEKDAYS, Person
-from gateway.config.settings import Config, Settings
 from gateway.core.clock import uk_time
 from gateway.core.model import Urgency
 from gateway.route.coverage import calendar_warnings, gaps

@@ -32,7 +32,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup, escape
 
-from gateway.config.settings import Config
+from gateway.config import Config
 from gateway.core.clock import Clock, uk_time
 from gateway.core.db import Database
 from gateway.core.lifecycle import IllegalTransition, State

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.core import audit
 from gateway.core.db import Database
 from gateway.core.lifecycle import State

@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway.config.settings import Config
+from gateway.config import Config
 from gateway.core.clock import Clock, uk_time
 from gateway.core.db import Database
 from gateway.core.lifecycle import State

@@ -1,0 +1,219 @@
+"""The config's sections other than who is on duty (gateway.config.duty): where things are, the
+listeners, mail and SMS, the workers, deadlines, links, the partner directory, security and keys."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from gateway.config.duty import Deadline
+from gateway.config.fields import Duration, Email, Fingerprint, Mobile, Size, Strict, normalise_mobile
+from gateway.core.model import Urgency
+from gateway.duty.deadline_rules import DeadlineRule, parse_deadline
+
+
+class GatewaySection(Strict):
+    council: str = "Demo Borough Council"
+    duty_phone: str = Field(description="the phone number referrers call to follow up")
+
+
+class PathsSection(Strict):
+    data_dir: Path = Path("var")
+    keys_dir: Path = Path("keys")
+    templates_dir: Path = Path("templates")
+
+
+class DatabaseSection(Strict):
+    # Empty: SQLite at <data_dir>/gateway.db. Otherwise a SQLAlchemy async URL
+    # (postgresql+asyncpg://user@host/db); the password comes from keys/, never from here.
+    url: str = ""
+    # How long a writer waits for SQLite's write lock before giving up (then SMTP answers 451).
+    busy_timeout: Duration = timedelta(seconds=10)
+
+
+class SmtpSection(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8025, ge=0, le=65535)
+    hostname: str = "referrals.localhost"
+    referral_addresses: tuple[Email, ...] = Field(min_length=1)
+    max_message_size: Size = 25 * 1024 * 1024
+    timeout: Duration = timedelta(minutes=5)
+    # How long a batch of concurrent sessions may wait to share one commit (group commit).
+    commit_window: Duration = timedelta(milliseconds=5)
+    # STARTTLS: certificate and key (PEM; paths relative to keys/). Required by default on any
+    # listener that is not loopback: referrals must not cross a network in clear.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    require_starttls: bool | None = None  # None: required unless host is loopback
+
+    @model_validator(mode="after")
+    def _tls_when_exposed(self) -> SmtpSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together; use both or neither")
+        if self.starttls_required and self.tls_cert is None:
+            raise ValueError(
+                f"STARTTLS is required on {self.host} but no certificate is set; use tls_cert and tls_key "
+                "(or listen on 127.0.0.1 behind a relay that does TLS)"
+            )
+        return self
+
+    @property
+    def starttls_required(self) -> bool:
+        if self.require_starttls is not None:
+            return self.require_starttls
+        return self.host not in ("127.0.0.1", "::1", "localhost")
+
+
+class HttpSection(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError(
+                f"{value!r} is not a base web address; use a URL starting with http:// or https:// "
+                "with no query or fragment, like https://referrals.council.example"
+            )
+        return value.rstrip("/")
+
+
+class RelaySection(Strict):
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True  # required when true: never falls back to plaintext
+    ca_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None  # under keys/, mode 0600
+    timeout: Duration = timedelta(seconds=30)
+
+
+class MailSection(Strict):
+    from_address: Email
+    relay: RelaySection | None = None  # absent: everything goes to the maildir under data_dir
+
+
+class SmsSection(Strict):
+    """SMS in and out. `spool` (the default): alerts are written to <data_dir>/sms/ and there are
+    no webhooks. `twilio`: alerts go through Twilio's API, and /sms/inbound and /sms/status take
+    its webhooks, each checked against X-Twilio-Signature."""
+
+    provider: Literal["spool", "twilio"] = "spool"
+    account_sid: str = ""
+    # The auth token: the TWILIO_AUTH_TOKEN environment variable, else this file under keys/
+    # (mode 0600). Never in config/.
+    auth_token_file: Path = Path("twilio-auth-token")
+    from_number: Annotated[str, BeforeValidator(lambda v: normalise_mobile(v) if v else "")] = ""
+    api_base_url: str = ""  # empty: Twilio's own; tests point it at a local stand-in
+    timeout: Duration = timedelta(seconds=15)  # per API call
+    # No final status (delivered, undelivered, failed) this long after sending: fetch the message
+    # by its SID and take the status from Twilio.
+    status_timeout: Duration = timedelta(minutes=15)
+    # Per sending number: more messages than this in the window are stored and reported, not
+    # acted on (a loop between two auto-responders, a flood), and get no reply. Alerts out are
+    # not limited: they come from referrals, and holding one back could cost a child.
+    inbound_limit: int = Field(default=20, ge=1)
+    inbound_window: Duration = timedelta(hours=1)
+
+    @model_validator(mode="after")
+    def _twilio_needs(self) -> SmsSection:
+        if self.provider == "twilio" and not re.fullmatch(r"AC[0-9a-fA-F]{32}", self.account_sid):
+            raise ValueError('Twilio needs its account SID; use account_sid = "AC" followed by 32 hex digits')
+        if self.provider == "twilio" and not self.from_number:
+            raise ValueError('Twilio needs the number to send from; use from_number = "+447700900000"')
+        return self
+
+
+class OutboxSection(Strict):
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    first_retry: Duration = timedelta(seconds=30)
+    max_retry: Duration = timedelta(minutes=30)
+    lease: Duration = timedelta(minutes=2)
+    batch: int = Field(default=20, ge=1, le=1000)
+    poll: Duration = timedelta(seconds=2)
+
+
+class ProcessingSection(Strict):
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    # Processing a batch takes milliseconds; a short lease means a crashed instance's messages
+    # are picked up again within seconds of a restart.
+    lease: Duration = timedelta(seconds=30)
+    batch: int = Field(default=50, ge=1, le=1000)
+    retry: Duration = timedelta(seconds=10)
+    # During a burst of arriving mail, processing and sending wait for a lull, at most this
+    # long, so that accepting (a sender waiting for its 250) gets the CPU first.
+    max_defer: Duration = timedelta(seconds=5)
+
+
+class DeadlinesSection(Strict):
+    """Acknowledgement deadlines for teams that do not set their own ([teams.deadlines])."""
+
+    immediate: Deadline = parse_deadline("15m")
+    urgent: Deadline = parse_deadline("1h")
+    standard: Deadline = parse_deadline("24h")
+
+    def for_urgency(self, urgency: Urgency | str | None) -> DeadlineRule:
+        # A referral whose urgency is missing is treated as the most urgent: guessing low is
+        # the mistake that costs a child; guessing high costs a duty worker a minute.
+        level = Urgency(urgency) if urgency else Urgency.IMMEDIATE
+        return {Urgency.IMMEDIATE: self.immediate, Urgency.URGENT: self.urgent, Urgency.STANDARD: self.standard}[level]
+
+
+class AckSection(Strict):
+    link_ttl: Duration = timedelta(days=7)
+
+
+def _sender_pattern(value: str) -> str:
+    text = str(value).strip().lower()
+    if not re.fullmatch(r"(?:[^@\s<>]+)?@[^@\s<>]+\.[^@\s<>]+", text):
+        raise ValueError(
+            f"{value!r} is not an address; use an address (ann@trust.example) or a domain (@trust.example)"
+        )
+    return text
+
+
+class Professional(Strict):
+    """Someone registered to send quick referrals by SMS for a partner organisation."""
+
+    name: str
+    mobile: Mobile
+
+
+class Partner(Strict):
+    """A partner organisation whose staff send referrals: who may sign for it, from where."""
+
+    name: str
+    professionals: tuple[Professional, ...] = ()  # registered mobiles: SMS referrals from them
+    addresses: tuple[Annotated[str, BeforeValidator(_sender_pattern)], ...] = Field(min_length=1)
+    openpgp: tuple[Fingerprint, ...] = ()  # fingerprints of keys allowed to sign for this partner
+    smime_anchors: tuple[Path, ...] = ()  # CA certificates (PEM) its staff's certificates chain to
+    smime_pinned: tuple[Path, ...] = ()  # individual certificates (PEM) trusted as they are
+
+    def covers(self, address: str) -> bool:
+        """Whether a sending address belongs to this partner (exact address, or its domain)."""
+        address = address.strip().lower()
+        domain = "@" + address.rpartition("@")[2]
+        return any(pattern == address or pattern == domain for pattern in self.addresses)
+
+
+class SecuritySection(Strict):
+    # Neither required: accept and flag (the alert and the report say what was missing).
+    require_encryption: bool = False
+    require_signature: bool = False  # a valid signature by a known partner, sent from its own address
+
+
+class KeysSection(Strict):
+    """The gateway's own keys, under keys/. Absent: that kind of mail cannot be decrypted."""
+
+    # Development only (the embedded default): make the gateway's keys on first run if missing.
+    development: bool = False
+    openpgp_home: Path = Path("gnupg")
+    openpgp_fingerprint: Fingerprint | None = None
+    smime_key: Path | None = None
+    smime_cert: Path | None = None
