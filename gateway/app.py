@@ -18,6 +18,7 @@ from gateway.config import Config
 from gateway.core import db
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.schema import messages
+from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
 from gateway.deliver.sms_status import SmsReconciler
 from gateway.deliver.transports import MaildirTransport, SmtpRelayTransport, Transport
@@ -95,12 +96,13 @@ class Gateway:
         async with self.engine.connect() as conn:
             has_data = (await conn.execute(select(messages.c.id).limit(1))).first() is not None
         self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=not has_data)
+        self.sealed = Sealed(self.sealer)
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.transport = self._transport or make_transport(cfg)
         self.identity = load_identity(cfg, self.clock.now())
         composer = Composer(cfg, self.signer, email_environment(cfg.templates_dir))
         self.writer = IntakeWriter(
-            self.db, self.sealer, self.clock, self._wake_processor.set, cfg.settings.smtp.commit_window.total_seconds()
+            self.db, self.sealed, self.clock, self._wake_processor.set, cfg.settings.smtp.commit_window.total_seconds()
         )
         protector = Protector(cfg, self.identity)
         self.processor = Processor(
@@ -111,7 +113,7 @@ class Gateway:
         if sms.provider == "twilio":
             self.sms_transport = TwilioTransport(sms, token, f"{cfg.settings.http.public_url}/sms/status")
         self.outbox = Outbox(
-            cfg, self.db, self.sealer, self.transport, self.clock, self.owner, sms_transport=self.sms_transport
+            cfg, self.db, self.sealed, self.transport, self.clock, self.owner, sms_transport=self.sms_transport
         )
         self.tracker = Tracker(cfg, self.db, self.sealer, composer, self.clock, protector)
         self.reconciler = (
@@ -186,7 +188,7 @@ class Gateway:
         AdminPages(cfg, accounts, sessions, self.clock).routes(app)
         if self.sms_transport is not None:
             SmsWebhooks(
-                cfg, sms_token, self.db, self.sealer, self.signer, self.writer, self.tracker, self.clock
+                cfg, sms_token, self.db, self.sealed, self.signer, self.writer, self.tracker, self.clock
             ).routes(app)
         app.on_response_prepare.append(self._after_request)
         if cfg.settings.http.public_url.startswith("https://"):

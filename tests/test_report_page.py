@@ -26,7 +26,7 @@ from argon2 import PasswordHasher
 
 from gateway.app import Gateway
 from gateway.core.clock import FakeClock
-from gateway.intake.store import sealed_context
+from gateway.core.sealing import sealed_context
 from gateway.report import undelivered as report
 from gateway.report.decisions import WHAT
 from gateway.staff.users import Role, User, Users

@@ -121,6 +121,9 @@ audit_head = Table(
     Column("count", Integer, nullable=False),
 )
 
+# deliveries.kind values that alert a duty worker (the first alert, and reminders at later steps).
+ALERT_KINDS = ("alert", "reminder")
+
 deliveries = Table(
     "deliveries",
     metadata,

@@ -24,6 +24,11 @@ class SealError(Exception):
     """A blob does not open: wrong key, unknown key id, damaged, or moved to another row."""
 
 
+def sealed_context(kind: str, row_id: str) -> str:
+    """The associated data that binds a blob to its row and purpose ("content:<referral id>")."""
+    return f"{kind}:{row_id}"
+
+
 def _key_id(key: bytes) -> bytes:
     return hashlib.sha256(b"referral-gateway key id" + key).digest()[:8]
 

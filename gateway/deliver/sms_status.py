@@ -7,10 +7,8 @@ escalation chain's next step forward, since its recipient will not see it.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -21,10 +19,10 @@ from gateway.core.clock import Clock
 from gateway.core.db import Database
 from gateway.core.outcomes import TemporaryFailure
 from gateway.core.queue import backoff
-from gateway.core.schema import deliveries, sms_webhooks
-from gateway.core.sealing import Sealer
+from gateway.core.schema import ALERT_KINDS, deliveries, sms_webhooks
+from gateway.core.sealed import Sealed
+from gateway.core.transitions import alert_dead, hasten_next_step, transitions
 from gateway.deliver.twilio import FINAL, TwilioTransport
-from gateway.track.acks import ALERT_KINDS, hasten_next_step, mark_alert_dead, transitions
 
 # One logger tree for the SMS channel across its stages (intake, delivery status), so that an
 # operator can turn it up or down as one: "gateway.sms".
@@ -48,9 +46,9 @@ async def apply_status(
         return f"already {status}"
     if current in FINAL or (status not in FINAL and _ORDER.get(status, 0) < _ORDER.get(current, 0)):
         return f"{status} ignored: the message is already {current}"  # callbacks can arrive out of order
-    values: dict[str, Any] = {"provider_status": status}
+    values: dict[str, object] = {"provider_status": status}
     events: list[audit.Event] = []
-    detail: dict[str, Any] = {"delivery": row.id, "kind": row.kind, "channel": "sms", "status": status}
+    detail: dict[str, object] = {"delivery": row.id, "kind": row.kind, "channel": "sms", "status": status}
     outcome = f"status {status}"
     if status == "delivered":
         events.append(audit.Event(row.referral_id, now, actor, "delivery_confirmed", detail))
@@ -61,7 +59,15 @@ async def apply_status(
             values |= {"state": "dead", "last_error": reason}
             events.append(audit.Event(row.referral_id, now, actor, "delivery_dead", detail | {"reason": reason}))
             if row.kind in ALERT_KINDS:
-                await mark_alert_dead(conn, row, now, actor, reason, events)
+                events += await alert_dead(
+                    conn,
+                    referral_id=row.referral_id,
+                    delivery_id=row.id,
+                    team_id=row.team_id,
+                    now=now,
+                    actor=actor,
+                    reason=reason,
+                )
         else:
             delay = backoff(row.attempts, settings.outbox.first_retry, settings.outbox.max_retry)
             # Sent again later under a new SID; this one's late callbacks then find nothing.
@@ -80,7 +86,7 @@ NO_DELIVERY = "no delivery has this message SID"
 
 
 async def apply_early_statuses(
-    conn: AsyncConnection, settings: Settings, sealer: Sealer, sid: str, now: datetime
+    conn: AsyncConnection, settings: Settings, sealed: Sealed, sid: str, now: datetime
 ) -> None:
     """Statuses that arrived before the outbox had recorded the SID (Twilio can call back before
     our send's batch commits): stored then as waiting, applied now, in order."""
@@ -96,7 +102,7 @@ async def apply_early_statuses(
         )
     ).all()
     for row in rows:
-        form = dict(json.loads(sealer.open(row.payload, f"sms:status:{sid}:{row.status}")))
+        form = dict(sealed.webhook("status", sid, row.status, row.payload))
         outcome = await apply_status(conn, settings, sid, row.status, form.get("ErrorCode"), now, "sms:callback")
         await conn.execute(update(sms_webhooks).where(sms_webhooks.c.id == row.id).values(outcome=outcome[:200]))
 
@@ -146,7 +152,7 @@ class SmsReconciler:
                     log.info("sms: delivery %s reconciled: %s", row.id, outcome)
                 else:
                     # Not final yet: look again after another wait, not on every pass.
-                    values: dict[str, Any] = {"next_attempt_at": now + waited}
+                    values: dict[str, object] = {"next_attempt_at": now + waited}
                     if found is not None:
                         values["provider_status"] = found.status
                     await conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(**values))

@@ -4,17 +4,17 @@ record the outcome in a new transaction.
 At-least-once: if we crash after sending and before marking sent, the lease runs out and the
 message is sent again (receivers see the same X-Referral-Reference; the README says so). After the
 last try a delivery is dead; a dead alert makes its referral undeliverable, on the report until a
-person acts.
+person acts (gateway.core.transitions.alert_dead).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import ColumnElement, and_, select, update
 
 from gateway.config import Config
 from gateway.core import audit
@@ -22,16 +22,37 @@ from gateway.core.clock import Clock
 from gateway.core.db import Database
 from gateway.core.outcomes import PermanentFailure, TemporaryFailure, describe
 from gateway.core.queue import backoff, claim
-from gateway.core.schema import deliveries, referrals
-from gateway.core.sealing import Sealer
+from gateway.core.schema import ALERT_KINDS, deliveries, referrals
+from gateway.core.sealed import Sealed
+from gateway.core.transitions import alert_dead, transitions
 from gateway.deliver.sms_status import apply_early_statuses
 from gateway.deliver.transports import MaildirTransport, Transport
-from gateway.intake.store import sealed_context
-from gateway.track.acks import ALERT_KINDS, mark_alert_dead, transitions
 
 log = logging.getLogger(__name__)
 
-Outcome = tuple[Any, str | None, bool, str | None]  # (row, failure reason, final, provider's message id)
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery row this worker holds the lease on."""
+
+    id: str
+    referral_id: str
+    reference: str
+    kind: str
+    channel: str
+    team_id: str | None
+    attempts: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one try came to: sent (with the provider's id for an SMS), or failed, for now or for good."""
+
+    delivery: Claimed
+    failure: str | None = None  # our words for why, never the relay's (it can quote addresses)
+    final: bool = False
+    provider_id: str | None = None
 
 
 class Outbox:
@@ -39,7 +60,7 @@ class Outbox:
         self,
         config: Config,
         db: Database,
-        sealer: Sealer,
+        sealed: Sealed,
         transport: Transport,
         clock: Clock,
         owner: str,
@@ -47,7 +68,7 @@ class Outbox:
     ) -> None:
         self._s = config.settings
         self._db = db
-        self._sealer = sealer
+        self._sealed = sealed
         self._transport = transport
         # SMS until a provider is configured: a spool per number under var/sms/, written like the
         # maildir (fsync, then rename), where a developer or a test reads what would be sent.
@@ -69,34 +90,36 @@ class Outbox:
         )
         if not ids:
             return 0
+        d = deliveries.c
         async with self._db.read() as conn:
             rows = (
                 await conn.execute(
-                    select(deliveries, referrals.c.reference)
-                    .join(referrals, referrals.c.id == deliveries.c.referral_id)
-                    .where(deliveries.c.id.in_(ids))
+                    select(d.id, d.referral_id, referrals.c.reference, d.kind, d.channel, d.team_id, d.attempts)
+                    .add_columns(d.payload)
+                    .join(referrals, referrals.c.id == d.referral_id)
+                    .where(d.id.in_(ids))
                 )
             ).all()
-        outcomes = await asyncio.gather(*(self._deliver(row) for row in rows))
+        claimed = [Claimed(*row) for row in rows]
+        outcomes = await asyncio.gather(*(self._deliver(delivery) for delivery in claimed))
         await self._record(outcomes)
         return len(ids)
 
-    async def _deliver(self, row: Any) -> Outcome:
-        """Send one; returns (row, None, False, provider id) when sent, else (row, reason, final, None)."""
-        final_try = row.attempts >= self._s.outbox.max_attempts
+    async def _deliver(self, delivery: Claimed) -> Outcome:
+        final_try = delivery.attempts >= self._s.outbox.max_attempts
         try:
-            payload = json.loads(self._sealer.open(row.payload, sealed_context("delivery", row.id)))
-            transport = self._sms if row.channel == "sms" else self._transport
-            sent = await transport.send(self._s.mail.from_address, payload["to"], payload["message"].encode("utf-8"))
+            payload = self._sealed.payload(delivery.id, delivery.payload)
+            transport = self._sms if delivery.channel == "sms" else self._transport
+            sent = await transport.send(self._s.mail.from_address, payload.to, payload.message)
         except PermanentFailure as exc:
-            return row, str(exc), True, None
+            return Outcome(delivery, str(exc), final=True)
         except TemporaryFailure as exc:
-            return row, str(exc), final_try, None
+            return Outcome(delivery, str(exc), final=final_try)
         except Exception as exc:  # noqa: BLE001
             # A bug in one delivery must not stop the others; it is retried like a temporary
             # failure and ends dead (on the report) if it persists.
-            return row, describe(exc), final_try, None
-        return row, None, False, sent
+            return Outcome(delivery, describe(exc), final=final_try)
+        return Outcome(delivery, provider_id=sent)
 
     async def _record(self, outcomes: list[Outcome]) -> None:
         """All outcomes of a claimed batch in one transaction (one fsync, not one per email)."""
@@ -105,68 +128,85 @@ class Outbox:
         by_referral: dict[str, list[audit.Event]] = {}
         early: list[str] = []  # SIDs whose status callbacks may have come before we recorded them
         async with self._db.write() as conn:
-            for row, reason, final, provider_id in outcomes:
-                if reason is None:
-                    values: dict[str, Any] = {"state": "sent", "sent_at": now, "last_error": None}
-                    if provider_id is not None:
-                        values |= {"provider_id": provider_id, "provider_status": "queued"}
-                    kind = "delivery_sent"
-                elif final:
-                    values = {"state": "dead", "last_error": reason[:200]}
-                    kind = "delivery_dead"
-                else:
-                    delay = backoff(row.attempts, self._s.outbox.first_retry, self._s.outbox.max_retry)
-                    values = {"next_attempt_at": now + delay, "last_error": reason[:200]}
-                    kind = "delivery_failed"
-                guard = [deliveries.c.id == row.id, deliveries.c.state == "pending"]
-                if reason is not None:
-                    # A failure is ours to record only while the lease is ours: another worker
-                    # may have taken the row over and be sending it right now. A success is a
-                    # fact whoever holds the lease.
-                    guard.append(deliveries.c.lease_owner == self._owner)
+            for outcome in outcomes:
+                delivery = outcome.delivery
+                values, guard = self._change(outcome, now)
                 done = await conn.execute(
                     update(deliveries).where(*guard).values(lease_owner=None, lease_until=None, **values)
                 )
                 if done.rowcount != 1:
                     continue  # another worker recorded it first (our lease had run out)
-                if provider_id is not None and reason is None:
-                    early.append(provider_id)
-                detail: dict[str, Any] = {"delivery": row.id, "kind": row.kind, "attempt": row.attempts}
-                events = by_referral.setdefault(row.referral_id, [])
-                events.append(
-                    audit.Event(row.referral_id, now, actor, kind, detail | ({"reason": reason} if reason else {}))
-                )
-                if reason is None and row.kind in ALERT_KINDS:
-                    events.append(
-                        audit.Event(
-                            row.referral_id, now, actor, "alerted", {"team": row.team_id, "channel": row.channel}
-                        )
+                if outcome.provider_id is not None and outcome.failure is None:
+                    early.append(outcome.provider_id)
+                events = by_referral.setdefault(delivery.referral_id, [])
+                events.append(self._event(outcome, now, actor))
+                if outcome.failure is None and delivery.kind in ALERT_KINDS:
+                    detail = {"team": delivery.team_id, "channel": delivery.channel}
+                    events.append(audit.Event(delivery.referral_id, now, actor, "alerted", detail))
+                if outcome.final and delivery.kind in ALERT_KINDS:
+                    events += await alert_dead(
+                        conn,
+                        referral_id=delivery.referral_id,
+                        delivery_id=delivery.id,
+                        team_id=delivery.team_id,
+                        now=now,
+                        actor=actor,
+                        reason=outcome.failure or "",
                     )
-                if final and row.kind in ALERT_KINDS:
-                    await mark_alert_dead(conn, row, now, actor, reason or "", events)
-                self._log(row, reason, final)
+                self._log(outcome)
             if by_referral:
                 await transitions(conn, by_referral)
             for sid in early:  # after the sends are on the record, so the audit reads in order
-                await apply_early_statuses(conn, self._s, self._sealer, sid, now)
+                await apply_early_statuses(conn, self._s, self._sealed, sid, now)
+
+    def _change(self, outcome: Outcome, now: datetime) -> tuple[dict[str, object], list[ColumnElement[bool]]]:
+        """(the delivery row's new values, the guard that it is still ours to record)."""
+        delivery = outcome.delivery
+        values: dict[str, object]
+        if outcome.failure is None:
+            values = {"state": "sent", "sent_at": now, "last_error": None}
+            if outcome.provider_id is not None:
+                values |= {"provider_id": outcome.provider_id, "provider_status": "queued"}
+        elif outcome.final:
+            values = {"state": "dead", "last_error": outcome.failure[:200]}
+        else:
+            delay = backoff(delivery.attempts, self._s.outbox.first_retry, self._s.outbox.max_retry)
+            values = {"next_attempt_at": now + delay, "last_error": outcome.failure[:200]}
+        guard = [deliveries.c.id == delivery.id, deliveries.c.state == "pending"]
+        if outcome.failure is not None:
+            # A failure is ours to record only while the lease is ours: another worker may have
+            # taken the row over and be sending it right now. A success is a fact whoever holds
+            # the lease.
+            guard.append(deliveries.c.lease_owner == self._owner)
+        return values, guard
 
     @staticmethod
-    def _log(row: Any, reason: str | None, final: bool) -> None:
-        if reason is None:
-            log.info("outbox: %s for referral %s sent (attempt %d)", row.kind, row.reference, row.attempts)
-        elif final:
+    def _event(outcome: Outcome, now: datetime, actor: str) -> audit.Event:
+        d = outcome.delivery
+        kind = "delivery_sent" if outcome.failure is None else "delivery_dead" if outcome.final else "delivery_failed"
+        detail: dict[str, object] = {"delivery": d.id, "kind": d.kind, "attempt": d.attempts}
+        if outcome.failure:
+            detail["reason"] = outcome.failure
+        return audit.Event(d.referral_id, now, actor, kind, detail)
+
+    @staticmethod
+    def _log(outcome: Outcome) -> None:
+        d = outcome.delivery
+        if outcome.failure is None:
+            log.info("outbox: %s for referral %s sent (attempt %d)", d.kind, d.reference, d.attempts)
+        elif outcome.final:
             log.error(
                 "outbox: %s for referral %s failed for good after %d attempts: %s",
-                row.kind,
-                row.reference,
-                row.attempts,
-                reason,
+                d.kind,
+                d.reference,
+                d.attempts,
+                outcome.failure,
             )
         else:
             log.warning(
                 "outbox: %s for referral %s failed (attempt %d): %s; retrying",
-                row.kind,
-                row.reference,
-                row.attempts,
-                reason,
+                d.kind,
+                d.reference,
+                d.attempts,
+                outcome.failure,
             )

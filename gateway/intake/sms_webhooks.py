@@ -25,9 +25,9 @@ from gateway.config import Config
 from gateway.config.fields import normalise_mobile
 from gateway.core.clock import Clock
 from gateway.core.db import Database
-from gateway.core.model import Channel
+from gateway.core.model import Channel, Referral
 from gateway.core.schema import sms_webhooks
-from gateway.core.sealing import Sealer
+from gateway.core.sealed import RoutedAtIntake, Sealed, SmsEnvelope
 from gateway.deliver.sms_status import apply_status
 from gateway.intake.sms_replies import help_reply, referral_reply, start_reply, stop_reply
 from gateway.intake.store import Incoming, IntakeWriter
@@ -55,7 +55,7 @@ class SmsWebhooks:
         config: Config,
         token: str,
         db: Database,
-        sealer: Sealer,
+        sealed: Sealed,
         signer: AckSigner,
         writer: IntakeWriter,
         tracker: Tracker,
@@ -64,7 +64,7 @@ class SmsWebhooks:
         self._s = config.settings
         self._token = token
         self._db = db
-        self._sealer = sealer
+        self._sealed = sealed
         self._signer = signer
         self._writer = writer
         self._tracker = tracker
@@ -118,15 +118,26 @@ class SmsWebhooks:
         over = await self._over_limit(sender_hash, now)
         item = read_sms(form.get("Body", ""))
         if isinstance(item, QuickReferral | FreeText):
+            # Routed here, once: the reply names the team, and processing sends the referral to the
+            # team the sender was told (the decision travels in the sealed envelope).
+            referral, known = self._referral(item, sender)
+            facts = Facts(at=now, channel="sms", organisation=referral.referrer.organisation)
+            decision = route(referral, self._s, facts)
+            routed = RoutedAtIntake(decision.route.name, decision.team_id, decision.in_hours, decision.hours)
             accepted = await self._writer.submit(
                 Incoming(
                     channel=Channel.SMS,
                     raw=json.dumps(params).encode(),
-                    envelope={"from": sender, "to": form.get("To", ""), "message_sid": sid, "rate_limited": over},
+                    envelope=SmsEnvelope(sender, form.get("To", ""), sid, over, routed),
                     dedupe_key=f"sms:{sid}",
                 )
             )
-            reply = None if over else self._referral_reply(item, accepted.reference, sender, now)
+            team = self._s.team(decision.team_id)
+            reply = (
+                None
+                if over
+                else referral_reply(self._s, accepted.reference, referral.urgency, known, team.name, team.phone)
+            )
             outcome = f"referral {accepted.reference}" + (" (over the rate limit)" if over else "")
         elif over:
             reply, outcome = None, "over the rate limit: not acted on"
@@ -136,12 +147,10 @@ class SmsWebhooks:
         log.info("sms: inbound %s: %s", sid, outcome)
         return twiml(reply)
 
-    def _referral_reply(self, item: QuickReferral | FreeText, reference: str, sender: str, now: datetime) -> str:
+    def _referral(self, item: QuickReferral | FreeText, sender: str) -> tuple[Referral, bool]:
+        """The referral a text makes, and whether its number is a registered professional's."""
         found = self._s.professional(sender)
-        referral = to_referral(item, found[0].name if found else None, found[1].name if found else None)
-        decision = route(referral, self._s, Facts(at=now, channel="sms", organisation=found[0].name if found else None))
-        team = self._s.team(decision.team_id)
-        return referral_reply(self._s, reference, referral.urgency, found is not None, team.name, team.phone)
+        return to_referral(item, found[0].name if found else None, found[1].name if found else None), found is not None
 
     async def _command(self, item: object, sender: str, sender_hash: str) -> tuple[str, str]:
         duty = self._s.gateway.duty_phone
@@ -198,7 +207,7 @@ class SmsWebhooks:
                         message_sid=sid,
                         status=status,
                         sender_hash="",
-                        payload=self._sealer.seal(json.dumps(params).encode(), f"sms:status:{sid}:{status}"),
+                        payload=self._sealed.seal_webhook("status", sid, status, params),
                         outcome="",
                         received_at=now,
                     )
@@ -226,7 +235,7 @@ class SmsWebhooks:
             ).one_or_none()
         if row is None:
             return None
-        return self._sealer.open(row.reply, f"sms:{kind}:{sid}:reply").decode() if row.reply else ""
+        return self._sealed.reply(kind, sid, row.reply) if row.reply else ""
 
     async def _over_limit(self, sender_hash: str, now: datetime) -> bool:
         sms = self._s.sms
@@ -260,9 +269,9 @@ class SmsWebhooks:
             "message_sid": sid,
             "status": status,
             "sender_hash": sender_hash,
-            "payload": self._sealer.seal(json.dumps(params).encode(), f"sms:{kind}:{sid}:{status}"),
+            "payload": self._sealed.seal_webhook(kind, sid, status, params),
             "outcome": outcome[:200],
-            "reply": self._sealer.seal(reply.encode(), f"sms:{kind}:{sid}:reply") if reply else None,
+            "reply": self._sealed.seal_reply(kind, sid, reply) if reply else None,
             "received_at": now,
         }
         try:

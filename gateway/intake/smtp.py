@@ -19,6 +19,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config.sections import SmtpSection
 from gateway.core.model import Channel
+from gateway.core.sealed import EmailEnvelope
 from gateway.intake.store import Incoming, IntakeWriter
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,7 @@ class ReferralHandler:
         item = Incoming(
             channel=Channel.EMAIL,
             raw=raw,
-            envelope={
-                "mail_from": mail_from,
-                "rcpt_tos": list(envelope.rcpt_tos),
-                "peer": peer,
-                "helo": session.host_name or "",
-            },
+            envelope=EmailEnvelope(mail_from, tuple(envelope.rcpt_tos), peer, session.host_name or ""),
             dedupe_key=dedupe_key(mail_from, raw),
         )
         try:

@@ -9,13 +9,11 @@ commit is in flight, so no timer adds latency when the gateway is idle.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -24,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.core import audit
 from gateway.core.clock import Clock
 from gateway.core.db import Database
-from gateway.core.lifecycle import State
 from gateway.core.model import Channel
 from gateway.core.reference import new_reference
 from gateway.core.schema import messages, referrals
-from gateway.core.sealing import Sealer
+from gateway.core.sealed import Envelope, Sealed
+from gateway.core.transitions import NewReferral, create
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +39,7 @@ BURST_RATE = 100  # messages a second: above it, intake goes before processing
 class Incoming:
     channel: Channel
     raw: bytes
-    envelope: dict[str, Any]  # sealed before storage: holds the sender's address
+    envelope: Envelope  # sealed before storage: holds the sender's address
     dedupe_key: str  # same key, same message: a retry by the sender makes no twin
 
 
@@ -52,21 +50,17 @@ class Accepted:
     duplicate: bool
 
 
-def sealed_context(kind: str, row_id: str) -> str:
-    return f"{kind}:{row_id}"
-
-
 class IntakeWriter:
     def __init__(
         self,
         db: Database,
-        sealer: Sealer,
+        sealed: Sealed,
         clock: Clock,
         on_committed: Callable[[], None] = lambda: None,
         window: float = 0.0,
     ) -> None:
         self._db = db
-        self._sealer = sealer
+        self._sealed = sealed
         self._clock = clock
         self._on_committed = on_committed
         self._queue: asyncio.Queue[tuple[Incoming, asyncio.Future[Accepted]]] = asyncio.Queue()
@@ -182,7 +176,9 @@ class IntakeWriter:
         async with self._db.write(urgent=True) as conn:
             known = await _existing(conn, {i.dedupe_key for i in items})
             results: list[Accepted] = []
-            new_messages, new_referrals, new_events = [], [], []
+            new_messages: list[dict[str, object]] = []
+            new_referrals: list[NewReferral] = []
+            new_events: list[audit.Event] = []
             for item in items:
                 if item.dedupe_key in known:
                     results.append(known[item.dedupe_key])
@@ -198,23 +194,11 @@ class IntakeWriter:
                         "size": len(item.raw),
                         "attempts": 0,
                         "next_attempt_at": now,
-                        "envelope": self._sealer.seal(
-                            json.dumps(item.envelope).encode(), sealed_context("envelope", message_id)
-                        ),
-                        "raw": self._sealer.seal(item.raw, sealed_context("raw", message_id)),
+                        "envelope": self._sealed.seal_envelope(message_id, item.envelope),
+                        "raw": self._sealed.seal_raw(message_id, item.raw),
                     }
                 )
-                new_referrals.append(
-                    {
-                        "id": referral_id,
-                        "message_id": message_id,
-                        "reference": reference,
-                        "channel": item.channel.value,
-                        "state": State.RECEIVED.value,
-                        "received_at": now,
-                        "incomplete": False,
-                    }
-                )
+                new_referrals.append(NewReferral(referral_id, message_id, reference, item.channel.value, now))
                 new_events.append(
                     audit.Event(referral_id, now, f"intake:{item.channel.value}", "received", {"size": len(item.raw)})
                 )
@@ -223,8 +207,7 @@ class IntakeWriter:
                 results.append(accepted)
             if new_messages:
                 await conn.execute(messages.insert(), new_messages)
-                await conn.execute(referrals.insert(), new_referrals)
-                await audit.append(conn, new_events)
+                await create(conn, new_referrals, new_events)
         return results
 
 

@@ -59,6 +59,7 @@ from gateway.core import keyfiles
 from gateway.core.clock import LONDON, Clock
 from gateway.core.model import Channel
 from gateway.core.reference import new_reference
+from gateway.core.sealed import WebEnvelope
 from gateway.intake import form_model
 from gateway.intake.store import Incoming, IntakeWriter
 from gateway.web.headers import NONCE, new_nonce, page_headers
@@ -376,7 +377,7 @@ class ReferralForm:
         item = Incoming(
             channel=Channel.WEB,
             raw=checked.document,
-            envelope={"referrer_email": checked.referral.referrer.email, "peer": request.remote or ""},
+            envelope=WebEnvelope(checked.referral.referrer.email, request.remote or ""),
             dedupe_key=f"web:{token}:{hashlib.sha256(checked.document).hexdigest()[:32]}",
         )
         try:

@@ -16,8 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.core import audit
 from gateway.core.schema import deliveries
-from gateway.core.sealing import Sealer
-from gateway.intake.store import sealed_context
+from gateway.core.sealing import Sealer, sealed_context
 from gateway.outbox.compose import Outgoing
 
 

@@ -28,9 +28,8 @@ from gateway.core.model import Channel, Referral
 from gateway.core.outcomes import Quarantine, describe
 from gateway.core.queue import claim
 from gateway.core.schema import deadlines, deliveries, messages, referrals
-from gateway.core.sealing import Sealer
+from gateway.core.sealing import Sealer, sealed_context
 from gateway.intake.sms_replies import read_sms_referral
-from gateway.intake.store import sealed_context
 from gateway.open.identity import Identity
 from gateway.open.mime import read_outer
 from gateway.open.opener import Opener

@@ -29,8 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.core import audit
 from gateway.core.db import Database
 from gateway.core.schema import decisions, events, referrals, sms_webhooks, users
-from gateway.core.sealing import Sealer
-from gateway.intake.store import sealed_context
+from gateway.core.sealing import Sealer, sealed_context
 from gateway.staff.users import Role, User
 from gateway.track.acks import transition
 

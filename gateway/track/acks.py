@@ -25,8 +25,7 @@ from gateway.core.lifecycle import State
 from gateway.core.model import Problem, Urgency
 from gateway.core.outcomes import describe
 from gateway.core.schema import deadlines, deliveries, messages, referrals
-from gateway.core.sealing import Sealer
-from gateway.intake.store import sealed_context
+from gateway.core.sealing import Sealer, sealed_context
 from gateway.outbox.alerting import Alerter
 from gateway.outbox.compose import Composer, Outgoing
 from gateway.outbox.dispatch import Dispatcher

@@ -29,8 +29,7 @@ from gateway.core.db import Database
 from gateway.core.lifecycle import State
 from gateway.core.model import Child, Referral
 from gateway.core.schema import events, messages, referrals
-from gateway.core.sealing import Sealer
-from gateway.intake.store import sealed_context
+from gateway.core.sealing import Sealer, sealed_context
 from gateway.open.crypto import CryptoError
 from gateway.open.identity import Identity
 from gateway.open.mime import Attachment, looks_protected, open_message
