@@ -29,12 +29,19 @@ from gateway.intake.smtp import start_smtp, tls_context
 from gateway.intake.store import IntakeWriter
 from gateway.intake.web_form import ReferralForm
 from gateway.open.identity import load_identity
+from gateway.open.opener import Opener
+from gateway.outbox.alerting import Alerter
 from gateway.outbox.compose import Composer, email_environment
+from gateway.outbox.dispatch import Dispatcher
 from gateway.outbox.protect import Protector
 from gateway.outbox.tokens import AckSigner
+from gateway.pipeline.channels import Pipelines
 from gateway.pipeline.driver import Processor
+from gateway.pipeline.write import BatchWriter
 from gateway.staff.users import Users
 from gateway.track.acks import Tracker
+from gateway.track.deadlines import Deadlines
+from gateway.track.referrer import Referrers
 from gateway.web.ack_pages import AckPages, make_app, web_environment
 from gateway.web.admin_pages import AdminPages
 from gateway.web.dashboard import DashboardPages
@@ -100,25 +107,7 @@ class Gateway:
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.transport = self._transport or make_transport(cfg)
         self.identity = load_identity(cfg, self.clock.now())
-        composer = Composer(cfg, self.signer, email_environment(cfg.templates_dir))
-        self.writer = IntakeWriter(
-            self.db, self.sealed, self.clock, self._wake_processor.set, cfg.settings.smtp.commit_window.total_seconds()
-        )
-        protector = Protector(cfg, self.identity)
-        self.processor = Processor(
-            cfg, self.db, self.sealer, composer, self.clock, self.owner, self.identity, protector
-        )
-        sms = cfg.settings.sms
-        self.sms_transport: TwilioTransport | None = None
-        if sms.provider == "twilio":
-            self.sms_transport = TwilioTransport(sms, token, f"{cfg.settings.http.public_url}/sms/status")
-        self.outbox = Outbox(
-            cfg, self.db, self.sealed, self.transport, self.clock, self.owner, sms_transport=self.sms_transport
-        )
-        self.tracker = Tracker(cfg, self.db, self.sealer, composer, self.clock, protector)
-        self.reconciler = (
-            SmsReconciler(cfg.settings, self.db, self.sms_transport, self.clock) if self.sms_transport else None
-        )
+        self._build_stages(token)
         self.writer.start()
         smtp = cfg.settings.smtp
         tls = (
@@ -161,6 +150,27 @@ class Gateway:
             "relay " + cfg.settings.mail.relay.host if cfg.settings.mail.relay else "maildir delivery",
         )
 
+    def _build_stages(self, token: str) -> None:
+        """Every stage once, each given what it needs (one Dispatcher for the pipeline's first
+        escalation step and for the later ones the deadline loop fires)."""
+        cfg, s, sealed = self.config, self.config.settings, self.sealed
+        composer = Composer(cfg, self.signer, email_environment(cfg.templates_dir))
+        protector = Protector(cfg, self.identity)
+        dispatcher = Dispatcher(s, Alerter(composer, protector))
+        self.writer = IntakeWriter(
+            self.db, sealed, self.clock, self._wake_processor.set, s.smtp.commit_window.total_seconds()
+        )
+        pipelines = Pipelines(s, sealed, Opener(s, self.identity), dispatcher, composer, protector)
+        batch_writer = BatchWriter(s, self.db, sealed, composer, self.owner)
+        self.processor = Processor(s, self.db, pipelines, batch_writer, self.clock, self.owner)
+        self.sms_transport: TwilioTransport | None = None
+        if s.sms.provider == "twilio":
+            self.sms_transport = TwilioTransport(s.sms, token, f"{s.http.public_url}/sms/status")
+        self.outbox = Outbox(cfg, self.db, sealed, self.transport, self.clock, self.owner, self.sms_transport)
+        self.tracker = Tracker(cfg, self.db, sealed, composer, self.clock, Referrers(sealed, composer, protector))
+        self.deadlines = Deadlines(s, self.db, sealed, self.clock, dispatcher)
+        self.reconciler = SmsReconciler(s, self.db, self.sms_transport, self.clock) if self.sms_transport else None
+
     def web_app(self, accounts: Users, sms_token: str = "") -> web.Application:
         """Every page and webhook on one aiohttp app, in the order their response hooks need.
         `accounts` is given so that tests can sign staff in with cheap password hashing."""
@@ -182,7 +192,7 @@ class Gateway:
         setup_sessions(app, cfg.keys_dir, cfg.settings.http.public_url)
         sessions = WebSessions(accounts, self.clock)
         DashboardPages(
-            cfg, self.db, self.sealer, self.signer, self.tracker, self.identity, accounts, self.clock
+            cfg, self.db, self.sealed, self.signer, self.tracker, self.identity, accounts, self.clock
         ).routes(app)
         ReportPage(cfg, self.db, self.sealer, sessions, self.clock).routes(app)
         AdminPages(cfg, accounts, sessions, self.clock).routes(app)
@@ -253,9 +263,9 @@ class Gateway:
             self._wake_deadlines.clear()
             wait = 30.0
             try:
-                if await self.tracker.fire_due():
+                if await self.deadlines.fire_due():
                     self._wake_outbox.set()
-                due = await self.tracker.next_due()
+                due = await self.deadlines.next_due()
                 if due is not None:
                     wait = min(wait, max((due - self.clock.now()).total_seconds(), 0.0) + 0.05)
             except Exception as exc:  # noqa: BLE001 - as in _loop: the loop must outlive a step
@@ -277,7 +287,7 @@ class Gateway:
         return total
 
     async def fire_deadlines(self) -> int:
-        return await self.tracker.fire_due()
+        return await self.deadlines.fire_due()
 
     async def reconcile_sms(self) -> int:
         return await self.reconciler.run_once() if self.reconciler else 0

@@ -1,1 +1,12 @@
-"""core: TODO"""
+"""Core: the pure state machine and the durable state every stage shares.
+
+Takes nothing from the other stages. Gives: the tables (`schema`) and migrations, the database with
+its one way to write (`db`), leased queues (`queue`), the hash-chained audit log (`audit`), the
+referral lifecycle (`lifecycle`, pure) and the one place a referral's state is written
+(`transitions`), sealing at rest (`sealing`) with typed access to every sealed column (`sealed`),
+typed rows (`records`), the injected clock and UK time (`clock`), outcomes as exceptions
+(`outcomes`), secret key files (`keyfiles`), the referral's plain values (`model`) and its
+reference (`reference`).
+
+May import: nothing in gateway outside core.
+"""

@@ -103,3 +103,13 @@ class Referral:
             details=data.get("details"),
             problems=tuple(Problem(**p) for p in data.get("problems") or ()),
         )
+
+
+# The outcome of the duty team's first decision, as the referrer is told it (value -> words).
+OUTCOMES: dict[str, str] = {
+    "no_further_action": "No further action",
+    "early_help": "Early help",
+    "assessment": "Assessment",
+    "strategy_discussion": "Strategy discussion",
+    "passed_on": "Passed to another area",
+}

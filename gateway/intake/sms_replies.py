@@ -1,45 +1,15 @@
-"""SMS in: what a stored inbound SMS says, and the replies the gateway texts back.
+"""The replies the gateway texts back to an inbound SMS.
 
 SMS is an insecure channel: replies carry references, phone numbers and instructions, never a
-child's name or the details of a concern. Pure functions over config and the message.
+child's name or the details of a concern. Pure functions over config.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from typing import Any
-
 from gateway.config import Settings
-from gateway.core.model import Referral, Urgency
-from gateway.core.outcomes import Quarantine
-from gateway.parse.sms_text import FreeText, QuickReferral, read_sms, to_referral
+from gateway.core.model import Urgency
 
 DANGER = "If a child is in immediate danger call 999 now."
-
-
-def read_sms_referral(settings: Settings, raw: bytes, envelope: dict[str, Any]) -> tuple[Referral, str]:
-    """(the referral, the sender's organisation) from a stored inbound SMS, or Quarantine: a
-    number not in the partner directory, or a sender over the rate limit, is held for a person."""
-    if envelope.get("rate_limited"):
-        sms = settings.sms
-        raise Quarantine(
-            "sms",
-            f"over the SMS rate limit: more than {sms.inbound_limit} messages from this number "
-            f"within {sms.inbound_window}; read it and call the sender",
-        )
-    sender = str(envelope.get("from") or "")
-    found = settings.professional(sender)
-    if found is None:
-        raise Quarantine("sms", "the sending number is not registered to a partner organisation; call the sender")
-    partner, person = found
-    params = dict(json.loads(raw))
-    item = read_sms(str(params.get("Body") or ""))
-    if not isinstance(item, QuickReferral | FreeText):
-        item = FreeText(str(params.get("Body") or ""))  # intake only stores referral texts here
-    referral = to_referral(item, partner.name, person.name)
-    referral = dataclasses.replace(referral, referrer=dataclasses.replace(referral.referrer, phone=sender))
-    return referral, partner.name
 
 
 def referral_reply(

@@ -25,7 +25,7 @@ from gateway.config import Config
 from gateway.config.fields import normalise_mobile
 from gateway.core.clock import Clock
 from gateway.core.db import Database
-from gateway.core.model import Channel, Referral
+from gateway.core.model import Channel
 from gateway.core.schema import sms_webhooks
 from gateway.core.sealed import RoutedAtIntake, Sealed, SmsEnvelope
 from gateway.deliver.sms_status import apply_status
@@ -120,9 +120,10 @@ class SmsWebhooks:
         if isinstance(item, QuickReferral | FreeText):
             # Routed here, once: the reply names the team, and processing sends the referral to the
             # team the sender was told (the decision travels in the sealed envelope).
-            referral, known = self._referral(item, sender)
-            facts = Facts(at=now, channel="sms", organisation=referral.referrer.organisation)
-            decision = route(referral, self._s, facts)
+            found = self._s.professional(sender)
+            organisation = found[0].name if found else None
+            referral = to_referral(item, organisation, found[1].name if found else None)
+            decision = route(referral, self._s, Facts(at=now, channel="sms", organisation=organisation))
             routed = RoutedAtIntake(decision.route.name, decision.team_id, decision.in_hours, decision.hours)
             accepted = await self._writer.submit(
                 Incoming(
@@ -136,7 +137,9 @@ class SmsWebhooks:
             reply = (
                 None
                 if over
-                else referral_reply(self._s, accepted.reference, referral.urgency, known, team.name, team.phone)
+                else referral_reply(
+                    self._s, accepted.reference, referral.urgency, found is not None, team.name, team.phone
+                )
             )
             outcome = f"referral {accepted.reference}" + (" (over the rate limit)" if over else "")
         elif over:
@@ -146,11 +149,6 @@ class SmsWebhooks:
         await self._store("inbound", sid, "", sender_hash, params, outcome, reply, now)
         log.info("sms: inbound %s: %s", sid, outcome)
         return twiml(reply)
-
-    def _referral(self, item: QuickReferral | FreeText, sender: str) -> tuple[Referral, bool]:
-        """The referral a text makes, and whether its number is a registered professional's."""
-        found = self._s.professional(sender)
-        return to_referral(item, found[0].name if found else None, found[1].name if found else None), found is not None
 
     async def _command(self, item: object, sender: str, sender_hash: str) -> tuple[str, str]:
         duty = self._s.gateway.duty_phone

@@ -7,26 +7,29 @@ Raises `Quarantine` when the message cannot be read or fails the policy.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
 
 from gateway.config import Settings
+from gateway.config.sections import Partner
 from gateway.core.outcomes import Quarantine
-from gateway.open.crypto import CryptoError
+from gateway.core.sealed import ReplyKey
+from gateway.open.crypto import CryptoError, Signature
 from gateway.open.identity import Identity
 from gateway.open.mime import Opened, Outer, looks_protected, open_message
 from gateway.open.mimebytes import MimeError
 from gateway.open.policy import judge
-from gateway.outbox.protect import Protector
+from gateway.open.security import Security
+from gateway.open.unwrap import Unwrapped, Unwrapper
 
 
 class Opener:
-    def __init__(self, settings: Settings, identity: Identity, protector: Protector) -> None:
+    def __init__(self, settings: Settings, identity: Identity) -> None:
         self._s = settings
         self._identity = identity
-        self._protector = protector
 
-    async def open(self, raw: bytes, reply_to: str, outer: Outer) -> tuple[Opened, dict[str, Any]]:
-        """Unwrap the security layers and judge them; the content, and what to record about it.
+    async def open(self, raw: bytes, reply_to: str, outer: Outer) -> tuple[Opened, Security]:
+        """Unwrap the security layers and judge them; the content, and how it was sent.
         Raises Quarantine when the message cannot be read or fails the policy."""
         notify = reply_to if reply_to and not outer.automatic else None
         # The From header's address (what the signature must belong to); the envelope sender
@@ -45,42 +48,50 @@ class Opener:
             verdict = judge(False, [], sender, self._s.partners, self._s.security)
             if verdict.quarantine is not None:
                 raise Quarantine("policy", verdict.quarantine, notify, outer.message_id) from None
-            flags = [*verdict.flags, f"malformed MIME ({exc.reason})"]
-            return open_message(raw), {
-                "encrypted": False,
-                "layers": [],
-                "partner": None,
-                "flags": flags,
-                "reply_key": None,
-            }
+            flags = (*verdict.flags, f"malformed MIME ({exc.reason})")
+            return open_message(raw), Security(encrypted=False, layers=(), partner=None, flags=flags)
         verdict = judge(unwrapped.encrypted, unwrapped.signatures, sender, self._s.partners, self._s.security)
         if verdict.quarantine is not None:
-            reason = await self._name_the_partner(raw, sender) or verdict.quarantine
+            reason = await self._name_the_partner(unwrapper, unwrapped, sender) or verdict.quarantine
             raise Quarantine("policy", reason, notify, outer.message_id)
         partner = next((p for p in self._s.partners if p.name == verdict.partner), None)
-        reply_key = self._protector.reply_key(unwrapped.signatures, partner)
-        security = {
-            "encrypted": unwrapped.encrypted,
-            "layers": unwrapped.layers,
-            "partner": verdict.partner,
-            "flags": [*verdict.flags, *unwrapped.notes],
-            # Replies to the referrer are encrypted to the key they signed with (a fingerprint or
-            # a pinned certificate's path: no personal data).
-            "reply_key": list(reply_key) if reply_key else None,
-        }
+        security = Security(
+            encrypted=unwrapped.encrypted,
+            layers=tuple(unwrapped.layers),
+            partner=verdict.partner,
+            flags=(*verdict.flags, *unwrapped.notes),
+            reply_key=self._reply_key(unwrapped.signatures, partner),
+        )
         return open_message(unwrapped.entity.raw), security
 
-    async def _name_the_partner(self, raw: bytes, sender: str) -> str | None:
+    def _reply_key(self, signatures: Sequence[Signature], partner: Partner | None) -> ReplyKey | None:
+        """The key to encrypt replies to a referrer with: the key they signed with, when it is in
+        the partner directory (an OpenPGP fingerprint, or a pinned S/MIME certificate)."""
+        if partner is None:
+            return None
+        identity = self._identity
+        for signature in signatures:
+            if not signature.valid or signature.signer_id is None:
+                continue
+            if signature.kind == "openpgp" and signature.signer_id in partner.openpgp and identity.pgp:
+                return ("openpgp", signature.signer_id)
+            pinned: Path | None = identity.pinned_by_fingerprint.get(signature.signer_id)
+            if signature.kind == "smime" and pinned is not None and identity.smime:
+                return ("smime", str(pinned))
+        return None
+
+    async def _name_the_partner(self, unwrapper: Unwrapper, unwrapped: Unwrapped, sender: str) -> str | None:
         """For a refused message from an address no partner owns: was it signed by a partner's
-        certificate all the same? Then the sender is told exactly that (it is checked against
-        every partner's trust only to word the reason; it never makes the message accepted)."""
+        certificate all the same? Then the sender is told exactly that. Its S/MIME signatures are
+        checked again against every partner's trust, only to word the reason (it never makes the
+        message accepted), and without decrypting it again: the signed bytes were kept."""
         if any(p.covers(sender) for p in self._s.partners):
             return None
         try:
-            wider = await self._identity.unwrapper().unwrap(raw)
+            signatures = await unwrapper.reverify(unwrapped, self._identity.trust)
         except (MimeError, CryptoError):
             return None
-        verdict = judge(wider.encrypted, wider.signatures, sender, self._s.partners, self._s.security)
+        verdict = judge(unwrapped.encrypted, signatures, sender, self._s.partners, self._s.security)
         if verdict.quarantine and "not registered to them" in verdict.quarantine:
             return verdict.quarantine
         return None

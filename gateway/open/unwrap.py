@@ -69,11 +69,26 @@ class Trust:
     pinned: tuple[Path, ...] = ()
 
 
+@dataclass(frozen=True)
+class SmimeSigned:
+    """What an S/MIME signature covered, kept so that it can be checked against another trust
+    without decrypting the message again (see Unwrapper.reverify)."""
+
+    content: bytes | None  # detached: the exact bytes signed; None: opaque signed-data
+    signature: bytes  # the detached signature, or the whole signed-data DER
+
+
 @dataclass
 class Unwrapped:
     entity: Entity  # the innermost content: what the referral is read from
     encrypted: bool = False
     signatures: list[Signature] = field(default_factory=list)
+    smime_signed: list[SmimeSigned | None] = field(default_factory=list)  # one per signature; None: OpenPGP
+
+    def signed_by(self, signature: Signature, smime: SmimeSigned | None = None) -> None:
+        self.signatures.append(signature)
+        self.smime_signed.append(smime)
+
     layers: list[str] = field(default_factory=list)  # e.g. ["pgp-encrypted", "pgp-signed"], for the audit trail
     notes: list[str] = field(default_factory=list)  # what a person should know (shown as flags)
 
@@ -94,6 +109,24 @@ class Unwrapper:
                 return result
             result.entity = _content_entity(inner)
         raise MimeError(f"more than {MAX_DEPTH} nested encryption or signature layers")
+
+    async def reverify(self, unwrapped: Unwrapped, trust: Trust) -> list[Signature]:
+        """The signatures found by `unwrap`, with each S/MIME one checked again against `trust`
+        (OpenPGP signatures do not depend on it). Only the signatures: nothing is decrypted again."""
+        out: list[Signature] = []
+        for signature, signed in zip(unwrapped.signatures, unwrapped.smime_signed, strict=True):
+            if signed is None:
+                out.append(signature)
+            elif signed.content is not None:
+                out.append(
+                    await self._need_smime().verify_detached(
+                        signed.content, signed.signature, trust.anchors, trust.pinned
+                    )
+                )
+            else:
+                _, again = await self._need_smime().verify_opaque(signed.signature, trust.anchors, trust.pinned)
+                out.append(again)
+        return out
 
     def _need_pgp(self) -> OpenPGPEngine:
         if self._pgp is None:
@@ -117,7 +150,7 @@ class Unwrapper:
             result.encrypted = True
             result.layers.append("pgp-encrypted")
             if signature is not None:
-                result.signatures.append(signature)
+                result.signed_by(signature)
                 result.layers.append("pgp-signed")
             return plaintext
         if ctype == "multipart/signed":
@@ -146,14 +179,15 @@ class Unwrapper:
             with _gpg_gave_up(VerifyError):
                 signature = await self._need_pgp().verify_detached(signed, signature_bytes)
             result.layers.append("pgp-signed")
+            result.signed_by(signature)
         elif protocol in _PKCS7_SIGNATURE:
             signature = await self._need_smime().verify_detached(
                 signed, signature_bytes, self._trust.anchors, self._trust.pinned
             )
             result.layers.append("smime-signed")
+            result.signed_by(signature, SmimeSigned(signed, signature_bytes))
         else:
             raise MimeError("multipart/signed with an unknown signature protocol")
-        result.signatures.append(signature)
         return parts[0]
 
     async def _pkcs7(self, entity: Entity, result: Unwrapped) -> bytes:
@@ -165,7 +199,7 @@ class Unwrapper:
                 # No content comes back when the signature cannot be checked at all: that is an
                 # unreadable message for a person to look at, never an empty referral.
                 raise VerifyError(f"the signature could not be checked ({signature.problem})")
-            result.signatures.append(signature)
+            result.signed_by(signature, SmimeSigned(None, der))
             result.layers.append("smime-signed")
             return content
         if smime_type in ("enveloped-data", "authenveloped-data", ""):
@@ -190,12 +224,12 @@ class Unwrapper:
             result.encrypted = True
             result.layers.append("pgp-inline-encrypted")
             if signature is not None:
-                result.signatures.append(signature)
+                result.signed_by(signature)
             return _text_entity(plaintext, charset)
         if block.startswith(_PGP_SIGNED[0]):
             with _gpg_gave_up(VerifyError):
                 text, signature = await self._need_pgp().verify_inline(block)
-            result.signatures.append(signature)
+            result.signed_by(signature)
             result.layers.append("pgp-inline-signed")
             return _text_entity(text, charset)
         return None

@@ -11,19 +11,19 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from gateway.config.duty import Team
 from gateway.core.model import Problem, Referral, Urgency
 from gateway.open.crypto import CryptoError
 from gateway.open.mime import Attachment
+from gateway.open.security import Security
 from gateway.outbox.compose import Composer, Outgoing
 from gateway.outbox.protect import Protector
 from gateway.route.escalate import Send
 
 
 @dataclass(frozen=True)
-class Content:
+class AlertContent:
     """What an encrypted first alert carries."""
 
     referral: Referral
@@ -41,7 +41,7 @@ class AlertFacts:
     received_at: datetime
     due_at: datetime
     now: datetime
-    security: dict[str, Any] = dataclasses.field(default_factory=dict)
+    security: Security | None = None  # how an email referral was sent; None for web and SMS
     step_notify: str = ""  # "managers, coordinators": why an escalation reached this recipient
 
 
@@ -51,7 +51,7 @@ class Alerter:
         self._protector = protector
 
     async def alerts(
-        self, kind: str, sends: Sequence[Send], facts: AlertFacts, content: Content | None = None
+        self, kind: str, sends: Sequence[Send], facts: AlertFacts, content: AlertContent | None = None
     ) -> tuple[list[Outgoing], list[str]]:
         """(messages, reasons encryption failed): a recipient whose key fails still gets the
         alert, without content, rather than nothing."""
@@ -67,12 +67,8 @@ class Alerter:
                         "alert",
                         to=recipient.mobile,
                         referral_id=facts.referral_id,
-                        context={
-                            "reference": facts.reference,
-                            "urgency": facts.urgency,
-                            "team": facts.team,
-                            "now": facts.now,
-                        },
+                        now=facts.now,
+                        context={"reference": facts.reference, "urgency": facts.urgency, "team": facts.team},
                     )
                 )
                 continue
@@ -99,8 +95,8 @@ class Alerter:
                     team=facts.team,
                     to=recipient.email,
                     attachments=content.attachments,
+                    now=facts.now,
                     context={
-                        "now": facts.now,
                         "referral": content.referral,
                         "route_name": facts.route_name,
                         "received_at": facts.received_at,

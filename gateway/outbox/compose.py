@@ -7,6 +7,7 @@ Each template's first line is `Subject: ...`, then a blank line, then the body.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
@@ -17,7 +18,6 @@ from email.mime.text import MIMEText
 from email.policy import compat32
 from email.utils import format_datetime, formataddr, make_msgid
 from pathlib import Path
-from typing import Any
 
 import jinja2
 
@@ -26,6 +26,7 @@ from gateway.config.duty import Team
 from gateway.core.clock import uk_time
 from gateway.core.model import Problem, Urgency
 from gateway.open.mime import Attachment
+from gateway.open.security import Security
 from gateway.outbox.tokens import AckSigner
 
 _CRLF = compat32.clone(linesep="\r\n")  # signed and encrypted entities are made in canonical form
@@ -57,6 +58,9 @@ def email_environment(templates_dir: Path) -> jinja2.Environment:
     return env
 
 
+Context = Mapping[str, object]  # a template's values
+
+
 class Composer:
     def __init__(self, config: Config, signer: AckSigner, env: jinja2.Environment) -> None:
         self._config = config
@@ -65,7 +69,7 @@ class Composer:
         self._env = env
         self._domain = self._s.mail.from_address.split("@", 1)[1]
 
-    def _render(self, template: str, context: dict[str, Any]) -> tuple[str, str]:
+    def _render(self, template: str, context: Context) -> tuple[str, str]:
         text = self._env.get_template(template).render(
             council=self._s.gateway.council, duty_phone=self._s.gateway.duty_phone, **context
         )
@@ -74,14 +78,16 @@ class Composer:
             raise ValueError(f"{template}: the first line must be 'Subject: ...'")
         return first.removeprefix("Subject: ").strip(), body.lstrip("\n")
 
-    def _headers(self, msg: Message, to: str, subject: str, context: dict[str, Any], in_reply_to: str | None) -> None:
+    def _headers(
+        self, msg: Message, to: str, subject: str, now: datetime, reference: str, in_reply_to: str | None
+    ) -> None:
         msg["From"] = formataddr((f"{self._s.gateway.council} referrals", self._s.mail.from_address), "utf-8")
         msg["To"] = to
         msg["Subject"] = _header(subject)
-        msg["Date"] = format_datetime(context["now"])
+        msg["Date"] = format_datetime(now)
         msg["Message-ID"] = make_msgid("rg", domain=self._domain)
         msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: stops auto-replies looping back
-        msg["X-Referral-Reference"] = context["reference"]
+        msg["X-Referral-Reference"] = reference
         if in_reply_to:
             msg["In-Reply-To"] = in_reply_to
             msg["References"] = in_reply_to
@@ -91,18 +97,20 @@ class Composer:
         kind: str,
         template: str,
         to: str,
-        context: dict[str, Any],
+        now: datetime,
+        reference: str,
+        context: Context,
         in_reply_to: str | None = None,
         team_id: str | None = None,
     ) -> Outgoing:
-        subject, body = self._render(template, context)
+        subject, body = self._render(template, {"now": now, "reference": reference, **context})
         # compat32 MIMEText, not EmailMessage: the modern policy re-parses every header we set,
         # which was half of the processing stage's time, and these headers are all ours.
         msg = MIMEText(body, "plain", "utf-8")
-        self._headers(msg, to, subject, context, in_reply_to)
+        self._headers(msg, to, subject, now, reference, in_reply_to)
         return Outgoing(kind, to, msg.as_bytes(), self._signer.recipient_hash(to), team_id)
 
-    def _ack_link(self, referral_id: str, to: str, now: datetime) -> dict[str, Any]:
+    def _ack_link(self, referral_id: str, to: str, now: datetime) -> dict[str, object]:
         """The acknowledgement link for one referral and one recipient, and when it stops working."""
         token = self._signer.sign(referral_id, to, now, self._s.ack.link_ttl)
         return {
@@ -118,19 +126,21 @@ class Composer:
         reference: str,
         team: Team,
         to: str,
-        context: dict[str, Any],
+        now: datetime,
+        context: Context,
         attachments: tuple[Attachment, ...],
     ) -> tuple[bytes, bytes]:
         """(outer headers, inner MIME entity) of an alert WITH the referral's content, for a
         recipient with a key: the caller encrypts the entity to that key and joins the two."""
-        context = {
+        values = {
             **context,
-            **self._ack_link(referral_id, to, context["now"]),
+            **self._ack_link(referral_id, to, now),
+            "now": now,
             "reference": reference,
             "team": team,
             "attachments": [(a.filename, a.content_type, len(a.data)) for a in attachments],
         }
-        subject, body = self._render("email/alert_secure.txt", context)
+        subject, body = self._render("email/alert_secure.txt", values)
         inner = MIMEMultipart("mixed")
         inner.attach(MIMEText(body, "plain", "utf-8"))
         for item in attachments:
@@ -141,7 +151,7 @@ class Composer:
             part.add_header("Content-Disposition", "attachment", filename=item.filename)
             inner.attach(part)
         outer = Message()
-        self._headers(outer, to, subject, context, None)
+        self._headers(outer, to, subject, now, reference, None)
         outer["MIME-Version"] = "1.0"
         head = outer.as_bytes(policy=_CRLF).split(b"\r\n\r\n", 1)[0] + b"\r\n"
         return head, inner.as_bytes(policy=_CRLF)
@@ -160,24 +170,24 @@ class Composer:
         received_at: datetime,
         due_at: datetime,
         now: datetime,
-        security: dict[str, Any] | None = None,
+        security: Security | None = None,
         step_notify: str = "",
     ) -> Outgoing:
         return self._build(
             kind,
             f"email/{kind}.txt",
             to,
+            now,
+            reference,
             {
-                "reference": reference,
                 "team": team,
                 "route_name": route_name,
                 "urgency": urgency,
                 "problems": problems,
                 "received_at": received_at,
                 "due_at": due_at,
-                "now": now,
                 **self._ack_link(referral_id, to, now),
-                "security": security or {},
+                "security": security,
                 "step_notify": step_notify,
             },
             team_id=team.id,
@@ -187,42 +197,41 @@ class Composer:
         self, *, reference: str, to: str, received_at: datetime, now: datetime, in_reply_to: str | None
     ) -> Outgoing:
         return self._build(
-            "receipt",
-            "email/receipt.txt",
-            to,
-            {"reference": reference, "received_at": received_at, "now": now},
-            in_reply_to,
+            "receipt", "email/receipt.txt", to, now, reference, {"received_at": received_at}, in_reply_to
         )
 
     def quarantine_notice(
         self, *, reference: str, to: str, reason: str, received_at: datetime, now: datetime, in_reply_to: str | None
     ) -> Outgoing:
-        return self._build(
-            "notice",
-            "email/quarantine_notice.txt",
-            to,
-            {"reference": reference, "reason": reason, "received_at": received_at, "now": now},
-            in_reply_to,
-        )
+        context = {"reason": reason, "received_at": received_at}
+        return self._build("notice", "email/quarantine_notice.txt", to, now, reference, context, in_reply_to)
 
-    def referrer_notice(self, kind: str, channel: str, to: str, context: dict[str, Any]) -> Outgoing:
+    def referrer_notice(
+        self, kind: str, channel: str, to: str, now: datetime, reference: str, context: Context
+    ) -> Outgoing:
         """A notice to the referrer (ack_notice, outcome_notice) on the channel their referral came
         by: templates/email/<kind>.txt, or templates/sms/<kind>.txt for an SMS referral."""
         if channel == "sms":
-            return self.sms(kind, kind, to=to, referral_id=None, context=context)
-        return self._build(kind, f"email/{kind}.txt", to, context)
+            return self.sms(kind, kind, to=to, referral_id=None, now=now, context={"reference": reference, **context})
+        return self._build(kind, f"email/{kind}.txt", to, now, reference, context)
 
     def acknowledged_by(self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime) -> Outgoing:
         """To everyone already alerted: somebody has it, stand down."""
-        context = {"reference": reference, "team": team, "by": by, "at": at, "now": now}
-        return self._build("ack_told", "email/acknowledged_by.txt", to, context, team_id=team.id)
+        context = {"team": team, "by": by, "at": at}
+        return self._build("ack_told", "email/acknowledged_by.txt", to, now, reference, context, team_id=team.id)
 
-    def sms(self, kind: str, template: str, *, to: str, referral_id: str | None, context: dict[str, Any]) -> Outgoing:
+    def sms(
+        self, kind: str, template: str, *, to: str, referral_id: str | None, now: datetime, context: Context
+    ) -> Outgoing:
         """An SMS from templates/sms/<template>.txt: reference, urgency, team and a link, never content."""
-        now = context["now"]
         extra = self._ack_link(referral_id, to, now) if referral_id else {}
         text = self._env.get_template(f"sms/{template}.txt").render(
-            council=self._s.gateway.council, duty_phone=self._s.gateway.duty_phone, kind=kind, **context, **extra
+            council=self._s.gateway.council,
+            duty_phone=self._s.gateway.duty_phone,
+            kind=kind,
+            now=now,
+            **context,
+            **extra,
         )
         team = context.get("team")
         return Outgoing(
@@ -230,6 +239,6 @@ class Composer:
             to,
             " ".join(text.split()).encode(),
             self._signer.recipient_hash(to),
-            team.id if team is not None else None,
+            team.id if isinstance(team, Team) else None,
             "sms",
         )

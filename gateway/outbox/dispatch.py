@@ -1,25 +1,31 @@
 """Dispatch: route a referral, work out its deadline and fire its escalation chain's steps.
 
-The pipeline calls `first` when a referral is routed (the chain's first step); the tracker calls
-`step` when a step row falls due. Both return what to write (alerts, events, the next step's row)
-and write nothing themselves, so the caller can commit it in one transaction with the rest.
+The pipeline calls `first` when a referral is routed (the chain's first step); the deadline tracker
+calls `step` when a step row falls due. Both return what to write (alerts, events, the next step's
+row) and write nothing themselves, so the caller commits it in one transaction with the rest.
+One Dispatcher serves both (gateway.app builds it once).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from gateway.config import Settings
 from gateway.config.duty import Escalation, Team
 from gateway.core.model import Problem, Referral, Urgency
+from gateway.core.sealed import RoutedAtIntake
 from gateway.duty.deadline_rules import due_at as deadline_due
 from gateway.duty.schedule import Schedule
-from gateway.outbox.alerting import Alerter, AlertFacts, Content
+from gateway.open.security import Security
+from gateway.outbox.alerting import AlertContent, Alerter, AlertFacts
 from gateway.outbox.compose import Outgoing
 from gateway.route import escalate
+from gateway.route.escalate import NextStep
 from gateway.route.rules import Decision, Facts, route
+
+Detail = dict[str, object]  # an event's detail: never personal data
 
 
 @dataclass
@@ -27,9 +33,9 @@ class Dispatched:
     team: Team
     due_at: datetime
     outgoing: list[Outgoing] = field(default_factory=list)
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (kind, detail)
-    next_step: dict[str, Any] | None = None  # a deadlines row (kind 'step'), without referral_id
-    fired: list[dict[str, Any]] = field(default_factory=list)  # what each step did (for the row)
+    events: list[tuple[str, Detail]] = field(default_factory=list)  # (kind, detail)
+    next_step: NextStep | None = None
+    fired: list[Detail] = field(default_factory=list)  # what each step did (for the deadline row)
     decision: Decision | None = None
     encryption_failed: list[str] = field(default_factory=list)
 
@@ -38,6 +44,16 @@ def chain_by_id(settings: Settings, chain_id: str | None, team: Team, urgency: U
     """The chain a step row names; if config no longer has it, the team's current chain."""
     found = next((e for e in settings.escalations if e.id == chain_id), None)
     return found or settings.escalation_of(team, urgency)
+
+
+def decided(settings: Settings, referral: Referral, facts: Facts, at_intake: RoutedAtIntake | None) -> Decision:
+    """Where the referral goes: where its sender was already told (an SMS reply names the team),
+    or the rules now. Only if config no longer has that route and team are the rules asked again."""
+    if at_intake is not None:
+        chosen = next((r for r in settings.routes if r.name == at_intake.route), None)
+        if chosen is not None and settings.find_team(at_intake.team) is not None:
+            return Decision(chosen, (), at_intake.team, at_intake.in_hours, at_intake.hours)
+    return route(referral, settings, facts)
 
 
 class Dispatcher:
@@ -54,10 +70,11 @@ class Dispatcher:
         received_at: datetime,
         now: datetime,
         facts: Facts,
-        security: dict[str, Any],
-        content: Content | None,
+        security: Security | None,
+        content: AlertContent | None,
+        at_intake: RoutedAtIntake | None = None,
     ) -> Dispatched:
-        decision = route(referral, self._s, facts)
+        decision = decided(self._s, referral, facts, at_intake)
         team = self._s.team(decision.team_id)
         schedule = self._s.schedule_for(team)
         rule = self._s.deadline_rule(team, referral.urgency)
@@ -129,26 +146,24 @@ class Dispatcher:
         alert: AlertFacts,
         ooh: Team | None,
         schedule: Schedule,
-        content: Content | None,
+        content: AlertContent | None,
     ) -> None:
         plan = escalate.plan(self._s, chain, out.team, ooh, start, alert.now, alert.due_at, schedule)
         # The first step that reaches anyone at routing sends the alert (with the content, for
         # those with keys), even when the steps before it were skipped; later ones are reminders.
         first = start == (0, 0)
         for fired in plan.fired:
-            detail = {"chain": chain.id, **fired.describe()}
+            detail: Detail = {"chain": chain.id, **fired.describe()}
             out.fired.append(detail)
             out.events.append(("escalation_step", detail))
             if fired.skipped:
                 continue
             kind = "alert" if first else "reminder"
             first = False
-            facts = AlertFacts(**{**alert.__dict__, "step_notify": ", ".join(fired.notify)})
+            facts = dataclasses.replace(alert, step_notify=", ".join(fired.notify))
             messages, failures = await self._alerter.alerts(
                 kind, fired.sends, facts, content if kind == "alert" else None
             )
             out.outgoing += messages
             out.encryption_failed += failures
-        if plan.next_step is not None:
-            step, round_, due = plan.next_step
-            out.next_step = {"kind": "step", "chain": chain.id, "step": step, "round": round_, "due_at": due}
+        out.next_step = plan.next_step

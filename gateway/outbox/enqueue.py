@@ -6,23 +6,22 @@ transaction, so a referral's state change and the messages it causes commit toge
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.core import audit
 from gateway.core.schema import deliveries
-from gateway.core.sealing import Sealer, sealed_context
+from gateway.core.sealed import Payload, Sealed
 from gateway.outbox.compose import Outgoing
 
+Row = dict[str, object]  # a deliveries row as inserted
 
-def outbox_row(out: Outgoing, referral_id: str, sealer: Sealer, now: datetime) -> dict[str, Any]:
+
+def outbox_row(out: Outgoing, referral_id: str, sealed: Sealed, now: datetime) -> Row:
     delivery_id = uuid.uuid4().hex
-    payload = json.dumps({"to": out.to, "message": out.message.decode("utf-8")}).encode()
     return {
         "id": delivery_id,
         "referral_id": referral_id,
@@ -30,7 +29,7 @@ def outbox_row(out: Outgoing, referral_id: str, sealer: Sealer, now: datetime) -
         "channel": out.channel,
         "team_id": out.team_id,
         "recipient_hash": out.recipient_hash,
-        "payload": sealer.seal(payload, sealed_context("delivery", delivery_id)),
+        "payload": sealed.seal_payload(delivery_id, Payload(out.to, out.message)),
         "state": "pending",
         "attempts": 0,
         "next_attempt_at": now,
@@ -38,7 +37,7 @@ def outbox_row(out: Outgoing, referral_id: str, sealer: Sealer, now: datetime) -
     }
 
 
-def queued_events(referral_id: str, rows: Sequence[dict[str, Any]], now: datetime, actor: str) -> list[audit.Event]:
+def queued_events(referral_id: str, rows: Sequence[Row], now: datetime, actor: str) -> list[audit.Event]:
     return [
         audit.Event(
             referral_id,
@@ -52,10 +51,10 @@ def queued_events(referral_id: str, rows: Sequence[dict[str, Any]], now: datetim
 
 
 async def queue_outgoing(
-    conn: AsyncConnection, sealer: Sealer, referral_id: str, outgoing: Sequence[Outgoing], now: datetime, actor: str
+    conn: AsyncConnection, sealed: Sealed, referral_id: str, outgoing: Sequence[Outgoing], now: datetime, actor: str
 ) -> list[audit.Event]:
     """Insert outbox rows; returns their `delivery_queued` events for the caller's batch."""
-    rows = [outbox_row(out, referral_id, sealer, now) for out in outgoing]
+    rows = [outbox_row(out, referral_id, sealed, now) for out in outgoing]
     if rows:
         await conn.execute(deliveries.insert(), rows)
     return queued_events(referral_id, rows, now, actor)

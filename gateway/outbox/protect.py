@@ -11,13 +11,12 @@ import dataclasses
 import logging
 import re
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from gateway.config import Config
-from gateway.config.sections import Partner
-from gateway.open.crypto import CryptoError, CryptoKeyError, Signature
+from gateway.core.sealed import ReplyKey
+from gateway.open.crypto import CryptoError, CryptoKeyError
 from gateway.open.identity import Identity
 from gateway.outbox.compose import Outgoing
 
@@ -73,21 +72,6 @@ class Protector:
     def can_protect(holder: KeyHolder) -> bool:
         return bool(holder.openpgp or holder.smime_cert)
 
-    def reply_key(self, signatures: Sequence[Signature], partner: Partner | None) -> ReplyKey | None:
-        """The key to encrypt replies to a referrer with: the key they signed with, when it is in
-        the partner directory (an OpenPGP fingerprint, or a pinned S/MIME certificate)."""
-        if partner is None:
-            return None
-        for signature in signatures:
-            if not signature.valid or signature.signer_id is None:
-                continue
-            if signature.kind == "openpgp" and signature.signer_id in partner.openpgp and self._identity.pgp:
-                return ("openpgp", signature.signer_id)
-            pinned = self._identity.pinned_by_fingerprint.get(signature.signer_id)
-            if signature.kind == "smime" and pinned is not None and self._identity.smime:
-                return ("smime", str(pinned))
-        return None
-
     async def protect(self, holder: KeyHolder, head: bytes, entity: bytes) -> bytes:
         """The complete message: our outer headers, then the entity encrypted and signed."""
         key: ReplyKey = (
@@ -97,14 +81,14 @@ class Protector:
         )
         return await self.protect_to(key, head, entity)
 
-    async def maybe_protect(self, key: Sequence[str] | None, outgoing: Outgoing) -> Outgoing:
+    async def maybe_protect(self, key: ReplyKey | None, outgoing: Outgoing) -> Outgoing:
         """A receipt or notice encrypted to the referrer's key when it is known; unchanged when it
         is not, or when encryption fails (these messages hold no personal data either way)."""
         if not key:
             return outgoing
         head, entity = split_headers(outgoing.message)
         try:
-            message = await self.protect_to((key[0], key[1]), head, entity)
+            message = await self.protect_to(key, head, entity)
         except CryptoError as exc:
             log.warning("protect: %s not encrypted to the referrer (%s); sent as it is", outgoing.kind, exc.reason)
             return outgoing
@@ -132,8 +116,6 @@ class Protector:
         assert self._identity.smime is not None
         return head + await self._identity.smime.sign_and_encrypt(entity, [Path(ref)])
 
-
-ReplyKey = tuple[str, str]  # ("openpgp", fingerprint) or ("smime", certificate path)
 
 _CONTENT_HEADER = re.compile(rb"^(?:content-|mime-version:)", re.IGNORECASE)
 

@@ -24,6 +24,7 @@ BadAck.why are fixed sentences: they reach alerts, logs and SMS replies, so they
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -251,3 +252,13 @@ def to_referral(item: QuickReferral | FreeText, organisation: str | None, sender
         details=item.text or None,
         problems=tuple(sorted(first.values(), key=lambda problem: _ORDER.get(problem.field, len(_ORDER)))),
     )
+
+
+def referral_from_sms(body: str, organisation: str, sender_name: str, phone: str) -> Referral:
+    """The Referral a stored referral text makes, from a registered professional's number. Intake
+    stores only texts that read as referrals; anything else here is read as free text, never lost."""
+    item = read_sms(body)
+    if not isinstance(item, QuickReferral | FreeText):
+        item = FreeText(body)
+    referral = to_referral(item, organisation, sender_name)
+    return dataclasses.replace(referral, referrer=dataclasses.replace(referral.referrer, phone=phone))

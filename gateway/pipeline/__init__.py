@@ -1,1 +1,11 @@
-"""pipeline: TODO"""
+"""Pipeline: process a stored message, from its raw bytes to a routed referral with its alerts.
+
+Takes messages that intake stored (claimed with a lease). Gives routed or quarantined referrals:
+`channels` (the named pipeline of handlers per channel), `handlers` (open, parse, route,
+receipt, each small), `driver` (claim, run the pipelines, one catch-all that names the failed
+stage), `write` (the batch in one transaction; a failure retried, then quarantined), `work`
+(the typed records that move through).
+
+May import: gateway.outbox, gateway.route, gateway.open, gateway.config, gateway.parse,
+gateway.duty, gateway.core.
+"""

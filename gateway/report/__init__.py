@@ -1,1 +1,8 @@
-"""report: TODO"""
+"""Report: what coordinators must act on, and what happened to a referral, in words.
+
+Takes the store. Gives: `undelivered` (late, undeliverable, quarantined and stuck referrals and
+dead deliveries; nothing leaves by itself), `decisions` (a coordinator's recorded decision, the
+one act that takes an item off), `timeline` (a referral's audit events as sentences).
+
+May import: gateway.staff, gateway.config, gateway.parse, gateway.duty, gateway.core.
+"""

@@ -29,9 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.core import audit
 from gateway.core.db import Database
 from gateway.core.schema import decisions, events, referrals, sms_webhooks, users
-from gateway.core.sealing import Sealer, sealed_context
+from gateway.core.sealed import Sealed
+from gateway.core.transitions import transition
 from gateway.staff.users import Role, User
-from gateway.track.acks import transition
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _utc(when: datetime | str) -> datetime:
 
 
 async def record(
-    db: Database, sealer: Sealer, user: User, item_key: str, what: str, note: str, now: datetime
+    db: Database, sealed: Sealed, user: User, item_key: str, what: str, note: str, now: datetime
 ) -> Decision:
     """Record a coordinator's decision on one report item, with its audit event, in one transaction."""
     if user.role is not Role.COORDINATOR or not user.active:
@@ -160,7 +160,7 @@ async def record(
                 decided_by=user.id,
                 decided_at=now,
                 what=what,
-                note=sealer.seal(note.encode(), sealed_context("decision_note", decision_id)) if note else None,
+                note=sealed.seal_note(decision_id, note) if note else None,
             )
         )
         if referral_id is not None:
@@ -203,7 +203,7 @@ async def _item(conn: AsyncConnection, item_key: str) -> tuple[str | None, str]:
     raise DecisionError("This item is not on the report any more: reload the report")
 
 
-async def recent(db: Database, sealer: Sealer, since: datetime, limit: int = 50) -> list[Shown]:
+async def recent(db: Database, sealed: Sealed, since: datetime, limit: int = 50) -> list[Shown]:
     """Decisions taken since `since`, newest first, with their notes opened."""
     async with db.read() as conn:
         rows = (
@@ -219,6 +219,6 @@ async def recent(db: Database, sealer: Sealer, since: datetime, limit: int = 50)
     out = []
     for r in rows:
         reference = r.reference or _held_reference(r.item_key.removeprefix(_SMS))
-        note = sealer.open(r.note, sealed_context("decision_note", r.id)).decode() if r.note is not None else ""
+        note = sealed.note(r.id, r.note) if r.note is not None else ""
         out.append(Shown(reference, r.display_name, r.decided_at, WHAT.get(r.what, r.what), note))
     return out

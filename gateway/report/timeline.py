@@ -14,16 +14,8 @@ from sqlalchemy import select
 from gateway.config import Settings
 from gateway.core.clock import uk_time
 from gateway.core.db import Database
+from gateway.core.model import OUTCOMES
 from gateway.core.schema import deliveries, events
-
-# The outcome of the duty team's first decision, as the referrer is told it (value -> words).
-OUTCOMES: dict[str, str] = {
-    "no_further_action": "No further action",
-    "early_help": "Early help",
-    "assessment": "Assessment",
-    "strategy_discussion": "Strategy discussion",
-    "passed_on": "Passed to another area",
-}
 
 
 def step_text(detail: Mapping[str, Any]) -> str:

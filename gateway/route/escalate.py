@@ -64,9 +64,30 @@ class Fired:
 
 
 @dataclass(frozen=True)
+class NextStep:
+    """When the chain's next step falls due: a durable `deadlines` row of kind 'step'."""
+
+    chain: str
+    step: int  # 0-based
+    round: int  # how many times that step has been sent before (repeats)
+    due_at: datetime
+
+    def row(self, referral_id: str) -> dict[str, object]:
+        """The deadlines row (every key, as an executemany insert takes its columns from the first row)."""
+        return {
+            "referral_id": referral_id,
+            "kind": "step",
+            "due_at": self.due_at,
+            "chain": self.chain,
+            "step": self.step,
+            "round": self.round,
+        }
+
+
+@dataclass(frozen=True)
 class Plan:
     fired: tuple[Fired, ...]  # in order; skipped steps included
-    next_step: tuple[int, int, datetime] | None  # (step, round, due) or None: the chain has ended
+    next_step: NextStep | None  # None: the chain has ended
 
 
 def mailbox(team: Team) -> Recipient:
@@ -160,10 +181,11 @@ def plan(
             following = advance(chain, step, round_)
             if following is None:
                 return Plan(tuple(fired), None)
-            return Plan(tuple(fired), (*following, wait_until(config, now, deadline, schedule)))
+            return Plan(tuple(fired), NextStep(chain.id, *following, wait_until(config, now, deadline, schedule)))
         if last and config.until_acknowledged:
             # Nobody to alert now, but someone may come on duty: look again after the wait.
-            return Plan(tuple(fired), (step, round_ + 1, wait_until(config, now, deadline, schedule)))
+            again = NextStep(chain.id, step, round_ + 1, wait_until(config, now, deadline, schedule))
+            return Plan(tuple(fired), again)
         if last:
             return Plan(tuple(fired), None)
         step, round_ = step + 1, 0  # its repeats would find nobody either

@@ -67,8 +67,8 @@ def explain(referral: Referral, settings: Settings, facts: Facts) -> list[str]:
         if planned.next_step is None:
             lines.append("  then the chain ends; the referral stays on the coordinators' report until acknowledged")
             break
-        step_index, round_, when = planned.next_step
-        position = (step_index, round_)
+        when = planned.next_step.due_at
+        position = (planned.next_step.step, planned.next_step.round)
     else:
         if position is not None:
             lines.append(f"  ... and step {position[0] + 1} again every {chain.steps[-1].wait} until acknowledged")

@@ -36,12 +36,15 @@ from gateway.config import Config
 from gateway.core.clock import Clock, uk_time
 from gateway.core.db import Database
 from gateway.core.lifecycle import IllegalTransition, State
-from gateway.core.sealing import Sealer
+from gateway.core.model import OUTCOMES
+from gateway.core.sealed import Sealed
 from gateway.intake.web_form import form_environment
 from gateway.open.identity import Identity
 from gateway.outbox.tokens import AckSigner
+from gateway.report.timeline import timeline
 from gateway.staff.users import REFUSED_MESSAGE, Role, SignInRefused, User, Users
 from gateway.track.acks import Tracker
+from gateway.track.close import NotAcknowledged, close
 from gateway.web import dashboard_data as data
 from gateway.web.headers import new_nonce, page_headers
 from gateway.web.session import CSRF_FIELD, WebSessions, csrf_token, require_csrf
@@ -98,7 +101,7 @@ class DashboardPages:
         self,
         config: Config,
         db: Database,
-        sealer: Sealer,
+        sealed: Sealed,
         signer: AckSigner,
         tracker: Tracker,
         identity: Identity,
@@ -108,7 +111,7 @@ class DashboardPages:
         self._config = config
         self._s = config.settings
         self._db = db
-        self._sealer = sealer
+        self._sealed = sealed
         self._signer = signer
         self._tracker = tracker
         self._identity = identity
@@ -216,10 +219,10 @@ class DashboardPages:
         # The audit first: no content leaves without its record.
         await data.record(self._db, row.id, user, now, "viewed")
         log.info("dashboard: user %s viewed referral %s", user.id, row.reference)
-        content = data.open_content(self._sealer, row)
-        files, files_note = await data.attachments(self._db, self._sealer, self._identity, row)
+        content = data.open_content(self._sealed, row.id, row.content)
+        files, files_note = await data.attachments(self._db, self._sealed, self._identity, row)
         names = {u.id: u.display_name for u in await self._users.all()}
-        earlier = await data.earlier(self._db, self._sealer, self._s, user, row, content.child) if content else []
+        earlier = await data.earlier(self._db, self._sealed, self._s, user, row, content.child) if content else []
         return await self._page(
             request,
             "referral.html",
@@ -240,11 +243,11 @@ class DashboardPages:
             content=content,
             files=files,
             files_note=files_note,
-            timeline=await data.timeline(self._db, self._s, row.id, names),
+            timeline=await timeline(self._db, self._s, row.id, names),
             earlier=earlier,
             may_acknowledge=row.state in data.ACKNOWLEDGEABLE and user.role is not Role.ADMIN,
             may_close=row.state == State.ACKNOWLEDGED,
-            outcomes=data.OUTCOMES,
+            outcomes=OUTCOMES,
             error=request.get(_ERROR),
         )
 
@@ -252,7 +255,7 @@ class DashboardPages:
         row = await self._visible(request, user)
         if row is None:
             return await self._forbidden(request, user)
-        files, _ = await data.attachments(self._db, self._sealer, self._identity, row)
+        files, _ = await data.attachments(self._db, self._sealed, self._identity, row)
         index = request.match_info["index"]
         if not index.isdigit() or not 1 <= int(index) <= len(files):
             return await self._forbidden(request, user)
@@ -293,19 +296,13 @@ class DashboardPages:
         if row is None or user.role is Role.ADMIN:
             return await self._forbidden(request, user)
         outcome = request[_FORM].get("outcome", "")
-        if outcome not in data.OUTCOMES:
+        if outcome not in OUTCOMES:
             return await self._again(request, user, "Select the outcome")
         try:
-            await data.close(
-                self._db,
-                self._tracker,
-                row.id,
-                user,
-                outcome,
-                self._clock.now(),
-            )
-        except (data.NotAcknowledged, IllegalTransition):
+            reference = await close(self._db, self._tracker.referrers, row.id, user.id, outcome, self._clock.now())
+        except (NotAcknowledged, IllegalTransition):
             return await self._again(request, user, "Acknowledge the referral before you close it.")
+        log.info("dashboard: referral %s closed by user %s (%s)", reference, user.id, outcome)
         raise web.HTTPSeeOther(f"/referrals/{row.id}")
 
     async def _again(self, request: web.Request, user: User, error: str) -> web.StreamResponse:

@@ -19,7 +19,6 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import select
 
@@ -28,19 +27,15 @@ from gateway.core import audit
 from gateway.core.db import Database
 from gateway.core.lifecycle import State
 from gateway.core.model import Child, Referral
+from gateway.core.records import ReferralRecord, find_referral
 from gateway.core.schema import events, messages, referrals
-from gateway.core.sealing import Sealer, sealed_context
-from gateway.open.crypto import CryptoError
+from gateway.core.sealed import Sealed
+from gateway.open.attachments import read_attachments
 from gateway.open.identity import Identity
-from gateway.open.mime import Attachment, looks_protected, open_message
-from gateway.open.mimebytes import MimeError
-from gateway.report.timeline import OUTCOMES as OUTCOMES
-from gateway.report.timeline import Entry as Entry
+from gateway.open.mime import Attachment
 from gateway.report.timeline import step_text
-from gateway.report.timeline import timeline as timeline
 from gateway.report.undelivered import human
 from gateway.staff.users import Role, User
-from gateway.track.acks import Tracker, transition
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +86,7 @@ class TeamQueue:
     rows: list[QueueRow] = field(default_factory=list)
 
 
-def urgency_order(row: QueueRow) -> tuple[Any, ...]:
+def urgency_order(row: QueueRow) -> tuple[bool, datetime, int, datetime, str]:
     """Most urgent first: the earliest deadline (the latest first of the late ones), then the
     urgency, then the oldest; a referral without a deadline after those with one."""
     return (
@@ -163,24 +158,22 @@ async def queues(db: Database, settings: Settings, user: User, now: datetime) ->
 # --- one referral ---------------------------------------------------------------------------------
 
 
-async def load(db: Database, referral_id: str) -> Any | None:
+async def load(db: Database, referral_id: str) -> ReferralRecord | None:
     """The referral row, or None for an id that is not one (never an error: the caller answers
     the same whether it does not exist or may not be seen)."""
     if not REFERRAL_ID.fullmatch(referral_id):
         return None
     async with db.read() as conn:
-        return (await conn.execute(select(referrals).where(referrals.c.id == referral_id))).one_or_none()
+        return await find_referral(conn, referral_id)
 
 
-def open_content(sealer: Sealer, row: Any) -> Referral | None:
-    if row.content is None:  # not read yet, or quarantined
+def open_content(sealed: Sealed, referral_id: str, blob: bytes | None) -> Referral | None:
+    if blob is None:  # not read yet, or quarantined
         return None
-    data = json.loads(sealer.open(row.content, sealed_context("content", row.id)))
-    data.pop("reply_key", None)
-    return Referral.from_json(data)
+    return sealed.content(referral_id, blob).referral
 
 
-async def record(db: Database, referral_id: str, user: User, now: datetime, kind: str, **detail: Any) -> None:
+async def record(db: Database, referral_id: str, user: User, now: datetime, kind: str, **detail: object) -> None:
     """An audited event by a staff user that does not move the referral (viewed, attachment_opened).
     Written before the content is shown: if the audit cannot be written, nothing is shown."""
     async with db.write() as conn:
@@ -190,10 +183,9 @@ async def record(db: Database, referral_id: str, user: User, now: datetime, kind
 
 
 async def attachments(
-    db: Database, sealer: Sealer, identity: Identity, row: Any
+    db: Database, sealed: Sealed, identity: Identity, row: ReferralRecord
 ) -> tuple[tuple[Attachment, ...], str | None]:
-    """The attachments of an email referral, re-read from the stored raw message (only the parsed
-    referral is kept apart from it), and a note when they could not be read here."""
+    """The attachments of an email referral, and a note when they could not be read here."""
     if row.channel != "email":
         return (), None
     async with db.read() as conn:
@@ -202,14 +194,7 @@ async def attachments(
         ).scalar_one_or_none()
     if message is None:
         return (), None
-    raw = sealer.open(message, sealed_context("raw", row.message_id))
-    try:
-        unwrapped = await identity.unwrapper().unwrap(raw)
-    except (MimeError, CryptoError):
-        if looks_protected(raw):
-            return (), "The attachments could not be decrypted here; they are in the secure alert email."
-        return open_message(raw).attachments, None
-    return open_message(unwrapped.entity.raw).attachments, None
+    return await read_attachments(identity, sealed.raw(row.message_id, message))
 
 
 # --- earlier referrals about the same child --------------------------------------------------------
@@ -245,7 +230,7 @@ class Earlier:
 
 
 async def earlier(
-    db: Database, sealer: Sealer, settings: Settings, user: User, row: Any, child: Child
+    db: Database, sealed: Sealed, settings: Settings, user: User, row: ReferralRecord, child: Child
 ) -> list[Earlier]:
     """Referrals received before this one about the same child that the user may see, newest first."""
     if not (child.nhs_number or (_folded(child.name) and child.date_of_birth)):
@@ -273,41 +258,9 @@ async def earlier(
     for other in others:
         if not may_see(user, other.team_id):
             continue
-        content = open_content(sealer, other)
+        content = open_content(sealed, other.id, other.content)
         why = same_child(child, content.child) if content else None
         if why:
             team = settings.team_name(other.team_id) if other.team_id else "not routed"
             found.append(Earlier(other.id, other.reference, other.received_at, team, other.state, why))
     return found
-
-
-# --- closing --------------------------------------------------------------------------------------
-
-
-class NotAcknowledged(Exception):
-    """Only an acknowledged referral can be closed: somebody named must have had it first."""
-
-
-async def close(
-    db: Database,
-    tracker: Tracker,
-    referral_id: str,
-    user: User,
-    outcome: str,
-    now: datetime,
-) -> str:
-    """Record the outcome (a `closed` event by the user) and queue the notice to the referrer, in
-    one transaction; returns the reference. Raises NotAcknowledged (nothing written) otherwise."""
-    if outcome not in OUTCOMES:
-        raise ValueError(f"unknown outcome {outcome!r}")
-    async with db.write() as conn:
-        row = (await conn.execute(select(referrals).where(referrals.c.id == referral_id).with_for_update())).one()
-        if row.state != State.ACKNOWLEDGED:
-            raise NotAcknowledged(row.reference)
-        batch = [audit.Event(referral_id, now, f"user:{user.id}", "closed", {"outcome": outcome})]
-        # The referrer is told as for the acknowledgement notice: Tracker's rule, so the two cannot drift.
-        context = {"reference": row.reference, "outcome": OUTCOMES[outcome], "now": now}
-        batch += await tracker.tell_referrer(conn, row, "outcome_notice", context, now, f"user:{user.id}")
-        await transition(conn, referral_id, batch)
-    log.info("dashboard: referral %s closed by user %s (%s)", row.reference, user.id, outcome)
-    return str(row.reference)

@@ -34,6 +34,7 @@ from gateway.config import Config
 from gateway.core.clock import Clock, uk_time
 from gateway.core.db import Database
 from gateway.core.lifecycle import State
+from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
 from gateway.report import decisions
 from gateway.report import undelivered as report
@@ -77,7 +78,7 @@ class ReportPage:
         sign_in_path: str = "/sign-in",
     ) -> None:
         self._db = db
-        self._sealer = sealer
+        self._sealed = Sealed(sealer)
         self._sessions = sessions
         self._settings = config.settings
         self._pages = StaffPages(config)  # the staff layout: navigation, who is signed in, sign-out
@@ -154,7 +155,7 @@ class ReportPage:
         problem: tuple[str, str, str, str] | None = None,  # item key, error, chosen what, note
     ) -> web.Response:
         rows = await self._rows(filters)
-        recent = await decisions.recent(self._db, self._sealer, self._clock.now() - RECENT)
+        recent = await decisions.recent(self._db, self._sealed, self._clock.now() - RECENT)
         items = []
         error_list = []
         for n, r in enumerate(rows, 1):
@@ -240,7 +241,7 @@ class ReportPage:
         filters = self._filters(fields)
         item, what, note = fields.get("item", ""), fields.get("what", ""), fields.get("note", "")
         try:
-            done = await decisions.record(self._db, self._sealer, found, item, what, note, self._clock.now())
+            done = await decisions.record(self._db, self._sealed, found, item, what, note, self._clock.now())
         except decisions.AlreadyDecided:
             flash = "A decision on that item had been recorded already; it is off the report."
         except decisions.DecisionError as exc:

@@ -1,0 +1,23 @@
+"""A stored email referral's attachments, read again from its raw message for the staff pages (the
+pipeline keeps only the parsed referral apart from the raw message)."""
+
+from __future__ import annotations
+
+from gateway.open.crypto import CryptoError
+from gateway.open.identity import Identity
+from gateway.open.mime import Attachment, looks_protected, open_message
+from gateway.open.mimebytes import MimeError
+
+UNREADABLE = "The attachments could not be decrypted here; they are in the secure alert email."
+
+
+async def read_attachments(identity: Identity, raw: bytes) -> tuple[tuple[Attachment, ...], str | None]:
+    """(the attachments, a note when they could not be read here). The layers come off with every
+    partner's trust: only the files are wanted, the message was judged when it was processed."""
+    try:
+        unwrapped = await identity.unwrapper().unwrap(raw)
+    except (MimeError, CryptoError):
+        if looks_protected(raw):
+            return (), UNREADABLE
+        return open_message(raw).attachments, None
+    return open_message(unwrapped.entity.raw).attachments, None

@@ -1,0 +1,53 @@
+"""The pipelines: for each channel, the handlers a stored message goes through, in order.
+
+    email: open (unseal, decrypt and verify by policy) -> parse (referral.json or body) -> route
+           (route, deadline, first escalation step and its alerts) -> receipt
+    web:   open (unseal) -> parse (the form's referral.json) -> route -> receipt (if an address
+           was given)
+    sms:   open (unseal, a registered number) -> parse (quick referral or free text) -> route
+           (to the team the SMS reply named)
+
+A new channel is a new list here, not a branch in the driver.
+"""
+
+from __future__ import annotations
+
+from gateway.config import Settings
+from gateway.core.sealed import Sealed
+from gateway.open.opener import Opener
+from gateway.outbox.compose import Composer
+from gateway.outbox.dispatch import Dispatcher
+from gateway.outbox.protect import Protector
+from gateway.pipeline.handlers import (
+    CheckSender,
+    EmailReceipt,
+    Handler,
+    OpenEmail,
+    ParseEmail,
+    ParseSms,
+    ParseWeb,
+    Route,
+    Unseal,
+    WebReceipt,
+)
+
+
+class Pipelines:
+    def __init__(
+        self,
+        settings: Settings,
+        sealed: Sealed,
+        opener: Opener,
+        dispatcher: Dispatcher,
+        composer: Composer,
+        protector: Protector,
+    ) -> None:
+        unseal, route = Unseal(sealed), Route(dispatcher, sealed)
+        self._by_channel: dict[str, tuple[Handler, ...]] = {
+            "email": (unseal, OpenEmail(opener), ParseEmail(), route, EmailReceipt(composer, protector)),
+            "web": (unseal, ParseWeb(), route, WebReceipt(composer)),
+            "sms": (unseal, CheckSender(settings), ParseSms(settings), route),
+        }
+
+    def of(self, channel: str) -> tuple[Handler, ...]:
+        return self._by_channel[channel]

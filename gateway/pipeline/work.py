@@ -1,0 +1,105 @@
+"""What moves through a pipeline: the claimed message, the work its handlers build up, and the
+prepared referral the driver writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gateway.core import audit
+from gateway.core.model import Referral
+from gateway.core.sealed import Envelope
+from gateway.open.mime import Attachment, Opened, Outer
+from gateway.open.security import Security
+from gateway.outbox.compose import Outgoing
+from gateway.route.escalate import NextStep
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A stored message this worker holds the lease on, and its referral."""
+
+    message_id: str
+    attempts: int
+    channel: str
+    referral_id: str
+    reference: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A claimed message with its sealed raw bytes and envelope, as read from the store."""
+
+    message: Claimed
+    raw: bytes
+    envelope: bytes
+
+
+@dataclass(frozen=True)
+class Routed:
+    """The referral's columns once routed: its sealed content, the team, the deadline."""
+
+    content: bytes
+    team_id: str
+    route_name: str
+    urgency: str | None
+    incomplete: bool
+    due_at: datetime
+
+    def columns(self) -> dict[str, object]:
+        return {
+            "content": self.content,
+            "team_id": self.team_id,
+            "route_name": self.route_name,
+            "urgency": self.urgency,
+            "incomplete": self.incomplete,
+            "due_at": self.due_at,
+        }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything one message's processing writes, in the batch's one transaction."""
+
+    message: Claimed
+    routed: Routed
+    events: tuple[audit.Event, ...]
+    outgoing: tuple[Outgoing, ...]
+    next_step: NextStep | None
+
+
+@dataclass
+class Work:
+    """One message on its way through its channel's pipeline: each handler reads what the ones
+    before it left and adds its part. In memory only; nothing is written until all have run."""
+
+    loaded: Loaded
+    now: datetime
+    actor: str  # who the events are by: this worker
+    stage: str = "open"  # the handler running now: the stage reported if it fails
+    raw: bytes = b""
+    envelope: Envelope | None = None
+    outer: Outer | None = None  # email: the outer message's own headers
+    opened: Opened | None = None
+    security: Security | None = None  # email: how it was sent
+    referral: Referral | None = None
+    organisation: str | None = None  # the verified partner's name, else the one the referrer gave
+    source: str = ""  # where the referral was read from ("body", "referral.json", "web form", "sms")
+    attachments: tuple[Attachment, ...] = ()
+    routed: Routed | None = None
+    next_step: NextStep | None = None
+    events: list[audit.Event] = field(default_factory=list)
+    outgoing: list[Outgoing] = field(default_factory=list)
+
+    @property
+    def message(self) -> Claimed:
+        return self.loaded.message
+
+    def event(self, kind: str, detail: dict[str, object]) -> None:
+        self.events.append(audit.Event(self.message.referral_id, self.now, self.actor, kind, detail))
+
+    def prepared(self) -> Prepared:
+        if self.routed is None:
+            raise RuntimeError("the pipeline ended without routing the referral")
+        return Prepared(self.message, self.routed, tuple(self.events), tuple(self.outgoing), self.next_step)

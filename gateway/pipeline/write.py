@@ -1,0 +1,159 @@
+"""Writing what processing decided: a batch of prepared referrals in one transaction, or one
+message's failure (retried later, or quarantined for a person).
+
+Every write is guarded by the message's lease: a worker whose lease ran out writes nothing, and the
+worker that took the message over owns its outcome. Referral states change only through
+gateway.core.transitions.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.config import Settings
+from gateway.core import audit
+from gateway.core.db import Database
+from gateway.core.outcomes import Quarantine
+from gateway.core.schema import deadlines, deliveries, messages
+from gateway.core.sealed import Sealed
+from gateway.core.transitions import transition, transitions
+from gateway.outbox.compose import Composer
+from gateway.outbox.enqueue import Row, outbox_row, queue_outgoing, queued_events
+from gateway.pipeline.work import Claimed, Prepared
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another worker took this message over (our lease ran out); it owns the work now."""
+
+
+class BatchWriter:
+    def __init__(self, settings: Settings, db: Database, sealed: Sealed, composer: Composer, owner: str) -> None:
+        self._s = settings
+        self._db = db
+        self._sealed = sealed
+        self._composer = composer
+        self._owner = owner
+        self._actor = f"worker:{owner}"
+
+    async def write(self, batch: list[Prepared], now: datetime) -> None:
+        try:
+            async with self._db.write() as conn:
+                await self._write_many(conn, batch, now)
+        except LeaseLost:
+            # Rare: a lease ran out mid-batch. Write each alone; a lost one is someone else's now.
+            for prep in batch:
+                try:
+                    async with self._db.write() as conn:
+                        await self._write_many(conn, [prep], now)
+                except LeaseLost:
+                    log.warning("processing: lease lost for referral %s; another worker has it", prep.message.reference)
+            return
+        for prep in batch:
+            log.info(
+                "processing: referral %s routed to team %s%s",
+                prep.message.reference,
+                prep.routed.team_id,
+                " (incomplete)" if prep.routed.incomplete else "",
+            )
+
+    async def _write_many(self, conn: AsyncConnection, batch: list[Prepared], now: datetime) -> None:
+        """Everything a batch produced, in one transaction and a handful of statements."""
+        done = await conn.execute(
+            update(messages)
+            .where(
+                messages.c.id.in_([prep.message.message_id for prep in batch]),
+                messages.c.lease_owner == self._owner,  # only if the lease is still ours
+                messages.c.processed_at.is_(None),
+            )
+            .values(processed_at=now, lease_owner=None, lease_until=None, last_error=None)
+        )
+        if done.rowcount != len(batch):
+            raise LeaseLost()
+        events: dict[str, list[audit.Event]] = {}
+        outbox: list[Row] = []
+        due: list[dict[str, object]] = []
+        for prep in batch:
+            referral_id = prep.message.referral_id
+            rows = [outbox_row(out, referral_id, self._sealed, now) for out in prep.outgoing]
+            outbox += rows
+            events[referral_id] = [*prep.events, *queued_events(referral_id, rows, now, self._actor)]
+            # Every row with the same keys: an executemany insert takes its columns from the first
+            # row, and an 'ack' row has no chain or step (they would be dropped from the rest).
+            due.append(
+                {"referral_id": referral_id, "kind": "ack", "due_at": prep.routed.due_at}
+                | {"chain": None, "step": None, "round": None}
+            )
+            if prep.next_step is not None:
+                due.append(prep.next_step.row(referral_id))
+        if outbox:
+            await conn.execute(deliveries.insert(), outbox)
+        await conn.execute(deadlines.insert(), due)
+        # Last: it locks the referral rows and then the audit chain head (the lock order).
+        await transitions(conn, events, {prep.message.referral_id: prep.routed.columns() for prep in batch})
+
+    async def fail(
+        self,
+        message: Claimed,
+        now: datetime,
+        stage: str,
+        reason: str,
+        final: bool,
+        outcome: Quarantine | None = None,
+    ) -> None:
+        """A message that failed at `stage`: quarantined when `final` (the sender told, if known),
+        else retried after processing.retry."""
+        async with self._db.write() as conn:
+            owned = messages.c.lease_owner == self._owner
+            values: dict[str, object] = {
+                "lease_owner": None,
+                "lease_until": None,
+                "last_error": f"{stage}: {reason}"[:200],
+            }
+            if final:
+                values["processed_at"] = now
+            else:
+                values["next_attempt_at"] = now + self._s.processing.retry
+            done = await conn.execute(
+                update(messages)
+                .where(messages.c.id == message.message_id, owned, messages.c.processed_at.is_(None))
+                .values(**values)
+            )
+            if done.rowcount != 1:
+                return  # our lease ran out and another worker has the message: its outcome stands
+            if final:
+                await self._quarantine(conn, message, now, stage, reason, outcome)
+                return
+            detail = {"stage": stage, "reason": reason, "attempt": message.attempts}
+            await audit.append(conn, [audit.Event(message.referral_id, now, self._actor, "processing_failed", detail)])
+        log.warning("processing: referral %s failed at stage %s (%s); will retry", message.reference, stage, reason)
+
+    async def _quarantine(
+        self,
+        conn: AsyncConnection,
+        message: Claimed,
+        now: datetime,
+        stage: str,
+        reason: str,
+        outcome: Quarantine | None,
+    ) -> None:
+        events = [audit.Event(message.referral_id, now, self._actor, "quarantined", {"stage": stage, "reason": reason})]
+        if outcome is not None and outcome.notify:
+            # Tell the sender what failed and how to send correctly: their referral is held, not
+            # acted on, and they may need to phone. Nothing of its content is echoed.
+            notice = self._composer.quarantine_notice(
+                reference=message.reference,
+                to=outcome.notify,
+                reason=reason,
+                received_at=message.received_at,
+                now=now,
+                in_reply_to=outcome.in_reply_to,
+            )
+            events += await queue_outgoing(conn, self._sealed, message.referral_id, [notice], now, self._actor)
+        await transition(conn, message.referral_id, events)
+        log.error("processing: referral %s quarantined at stage %s: %s", message.reference, stage, reason)
