@@ -33,7 +33,8 @@ from gateway.core.clock import SystemClock
 from gateway.open.crypto import CryptoError
 from gateway.open.crypto.openpgp import KeyInfo, OpenPGP
 from gateway.open.crypto.smime import CertInfo, SMime
-from gateway.open.identity import EXPIRY_WARNING, make_smime_files
+from gateway.open.dev_keys import make_smime_files
+from gateway.open.identity import EXPIRY_WARNING
 
 SMIME_KEY = Path("smime/gateway.key.pem")
 SMIME_CERT = Path("smime/gateway.crt.pem")
