@@ -13,12 +13,8 @@ import json
 import math
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,15 +27,12 @@ from gateway.cli.groups import command_group
 from gateway.config import Config
 from gateway.core.clock import SystemClock
 from gateway.open.crypto import CryptoError
-from gateway.open.crypto.openpgp import KeyInfo, OpenPGP
-from gateway.open.crypto.smime import CertInfo, SMime
-from gateway.open.dev_keys import make_smime_files
+from gateway.open.crypto.openpgp import KeyInfo, OpenPGP, read_keyring, scan_keys
+from gateway.open.crypto.smime import CertInfo, certificate_info, is_ca_certificate, load_certificates
+from gateway.open.dev_keys import DEV_SMIME_CERT, DEV_SMIME_KEY, make_smime_files
 from gateway.open.identity import EXPIRY_WARNING
 
-SMIME_KEY = Path("smime/gateway.key.pem")
-SMIME_CERT = Path("smime/gateway.crt.pem")
 PARTNERS_DIR = "partners"
-_GPG_TIMEOUT = 60  # seconds; gpg needs milliseconds to list a key, so this only catches a hung process
 
 
 class KeysError(Exception):
@@ -98,87 +91,6 @@ def _date(when: datetime | None) -> str:
     return when.date().isoformat() if when is not None else "never"
 
 
-@contextmanager
-def _keyring(home: Path) -> Iterator[OpenPGP]:
-    pgp = OpenPGP(home)
-    try:
-        yield pgp
-    finally:
-        pgp.close()  # stops the gpg-agent gpg started for this home: a CLI run must not leave one behind
-
-
-def _read_keyring(home: Path) -> tuple[list[KeyInfo], list[KeyInfo]]:
-    """(secret, public) keys in a GnuPG home; empty when the home does not exist (not created by looking)."""
-    if not home.is_dir():
-        return [], []
-    with _keyring(home) as pgp:
-        return pgp.keys(secret=True), pgp.keys()
-
-
-def _load_certs(data: bytes) -> list[x509.Certificate]:
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_certificates(data)
-    return [x509.load_der_x509_certificate(data)]
-
-
-def _cert_info(cert: x509.Certificate) -> CertInfo:
-    return SMime.certificate_info(cert.public_bytes(serialization.Encoding.DER))
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
-@dataclass(frozen=True)
-class _ScannedKey:
-    fingerprint: str
-    secret: bool
-    uids: tuple[str, ...]
-
-
-def _scan_openpgp(data: bytes) -> list[_ScannedKey]:
-    """What an OpenPGP file holds, without importing it: `gpg --show-keys` in a throwaway home.
-
-    The throwaway home matters: showing a secret key makes gpg start an agent and talk to it, and the
-    gateway's own keyring must never see a partner's secret key, not even briefly.
-    """
-    home = Path(tempfile.mkdtemp(prefix="gpg"))  # short: gpg-agent's socket path must fit in 108 bytes
-    try:
-        run = subprocess.run(
-            ["gpg", "--homedir", str(home), "--batch", "--no-tty", "--with-colons", "--show-keys"],
-            input=data,
-            capture_output=True,
-            timeout=_GPG_TIMEOUT,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise KeysError("gpg is not installed; install GnuPG 2.2 or later (apt install gnupg)") from None
-    finally:
-        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False, capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
-    keys: list[_ScannedKey] = []
-    kind, fpr, secret = "", "", False
-    uids: list[str] = []
-    for line in run.stdout.decode("utf-8", "replace").splitlines():
-        fields = line.split(":")
-        if fields[0] in {"pub", "sec"}:
-            if fpr:
-                keys.append(_ScannedKey(fpr, secret, tuple(uids)))
-            kind, fpr, uids, secret = fields[0], "", [], fields[0] == "sec"
-        elif fields[0] == "ssb":
-            secret = True
-        elif fields[0] == "fpr" and kind and not fpr:  # the first after pub/sec is the primary's; then subkeys
-            fpr = fields[9].upper()
-        elif fields[0] == "uid" and len(fields) > 9:
-            uids.append(fields[9])
-    if fpr:
-        keys.append(_ScannedKey(fpr, secret, tuple(uids)))
-    return keys
-
-
 # -- keys init ------------------------------------------------------------------------------------------------
 
 
@@ -186,14 +98,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     configured = cfg.settings.keys
     home = cfg.keys_dir / configured.openpgp_home
-    key_path = cfg.keys_dir / (configured.smime_key or SMIME_KEY)
-    cert_path = cfg.keys_dir / (configured.smime_cert or SMIME_CERT)
+    key_path = cfg.keys_dir / (configured.smime_key or DEV_SMIME_KEY)
+    cert_path = cfg.keys_dir / (configured.smime_cert or DEV_SMIME_CERT)
     email = (args.email or cfg.settings.mail.from_address).strip()
     name = (args.name or f"{cfg.settings.gateway.council} referral gateway").strip()
 
     # Every check before anything is made, so a refused init leaves keys/ exactly as it was.
     existing = [_shown(cfg, p) for p in (key_path, cert_path) if p.exists()]
-    secret, _ = _read_keyring(home)
+    secret, _ = read_keyring(home)
     if secret:
         existing.append(f"{_shown(cfg, home)} (OpenPGP secret key {', '.join(k.fingerprint for k in secret)})")
     if existing:
@@ -205,7 +117,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     cfg.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        with _keyring(home) as pgp:
+        with OpenPGP.opened(home) as pgp:
             fingerprint = pgp.generate_key(name, email)
             own = next((k for k in pgp.keys(secret=True) if k.fingerprint == fingerprint), None)
     except CryptoError as exc:
@@ -213,7 +125,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             f"making the OpenPGP key in {_shown(cfg, home)} failed ({exc.reason}); check --name and --email "
             "(plain text, an address with @) and that gpg 2.2 or later is installed"
         ) from None
-    cert = _make_smime(cfg, key_path, cert_path, name, email)
+    cert = _make_smime(key_path, cert_path, name, email)
 
     print(f"made the gateway's development keys under {_shown(cfg, cfg.keys_dir)}/:")
     print(f"  OpenPGP key   {fingerprint}  {name} <{email}>, expires {_date(own.expires if own else None)}")
@@ -242,7 +154,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_smime(cfg: Config, key_path: Path, cert_path: Path, name: str, email: str) -> CertInfo:
+def _make_smime(key_path: Path, cert_path: Path, name: str, email: str) -> CertInfo:
     try:
         return make_smime_files(key_path, cert_path, name, email)
     except CryptoError as exc:
@@ -263,7 +175,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if b"-----BEGIN PGP" in data:
         return _import_openpgp(cfg, path, data, args.partner)
     try:
-        certs = _load_certs(data)
+        certs = load_certificates(data)
     except ValueError:
         certs = []
     if certs:
@@ -285,7 +197,7 @@ def _secret_refusal(path: Path, what: str) -> str:
 
 
 def _import_openpgp(cfg: Config, path: Path, data: bytes, partner: str | None) -> int:
-    scanned = _scan_openpgp(data)
+    scanned = scan_keys(data)
     if not scanned:
         raise KeysError(
             f"{path}: no OpenPGP key or X.509 certificate found in it; ask the partner for their public key "
@@ -295,7 +207,7 @@ def _import_openpgp(cfg: Config, path: Path, data: bytes, partner: str | None) -
         raise KeysError(_secret_refusal(path, "an OpenPGP secret key"))
     home = cfg.keys_dir / cfg.settings.keys.openpgp_home
     try:
-        with _keyring(home) as pgp:
+        with OpenPGP.opened(home) as pgp:
             fingerprints = pgp.import_keys(data)
             public = {k.fingerprint: k for k in pgp.keys()}
     except CryptoError as exc:
@@ -315,7 +227,7 @@ def _import_openpgp(cfg: Config, path: Path, data: bytes, partner: str | None) -
 def _import_certificates(
     cfg: Config, path: Path, data: bytes, certs: list[x509.Certificate], partner: str | None
 ) -> int:
-    infos = [_cert_info(c) for c in certs]
+    infos = [certificate_info(c) for c in certs]
     leaf = infos[0]
     common_names = certs[0].subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     label = partner or (str(common_names[0].value) if common_names else "") or (leaf.emails or (path.stem,))[0]
@@ -333,7 +245,7 @@ def _import_certificates(
         print(f"  SHA-256  {info.fingerprint}")
         print(f"  expires  {info.not_after.isoformat(sep=' ', timespec='minutes')}: {_status(info.not_after, now)}")
     # A CA certificate vouches for every certificate it issued (anchor); anything else is trusted as it is (pin).
-    key = "smime_anchors" if _is_ca(certs[0]) else "smime_pinned"
+    key = "smime_anchors" if is_ca_certificate(certs[0]) else "smime_pinned"
     emails = [e for info in infos for e in info.emails]
     _print_partner_lines(cfg, partner or label, key, [_shown(cfg, target)], emails)
     return 0
@@ -395,7 +307,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     now = SystemClock().now()
     keys = cfg.settings.keys
     home = cfg.keys_dir / keys.openpgp_home
-    secret, public = _read_keyring(home)
+    secret, public = read_keyring(home)
     public_by_fpr = {k.fingerprint: k for k in public}
     rows: list[_Row] = []
     notes: list[str] = []
@@ -410,7 +322,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     def cert_rows(owner: str, kind: str, path: Path) -> list[_Row]:
         shown_files.add(path.resolve())
         try:
-            certs = _load_certs(path.read_bytes())
+            certs = load_certificates(path.read_bytes())
         except FileNotFoundError:
             notes.append(f"{_shown(cfg, path)} is named in config but missing: restore it, or import it again")
             return [_Row(owner, kind, "-", "MISSING", _shown(cfg, path), "(configured, not found)")]
@@ -418,7 +330,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             notes.append(f"{_shown(cfg, path)} cannot be read ({exc}): replace it with the PEM certificate")
             return [_Row(owner, kind, "-", "UNREADABLE", _shown(cfg, path), "(configured, unreadable)")]
         out = []
-        for info in map(_cert_info, certs):
+        for info in map(certificate_info, certs):
             who = _subject(info) + (f" <{', '.join(info.emails)}>" if info.emails else "")
             out.append(_Row(owner, kind, _date(info.not_after), _status(info.not_after, now), info.fingerprint, who))
         return out
@@ -442,8 +354,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             notes.append(f"OpenPGP key {key.fingerprint} is not in config: `keys init` printed the [keys] lines")
     if keys.smime_cert is not None:
         rows += cert_rows("gateway", "S/MIME cert", cfg.keys_dir / keys.smime_cert)
-    elif (cfg.keys_dir / SMIME_CERT).is_file():
-        rows += cert_rows("gateway (not in config)", "S/MIME cert", cfg.keys_dir / SMIME_CERT)
+    elif (cfg.keys_dir / DEV_SMIME_CERT).is_file():
+        rows += cert_rows("gateway (not in config)", "S/MIME cert", cfg.keys_dir / DEV_SMIME_CERT)
     if keys.smime_key is not None and not (cfg.keys_dir / keys.smime_key).is_file():
         path = cfg.keys_dir / keys.smime_key
         rows.append(_Row("gateway", "S/MIME key", "-", "MISSING", _shown(cfg, path), "(configured, not found)"))
@@ -499,7 +411,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     home = cfg.keys_dir / keys.openpgp_home
     parts: list[str] = []
 
-    secret, _ = _read_keyring(home)
+    secret, _ = read_keyring(home)
     fingerprint = keys.openpgp_fingerprint
     if fingerprint is None and len(secret) == 1:
         fingerprint = secret[0].fingerprint  # made by `keys init`, config not updated yet: still the one key
@@ -516,7 +428,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"the gateway's OpenPGP secret key {fingerprint} is not in {_shown(cfg, home)}; restore it from "
                 "backup, or run `referral-gateway keys init` and update [keys]"
             )
-        with _keyring(home) as pgp:
+        with OpenPGP.opened(home) as pgp:
             armoured = pgp.export_public(fingerprint).decode("ascii")  # gpg --export: public packets only
         if "PRIVATE KEY" in armoured:  # belt and braces: this output is meant to be emailed to partners
             raise KeysError(f"refusing to export {fingerprint}: the export contains secret key material")
@@ -524,11 +436,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         parts.append(f"# referral-gateway OpenPGP public key {fingerprint} ({uids}), expires {_date(key.expires)}\n")
         parts.append(armoured if armoured.endswith("\n") else armoured + "\n")
 
-    cert_rel = keys.smime_cert or SMIME_CERT
+    cert_rel = keys.smime_cert or DEV_SMIME_CERT
     cert_path = cfg.keys_dir / cert_rel
     if keys.smime_cert is not None or cert_path.is_file():
         try:
-            certs = _load_certs(cert_path.read_bytes())
+            certs = load_certificates(cert_path.read_bytes())
         except FileNotFoundError:
             raise KeysError(
                 f"{_shown(cfg, cert_path)} (keys.smime_cert) is missing; restore it, or run `keys init`"
@@ -537,7 +449,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise KeysError(f"{_shown(cfg, cert_path)} (keys.smime_cert) is not a PEM certificate") from None
         if keys.smime_cert is None:
             print(f"note: {cfg.file} names no S/MIME certificate; exporting {_shown(cfg, cert_path)}", file=sys.stderr)
-        info = _cert_info(certs[0])
+        info = certificate_info(certs[0])
         # Re-encoded from the parsed certificate, never the file's bytes: an administrator may have put the
         # key into the same PEM file, and this output goes to partners.
         pem = certs[0].public_bytes(serialization.Encoding.PEM).decode("ascii")
