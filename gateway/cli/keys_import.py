@@ -19,7 +19,8 @@ from gateway.cli.keys_common import PARTNERS_DIR, KeysError, date, expiry_status
 from gateway.config import Config
 from gateway.core.clock import SystemClock
 from gateway.open.crypto import CryptoError
-from gateway.open.crypto.openpgp import OpenPGP, scan_keys
+from gateway.open.crypto.openpgp import OpenPGP
+from gateway.open.crypto.openpgp_scan import scan_keys
 from gateway.open.crypto.smime import certificate_info, is_ca_certificate, load_certificates
 
 

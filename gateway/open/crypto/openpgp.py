@@ -13,7 +13,6 @@ import codecs
 import encodings.utf_8
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +25,7 @@ from typing import Any, TypeVar
 
 import gnupg  # type: ignore[import-untyped]
 
-from gateway.open.crypto import CryptoError, CryptoKeyError, DecryptError, Signature, VerifyError
+from gateway.open.crypto import CryptoKeyError, DecryptError, Signature, VerifyError
 
 T = TypeVar("T")
 _FPR = re.compile(r"[0-9A-F]{40}|[0-9A-F]{64}")
@@ -36,7 +35,6 @@ _EXPIRE = re.compile(r"0|\d{1,4}[dwmy]?|\d{4}-\d{2}-\d{2}")
 # longer than our limit is refused: a truncated output is always longer than the limit.
 _SLACK = 1024 * 1024
 _NOT_GOOD = {"BADSIG", "ERRSIG", "EXPSIG", "EXPKEYSIG", "REVKEYSIG"}
-_SCAN_TIMEOUT = 60  # seconds; gpg needs milliseconds to list a key, so this only catches a hung process
 
 # python-gnupg decodes gpg's stderr (the status lines) with errors="strict" in a reader thread, and gpg copies
 # sender-chosen bytes into it (a signature's signer-UID subpacket: NEWSIG, "issuer"). One invalid UTF-8 byte
@@ -76,15 +74,6 @@ class KeyInfo:
     created: datetime  # aware, UTC
     expires: datetime | None  # aware, UTC; None = does not expire
     revoked: bool = False
-
-
-@dataclass(frozen=True)
-class ScannedKey:
-    """A key in a file, as `scan_keys` saw it without importing it."""
-
-    fingerprint: str  # primary key, upper-case hex
-    secret: bool  # the file holds secret material of it (primary key or a subkey)
-    uids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -380,10 +369,10 @@ class OpenPGP:
         return fpr
 
     def close(self) -> None:
-        _stop_components(self._home)
+        stop_components(self._home)
 
 
-def _stop_components(home: Path) -> None:
+def stop_components(home: Path) -> None:
     # gpg starts a gpg-agent per home that outlives us: stop it (and any other component) explicitly.
     subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False, capture_output=True, timeout=30)
 
@@ -394,43 +383,3 @@ def read_keyring(home: Path) -> tuple[list[KeyInfo], list[KeyInfo]]:
         return [], []
     with OpenPGP.opened(home) as pgp:
         return pgp.keys(secret=True), pgp.keys()
-
-
-def scan_keys(data: bytes) -> list[ScannedKey]:
-    """What an OpenPGP file holds, without importing it: `gpg --show-keys` in a throwaway home.
-
-    The throwaway home matters: showing a secret key makes gpg start an agent and talk to it, and the
-    gateway's own keyring must never see a partner's secret key, not even briefly.
-    """
-    home = Path(tempfile.mkdtemp(prefix="gpg"))  # short: gpg-agent's socket path must fit in 108 bytes
-    try:
-        run = subprocess.run(
-            ["gpg", "--homedir", str(home), "--batch", "--no-tty", "--with-colons", "--show-keys"],
-            input=data,
-            capture_output=True,
-            timeout=_SCAN_TIMEOUT,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise CryptoError("gpg is not installed; install GnuPG 2.2 or later (apt install gnupg)") from None
-    finally:
-        _stop_components(home)
-        shutil.rmtree(home, ignore_errors=True)
-    keys: list[ScannedKey] = []
-    kind, fpr, secret = "", "", False
-    uids: list[str] = []
-    for line in run.stdout.decode("utf-8", "replace").splitlines():
-        fields = line.split(":")
-        if fields[0] in {"pub", "sec"}:
-            if fpr:
-                keys.append(ScannedKey(fpr, secret, tuple(uids)))
-            kind, fpr, uids, secret = fields[0], "", [], fields[0] == "sec"
-        elif fields[0] == "ssb":
-            secret = True
-        elif fields[0] == "fpr" and kind and not fpr:  # the first after pub/sec is the primary's; then subkeys
-            fpr = fields[9].upper()
-        elif fields[0] == "uid" and len(fields) > 9:
-            uids.append(fields[9])
-    if fpr:
-        keys.append(ScannedKey(fpr, secret, tuple(uids)))
-    return keys
