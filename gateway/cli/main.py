@@ -11,9 +11,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from gateway import config as config_mod
+from gateway.cli.database import with_engine
 from gateway.config import Config, ConfigError
-from gateway.core import db
 from gateway.core.clock import LONDON, SystemClock, uk_time
 from gateway.core.keyfiles import KeyFileError
 from gateway.open.crypto import CryptoError
@@ -144,17 +146,19 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_engine(cfg: Config, work: str, fmt: str = "table") -> int:
-    engine = db.make_engine(cfg.database_url, cfg.settings.database.busy_timeout)
-    try:
-        await db.upgrade(engine)
-        now = SystemClock().now()
-        if work == "report":
-            print(report.render(await report.undelivered(engine, cfg.settings, now), fmt), end="")
-            return 0
-        problems = await verify(engine, now)
-    finally:
-        await engine.dispose()
+def cmd_report(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+
+    async def undelivered(engine: AsyncEngine) -> str:
+        rows = await report.undelivered(engine, cfg.settings, SystemClock().now())
+        return report.render(rows, args.format)
+
+    print(with_engine(cfg, undelivered), end="")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    problems = with_engine(_load(args.config), lambda engine: verify(engine, SystemClock().now()))
     for problem in problems:
         print(problem)
     print(
@@ -163,14 +167,6 @@ async def _with_engine(cfg: Config, work: str, fmt: str = "table") -> int:
         else f"verify: {len(problems)} problem(s) found"
     )
     return 1 if problems else 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    return asyncio.run(_with_engine(_load(args.config), "report", args.format))
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    return asyncio.run(_with_engine(_load(args.config), "verify"))
 
 
 def parser() -> argparse.ArgumentParser:

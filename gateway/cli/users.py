@@ -9,7 +9,6 @@ keeps naming a real account.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import sys
 import warnings
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway import config as config_mod
+from gateway.cli.database import with_engine
 from gateway.cli.groups import command_group
 from gateway.config import Config
 from gateway.core import db
@@ -37,17 +37,8 @@ from gateway.staff.users import (
 _T = TypeVar("_T")
 
 
-async def _run(cfg: Config, work: Callable[[Users], Awaitable[_T]]) -> _T:
-    engine = db.make_engine(cfg.database_url, cfg.settings.database.busy_timeout)
-    try:
-        await db.upgrade(engine)
-        return await work(Users(db.Database(engine)))
-    finally:
-        await engine.dispose()
-
-
 def _with_users(cfg: Config, work: Callable[[Users], Awaitable[_T]]) -> _T:
-    return asyncio.run(_run(cfg, work))
+    return with_engine(cfg, lambda engine: work(Users(db.Database(engine))))
 
 
 def _read_password(args: argparse.Namespace, username: str) -> str:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,9 +17,10 @@ from pathlib import Path
 
 from gateway.config import Config
 from gateway.config.sections import Partner
-from gateway.open.crypto import CryptoError, CryptoKeyError
+from gateway.open.crypto import CryptoKeyError
 from gateway.open.crypto.openpgp import OpenPGP
-from gateway.open.crypto.smime import CertInfo, SMime, make_development_identity
+from gateway.open.crypto.smime import SMime
+from gateway.open.dev_keys import development_keys
 from gateway.open.unwrap import Trust, Unwrapper
 
 log = logging.getLogger(__name__)
@@ -152,60 +151,3 @@ def _warn_expiry(what: str, expires: datetime, now: datetime) -> None:
         log.error("%s expired on %s: renew it now", what, expires.date().isoformat())
     elif expires - now <= EXPIRY_WARNING:
         log.warning("%s expires on %s: renew it", what, expires.date().isoformat())
-
-
-def make_smime_files(key_path: Path, cert_path: Path, name: str, email: str) -> CertInfo:
-    """A development S/MIME identity at exactly these paths. make_development_identity writes
-    smime-key.pem/smime-cert.pem; they are made in a private scratch directory beside the target,
-    then hard-linked into place: a link never replaces an existing file (as O_EXCL)."""
-    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".smime-", dir=key_path.parent))
-    placed: list[Path] = []
-    try:
-        made_key, made_cert = make_development_identity(scratch, name, email)
-        for made, target in ((made_key, key_path), (made_cert, cert_path)):
-            os.link(made, target)
-            placed.append(target)
-        return SMime.certificate_info(cert_path.read_bytes())
-    except FileExistsError as exc:
-        for path in placed:  # a half-made pair would not load; only what this run placed is removed
-            path.unlink()
-        raise CryptoKeyError(f"{exc.filename2 or exc.filename} appeared while making keys; not replacing it") from None
-    except CryptoError as exc:
-        raise CryptoKeyError(f"making the S/MIME identity failed ({exc.reason})") from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-DEV_SMIME_KEY = Path("smime/gateway.key.pem")
-DEV_SMIME_CERT = Path("smime/gateway.crt.pem")
-
-
-def development_keys(config: Config) -> tuple[str, Path, Path]:
-    """For `keys.development = true` (the embedded default only): the gateway's OpenPGP key and
-    S/MIME identity under keys/, made on first run, so a fresh checkout takes encrypted mail.
-    Returns (OpenPGP fingerprint, S/MIME key, S/MIME certificate)."""
-    keys = config.settings.keys
-    name = f"{config.settings.gateway.council} referral gateway (development)"
-    email = config.settings.mail.from_address
-    key_path = config.keys_dir / (keys.smime_key or DEV_SMIME_KEY)
-    cert_path = config.keys_dir / (keys.smime_cert or DEV_SMIME_CERT)
-    if not key_path.exists() and not cert_path.exists():
-        make_smime_files(key_path, cert_path, name, email)
-        log.warning("made a development S/MIME identity in %s: not for production", cert_path.parent)
-    pgp = OpenPGP(config.keys_dir / keys.openpgp_home)
-    try:
-        secret = pgp.keys(secret=True)
-        if keys.openpgp_fingerprint:
-            fingerprint = keys.openpgp_fingerprint
-        elif len(secret) == 1:
-            fingerprint = secret[0].fingerprint
-        elif not secret:
-            fingerprint = pgp.generate_key(name, email)
-            log.warning("made a development OpenPGP key %s: not for production", fingerprint)
-        else:
-            raise CryptoKeyError("several OpenPGP secret keys in keys/; name the gateway's in keys.openpgp_fingerprint")
-    finally:
-        pgp.close()
-    return fingerprint, key_path, cert_path

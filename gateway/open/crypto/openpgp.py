@@ -15,7 +15,8 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parseaddr
@@ -141,6 +142,17 @@ class OpenPGP:
         self._limit = ["--max-output", str(max_plaintext + _SLACK)]  # bounds decompression bombs
         self._uid_cache: dict[str, list[str]] = {}
         self._uid_stamp = (0, 0, 0)
+
+    @classmethod
+    @contextmanager
+    def opened(cls, home: Path) -> Iterator[OpenPGP]:
+        """For a short use (a CLI command, making development keys): closed on the way out, so that no
+        gpg-agent started for `home` outlives it."""
+        pgp = cls(home)
+        try:
+            yield pgp
+        finally:
+            pgp.close()
 
     async def _call(self, fn: Callable[[], T]) -> T:
         async with self._sem:
@@ -357,7 +369,17 @@ class OpenPGP:
         return fpr
 
     def close(self) -> None:
-        # gpg starts a gpg-agent per home that outlives us: stop it (and any other component) explicitly.
-        subprocess.run(
-            ["gpgconf", "--homedir", str(self._home), "--kill", "all"], check=False, capture_output=True, timeout=30
-        )
+        stop_components(self._home)
+
+
+def stop_components(home: Path) -> None:
+    # gpg starts a gpg-agent per home that outlives us: stop it (and any other component) explicitly.
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False, capture_output=True, timeout=30)
+
+
+def read_keyring(home: Path) -> tuple[list[KeyInfo], list[KeyInfo]]:
+    """(secret, public) keys in a GnuPG home; empty when the home does not exist (not created by looking)."""
+    if not home.is_dir():
+        return [], []
+    with OpenPGP.opened(home) as pgp:
+        return pgp.keys(secret=True), pgp.keys()

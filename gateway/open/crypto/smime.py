@@ -64,7 +64,7 @@ class CertInfo:
     not_after: datetime
 
 
-def _load(data: bytes) -> list[x509.Certificate]:
+def load_certificates(data: bytes) -> list[x509.Certificate]:
     """PEM (one or a bundle) or DER; ValueError if unreadable."""
     return x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else [x509.load_der_x509_certificate(data)]
 
@@ -89,6 +89,21 @@ def _info(cert: x509.Certificate) -> CertInfo:
     )
 
 
+def certificate_info(cert: x509.Certificate) -> CertInfo:
+    """What the gateway shows of a parsed certificate (SMime.certificate_info: of its bytes). cryptography
+    reads extensions only when asked, so a malformed one fails here: CryptoKeyError, as for unreadable bytes."""
+    try:
+        return _info(cert)
+    except ValueError:
+        raise CryptoKeyError("unreadable certificate") from None
+
+
+def is_ca_certificate(cert: x509.Certificate) -> bool:
+    """Whether it may issue certificates (BasicConstraints CA): a partner's anchor rather than a pin."""
+    constraints = _ext(cert, x509.BasicConstraints)
+    return constraints is not None and constraints.ca
+
+
 def _usable_for_signing(cert: x509.Certificate) -> bool:
     """What `-purpose smimesign` would check, for pinned certificates verified with -noverify."""
     usage, eku = _ext(cert, x509.KeyUsage), _ext(cert, x509.ExtendedKeyUsage)
@@ -101,7 +116,7 @@ def _read_certificates(paths: Sequence[Path]) -> list[x509.Certificate]:
     certs: list[x509.Certificate] = []
     for path in paths:
         try:
-            certs += _load(path.read_bytes())
+            certs += load_certificates(path.read_bytes())
         except (OSError, ValueError):
             raise CryptoKeyError(f"certificate {path.name} is missing or unreadable") from None
     return certs
@@ -280,7 +295,7 @@ class SMime:
     @staticmethod
     def certificate_info(pem_or_der: bytes) -> CertInfo:
         try:
-            return _info(_load(pem_or_der)[0])
+            return _info(load_certificates(pem_or_der)[0])
         except ValueError:
             raise CryptoKeyError("unreadable certificate") from None
 
