@@ -21,11 +21,14 @@ from sqlalchemy import select
 from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.core.clock import FakeClock
+from gateway.core.model import Channel
 from gateway.core.schema import events, referrals
+from gateway.core.sealed import WebEnvelope
+from gateway.intake.store import Incoming
 from gateway.open.crypto import CryptoKeyError
 from gateway.open.crypto.openpgp import OpenPGP
 from gateway.report import undelivered as report
-from tests.conftest import maildir_messages, referral_body, smtp_send, write_config
+from tests.conftest import ROOT, maildir_messages, referral_body, smtp_send, write_config
 from tests.test_smime import Identity, issue, openssl
 
 MASH = "mash-duty@demo-council.example"
@@ -321,6 +324,36 @@ async def test_alert_to_a_team_with_an_openpgp_key_carries_the_content_encrypted
             await gw.stop()
         (alert,) = maildir_messages(setup.home, MASH)
         check_content(decrypt_alert(setup, team_home, alert), reference)
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(team_home), "--kill", "gpg-agent"], check=False)
+        shutil.rmtree(team_home, ignore_errors=True)
+
+
+async def test_a_web_form_referral_to_a_team_with_a_key_carries_its_content_encrypted(
+    setup: Setup, clock: FakeClock
+) -> None:
+    """A referral from the form has no email security to report: its secure alert says nothing of
+    how it was sent (it used to fail to compose, and the referral ended quarantined)."""
+    team_home = Path(tempfile.mkdtemp(prefix="gpg"))
+    try:
+        team_fpr = recipient_key(setup, team_home, "MASH duty <mash-duty@demo-council.example>")
+        gw = await start_with_team_key(setup, clock, f'openpgp = "{team_fpr}"')
+        document = json.loads((ROOT / "config" / "examples" / "complete-referral.json").read_text())
+        document["child"]["name"] = "Sam Testchild"
+        try:
+            accepted = await gw.writer.submit(
+                Incoming(Channel.WEB, json.dumps(document).encode(), WebEnvelope(None, "127.0.0.1"), "web:t1w")
+            )
+            await gw.process_all()
+            await gw.deliver_all()
+            state, _ = await referral(gw, accepted.reference)
+        finally:
+            await gw.stop()
+        assert state == "alerted"
+        (alert,) = maildir_messages(setup.home, MASH)
+        text = email.message_from_bytes(decrypt_alert(setup, team_home, alert), policy=email.policy.default)
+        body = next(p for p in text.walk() if p.get_content_type() == "text/plain").get_content()
+        assert accepted.reference in body and "Sam Testchild" in body and "Sent:" not in body
     finally:
         subprocess.run(["gpgconf", "--homedir", str(team_home), "--kill", "gpg-agent"], check=False)
         shutil.rmtree(team_home, ignore_errors=True)
