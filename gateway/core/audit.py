@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -27,7 +26,7 @@ class Event:
     at: datetime
     actor: str
     kind: str
-    detail: dict[str, Any] = field(default_factory=dict)  # never personal data
+    detail: Mapping[str, object] = field(default_factory=dict)  # never personal data
 
 
 def event_hash(prev_hash: str, referral_id: str, at: datetime, actor: str, kind: str, detail: str) -> str:

@@ -9,7 +9,6 @@ runs out; then the row is claimable again, so nothing stays stuck behind a crash
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import ColumnElement, Table, or_, select, update
 
@@ -20,7 +19,7 @@ async def claim(
     db: Database,
     table: Table,
     ready: ColumnElement[bool],
-    order_by: Any,
+    order_by: ColumnElement[datetime],
     owner: str,
     now: datetime,
     lease: timedelta,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
-from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -262,7 +261,7 @@ class SmsWebhooks:
         reply: str | None,
         now: datetime,
     ) -> None:
-        values: dict[str, Any] = {
+        values: dict[str, object] = {
             "kind": kind,
             "message_sid": sid,
             "status": status,

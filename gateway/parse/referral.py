@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from gateway.core.model import Category, Child, Problem, Referral, Referrer, Urgency
 from gateway.parse.nhs import compact_nhs_number, normalise_nhs_number
@@ -122,7 +122,7 @@ def fields_from_json(data: bytes) -> tuple[dict[str, str], list[Problem]]:
     out with a Problem on its field. Unknown keys are ignored: flagging them would send a complete
     referral to triage and delay it."""
     try:
-        document: Any = json.loads(data)
+        document: object = json.loads(data)
     except (ValueError, RecursionError):  # bad UTF-8 and bad JSON are ValueErrors; deep nesting
         return {}, [Problem(DOCUMENT, "The referral data is not valid JSON")]
     if not isinstance(document, dict):
@@ -131,7 +131,7 @@ def fields_from_json(data: bytes) -> tuple[dict[str, str], list[Problem]]:
     problems = [Problem(DOCUMENT, f"The {part} part of the referral data must be an object") for part in bad]
     fields: dict[str, str] = {}
     for key, path in _JSON_PATHS.items():
-        value: Any = document
+        value: object = document
         for step in path:
             value = value.get(step) if isinstance(value, dict) else None
         if isinstance(value, bool) and key == "parents_aware":

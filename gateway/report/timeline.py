@@ -7,7 +7,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 
@@ -17,10 +16,26 @@ from gateway.core.db import Database
 from gateway.core.model import OUTCOMES
 from gateway.core.schema import deliveries, events
 
+Detail = Mapping[str, object]  # an event's detail, as json.loads gives it back
 
-def step_text(detail: Mapping[str, Any]) -> str:
-    notify = ", ".join(str(n) for n in detail.get("notify", []))
+
+def texts(detail: Detail, key: str) -> list[str]:
+    """A list in an event's detail, as text (absent: empty)."""
+    value = detail.get(key)
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def step_text(detail: Detail) -> str:
+    notify = ", ".join(texts(detail, "notify"))
     return f"step {detail['step']}" + (f" ({notify})" if notify else "")
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What the timeline says of a delivery an event names."""
+
+    channel: str
+    team_id: str | None
 
 
 @dataclass(frozen=True)
@@ -52,28 +67,28 @@ def _actor_name(actor: str, names: Mapping[str, str]) -> str:
 def describe(
     kind: str,
     actor: str,
-    detail: Mapping[str, Any],
+    detail: Detail,
     settings: Settings,
     names: Mapping[str, str],
-    sent: Mapping[str, Any],
+    sent: Mapping[str, Sent],
 ) -> str:
     """One event in words. Event details never hold personal data; staff names come from `names`."""
     delivery = sent.get(str(detail.get("delivery", "")))
     what = _DELIVERY_WORDS.get(str(detail.get("kind", "")), str(detail.get("kind", "message")))
     channel = f" by {delivery.channel}" if delivery is not None else ""
-    team_id = detail.get("team") or (delivery.team_id if delivery is not None else None)
+    team_id = str(detail.get("team") or "") or (delivery.team_id if delivery is not None else None)
     team = f" to {settings.team_name(team_id)}" if team_id else ""
     by = _actor_name(actor, names)
     match kind:
         case "received":
             return f"Received ({actor.removeprefix('intake:')})"
         case "parsed":
-            problems = detail.get("problem_fields") or []
+            problems = texts(detail, "problem_fields")
             text = "Read" + (" (encrypted)" if detail.get("encrypted") else "")
             text += f"; {detail.get('attachments', 0)} attachment(s)"
             return text + (f"; incomplete: {', '.join(problems)}" if problems else "")
         case "routed":
-            due = datetime.fromisoformat(detail["due_at"]) if detail.get("due_at") else None
+            due = datetime.fromisoformat(str(detail["due_at"])) if detail.get("due_at") else None
             text = f"Routed{team} by the route {detail.get('route', '?')}"
             return text + (f"; to be acknowledged within {detail.get('deadline')}, by {uk_time(due)}" if due else "")
         case "delivery_queued":
@@ -93,7 +108,7 @@ def describe(
         case "escalation_step" if "step" in detail:
             if detail.get("skipped"):
                 return f"Escalation {step_text(detail)}: skipped, nobody reachable"
-            alerted = ", ".join(str(a) for a in detail.get("alerted", [])) or "nobody"
+            alerted = ", ".join(texts(detail, "alerted")) or "nobody"
             return f"Escalation {step_text(detail)}: alerted {alerted}"
         case "escalation_step":
             return f"Escalation: {detail.get('stopped') or detail.get('failed') or 'no step'}"
@@ -122,7 +137,7 @@ async def timeline(db: Database, settings: Settings, referral_id: str, names: Ma
             await conn.execute(select(events).where(events.c.referral_id == referral_id).order_by(events.c.id))
         ).all()
         sent = {
-            d.id: d
+            d.id: Sent(d.channel, d.team_id)
             for d in await conn.execute(
                 select(deliveries.c.id, deliveries.c.channel, deliveries.c.team_id).where(
                     deliveries.c.referral_id == referral_id

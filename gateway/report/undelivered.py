@@ -10,7 +10,6 @@ import io
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,6 +19,7 @@ from gateway.core.db import snapshot
 from gateway.core.lifecycle import TRACKED_OPEN, State
 from gateway.core.schema import deliveries, events, messages, referrals, sms_webhooks
 from gateway.report.decisions import covered, referral_key, sms_key
+from gateway.report.timeline import Detail, texts
 
 FORMATS = ("table", "csv", "json")
 HELD_SMS_SHOWN = timedelta(days=7)  # held texts are listed this long (they carry no referral)
@@ -46,6 +46,16 @@ class Row:
     key: str = ""  # the item's key for a decision (gateway.report.decisions): "referral:<id>" or "sms:<sid>"
     team_id: str | None = None
     kinds: tuple[str, ...] = ()  # codes from KINDS, one per kind of reason
+
+
+@dataclass(frozen=True)
+class Dead:
+    """A delivery that failed for good, as the report words it."""
+
+    kind: str
+    team_id: str | None
+    last_error: str | None
+    attempts: int
 
 
 def human(delta: timedelta) -> str:
@@ -108,11 +118,11 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
                 .order_by(events.c.id)
             )
         ).all()
-    dead_by: dict[str, list[Any]] = {}
+    dead_by: dict[str, list[Dead]] = {}
     for d in dead_rows:
-        dead_by.setdefault(d.referral_id, []).append(d)
-    quarantined = {q.referral_id: json.loads(q.detail) for q in quarantine}
-    steps_by: dict[str, list[tuple[datetime, dict[str, Any]]]] = {}
+        dead_by.setdefault(d.referral_id, []).append(Dead(d.kind, d.team_id, d.last_error, d.attempts))
+    quarantined: dict[str, Detail] = {q.referral_id: json.loads(q.detail) for q in quarantine}
+    steps_by: dict[str, list[tuple[datetime, Detail]]] = {}
     for step in steps:
         steps_by.setdefault(step.referral_id, []).append((step.at, json.loads(step.detail)))
     out: list[Row] = []
@@ -136,9 +146,9 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
             allowed = settings.deadline_rule(found, r.urgency).describe() if found else "its deadline"
             reasons.append(f"not acknowledged within {allowed} (overdue by {human(now - r.due_at)})")
             kinds.append("late")
-        for d in dead_by.get(r.id, ()):
-            who = f"to {settings.team_name(d.team_id)}" if d.team_id else "to the referrer"
-            reasons.append(f"{d.kind} {who} failed for good after {d.attempts} attempts: {d.last_error}")
+        for failed in dead_by.get(r.id, ()):
+            who = f"to {settings.team_name(failed.team_id)}" if failed.team_id else "to the referrer"
+            reasons.append(f"{failed.kind} {who} failed for good after {failed.attempts} attempts: {failed.last_error}")
             if "failed" not in kinds:
                 kinds.append("failed")
         if reasons:
@@ -184,14 +194,14 @@ def spreadsheet_safe(cell: str) -> str:
     return cell
 
 
-def escalation_summary(steps: list[tuple[datetime, dict[str, Any]]]) -> str:
+def escalation_summary(steps: list[tuple[datetime, Detail]]) -> str:
     """'step 2 (managers) at 10:15 UTC; alerted: Asha Okafor (email), Dev Malik (sms)'."""
     fired = [(at, d) for at, d in steps if "step" in d]
     if not fired:
         return ""
     at, last = fired[-1]
-    alerted = sorted({name for _, d in fired for name in d.get("alerted", [])})
-    notify = ", ".join(last.get("notify", []))
+    alerted = sorted({name for _, d in fired for name in texts(d, "alerted")})
+    notify = ", ".join(texts(last, "notify"))
     state = " skipped, nobody reachable" if last.get("skipped") else ""
     return (
         f"step {last['step']} ({notify}){state} at {at.strftime('%Y-%m-%d %H:%M UTC')}; "

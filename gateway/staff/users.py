@@ -31,11 +31,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import or_, select, update
+from sqlalchemy import RowMapping, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.core.db import Database
@@ -151,24 +151,25 @@ def parse_role(text: str) -> Role:
         raise UserError(f"{text!r} is not a role; use one of: {', '.join(r.value for r in Role)}") from None
 
 
-def _user(row: Any) -> User:
+def _user(row: RowMapping) -> User:
     return User(
-        id=row.id,
-        username=row.username,
-        display_name=row.display_name,
-        role=Role(row.role),
-        teams=tuple(json.loads(row.teams)),
-        failed_attempts=row.failed_attempts,
-        locked_until=row.locked_until,
-        disabled_at=row.disabled_at,
-        created_at=row.created_at,
-        password_changed_at=row.password_changed_at,
-        last_sign_in_at=row.last_sign_in_at,
-        session_epoch=row.session_epoch,
+        id=row["id"],
+        username=row["username"],
+        display_name=row["display_name"],
+        role=Role(row["role"]),
+        teams=tuple(json.loads(row["teams"])),
+        failed_attempts=row["failed_attempts"],
+        locked_until=row["locked_until"],
+        disabled_at=row["disabled_at"],
+        created_at=row["created_at"],
+        password_changed_at=row["password_changed_at"],
+        last_sign_in_at=row["last_sign_in_at"],
+        session_epoch=row["session_epoch"],
     )
 
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 class Users:
@@ -180,9 +181,9 @@ class Users:
         self._hashing = asyncio.Semaphore(HASH_CONCURRENCY)
         self._dummy: str | None = None
 
-    async def _cpu(self, func: Callable[..., _T], *args: Any) -> _T:
+    async def _cpu(self, func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         async with self._hashing:
-            return await asyncio.to_thread(func, *args)
+            return await asyncio.to_thread(func, *args, **kwargs)
 
     async def _hash(self, password: str) -> str:
         return await self._cpu(self._hasher.hash, normalise_password(password))
@@ -207,17 +208,17 @@ class Users:
     async def get(self, user_id: str) -> User | None:
         async with self._db.read() as conn:
             row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
-        return _user(row) if row else None
+        return _user(row._mapping) if row else None
 
     async def find(self, username: str) -> User | None:
         async with self._db.read() as conn:
             row = (await conn.execute(select(users).where(users.c.username == username.strip().lower()))).first()
-        return _user(row) if row else None
+        return _user(row._mapping) if row else None
 
     async def all(self) -> list[User]:
         async with self._db.read() as conn:
             rows = (await conn.execute(select(users).order_by(users.c.username))).all()
-        return [_user(row) for row in rows]
+        return [_user(row._mapping) for row in rows]
 
     async def _named(self, username: str) -> User:
         user = await self.find(normalise_username(username))
@@ -320,7 +321,7 @@ class Users:
             await self._waste_a_verification(password)
             log.info("sign-in refused: unknown username")
             return SignInRefused(Refusal.UNKNOWN_USER)
-        user = _user(row)
+        user = _user(row._mapping)
         if user.disabled_at is not None or user.locked(now):
             await self._waste_a_verification(password)
             reason = Refusal.DISABLED if user.disabled_at is not None else Refusal.LOCKED

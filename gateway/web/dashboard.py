@@ -37,6 +37,7 @@ from gateway.core.clock import Clock, uk_time
 from gateway.core.db import Database
 from gateway.core.lifecycle import IllegalTransition, State
 from gateway.core.model import OUTCOMES
+from gateway.core.records import ReferralRecord
 from gateway.core.sealed import Sealed
 from gateway.intake.web_form import form_environment
 from gateway.open.identity import Identity
@@ -142,7 +143,7 @@ class DashboardPages:
         await page_headers(request, response)
 
     async def _page(
-        self, request: web.Request, template: str, status: int = 200, user: User | None = None, **context: Any
+        self, request: web.Request, template: str, status: int = 200, user: User | None = None, **context: object
     ) -> web.Response:
         return await self._pages.render(request, template, status, user, **context)
 
@@ -172,7 +173,7 @@ class DashboardPages:
 
         return wrapped
 
-    async def _visible(self, request: web.Request, user: User) -> Any | None:
+    async def _visible(self, request: web.Request, user: User) -> ReferralRecord | None:
         row = await data.load(self._db, request.match_info["referral_id"])
         if row is None or not data.may_see(user, row.team_id):
             return None
