@@ -122,7 +122,6 @@ async def hasten_next_step(conn: AsyncConnection, referral_id: str, now: datetim
 
 async def alert_dead(
     conn: AsyncConnection,
-    *,
     referral_id: str,
     delivery_id: str,
     team_id: str | None,

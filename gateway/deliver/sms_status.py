@@ -59,15 +59,7 @@ async def apply_status(
             values |= {"state": "dead", "last_error": reason}
             events.append(audit.Event(row.referral_id, now, actor, "delivery_dead", detail | {"reason": reason}))
             if row.kind in ALERT_KINDS:
-                events += await alert_dead(
-                    conn,
-                    referral_id=row.referral_id,
-                    delivery_id=row.id,
-                    team_id=row.team_id,
-                    now=now,
-                    actor=actor,
-                    reason=reason,
-                )
+                events += await alert_dead(conn, row.referral_id, row.id, row.team_id, now, actor, reason)
         else:
             delay = backoff(row.attempts, settings.outbox.first_retry, settings.outbox.max_retry)
             # Sent again later under a new SID; this one's late callbacks then find nothing.

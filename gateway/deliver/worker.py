@@ -144,14 +144,9 @@ class Outbox:
                     detail = {"team": delivery.team_id, "channel": delivery.channel}
                     events.append(audit.Event(delivery.referral_id, now, actor, "alerted", detail))
                 if outcome.final and delivery.kind in ALERT_KINDS:
+                    reason = outcome.failure or ""
                     events += await alert_dead(
-                        conn,
-                        referral_id=delivery.referral_id,
-                        delivery_id=delivery.id,
-                        team_id=delivery.team_id,
-                        now=now,
-                        actor=actor,
-                        reason=outcome.failure or "",
+                        conn, delivery.referral_id, delivery.id, delivery.team_id, now, actor, reason
                     )
                 self._log(outcome)
             if by_referral:

@@ -9,40 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 
-from gateway.config.duty import Team
-from gateway.core.model import Problem, Referral, Urgency
 from gateway.open.crypto import CryptoError
-from gateway.open.mime import Attachment
-from gateway.open.security import Security
-from gateway.outbox.compose import Composer, Outgoing
+from gateway.outbox.compose import AlertContent, AlertFacts, Composer, Outgoing
 from gateway.outbox.protect import Protector
 from gateway.route.escalate import Send
-
-
-@dataclass(frozen=True)
-class AlertContent:
-    """What an encrypted first alert carries."""
-
-    referral: Referral
-    attachments: tuple[Attachment, ...]
-
-
-@dataclass(frozen=True)
-class AlertFacts:
-    referral_id: str
-    reference: str
-    team: Team
-    route_name: str
-    urgency: Urgency | None
-    problems: tuple[Problem, ...]
-    received_at: datetime
-    due_at: datetime
-    now: datetime
-    security: Security | None = None  # how an email referral was sent; None for web and SMS
-    step_notify: str = ""  # "managers, coordinators": why an escalation reached this recipient
 
 
 class Alerter:
@@ -61,49 +32,12 @@ class Alerter:
             recipient = send.recipient
             if send.channel == "sms":
                 assert recipient.mobile is not None
-                out.append(
-                    self._composer.sms(
-                        kind,
-                        "alert",
-                        to=recipient.mobile,
-                        referral_id=facts.referral_id,
-                        now=facts.now,
-                        context={"reference": facts.reference, "urgency": facts.urgency, "team": facts.team},
-                    )
-                )
+                out.append(self._composer.alert_sms(kind, recipient.mobile, facts))
                 continue
             assert recipient.email is not None
-            alert = self._composer.alert(
-                kind=kind,
-                referral_id=facts.referral_id,
-                reference=facts.reference,
-                team=facts.team,
-                to=recipient.email,
-                route_name=facts.route_name,
-                urgency=facts.urgency,
-                problems=facts.problems,
-                received_at=facts.received_at,
-                due_at=facts.due_at,
-                now=facts.now,
-                security=facts.security,
-                step_notify=facts.step_notify,
-            )
+            alert = self._composer.alert(kind, recipient.email, facts)
             if content is not None and self._protector.can_protect(recipient):
-                head, entity = self._composer.secure_alert_parts(
-                    referral_id=facts.referral_id,
-                    reference=facts.reference,
-                    team=facts.team,
-                    to=recipient.email,
-                    attachments=content.attachments,
-                    now=facts.now,
-                    context={
-                        "referral": content.referral,
-                        "route_name": facts.route_name,
-                        "received_at": facts.received_at,
-                        "due_at": facts.due_at,
-                        "security": facts.security,
-                    },
-                )
+                head, entity = self._composer.secure_alert_parts(recipient.email, facts, content)
                 try:
                     alert = dataclasses.replace(alert, message=await self._protector.protect(recipient, head, entity))
                 except CryptoError as exc:

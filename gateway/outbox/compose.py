@@ -24,7 +24,7 @@ import jinja2
 from gateway.config import Config
 from gateway.config.duty import Team
 from gateway.core.clock import uk_time
-from gateway.core.model import Problem, Urgency
+from gateway.core.model import Problem, Referral, Urgency
 from gateway.open.mime import Attachment
 from gateway.open.security import Security
 from gateway.outbox.tokens import AckSigner
@@ -56,6 +56,29 @@ def email_environment(templates_dir: Path) -> jinja2.Environment:
     )
     env.filters["uk_time"] = uk_time
     return env
+
+
+@dataclass(frozen=True)
+class AlertContent:
+    """What an encrypted first alert carries."""
+
+    referral: Referral
+    attachments: tuple[Attachment, ...]
+
+
+@dataclass(frozen=True)
+class AlertFacts:
+    referral_id: str
+    reference: str
+    team: Team
+    route_name: str
+    urgency: Urgency | None
+    problems: tuple[Problem, ...]
+    received_at: datetime
+    due_at: datetime
+    now: datetime
+    security: Security | None = None  # how an email referral was sent; None for web and SMS
+    step_notify: str = ""  # "managers, coordinators": why an escalation reached this recipient
 
 
 Context = Mapping[str, object]  # a template's values
@@ -119,25 +142,20 @@ class Composer:
             "link_for": to,
         }
 
-    def secure_alert_parts(
-        self,
-        *,
-        referral_id: str,
-        reference: str,
-        team: Team,
-        to: str,
-        now: datetime,
-        context: Context,
-        attachments: tuple[Attachment, ...],
-    ) -> tuple[bytes, bytes]:
+    def secure_alert_parts(self, to: str, facts: AlertFacts, content: AlertContent) -> tuple[bytes, bytes]:
         """(outer headers, inner MIME entity) of an alert WITH the referral's content, for a
         recipient with a key: the caller encrypts the entity to that key and joins the two."""
+        attachments = content.attachments
         values = {
-            **context,
-            **self._ack_link(referral_id, to, now),
-            "now": now,
-            "reference": reference,
-            "team": team,
+            "referral": content.referral,
+            "route_name": facts.route_name,
+            "received_at": facts.received_at,
+            "due_at": facts.due_at,
+            "security": facts.security,
+            **self._ack_link(facts.referral_id, to, facts.now),
+            "now": facts.now,
+            "reference": facts.reference,
+            "team": facts.team,
             "attachments": [(a.filename, a.content_type, len(a.data)) for a in attachments],
         }
         subject, body = self._render("email/alert_secure.txt", values)
@@ -151,47 +169,30 @@ class Composer:
             part.add_header("Content-Disposition", "attachment", filename=item.filename)
             inner.attach(part)
         outer = Message()
-        self._headers(outer, to, subject, now, reference, None)
+        self._headers(outer, to, subject, facts.now, facts.reference, None)
         outer["MIME-Version"] = "1.0"
         head = outer.as_bytes(policy=_CRLF).split(b"\r\n\r\n", 1)[0] + b"\r\n"
         return head, inner.as_bytes(policy=_CRLF)
 
-    def alert(
-        self,
-        *,
-        kind: str,
-        referral_id: str,
-        reference: str,
-        team: Team,
-        to: str,
-        route_name: str,
-        urgency: Urgency | None,
-        problems: tuple[Problem, ...],
-        received_at: datetime,
-        due_at: datetime,
-        now: datetime,
-        security: Security | None = None,
-        step_notify: str = "",
-    ) -> Outgoing:
-        return self._build(
-            kind,
-            f"email/{kind}.txt",
-            to,
-            now,
-            reference,
-            {
-                "team": team,
-                "route_name": route_name,
-                "urgency": urgency,
-                "problems": problems,
-                "received_at": received_at,
-                "due_at": due_at,
-                **self._ack_link(referral_id, to, now),
-                "security": security,
-                "step_notify": step_notify,
-            },
-            team_id=team.id,
-        )
+    def alert(self, kind: str, to: str, facts: AlertFacts) -> Outgoing:
+        """An alert (or reminder) by email with no personal data: reference, urgency, team, times,
+        the names of missing fields and a link bound to this recipient."""
+        context = {
+            "team": facts.team,
+            "route_name": facts.route_name,
+            "urgency": facts.urgency,
+            "problems": facts.problems,
+            "received_at": facts.received_at,
+            "due_at": facts.due_at,
+            **self._ack_link(facts.referral_id, to, facts.now),
+            "security": facts.security,
+            "step_notify": facts.step_notify,
+        }
+        return self._build(kind, f"email/{kind}.txt", to, facts.now, facts.reference, context, team_id=facts.team.id)
+
+    def alert_sms(self, kind: str, to: str, facts: AlertFacts) -> Outgoing:
+        context = {"reference": facts.reference, "urgency": facts.urgency, "team": facts.team}
+        return self.sms(kind, "alert", to=to, referral_id=facts.referral_id, now=facts.now, context=context)
 
     def receipt(
         self, *, reference: str, to: str, received_at: datetime, now: datetime, in_reply_to: str | None

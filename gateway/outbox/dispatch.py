@@ -19,8 +19,8 @@ from gateway.core.sealed import RoutedAtIntake
 from gateway.duty.deadline_rules import due_at as deadline_due
 from gateway.duty.schedule import Schedule
 from gateway.open.security import Security
-from gateway.outbox.alerting import AlertContent, Alerter, AlertFacts
-from gateway.outbox.compose import Outgoing
+from gateway.outbox.alerting import Alerter
+from gateway.outbox.compose import AlertContent, AlertFacts, Outgoing
 from gateway.route import escalate
 from gateway.route.escalate import NextStep
 from gateway.route.rules import Decision, Facts, route

@@ -15,8 +15,7 @@ from gateway.core.sealed import Content, EmailEnvelope, Sealed, SmsEnvelope, Web
 from gateway.open.mime import read_outer
 from gateway.open.opener import Opener
 from gateway.open.sms import registered_sender
-from gateway.outbox.alerting import AlertContent
-from gateway.outbox.compose import Composer
+from gateway.outbox.compose import AlertContent, Composer
 from gateway.outbox.dispatch import Dispatcher
 from gateway.outbox.protect import Protector
 from gateway.parse.referral import parse_email, parse_json
