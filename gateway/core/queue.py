@@ -9,24 +9,34 @@ runs out; then the row is claimable again, so nothing stays stuck behind a crash
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import ColumnElement, Table, or_, select, update
 
 from gateway.core.db import Database
 
 
+class Leasing(Protocol):
+    """How a worker claims (a config section: processing, outbox)."""
+
+    @property
+    def lease(self) -> timedelta: ...
+
+    @property
+    def batch(self) -> int: ...
+
+
+Ready = ColumnElement[bool]
+Order = ColumnElement[datetime]
+
+
 async def claim(
-    db: Database,
-    table: Table,
-    ready: ColumnElement[bool],
-    order_by: ColumnElement[datetime],
-    owner: str,
-    now: datetime,
-    lease: timedelta,
-    limit: int,
+    db: Database, table: Table, ready: Ready, order_by: Order, owner: str, now: datetime, leasing: Leasing
 ) -> list[str]:
-    """Lease up to `limit` ready rows to `owner`; returns their ids. Counts an attempt per claim,
-    so a row that crashes its worker every time still reaches its attempt limit."""
+    """Lease up to `leasing.batch` ready rows to `owner` for `leasing.lease`; returns their ids.
+    Counts an attempt per claim, so a row that crashes its worker every time still reaches its
+    attempt limit."""
+    lease, limit = leasing.lease, leasing.batch
     free = or_(table.c.lease_until.is_(None), table.c.lease_until < now)
     candidates = select(table.c.id).where(ready, free).order_by(order_by).limit(limit).with_for_update(skip_locked=True)
     stmt = (

@@ -78,16 +78,8 @@ class Outbox:
 
     async def run_once(self) -> int:
         now = self._clock.now()
-        ids = await claim(
-            self._db,
-            deliveries,
-            and_(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now),
-            deliveries.c.next_attempt_at,
-            self._owner,
-            now,
-            self._s.outbox.lease,
-            self._s.outbox.batch,
-        )
+        ready = and_(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now)
+        ids = await claim(self._db, deliveries, ready, deliveries.c.next_attempt_at, self._owner, now, self._s.outbox)
         if not ids:
             return 0
         d = deliveries.c

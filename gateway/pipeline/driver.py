@@ -58,16 +58,8 @@ class Processor:
     async def run_once(self) -> int:
         """Claim and process one batch; returns how many messages were claimed."""
         now = self._clock.now()
-        ids = await claim(
-            self._db,
-            messages,
-            and_(messages.c.processed_at.is_(None), messages.c.next_attempt_at <= now),
-            messages.c.received_at,
-            self._owner,
-            now,
-            self._s.processing.lease,
-            self._s.processing.batch,
-        )
+        ready = and_(messages.c.processed_at.is_(None), messages.c.next_attempt_at <= now)
+        ids = await claim(self._db, messages, ready, messages.c.received_at, self._owner, now, self._s.processing)
         if not ids:
             return 0
         ids = await self._quarantine_exhausted(ids, now)
