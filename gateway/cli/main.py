@@ -123,7 +123,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _at(text: str) -> datetime:
-    """An ISO time; without a zone it is LONDON time: that is what a duty manager means by "16:55"."""
+    """An ISO time; without a zone it is UK time: that is what a duty manager means by "16:55"."""
     given = datetime.fromisoformat(text)
     return (given if given.tzinfo else given.replace(tzinfo=LONDON)).astimezone(UTC)
 
@@ -195,7 +195,7 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         help="a referral: .json (referral.json shape), .eml or a filled-in text template",
     )
-    p.add_argument("--at", help="when it arrives (ISO time; LONDON local time if no zone; default now)")
+    p.add_argument("--at", help="when it arrives (ISO time; UK local time if no zone; default now)")
     p.add_argument(
         "--channel", default="email", choices=("email", "web", "sms"), help="the channel it arrives by (default email)"
     )
