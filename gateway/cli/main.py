@@ -132,7 +132,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     at = _at(args.at) if args.at else SystemClock().now()
     data = args.file.read_bytes()
-    today = at.astimezone(LONDON).date()  # as processing does: a date of birth is a LONDON date
+    today = at.astimezone(LONDON).date()  # as processing does: a date of birth is a UK date
     if args.file.suffix.lower() == ".json":
         referral = parse_json(data, today)
     elif args.file.suffix.lower() == ".eml":
