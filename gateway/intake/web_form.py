@@ -63,6 +63,7 @@ from gateway.core.sealed import WebEnvelope
 from gateway.intake import form_model
 from gateway.intake.store import Incoming, IntakeWriter
 from gateway.web.headers import NONCE, new_nonce, page_headers
+from gateway.web.templates import form_environment
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +83,6 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def form_environment(templates_dir: Path) -> jinja2.Environment:
-    """Our templates under templates/web (form/...) and govuk-frontend-jinja's macros.
-
-    Lenient undefined, not StrictUndefined: the macros test optional parameters that are absent."""
-    loader = jinja2.ChoiceLoader(
-        [
-            jinja2.FileSystemLoader(templates_dir / "web"),
-            jinja2.PrefixLoader({"govuk_frontend_jinja": jinja2.PackageLoader("govuk_frontend_jinja")}),
-        ]
-    )
-    return jinja2.Environment(loader=loader, autoescape=True)
 
 
 class RateLimiter:

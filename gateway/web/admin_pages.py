@@ -18,7 +18,7 @@ Decisions, each for a reason:
   counts; no secret (token, password file, key, account SID). Team mailboxes and duty phones are
   the council's public contact points, given to every referrer, so they are shown.
 - Every value is autoescaped and, where it comes from outside (a name, a note), isolated with
-  `| user` (gateway.web.dashboard.user_text) so a right-to-left override cannot reorder the page.
+  `| user` (gateway.web.templates.user_text) so a right-to-left override cannot reorder the page.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from gateway.core.clock import Clock, uk_time
 from gateway.staff.passwords import CONTROL, PasswordPolicyError, check_password
 from gateway.staff.users import Role, User, UserError, UsernameTaken, Users, normalise_username
 from gateway.web.config_view import config_view
-from gateway.web.dashboard import StaffPages
 from gateway.web.headers import add_page_headers
 from gateway.web.session import WebSessions, get_session, require_csrf
+from gateway.web.templates import StaffPages
 
 log = logging.getLogger(__name__)
 

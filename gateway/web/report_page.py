@@ -38,9 +38,9 @@ from gateway.core.sealing import Sealer
 from gateway.report import decisions
 from gateway.report import undelivered as report
 from gateway.staff.users import Role, User
-from gateway.web.dashboard import StaffPages
 from gateway.web.headers import add_page_headers
 from gateway.web.session import WebSessions, get_session, require_csrf
+from gateway.web.templates import StaffPages
 
 log = logging.getLogger(__name__)
 
