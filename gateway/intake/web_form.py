@@ -44,7 +44,6 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl
 
 import jinja2
@@ -139,7 +138,7 @@ class ReferralForm:
             response.headers["Cache-Control"] = "public, max-age=3600"
             response.headers["X-Content-Type-Options"] = "nosniff"
 
-    def _page(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    def _page(self, request: web.Request, template: str, status: int = 200, **context: object) -> web.Response:
         nonce = new_nonce(request)
         body = self._env.get_template(f"form/{template}").render(**self._common, cspNonce=nonce, **context)
         return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TypedDict
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -93,7 +93,7 @@ class ReportPage:
     # --- helpers -------------------------------------------------------------------------------
 
     async def _page(
-        self, request: web.Request, template: str, status: int = 200, user: User | None = None, **context: Any
+        self, request: web.Request, template: str, status: int = 200, user: User | None = None, **context: object
     ) -> web.Response:
         return await self._pages.render(request, template, status, user, **context)
 
@@ -252,5 +252,13 @@ class ReportPage:
         raise web.HTTPSeeOther("/report" + (f"?{urlencode(query)}" if query else ""))
 
 
-def _options(choices: list[tuple[str, str]], chosen: str) -> list[dict[str, Any]]:
+class Option(TypedDict):
+    """An item of a govukSelect: a dict, as the macro reads it."""
+
+    value: str
+    text: str
+    selected: bool
+
+
+def _options(choices: list[tuple[str, str]], chosen: str) -> list[Option]:
     return [{"value": value, "text": text, "selected": value == chosen} for value, text in choices]
