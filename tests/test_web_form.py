@@ -27,9 +27,10 @@ from gateway.core.clock import FakeClock
 from gateway.core.schema import messages, referrals
 from gateway.core.sealing import sealed_context
 from gateway.intake import form_model
-from gateway.intake.web_form import STATIC_DIR, ReferralForm, form_environment
+from gateway.intake.web_form import STATIC_DIR, ReferralForm
 from gateway.parse.referral import parse_json
 from gateway.web.ack_pages import AckPages, make_app, web_environment
+from gateway.web.templates import form_environment
 from tests.conftest import ROOT, maildir_messages, write_config
 
 TODAY = date(2026, 11, 25)  # the UK date at conftest.START

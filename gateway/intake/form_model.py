@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import TypedDict
 
 from gateway.core.model import Category, Referral, Urgency
 from gateway.parse.nhs import compact_nhs_number, normalise_nhs_number
@@ -231,7 +231,36 @@ def _checks(answers: Mapping[str, str], today: date) -> tuple[list[FieldError], 
     return errors, dates
 
 
-def document(answers: Mapping[str, str], dates: Mapping[str, date | None]) -> dict[str, Any]:
+class ReferrerDocument(TypedDict):
+    name: str | None
+    role: str | None
+    organisation: str | None
+    email: str | None
+    phone: str | None
+
+
+class ChildDocument(TypedDict):
+    name: str | None
+    date_of_birth: str | None  # ISO dates: JSON has no date type
+    due_date: str | None
+    nhs_number: str | None
+    address: str | None
+    postcode: str | None
+
+
+class Document(TypedDict):
+    """referral.json as the form writes it: None where the referrer left a field empty."""
+
+    referrer: ReferrerDocument
+    child: ChildDocument
+    concern_category: str | None
+    urgency: str | None
+    parents_aware: bool | None
+    consent_basis: str | None
+    details: str | None
+
+
+def document(answers: Mapping[str, str], dates: Mapping[str, date | None]) -> Document:
     """The referral.json document (config/examples/complete-referral.json's shape)."""
 
     def text(name: str) -> str | None:

@@ -1,8 +1,10 @@
-"""Intake by web form: the public referral form at /refer, built with the GOV.LONDON Design System.
+"""Intake by web form: the public referral form at /refer, built with the GOV.UK Design System.
 
 GET /refer shows the form; POST /refer checks it (gateway.intake.form_model), stores the referral.json it
 makes through the same durable intake as email, then answers 303 to GET /refer/done, the receipt
-page (POST-redirect-GET: a refresh there sends nothing again).
+page (POST-redirect-GET: a refresh there sends nothing again). The signed values below (CSRF field,
+submission token, receipt cookie) are made and checked by gateway.intake.form_tokens, the rate limit
+is counted by gateway.intake.rate_limit; what the form does with them is decided here.
 
 Decisions, each for a reason:
 - Nothing personal in any URL, and not even the reference: the receipt page reads the reference
@@ -36,19 +38,12 @@ Decisions, each for a reason:
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import json
 import logging
 import math
-import re
-import secrets
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl
 
 import jinja2
@@ -61,66 +56,18 @@ from gateway.core.model import Channel
 from gateway.core.reference import new_reference
 from gateway.core.sealed import WebEnvelope
 from gateway.intake import form_model
+from gateway.intake.form_tokens import KEY_FILE, RECEIPT_TTL, FormTokens, csrf_cookie_ok, new_csrf_cookie
+from gateway.intake.rate_limit import RateLimiter
 from gateway.intake.store import Incoming, IntakeWriter
 from gateway.web.headers import NONCE, new_nonce, page_headers
+from gateway.web.templates import form_environment
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-KEY_FILE = "web-form.key"
 HONEYPOT = "comments"  # bots fill a field so named; browsers do not autofill it
 MAX_BODY = 128 * 1024  # the longest answers, all non-ASCII and percent-encoded, fit with room
 MAX_FIELDS = 100
-RECEIPT_TTL = timedelta(minutes=30)
-_COOKIE_VALUE = re.compile("[A-Za-z0-9_-]{43}")
-_SUBMISSION = re.compile(r"([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{22})")
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def form_environment(templates_dir: Path) -> jinja2.Environment:
-    """Our templates under templates/web (form/...) and govuk-frontend-jinja's macros.
-
-    Lenient undefined, not StrictUndefined: the macros test optional parameters that are absent."""
-    loader = jinja2.ChoiceLoader(
-        [
-            jinja2.FileSystemLoader(templates_dir / "web"),
-            jinja2.PrefixLoader({"govuk_frontend_jinja": jinja2.PackageLoader("govuk_frontend_jinja")}),
-        ]
-    )
-    return jinja2.Environment(loader=loader, autoescape=True)
-
-
-class RateLimiter:
-    """At most `limit` events per `window` per client, in memory. Remembers at most `clients`
-    clients (the least recently seen are forgotten), so many addresses cannot exhaust memory."""
-
-    def __init__(self, clock: Clock, limit: int, window: timedelta, clients: int = 10_000) -> None:
-        self._clock = clock
-        self._limit = limit
-        self._window = window.total_seconds()
-        self._clients = clients
-        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def hit(self, client: str) -> float | None:
-        """Count one event; None if allowed, else the seconds until the next one would be."""
-        now = self._clock.now().timestamp()
-        times = self._seen.pop(client, None) or deque()
-        while times and now - times[0] >= self._window:
-            times.popleft()
-        self._seen[client] = times  # now the most recently seen
-        while len(self._seen) > self._clients:
-            self._seen.popitem(last=False)
-        if len(times) >= self._limit:
-            return max(times[0] + self._window - now, 1.0)
-        times.append(now)
-        return None
 
 
 @dataclass(frozen=True)
@@ -130,6 +77,8 @@ class _Cookies:
 
 
 class ReferralForm:
+    """The handlers of /refer and /refer/done, and the /assets the form's pages load."""
+
     def __init__(
         self,
         writer: IntakeWriter,
@@ -144,12 +93,10 @@ class ReferralForm:
         window: timedelta = timedelta(minutes=15),
         max_body: int = MAX_BODY,
     ) -> None:
-        if len(key) < 32:
-            raise ValueError("the web form key must be at least 32 bytes")
+        self._tokens = FormTokens(key, clock)  # first: it refuses a short key
         self._writer = writer
         self._env = env
         self._clock = clock
-        self._key = key
         self._common = {"council": council, "duty_phone": duty_phone}
         self._secure = secure
         prefix = "__Host-" if secure else ""  # __Host-: Secure, Path=/, and no subdomain may set it
@@ -179,46 +126,10 @@ class ReferralForm:
         app.router.add_static("/assets/", STATIC_DIR, follow_symlinks=False, show_index=False)
         app.on_response_prepare.append(self._headers)
 
-    # --- signing -------------------------------------------------------------------------------
-
-    def _mac(self, purpose: str, *parts: str) -> str:
-        message = "\0".join((purpose, *parts)).encode()
-        return _b64(hmac.new(self._key, message, hashlib.sha256).digest())
-
-    def _csrf_field(self, cookie: str) -> str:
-        return self._mac("csrf", cookie)
-
-    def _new_submission(self, cookie: str) -> str:
-        token = secrets.token_urlsafe(16)  # 22 characters
-        return f"{token}.{self._mac('submission', cookie, token)[:22]}"
-
-    def _submission_ok(self, cookie: str, submission: str) -> str | None:
-        """The token part of a submission issued to this cookie, else None."""
-        match = _SUBMISSION.fullmatch(submission)
-        if not match or not hmac.compare_digest(match[2], self._mac("submission", cookie, match[1])[:22]):
-            return None
-        return match[1]
-
-    def _receipt_value(self, reference: str, emailed: bool) -> str:
-        expires = int((self._clock.now() + RECEIPT_TTL).timestamp())
-        payload = _b64(json.dumps({"r": reference, "e": emailed, "x": expires}, separators=(",", ":")).encode())
-        return f"{payload}.{self._mac('receipt', payload)}"
-
-    def _receipt(self, value: str | None) -> tuple[str, bool] | None:
-        if not value or value.count(".") != 1:
-            return None
-        payload, mac = value.split(".")
-        if not hmac.compare_digest(mac, self._mac("receipt", payload)):
-            return None
-        data = json.loads(_unb64(payload))
-        if self._clock.now().timestamp() >= data["x"]:
-            return None
-        return str(data["r"]), bool(data["e"])
+    # --- cookies and pages ---------------------------------------------------------------------
 
     def _set_cookie(self, response: web.StreamResponse, name: str, value: str, max_age: int | None = None) -> None:
         response.set_cookie(name, value, max_age=max_age, path="/", secure=self._secure, httponly=True, samesite="Lax")
-
-    # --- pages ---------------------------------------------------------------------------------
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         if request.get(NONCE) is not None:
@@ -227,7 +138,7 @@ class ReferralForm:
             response.headers["Cache-Control"] = "public, max-age=3600"
             response.headers["X-Content-Type-Options"] = "nosniff"
 
-    def _page(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    def _page(self, request: web.Request, template: str, status: int = 200, **context: object) -> web.Response:
         nonce = new_nonce(request)
         body = self._env.get_template(f"form/{template}").render(**self._common, cspNonce=nonce, **context)
         return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
@@ -257,7 +168,7 @@ class ReferralForm:
             errors=errors,
             error_list=[{"text": e.message, "href": f"#{e.anchor}"} for e in errors.values()],
             problem=problem,
-            csrf_token=self._csrf_field(cookie),
+            csrf_token=self._tokens.csrf_field(cookie),
             submission=submission,
             honeypot=HONEYPOT,
             category_items=[{"value": v, "text": t} for v, t in form_model.CATEGORY_LABELS.items()],
@@ -269,16 +180,16 @@ class ReferralForm:
 
     async def show(self, request: web.Request) -> web.Response:
         cookie = request.cookies.get(self._cookies.csrf, "")
-        fresh = not _COOKIE_VALUE.fullmatch(cookie)
+        fresh = not csrf_cookie_ok(cookie)
         if fresh:
-            cookie = secrets.token_urlsafe(32)  # 43 characters
-        response = self._form(request, 200, cookie, self._new_submission(cookie))
+            cookie = new_csrf_cookie()
+        response = self._form(request, 200, cookie, self._tokens.new_submission(cookie))
         if fresh:
             self._set_cookie(response, self._cookies.csrf, cookie)  # a session cookie: no expiry
         return response
 
     async def done(self, request: web.Request) -> web.Response:
-        receipt = self._receipt(request.cookies.get(self._cookies.receipt))
+        receipt = self._tokens.receipt(request.cookies.get(self._cookies.receipt))
         if receipt is None:
             return self._message(
                 request,
@@ -346,9 +257,7 @@ class ReferralForm:
             return form
         cookie = request.cookies.get(self._cookies.csrf, "")
         sent = form.get("csrf_token", "")
-        if not _COOKIE_VALUE.fullmatch(cookie) or not hmac.compare_digest(
-            sent.encode(), self._csrf_field(cookie).encode()
-        ):
+        if not self._tokens.csrf_ok(cookie, sent):
             log.warning("web form: refused a POST without a valid CSRF token")
             return self._message(
                 request,
@@ -360,7 +269,7 @@ class ReferralForm:
                 f"{duty_phone}.",
             )
         submission = form.get("submission", "")
-        token = self._submission_ok(cookie, submission)
+        token = self._tokens.submission_token(cookie, submission)
         if token is None:
             return self._message(
                 request, 400, "Your referral has not been sent", "Open the form again and send it from there."
@@ -409,7 +318,7 @@ class ReferralForm:
         self._set_cookie(
             response,
             self._cookies.receipt,
-            self._receipt_value(reference, emailed),
+            self._tokens.receipt_value(reference, emailed),
             int(RECEIPT_TTL.total_seconds()),
         )
         return response

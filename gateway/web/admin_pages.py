@@ -18,15 +18,15 @@ Decisions, each for a reason:
   counts; no secret (token, password file, key, account SID). Team mailboxes and duty phones are
   the council's public contact points, given to every referrer, so they are shown.
 - Every value is autoescaped and, where it comes from outside (a name, a note), isolated with
-  `| user` (gateway.web.dashboard.user_text) so a right-to-left override cannot reorder the page.
+  `| user` (gateway.web.templates.user_text) so a right-to-left override cannot reorder the page.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 from aiohttp import web
 
@@ -35,16 +35,54 @@ from gateway.core.clock import Clock, uk_time
 from gateway.staff.passwords import CONTROL, PasswordPolicyError, check_password
 from gateway.staff.users import Role, User, UserError, UsernameTaken, Users, normalise_username
 from gateway.web.config_view import config_view
-from gateway.web.dashboard import StaffPages
 from gateway.web.headers import add_page_headers
 from gateway.web.session import WebSessions, get_session, require_csrf
+from gateway.web.templates import StaffPages
 
 log = logging.getLogger(__name__)
 
 _FLASH = "admin_flash"
 ROLE_WORDS = {Role.DUTY: "duty worker", Role.COORDINATOR: "coordinator", Role.ADMIN: "administrator"}
 
-AdminHandler = Callable[[web.Request, User, dict[str, Any]], Awaitable[web.StreamResponse]]
+
+@dataclass(frozen=True)
+class Posted:
+    """What an admin form sent: the first text value of each field, and every team ticked ("teams"
+    is the one field with many values). Empty for a GET."""
+
+    fields: Mapping[str, str] = field(default_factory=dict)
+    teams: tuple[str, ...] = ()
+
+    def text(self, name: str) -> str:
+        return self.fields.get(name, "")
+
+
+AdminHandler = Callable[[web.Request, User, Posted], Awaitable[web.StreamResponse]]
+
+
+class AddValues(TypedDict, total=False):
+    """The add form's answers to show again; never a password."""
+
+    username: str
+    display_name: str
+    role: str
+    teams: list[str]
+
+
+class UserRow(TypedDict):
+    """A row of the accounts table: what it shows, already in words."""
+
+    id: str
+    anchor: str
+    username: str
+    name: str
+    role: str
+    teams: list[str]
+    active: bool
+    disabled_at: str
+    locked_until: str
+    last_sign_in: str
+    self: bool  # the administrator's own account: no disable button
 
 
 @dataclass
@@ -52,7 +90,7 @@ class Problems:
     """A refused form: errors by field (anchored in the page), and what to type in again."""
 
     errors: dict[str, str] = field(default_factory=dict)  # field id -> message
-    values: dict[str, Any] = field(default_factory=dict)  # never a password
+    values: AddValues = field(default_factory=AddValues)
     target: str = ""  # the user id of a per-user form, "" for the add form
 
 
@@ -60,8 +98,8 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _passwords(form: dict[str, Any], username: str, prefix: str, problems: Problems) -> str:
-    password, again = str(form.get("password", "")), str(form.get("password_again", ""))
+def _passwords(form: Posted, username: str, prefix: str, problems: Problems) -> str:
+    password, again = form.text("password"), form.text("password_again")
     if not password:
         problems.errors[f"{prefix}password"] = "Enter the password"
     elif password != again:
@@ -96,7 +134,7 @@ class AdminPages:
     # --- plumbing ------------------------------------------------------------------------------
 
     async def _page(
-        self, request: web.Request, template: str, user: User, status: int = 200, **context: Any
+        self, request: web.Request, template: str, user: User, status: int = 200, **context: object
     ) -> web.Response:
         return await self._pages.render(request, template, status, user, **context)
 
@@ -104,13 +142,19 @@ class AdminPages:
         self, handler: AdminHandler, post: bool = False
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            form: dict[str, Any] = {}
+            form = Posted()
             if post:  # the CSRF token first, then who is signed in: a forged post learns nothing
                 posted = await request.post()
                 await require_csrf(request, posted)
+                fields: dict[str, str] = {}
+                teams: tuple[str, ...] = ()
                 for name in posted:
-                    values = [v for v in posted.getall(name) if isinstance(v, str)]
-                    form[name] = values if name == "teams" else (values[0] if values else "")
+                    values = [v for v in posted.getall(name) if isinstance(v, str)]  # not uploaded files
+                    if name == "teams":
+                        teams = tuple(values)
+                    else:
+                        fields[name] = values[0] if values else ""
+                form = Posted(fields, teams)
             user = await self._sessions.current_user(request)
             if user is None:
                 raise web.HTTPSeeOther("/sign-in")
@@ -131,13 +175,13 @@ class AdminPages:
         self,
         request: web.Request,
         user: User,
-        form: dict[str, Any],
+        form: Posted,
         problems: Problems | None = None,
         status: int = 200,
     ) -> web.StreamResponse:
         flash = (await get_session(request)).pop(_FLASH, None) if problems is None else None
         now = self._clock.now()
-        rows = [
+        rows: list[UserRow] = [
             {
                 "id": u.id,
                 "anchor": f"user-{u.id}",
@@ -170,11 +214,11 @@ class AdminPages:
             roles=[(r.value, ROLE_WORDS[r]) for r in Role],
         )
 
-    async def add(self, request: web.Request, user: User, form: dict[str, Any]) -> web.StreamResponse:
-        username_text = str(form.get("username", ""))
-        name = str(form.get("display_name", ""))
-        role_text = str(form.get("role", ""))
-        chosen = [t for t in form.get("teams", []) if isinstance(t, str)]
+    async def add(self, request: web.Request, user: User, form: Posted) -> web.StreamResponse:
+        username_text = form.text("username")
+        name = form.text("display_name")
+        role_text = form.text("role")
+        chosen = list(form.teams)
         problems = Problems(
             values={"username": username_text, "display_name": name, "role": role_text, "teams": chosen}
         )
@@ -213,14 +257,14 @@ class AdminPages:
         log.info("admin %s: adding a user refused (%s)", user.id, ", ".join(problems.errors))
         return await self.users_page(request, user, form, problems, 400)
 
-    async def _target(self, request: web.Request, user: User, form: dict[str, Any]) -> User | web.StreamResponse:
+    async def _target(self, request: web.Request, user: User, form: Posted) -> User | web.StreamResponse:
         target = await self._users.get(request.match_info["user_id"])
         if target is None:
             problems = Problems(errors={"users": "There is no such user; the list below shows who there is"})
             return await self.users_page(request, user, form, problems, 404)
         return target
 
-    async def disable(self, request: web.Request, user: User, form: dict[str, Any]) -> web.StreamResponse:
+    async def disable(self, request: web.Request, user: User, form: Posted) -> web.StreamResponse:
         target = await self._target(request, user, form)
         if not isinstance(target, User):
             return target
@@ -232,7 +276,7 @@ class AdminPages:
             log.info("admin %s disabled user %s", user.id, target.id)
         return await self._done(request, f"Disabled {target.username}: they are signed out and cannot sign in.")
 
-    async def reset(self, request: web.Request, user: User, form: dict[str, Any]) -> web.StreamResponse:
+    async def reset(self, request: web.Request, user: User, form: Posted) -> web.StreamResponse:
         target = await self._target(request, user, form)
         if not isinstance(target, User):
             return target
@@ -249,5 +293,5 @@ class AdminPages:
 
     # --- the config ----------------------------------------------------------------------------
 
-    async def config_page(self, request: web.Request, user: User, form: dict[str, Any]) -> web.StreamResponse:
+    async def config_page(self, request: web.Request, user: User, form: Posted) -> web.StreamResponse:
         return await self._page(request, "admin_config.html", user, **config_view(self._config, self._clock.now()))

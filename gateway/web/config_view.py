@@ -4,7 +4,7 @@ counts, the coverage proof, and never a contact detail or a secret."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TypedDict
 
 from gateway.config import Config, Settings
 from gateway.config.duty import DEFAULT_ESCALATION, WEEKDAYS, Person
@@ -15,16 +15,110 @@ from gateway.route.coverage import calendar_warnings, gaps
 COVERAGE_DAYS = 28
 
 
+# What the page reads, as TypedDicts: dicts at run time, so the template is the same either way.
+
+
+class MemberView(TypedDict):
+    name: str
+    channels: str
+    manager: bool
+    encrypted: bool
+
+
+class ShiftView(TypedDict):
+    days: str
+    hours: str
+    members: list[str]
+
+
+# The functional form: "from" is a keyword, and the template reads override["from"].
+OverrideView = TypedDict("OverrideView", {"from": str, "to": str, "members": list[str], "note": str})
+
+
+class TeamView(TypedDict):
+    id: str
+    name: str
+    mailbox: str  # a team's mailbox and duty phone are public: every referrer is given them
+    phone: str
+    schedule: str
+    encrypted: str
+    members: list[MemberView]
+    shifts: list[ShiftView]
+    overrides: list[OverrideView]
+    has_rota: bool
+    deadlines: dict[str, str]  # urgency -> the rule in words
+    escalation: str
+
+
+class ScheduleView(TypedDict):
+    id: str
+    nation: str
+    always_open: bool
+    hours: list[tuple[str, str]]  # (weekday, its opening periods)
+    closures: str
+
+
+class RouteView(TypedDict):
+    name: str
+    conditions: list[str]
+    default: bool
+    team: str
+    out_of_hours: str
+
+
+class StepView(TypedDict):
+    notify: str
+    channels: str
+    wait: str
+    repeat: int
+    until_acknowledged: bool
+
+
+class EscalationView(TypedDict):
+    id: str
+    steps: list[StepView]
+
+
+class CoordinatorView(TypedDict):
+    name: str
+    channels: str
+
+
+class PartnerView(TypedDict):
+    name: str
+    signing_keys: int
+    professionals: int
+    addresses: int
+
+
+class ConfigView(TypedDict):
+    teams: list[TeamView]
+    schedules: list[ScheduleView]
+    routes: list[RouteView]
+    escalations: list[EscalationView]
+    coordinators: list[CoordinatorView]
+    partners: list[PartnerView]
+    sms_provider: str
+    mail: str
+    unrouted: list[str]
+    warnings: list[str]
+    gaps: list[str]
+    gap_count: int
+    coverage_from: str
+    coverage_to: str
+    coverage_days: int
+
+
 def channels(person: Person) -> str:
     """Which channels a person has, never the address or number itself."""
     have = [word for word, value in (("email", person.email), ("SMS", person.mobile)) if value]
     return ", ".join(have) or "none (cannot be alerted)"
 
 
-def config_view(config: Config, now: datetime, days: int = COVERAGE_DAYS) -> dict[str, Any]:
+def config_view(config: Config, now: datetime, days: int = COVERAGE_DAYS) -> ConfigView:
     """The loaded config as plain values for the page: names, channels and counts, no secrets."""
     s: Settings = config.settings
-    teams = []
+    teams: list[TeamView] = []
     for team in s.teams:
         names = {m.id: m.name for m in team.members}
         rota = team.rota
@@ -71,7 +165,7 @@ def config_view(config: Config, now: datetime, days: int = COVERAGE_DAYS) -> dic
                 ),
             }
         )
-    schedules = [
+    schedules: list[ScheduleView] = [
         {
             "id": sc.id,
             "nation": sc.nation.value,
@@ -87,7 +181,7 @@ def config_view(config: Config, now: datetime, days: int = COVERAGE_DAYS) -> dic
         }
         for sc in s.schedules
     ]
-    routes = [
+    routes: list[RouteView] = [
         {
             "name": r.name,
             "conditions": [f"{k.replace('_', ' ')}: {', '.join(v)}" for k, v in r.conditions.items() if v],
@@ -100,7 +194,7 @@ def config_view(config: Config, now: datetime, days: int = COVERAGE_DAYS) -> dic
     chains = list(s.escalations)
     if any(s.escalation_of(t, u) is DEFAULT_ESCALATION for t in s.teams for u in Urgency):
         chains.append(DEFAULT_ESCALATION)
-    escalations = [
+    escalations: list[EscalationView] = [
         {
             "id": e.id + (" (built in)" if e is DEFAULT_ESCALATION else ""),
             "steps": [

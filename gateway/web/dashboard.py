@@ -25,21 +25,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import quote
 
-import jinja2
 from aiohttp import web
-from markupsafe import Markup, escape
 
 from gateway.config import Config
-from gateway.core.clock import Clock, uk_time
+from gateway.core.clock import Clock
 from gateway.core.db import Database
 from gateway.core.lifecycle import IllegalTransition, State
 from gateway.core.model import OUTCOMES
 from gateway.core.records import ReferralRecord
 from gateway.core.sealed import Sealed
-from gateway.intake.web_form import form_environment
 from gateway.open.identity import Identity
 from gateway.outbox.tokens import AckSigner
 from gateway.report.timeline import timeline
@@ -47,8 +43,9 @@ from gateway.staff.users import REFUSED_MESSAGE, Role, SignInRefused, User, User
 from gateway.track.acks import Tracker
 from gateway.track.close import NotAcknowledged, close
 from gateway.web import dashboard_data as data
-from gateway.web.headers import new_nonce, page_headers
-from gateway.web.session import CSRF_FIELD, WebSessions, csrf_token, require_csrf
+from gateway.web.headers import page_headers
+from gateway.web.session import WebSessions, require_csrf
+from gateway.web.templates import StaffPages
 
 log = logging.getLogger(__name__)
 
@@ -58,43 +55,7 @@ _DOWNLOAD: web.RequestKey[bool] = web.RequestKey("dashboard_download", bool)
 _MAX_FIELD = 1024  # a username or password longer than this is refused without hashing it
 
 
-def user_text(value: object) -> Markup:
-    """A value from outside (referral content, a staff name): escaped, and isolated so that
-    bidirectional controls in it cannot reorder the text around it."""
-    return Markup('<bdi class="app-user-text">{}</bdi>').format(escape("" if value is None else str(value)))
-
-
-def staff_environment(config: Config) -> jinja2.Environment:
-    env = form_environment(config.templates_dir)
-    env.filters["uk_time"] = uk_time
-    env.filters["user"] = user_text
-    return env
-
-
 Handler = Callable[[web.Request, User], Awaitable[web.StreamResponse]]
-
-
-class StaffPages:
-    """Renders templates/web/staff/* for any staff page: the council's details, the page's nonce
-    (gateway.web.headers), the signed-in user and the session's CSRF token."""
-
-    def __init__(self, config: Config) -> None:
-        self._env = staff_environment(config)
-        s = config.settings
-        self._common = {"council": s.gateway.council, "duty_phone": s.gateway.duty_phone}
-
-    async def render(
-        self, request: web.Request, template: str, status: int, user: User | None, **context: Any
-    ) -> web.Response:
-        body = self._env.get_template(f"staff/{template}").render(
-            **self._common,
-            cspNonce=new_nonce(request),
-            user=user,
-            csrf_field=CSRF_FIELD,
-            csrf_token=await csrf_token(request),
-            **context,
-        )
-        return web.Response(text=body, status=status, content_type="text/html", charset="utf-8")
 
 
 class DashboardPages:

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TypedDict
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -39,9 +39,9 @@ from gateway.core.sealing import Sealer
 from gateway.report import decisions
 from gateway.report import undelivered as report
 from gateway.staff.users import Role, User
-from gateway.web.dashboard import StaffPages
 from gateway.web.headers import add_page_headers
 from gateway.web.session import WebSessions, get_session, require_csrf
+from gateway.web.templates import StaffPages
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class ReportPage:
     # --- helpers -------------------------------------------------------------------------------
 
     async def _page(
-        self, request: web.Request, template: str, status: int = 200, user: User | None = None, **context: Any
+        self, request: web.Request, template: str, status: int = 200, user: User | None = None, **context: object
     ) -> web.Response:
         return await self._pages.render(request, template, status, user, **context)
 
@@ -253,5 +253,13 @@ class ReportPage:
         raise web.HTTPSeeOther("/report" + (f"?{urlencode(query)}" if query else ""))
 
 
-def _options(choices: list[tuple[str, str]], chosen: str) -> list[dict[str, Any]]:
+class Option(TypedDict):
+    """An item of a govukSelect: a dict, as the macro reads it."""
+
+    value: str
+    text: str
+    selected: bool
+
+
+def _options(choices: list[tuple[str, str]], chosen: str) -> list[Option]:
     return [{"value": value, "text": text, "selected": value == chosen} for value, text in choices]
