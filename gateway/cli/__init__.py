@@ -1,8 +1,9 @@
 """CLI: the `referral-gateway` command (also `python -m gateway`).
 
 Takes command lines. Gives: `main` (serve, check-config, route --explain, report, verify), `keys`
-(init, import, list, export), `users` (add, disable, reset-password, list), `groups` (the
-subcommand plumbing they share).
+(the group) with one module per command (`keys_init`, `keys_import`, `keys_list`, `keys_export`)
+and their shared helpers (`keys_common`), `users` (add, disable, reset-password, list), `database`
+(one runner for the commands that open the store), `groups` (the subcommand plumbing).
 
 May import: anything in gateway.
 """
