@@ -46,7 +46,7 @@ class Pipelines:
         self._by_channel: dict[str, tuple[Handler, ...]] = {
             "email": (unseal, OpenEmail(opener), ParseEmail(), route, EmailReceipt(composer, protector)),
             "web": (unseal, ParseWeb(), route, WebReceipt(composer)),
-            "sms": (unseal, CheckSender(settings), ParseSms(settings), route),
+            "sms": (unseal, CheckSender(settings), ParseSms(), route),
         }
 
     def of(self, channel: str) -> tuple[Handler, ...]:

@@ -92,8 +92,8 @@ class CheckSender:
 
     async def __call__(self, work: Work) -> None:
         assert isinstance(work.envelope, SmsEnvelope)
-        partner, _ = registered_sender(self._s, work.envelope)
-        work.organisation = partner.name
+        partner, person = registered_sender(self._s, work.envelope)
+        work.organisation, work.sender_name = partner.name, person.name
 
 
 class ParseSms:
@@ -101,16 +101,10 @@ class ParseSms:
 
     name = "parse"
 
-    def __init__(self, settings: Settings) -> None:
-        self._s = settings
-
     async def __call__(self, work: Work) -> None:
-        assert isinstance(work.envelope, SmsEnvelope)
-        found = self._s.professional(work.envelope.sender)
-        assert found is not None  # CheckSender ran first
-        partner, person = found
+        assert isinstance(work.envelope, SmsEnvelope) and work.organisation and work.sender_name  # CheckSender's
         body = str(dict(json.loads(work.raw)).get("Body") or "")  # the webhook's form, as stored
-        work.referral = referral_from_sms(body, partner.name, person.name, work.envelope.sender)
+        work.referral = referral_from_sms(body, work.organisation, work.sender_name, work.envelope.sender)
         work.source = "sms"
 
 

@@ -85,6 +85,7 @@ class Work:
     security: Security | None = None  # email: how it was sent
     referral: Referral | None = None
     organisation: str | None = None  # the verified partner's name, else the one the referrer gave
+    sender_name: str | None = None  # SMS: the registered professional the number belongs to
     source: str = ""  # where the referral was read from ("body", "referral.json", "web form", "sms")
     attachments: tuple[Attachment, ...] = ()
     routed: Routed | None = None
