@@ -110,3 +110,52 @@ def test_token_round_trip_and_expiry() -> None:
     assert claim.referral_id == "abc" and claim.recipient_hash == signer.recipient_hash("duty@team.example")
     with pytest.raises(TokenExpired):
         signer.verify(token, START + timedelta(hours=1))
+
+
+def one_character_changes(token: str) -> set[str]:
+    """Every token one character away (replaced, inserted or removed), and with padding added."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=.+/ "
+    variants = set()
+    for i in range(len(token) + 1):
+        variants.add(token[:i] + token[i + 1 :])
+        for c in alphabet:
+            variants.add(token[:i] + c + token[i + 1 :])
+            variants.add(token[:i] + c + token[i:])
+    payload, mac = token.split(".")
+    variants |= {f"{payload}==.{mac}", f"{payload}.{mac}==", f"{payload}=.{mac}=", token + "="}
+    variants.discard(token)
+    return variants
+
+
+def test_only_the_exact_token_verifies() -> None:
+    # Python's lenient base64 decoder ignored unused low bits, stray characters and padding, so some
+    # one-character changes still opened the page (issue 11): exactly one spelling verifies now.
+    signer = AckSigner(b"s" * 32)
+    token = signer.sign("0123456789abcdef0123456789abcdef", MASH, START, timedelta(days=1))
+    variants = one_character_changes(token)
+    assert len(variants) > 20_000
+    accepted = []
+    for variant in variants:
+        try:
+            signer.verify(variant, START)
+        except TokenError:
+            continue
+        accepted.append(variant)
+    assert accepted == []
+    assert signer.verify(token, START).referral_id == "0123456789abcdef0123456789abcdef"
+
+
+@both_databases
+async def test_a_link_with_its_last_character_respelt_is_refused(gateway: Gateway, home: Path) -> None:
+    reference, token = await alerted_referral(gateway, home)
+    # The MAC's last character carries 4 unused bits: its neighbours in the alphabet decode to the
+    # same bytes under a lenient decoder. The page must refuse them.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    same_bytes = alphabet[last & ~0b1111 : (last & ~0b1111) + 16].replace(token[-1], "")
+    for c in same_bytes[:3]:
+        status, page = await post(gateway, token[:-1] + c)
+        assert status == 400 and "This link is not valid" in page
+    status, page = await post(gateway, token.replace(".", "==."))
+    assert status == 400 and "This link is not valid" in page
+    assert await nothing_recorded(gateway, reference)

@@ -9,7 +9,6 @@ gateway.intake.web_form's decisions.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -17,20 +16,13 @@ import re
 import secrets
 from datetime import timedelta
 
+from gateway.core import b64url
 from gateway.core.clock import Clock
 
 KEY_FILE = "web-form.key"
 RECEIPT_TTL = timedelta(minutes=30)
 _COOKIE_VALUE = re.compile("[A-Za-z0-9_-]{43}")
 _SUBMISSION = re.compile(r"([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{22})")
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def new_csrf_cookie() -> str:
@@ -51,7 +43,7 @@ class FormTokens:
 
     def _mac(self, purpose: str, *parts: str) -> str:
         message = "\0".join((purpose, *parts)).encode()
-        return _b64(hmac.new(self._key, message, hashlib.sha256).digest())
+        return b64url.encode(hmac.new(self._key, message, hashlib.sha256).digest())
 
     def csrf_field(self, cookie: str) -> str:
         return self._mac("csrf", cookie)
@@ -73,7 +65,8 @@ class FormTokens:
 
     def receipt_value(self, reference: str, emailed: bool) -> str:
         expires = int((self._clock.now() + RECEIPT_TTL).timestamp())
-        payload = _b64(json.dumps({"r": reference, "e": emailed, "x": expires}, separators=(",", ":")).encode())
+        claim = json.dumps({"r": reference, "e": emailed, "x": expires}, separators=(",", ":"))
+        payload = b64url.encode(claim.encode())
         return f"{payload}.{self._mac('receipt', payload)}"
 
     def receipt(self, value: str | None) -> tuple[str, bool] | None:
@@ -83,7 +76,7 @@ class FormTokens:
         payload, mac = value.split(".")
         if not hmac.compare_digest(mac, self._mac("receipt", payload)):
             return None
-        data = json.loads(_unb64(payload))
+        data = json.loads(b64url.decode(payload))
         if self._clock.now().timestamp() >= data["x"]:
             return None
         return str(data["r"]), bool(data["e"])

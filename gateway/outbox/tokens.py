@@ -8,7 +8,6 @@ scanners follow GET links.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.core import keyfiles
+from gateway.core import b64url, keyfiles
 
 KEY_FILE = "ack-signing.key"
 
@@ -34,14 +33,6 @@ class AckClaim:
     referral_id: str
     recipient_hash: str
     expires: datetime
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class AckSigner:
@@ -66,7 +57,7 @@ class AckSigner:
             separators=(",", ":"),
         ).encode()
         mac = hmac.new(self._key, b"ack\0" + payload, hashlib.sha256).digest()
-        return f"{_b64(payload)}.{_b64(mac)}"
+        return f"{b64url.encode(payload)}.{b64url.encode(mac)}"
 
     def verify(self, token: str, now: datetime) -> AckClaim:
         bad = TokenError(
@@ -76,8 +67,8 @@ class AckSigner:
         )
         try:
             payload_text, mac_text = token.split(".")
-            payload, mac = _unb64(payload_text), _unb64(mac_text)
-        except ValueError:  # wrong shape or not base64 (binascii.Error is a ValueError)
+            payload, mac = b64url.decode(payload_text), b64url.decode(mac_text)
+        except ValueError:  # wrong shape, or not the one spelling we write
             raise bad from None
         expected = hmac.new(self._key, b"ack\0" + payload, hashlib.sha256).digest()
         if not hmac.compare_digest(mac, expected):
