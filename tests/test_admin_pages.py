@@ -434,12 +434,14 @@ async def test_config_view_shows_names_not_contacts_or_secrets(
     digits = re.sub(r"\D", "", text)
     contacts = [p.email for p in people if p.email] + [p.mobile for p in people if p.mobile]
     contacts += [pro.mobile for partner in s.partners for pro in partner.professionals]
+    contacts += [t.email for t in s.teams] + [t.phone for t in s.teams if t.phone]  # shared ones too (issue 11)
     for contact in contacts:
         assert contact not in text, contact
-        if contact.startswith("+44"):
+        if contact.startswith("+44"):  # a mobile, in any spelling
             assert contact[3:] not in digits and "0" + contact[3:] not in digits, contact
             assert "07700 " + contact[6:] not in text
     assert "named.sender" not in text and "keyed-trust.example" not in text
+    assert re.search(r"Shared mailbox</dt>\s*<dd[^>]*>Set\b", html), "whether it is set, not what"
     # No secret: the account SID, the token's file, key files and fingerprints, the session key.
     for secret in (TWILIO_SID, "twilio-token-file-name", "AB12AB12", "900999", "session.key", "gnupg"):
         assert secret not in text, secret

@@ -38,7 +38,9 @@ OverrideView = TypedDict("OverrideView", {"from": str, "to": str, "members": lis
 class TeamView(TypedDict):
     id: str
     name: str
-    mailbox: str  # a team's mailbox and duty phone are public: every referrer is given them
+    # Whether a mailbox and a duty phone are set, never the address or number: the page promises no
+    # contact details (issue 11), and an administrator checks them in the config file itself.
+    mailbox: str
     phone: str
     schedule: str
     encrypted: str
@@ -126,8 +128,8 @@ def config_view(config: Config, now: datetime, days: int = COVERAGE_DAYS) -> Con
             {
                 "id": team.id,
                 "name": team.name,
-                "mailbox": team.email,
-                "phone": team.phone,
+                "mailbox": "set" if team.email else "not set",
+                "phone": "set" if team.phone else "not set",
                 "schedule": team.schedule or "none: open at all hours",
                 "encrypted": ", ".join(k for k, v in (("OpenPGP", team.openpgp), ("S/MIME", team.smime_cert)) if v),
                 "members": [
