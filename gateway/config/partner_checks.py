@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.config.errors import ConfigIssue
+from gateway.config.settings import Settings
 
 
 def _ordinal(position: int) -> str:
@@ -108,3 +109,24 @@ def partner_checks(blocks: Sequence[dict[str, object]], file: Path) -> list[Conf
                     )
                 )
     return issues
+
+
+def partner_notes(settings: Settings) -> list[str]:
+    """What check-config tells an administrator about the policy and the partners, without refusing:
+    each is a valid choice, but one that quarantines mail they may not expect to lose to the report."""
+    notes: list[str] = []
+    keys = settings.keys
+    if settings.security.require_encryption and not (keys.development or keys.openpgp_fingerprint or keys.smime_key):
+        notes.append(
+            "security.require_encryption is on but the gateway has no key of its own ([keys] openpgp_fingerprint "
+            "or smime_key), so every email is quarantined; run `referral-gateway keys init` and add the lines it prints"
+        )
+    if settings.security.require_signature:
+        for index, partner in enumerate(settings.partners):
+            if not (partner.openpgp or partner.smime_anchors or partner.smime_pinned):
+                notes.append(
+                    f"{_block(index, partner.name)} has no OpenPGP key and no S/MIME certificate, so with "
+                    "security.require_signature its email is quarantined (SMS from its registered professionals is "
+                    f'not affected); import its keys: referral-gateway keys import FILE --partner "{partner.name}"'
+                )
+    return notes
