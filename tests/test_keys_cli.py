@@ -499,6 +499,9 @@ async def test_import_of_a_team_mailbox_openpgp_key_suggests_the_team_line_and_t
     loaded = config_mod.load(config)
     assert loaded.settings.teams[0].openpgp == mailbox and loaded.settings.teams[0].members[0].openpgp == member
     await _start_and_stop(config)
+    _, out, _ = run(capsys, "keys", "list", "--config", str(config))
+    assert next(line for line in out.splitlines() if mailbox in line).startswith("team mash ")
+    assert next(line for line in out.splitlines() if member in line).startswith("member mash/asha ")
     code, out, _ = run(capsys, "keys", "import", str(exported), "--config", str(config))
     assert code == 0 and "team 'mash' (mash-duty@demo-council.example) in" in out and "already names it" in out
 
@@ -514,6 +517,14 @@ def test_import_of_a_team_mailbox_certificate_goes_to_keys_teams(
     assert x509.load_pem_x509_certificate(copied.read_bytes()).fingerprint(hashes.SHA256()).hex().upper() == fingerprint
     assert "[[partners]]" not in out and not (home / "keys" / "partners").exists()
     assert 'in the [[teams]] entry with id = "edt"' in out and 'smime_cert = "keys/teams/edt.pem"' in out
+    _, out, _ = run(capsys, "keys", "list", "--config", str(config))
+    assert next(line for line in out.splitlines() if fingerprint in line).startswith("(not in config) ")
+    text = config.read_text().replace(
+        'email = "edt@demo-council.example"', 'email = "edt@demo-council.example"\nsmime_cert = "keys/teams/edt.pem"'
+    )
+    config.write_text(text)
+    _, out, _ = run(capsys, "keys", "list", "--config", str(config))
+    assert next(line for line in out.splitlines() if fingerprint in line).startswith("team edt ")
 
 
 def test_import_of_the_gateways_own_certificate_suggests_nothing_to_add(
