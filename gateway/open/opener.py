@@ -55,7 +55,7 @@ class Opener:
             reason = await self._name_the_partner(unwrapper, unwrapped, sender) or verdict.quarantine
             raise Quarantine("policy", reason, notify, outer.message_id)
         # The policy accepts a signature only for the sender's own block: that block's keys, then.
-        trusted = block if block is not None and verdict.block is block.partner else None
+        trusted = block if block is not None and verdict.block == block.partner else None
         security = Security(
             encrypted=unwrapped.encrypted,
             layers=tuple(unwrapped.layers),
