@@ -1,6 +1,7 @@
 """Policy: is this message's transport security good enough, and who vouched for it?
 
-A pure function over what `unwrap` found, the sender's address and the partner directory.
+A pure function over what `unwrap` found, the sender's address and the partner directory. Trust is
+per [[partners]] block: a signature vouches only for the one block that claims the sending address.
 Quarantine reasons and flags are phrases safe to show the sender and coordinators: they name
 what failed, never the content.
 
@@ -58,7 +59,8 @@ def judge(
             return Verdict(f"{signature.problem} ({signature.kind})", None, ())
     home = home_block(sender, partners)
     partner = home if home is not None and any(_speaks_for(s, home) for s in signatures) else None
-    if partner is None:
+    ambiguous = sum(1 for p in partners if sender and p.covers(sender)) > 1
+    if partner is None and not ambiguous:
         # A known key of some other partner, used from an address that is not theirs.
         other = next((p for s in signatures for p in partners if _speaks_for(s, p)), None)
         if other is not None:
@@ -72,6 +74,7 @@ def judge(
         problems = sorted(
             {s.problem or "signer not in the partner directory" for s in signatures if not s.valid}
             | {"signer not in the partner directory" for s in signatures if s.valid}
+            | ({"the sending address belongs to more than one partner in the config"} if ambiguous else set())
         )
         if rules.require_signature:
             why = "; ".join(problems) if problems else "not signed"
