@@ -380,3 +380,158 @@ async def test_start_refusal_names_the_missing_key_file(
     (home / "keys" / "smime" / "gateway.key.pem").unlink()
     with pytest.raises(CryptoKeyError, match=re.escape("gateway.key.pem")):
         await _start_and_stop(config)
+
+
+# -- what import suggests: a partner's CA, a council mailbox's key ---------------------------------------------
+
+
+def ca_certificate(path: Path, *, email: str | None = None, permitted: tuple[str, ...] = ()) -> None:
+    """A partner organisation's CA: optionally with its own address, and name constraints (RFC 5280 4.2.1.10)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Demo Trust CA")])
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    )
+    if email:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
+    if permitted:
+        subtrees: list[x509.GeneralName] = [x509.RFC822Name(p) for p in permitted]
+        subtrees.append(x509.DNSName("trust.example"))  # constrains servers, not mailboxes: not an address
+        builder = builder.add_extension(x509.NameConstraints(subtrees, None), critical=True)
+    path.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+
+
+def partners_block(out: str) -> str:
+    """The [[partners]] block `keys import` printed, comments and all, as printed."""
+    block = re.search(r"^\[\[partners\]\]\n(?:(?:#.*|[a-z_]+ = .+)\n)+", out, re.MULTILINE)
+    assert block is not None, out
+    return block.group(0)
+
+
+def test_import_of_a_ca_suggests_the_domains_its_name_constraints_permit(
+    capsys: pytest.CaptureFixture[str], home: Path, config: Path
+) -> None:
+    ca = home / "trust-ca.pem"
+    ca_certificate(
+        ca, email="pki@ca-operator.example", permitted=("trust.example", "duty@school.example", ".nhs.example")
+    )
+    code, out, err = run(capsys, "keys", "import", str(ca), "--partner", "Demo Trust", "--config", str(config))
+    assert code == 0, err
+    block = partners_block(out)
+    assert 'addresses = ["@trust.example", "duty@school.example"]' in block
+    assert "it also permits any domain under nhs.example" in block  # said, not guessed as an address
+    assert 'smime_anchors = ["keys/partners/demo-trust.pem"]' in block
+    assert "partner.example" not in out and "ca-operator.example" not in block
+    # What it printed is a config the gateway accepts, as printed.
+    write_config(home, block)
+    assert run(capsys, "check-config", "--config", str(config))[0] == 0
+
+
+def test_import_of_a_ca_without_constraints_suggests_its_own_domain_and_says_to_check(
+    capsys: pytest.CaptureFixture[str], home: Path, config: Path
+) -> None:
+    ca = home / "ca.pem"
+    ca_certificate(ca, email="PKI@Trust.Example")
+    code, out, err = run(capsys, "keys", "import", str(ca), "--partner", "Demo Trust", "--config", str(config))
+    assert code == 0, err
+    block = partners_block(out)
+    assert 'addresses = ["@trust.example"]' in block and "check with the partner" in block
+
+
+def test_import_of_a_ca_naming_no_address_says_to_fill_them_in_and_check_config_insists(
+    capsys: pytest.CaptureFixture[str], home: Path, config: Path
+) -> None:
+    ca = home / "bare-ca.pem"
+    ca_certificate(ca)
+    code, out, err = run(capsys, "keys", "import", str(ca), "--partner", "Demo Trust", "--config", str(config))
+    assert code == 0, err
+    block = partners_block(out)
+    assert "# FILL IN: the key names no address or domain" in block and "addresses = []" in block
+    assert "@partner.example" not in out
+    # Pasted unfilled, the config is refused at exactly that line: no made-up domain slips through.
+    write_config(home, block)
+    code, _, err = run(capsys, "check-config", "--config", str(config))
+    assert code == 2 and "partners[1].addresses: the partner has no sending addresses. Fix: use the addresses" in err
+
+
+async def test_import_of_a_team_mailbox_openpgp_key_suggests_the_team_line_and_the_gateway_uses_it(
+    capsys: pytest.CaptureFixture[str], home: Path, config: Path, partner_home: Path
+) -> None:
+    write_config(home, keys_lines(init(capsys, config)))
+    mailbox = partner_key(partner_home, "MASH duty <mash-duty@demo-council.example>")
+    member_home = partner_home / "asha"
+    member_home.mkdir(mode=0o700)
+    member = partner_key(member_home, "Asha Okafor <Asha.Okafor@demo-council.example>")
+    exported = home / "council.asc"
+    exported.write_bytes(
+        gpg(partner_home, "--armor", "--export", mailbox).stdout
+        + gpg(member_home, "--armor", "--export", member).stdout
+    )
+    code, out, err = run(capsys, "keys", "import", str(exported), "--config", str(config))
+    _kill_agents(member_home)
+    assert code == 0, err
+    assert "[[partners]]" not in out and "it is not a partner's key" in out
+    assert (
+        "in the [[teams]] entry with id = \"mash\" (team 'mash', mash-duty@demo-council.example):\n"
+        f'openpgp = "{mailbox}"' in out
+    )
+    assert "in the [[teams.members]] entry with id = \"asha\" (member 'asha' of team 'mash', " in out
+    assert f'openpgp = "{member}"' in out
+
+    # The printed lines, in those entries: the gateway starts with them (it refuses a team key it cannot use).
+    text = config.read_text()
+    text = text.replace(
+        'email = "mash-duty@demo-council.example"', f'email = "mash-duty@demo-council.example"\nopenpgp = "{mailbox}"'
+    )
+    text = text.replace(
+        'email = "asha.okafor@demo-council.example"',
+        f'email = "asha.okafor@demo-council.example"\nopenpgp = "{member}"',
+    )
+    config.write_text(text)
+    loaded = config_mod.load(config)
+    assert loaded.settings.teams[0].openpgp == mailbox and loaded.settings.teams[0].members[0].openpgp == member
+    await _start_and_stop(config)
+    _, out, _ = run(capsys, "keys", "list", "--config", str(config))
+    assert next(line for line in out.splitlines() if mailbox in line).startswith("team mash ")
+    assert next(line for line in out.splitlines() if member in line).startswith("member mash/asha ")
+    code, out, _ = run(capsys, "keys", "import", str(exported), "--config", str(config))
+    assert code == 0 and "team 'mash' (mash-duty@demo-council.example) in" in out and "already names it" in out
+
+
+def test_import_of_a_team_mailbox_certificate_goes_to_keys_teams(
+    capsys: pytest.CaptureFixture[str], home: Path, config: Path
+) -> None:
+    cert = home / "edt.pem"
+    fingerprint = certificate(cert, "edt@demo-council.example", datetime.now(UTC) + timedelta(days=365))
+    code, out, err = run(capsys, "keys", "import", str(cert), "--config", str(config))
+    assert code == 0, err
+    copied = home / "keys" / "teams" / "edt.pem"
+    assert x509.load_pem_x509_certificate(copied.read_bytes()).fingerprint(hashes.SHA256()).hex().upper() == fingerprint
+    assert "[[partners]]" not in out and not (home / "keys" / "partners").exists()
+    assert 'in the [[teams]] entry with id = "edt"' in out and 'smime_cert = "keys/teams/edt.pem"' in out
+    _, out, _ = run(capsys, "keys", "list", "--config", str(config))
+    assert next(line for line in out.splitlines() if fingerprint in line).startswith("(not in config) ")
+    text = config.read_text().replace(
+        'email = "edt@demo-council.example"', 'email = "edt@demo-council.example"\nsmime_cert = "keys/teams/edt.pem"'
+    )
+    config.write_text(text)
+    _, out, _ = run(capsys, "keys", "list", "--config", str(config))
+    assert next(line for line in out.splitlines() if fingerprint in line).startswith("team edt ")
+
+
+def test_import_of_the_gateways_own_certificate_suggests_nothing_to_add(
+    capsys: pytest.CaptureFixture[str], home: Path, config: Path
+) -> None:
+    cert = home / "own.pem"
+    certificate(cert, "referrals@demo-council.example", datetime.now(UTC) + timedelta(days=365))
+    code, out, err = run(capsys, "keys", "import", str(cert), "--config", str(config))
+    assert code == 0, err
+    assert "is the gateway's own address" in out and "keys init" in out and "[[partners]]" not in out

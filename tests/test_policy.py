@@ -67,3 +67,18 @@ def test_smime_certificate_speaks_for_the_partner_whose_address_it_carries() -> 
     assert verdict.partner == "Demo School" and verdict.quarantine is None
     unlisted = Signature("smime", True, "EF" * 32, ("teacher@school.example",))
     assert judge(True, [unlisted], "teacher@school.example", PARTNERS, STRICT).quarantine is not None
+
+
+def test_a_signature_counts_only_for_the_one_block_that_claims_the_sender() -> None:
+    # Config refuses both of these (gateway.config.partner_checks); the policy still never guesses.
+    school = Partner(name="Demo School", addresses=("@school.example",), openpgp=(FPR,))
+    shared_key = (TRUST, school)
+    assert judge(True, [GOOD], "head@school.example", shared_key, STRICT).partner == "Demo School"
+    assert judge(True, [GOOD], "ann@nhs.example", shared_key, STRICT).partner == "Demo NHS Trust"
+    overlapping = (TRUST, Partner(name="Demo NHS Trust (copy)", addresses=("ann@nhs.example",), openpgp=(FPR,)))
+    verdict = judge(True, [GOOD], "ann@nhs.example", overlapping, STRICT)
+    assert verdict.partner is None  # claimed twice: vouched for by neither, and the reason says why
+    assert verdict.quarantine == (
+        "no valid signature from a known partner (signer not in the partner directory; the sending address "
+        "belongs to more than one partner in the config)"
+    )

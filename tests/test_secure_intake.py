@@ -41,6 +41,7 @@ class Setup:
     ca: Identity
     partner: Identity  # Ann at the NHS trust, issued by the trust's CA
     stranger: Identity  # a certificate from a CA the gateway does not trust
+    other_ca: Identity  # the stranger's CA (a school's own CA, in one test)
     gateway_cert: Path
     pgp_partner_home: Path
     pgp_partner_fpr: str
@@ -84,7 +85,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     gateway_pgp.import_keys(gpg(partner_home, "--armor", "--export", partner_fpr))
     gpg(partner_home, "--import", stdin=gateway_pgp.export_public(gateway_fpr))
     gateway_pgp.close()
-    yield Setup(home, ca, partner, stranger, gw_id.cert_path, partner_home, partner_fpr, gateway_fpr)
+    yield Setup(home, ca, partner, stranger, other_ca, gw_id.cert_path, partner_home, partner_fpr, gateway_fpr)
     subprocess.run(["gpgconf", "--homedir", str(partner_home), "--kill", "gpg-agent"], check=False)
     subprocess.run(["gpgconf", "--homedir", str(keys / "gnupg"), "--kill", "gpg-agent"], check=False)
     shutil.rmtree(short, ignore_errors=True)
@@ -480,6 +481,36 @@ async def test_one_partners_ca_cannot_vouch_for_another_partners_staff(setup: Se
         await gw.stop()
     assert state == "quarantined"
     assert detail["reason"] == "no valid signature from a known partner (untrusted certificate)"
+
+
+async def test_a_partner_with_its_own_ca_cannot_vouch_for_another_partners_address(
+    setup: Setup, clock: FakeClock
+) -> None:
+    """The school has a CA of its own in its [[partners]] block. A certificate it issued for an NHS
+    trust address, used from that address, is not the NHS trust's signature: trust is per block,
+    and the school's CA is not in the NHS trust's. Its own staff's mail is accepted as the school's."""
+    shutil.copy(setup.other_ca.cert_path, setup.home / "keys" / "partners" / "school-ca.pem")
+    extra = config_text(setup, strict=True) + (
+        '\n[[partners]]\nname = "Demo School"\naddresses = ["@school.example"]\n'
+        'smime_anchors = ["keys/partners/school-ca.pem"]\n'
+    )
+    gw = Gateway(config_mod.load(write_config(setup.home, extra)), clock=clock, workers=False)
+    await gw.start()
+    try:
+        # setup.stranger: ann.example@nhs.example, issued by the school's CA.
+        forged = await send_and_process(
+            gw, outer(smime_message(setup.stranger, setup.gateway_cert, referral_body()), "v1")
+        )
+        head = issue(setup.home / "keys", "head", issuer=setup.other_ca, email_address="head@school.example")
+        raw = outer(smime_message(head, setup.gateway_cert, referral_body()), "v2", sender="head@school.example")
+        genuine = await send_and_process(gw, raw, sender="head@school.example")
+        forged_state, forged_detail = await referral(gw, forged)
+        genuine_state, genuine_detail = await referral(gw, genuine)
+    finally:
+        await gw.stop()
+    assert forged_state == "quarantined"
+    assert forged_detail["reason"] == "no valid signature from a known partner (untrusted certificate)"
+    assert genuine_state == "alerted" and genuine_detail["partner"] == "Demo School"
 
 
 @pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])

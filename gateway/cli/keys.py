@@ -1,9 +1,10 @@
 """`referral-gateway keys init|import|list|export`: the gateway's own keys and its partners' public ones.
 
 Private keys live only under keys/ (git-ignored): the gateway's OpenPGP key in keys/gnupg (mode 0700) and its
-S/MIME key in keys/smime (mode 0600). Partners' certificates go to keys/partners/, which is committed: they are
-public, and the config that names them is reviewed with them. Nothing here rewrites the config file: it belongs to
-the administrators (comments, order, review), so these commands print the exact lines to put in it instead.
+S/MIME key in keys/smime (mode 0600). Partners' certificates go to keys/partners/ and the council's own mailboxes'
+to keys/teams/, both committed: they are public, and the config that names them is reviewed with them. Nothing
+here rewrites the config file: it belongs to the administrators (comments, order, review), so these commands
+print the exact lines to put in it instead.
 
 One module a command (keys_init, keys_import, keys_list, keys_export); what they share is in keys_common.
 """
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_c
     p = command("init", "make the gateway's OpenPGP key and S/MIME certificate (development)", cmd_init)
     p.add_argument("--email", help="address in the key and certificate (default: mail.from_address)")
     p.add_argument("--name", help="name in the key and certificate (default: '<council> referral gateway')")
-    p = command("import", "add a partner's OpenPGP public key or S/MIME certificate", cmd_import)
+    p = command("import", "add a partner's or a council mailbox's OpenPGP public key or S/MIME certificate", cmd_import)
     p.add_argument("file", type=Path, help="armoured or binary OpenPGP public key; PEM or DER certificate")
     p.add_argument("--partner", help="the partner's name in config (and the certificate's file name)")
     command("list", "show the gateway's and partners' keys with their expiry and status", cmd_list)

@@ -13,6 +13,7 @@ from gateway.open.crypto.smime import CertInfo
 from gateway.open.identity import EXPIRY_WARNING
 
 PARTNERS_DIR = "partners"
+TEAMS_DIR = "teams"  # the council's own mailboxes' certificates: alerts are encrypted to them
 
 
 class KeysError(Exception):

@@ -1,7 +1,9 @@
-"""`referral-gateway keys import FILE`: a partner's OpenPGP public key or S/MIME certificate, never a secret key.
+"""`referral-gateway keys import FILE`: a partner's or a council mailbox's OpenPGP public key or S/MIME
+certificate, never a secret key.
 
-OpenPGP keys go into the gateway's keyring; certificates are copied to keys/partners/. The config is not changed:
-the command prints the [[partners]] lines to put in it.
+OpenPGP keys go into the gateway's keyring; certificates are copied to keys/partners/, or keys/teams/ when they
+belong to the council's own team mailboxes, members or coordinators. The config is not changed: the command
+prints the lines to put in it (gateway.cli.keys_suggest decides which).
 """
 
 from __future__ import annotations
@@ -15,7 +17,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway import config as config_mod
-from gateway.cli.keys_common import PARTNERS_DIR, KeysError, date, expiry_status, shown, subject, toml_list, toml_string
+from gateway.cli.keys_common import (
+    PARTNERS_DIR,
+    TEAMS_DIR,
+    KeysError,
+    date,
+    expiry_status,
+    shown,
+    subject,
+    toml_list,
+    toml_string,
+)
+from gateway.cli.keys_suggest import (
+    ca_addresses,
+    council_holders,
+    gateway_addresses,
+    print_holder_lines,
+    print_partner_block,
+)
 from gateway.config import Config
 from gateway.core.clock import SystemClock
 from gateway.open.crypto import CryptoError
@@ -78,10 +97,31 @@ def _import_openpgp(cfg: Config, path: Path, data: bytes, partner: str | None) -
     for key in imported:
         print(f"  {key.fingerprint}  {', '.join(key.uids) or '(no user id)'}")
         print(f"    expires {date(key.expires)}: {expiry_status(key.expires, now, key.revoked)}")
-    emails = [e for key in imported for e in key.emails]
-    name = partner or next((k.uids[0].split("<")[0].strip() for k in imported if k.uids), "") or "PARTNER NAME"
-    _print_partner_lines(cfg, name, "openpgp", [k.fingerprint for k in imported], emails)
+    if _the_gateways_own(cfg, [e for key in imported for e in key.emails]):
+        return 0
+    partner_keys = []
+    for key in imported:
+        holders = council_holders(cfg, key.emails)
+        if holders:  # one of the council's mailboxes: alerts are encrypted to it, it signs no referral
+            print_holder_lines(cfg, holders, "openpgp", key.fingerprint)
+        else:
+            partner_keys.append(key)
+    if partner_keys:
+        emails = [e for key in partner_keys for e in key.emails]
+        name = partner or next((k.uids[0].split("<")[0].strip() for k in partner_keys if k.uids), "") or "PARTNER NAME"
+        _print_partner_lines(cfg, name, "openpgp", [k.fingerprint for k in partner_keys], emails, [])
     return 0
+
+
+def _the_gateways_own(cfg: Config, emails: list[str]) -> bool:
+    own = gateway_addresses(cfg, emails)
+    if own:
+        print()
+        print(
+            f"{', '.join(own)} is the gateway's own address: nothing to add to the config. The gateway's keys are "
+            "made by `referral-gateway keys init` and named in [keys] (openpgp_fingerprint, smime_key, smime_cert)."
+        )
+    return bool(own)
 
 
 def _import_certificates(cfg: Config, path: Path, certs: list[x509.Certificate], partner: str | None) -> int:
@@ -89,10 +129,15 @@ def _import_certificates(cfg: Config, path: Path, certs: list[x509.Certificate],
     leaf = infos[0]
     common_names = certs[0].subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     label = partner or (str(common_names[0].value) if common_names else "") or (leaf.emails or (path.stem,))[0]
+    is_ca = is_ca_certificate(certs[0])
+    # A council mailbox's certificate (never a CA's): alerts are encrypted to it. Kept apart from partners'.
+    holders = [] if is_ca else council_holders(cfg, leaf.emails)
+    if holders and not partner:
+        label = holders[0].entry_id
     base = re.sub(r"[^a-z0-9._-]+", "-", label.lower()).strip("-.") or "partner"
     # Re-encoded from the parsed certificates: whatever else the file held (text, a stray key) is not copied.
     pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-    directory = cfg.keys_dir / PARTNERS_DIR
+    directory = cfg.keys_dir / (TEAMS_DIR if holders else PARTNERS_DIR)
     directory.mkdir(parents=True, exist_ok=True)
     target, already = _place_public(directory, base, leaf.fingerprint, pem)
     now = SystemClock().now()
@@ -104,10 +149,18 @@ def _import_certificates(cfg: Config, path: Path, certs: list[x509.Certificate],
         print(
             f"  expires  {info.not_after.isoformat(sep=' ', timespec='minutes')}: {expiry_status(info.not_after, now)}"
         )
-    # A CA certificate vouches for every certificate it issued (anchor); anything else is trusted as it is (pin).
-    key = "smime_anchors" if is_ca_certificate(certs[0]) else "smime_pinned"
     emails = [e for info in infos for e in info.emails]
-    _print_partner_lines(cfg, partner or label, key, [shown(cfg, target)], emails)
+    if _the_gateways_own(cfg, emails):
+        return 0
+    if holders:
+        print_holder_lines(cfg, holders, "smime_cert", shown(cfg, target))
+        return 0
+    # A CA certificate vouches for every certificate it issued (anchor); anything else is trusted as it is (pin).
+    # An anchor's partner is every address it may issue for, so the addresses are domains; a pin's are its own.
+    addresses, notes = ca_addresses(certs[0], emails) if is_ca else (emails, [])
+    _print_partner_lines(
+        cfg, partner or label, "smime_anchors" if is_ca else "smime_pinned", [shown(cfg, target)], addresses, notes
+    )
     return 0
 
 
@@ -128,24 +181,25 @@ def _place_public(directory: Path, base: str, fingerprint: str, pem: bytes) -> t
     raise KeysError(f"{directory}: {base}.pem and {base}-{fingerprint[:8].lower()}.pem exist; pass --partner NAME")
 
 
-def _print_partner_lines(cfg: Config, name: str, key: str, values: list[str], emails: list[str]) -> None:
-    existing = next((p for p in cfg.settings.partners if p.name == name), None)
+def _print_partner_lines(
+    cfg: Config, name: str, key: str, values: list[str], addresses: list[str], notes: list[str]
+) -> None:
+    # As check-config compares names: the same organisation whatever its case or spacing.
+    existing = next((p for p in cfg.settings.partners if p.name.strip().casefold() == name.strip().casefold()), None)
     print()
     if existing is not None:
         before = [str(v) for v in getattr(existing, key)]
         merged = before + [v for v in values if v not in before]
         if merged == before:
-            print(f"partner {toml_string(name)} in {cfg.file} already names it.")
+            print(f"partner {toml_string(existing.name)} in {cfg.file} already names it.")
             return
         print(
-            f"partner {toml_string(name)} is in {cfg.file}; set in its [[partners]] entry (the config is not changed):"
+            f"partner {toml_string(existing.name)} is in {cfg.file}; set in its [[partners]] entry "
+            "(the config is not changed):"
         )
         print()
         print(f"{key} = {toml_list(merged)}")
         return
     print(f"add this partner to {cfg.file} (the config is not changed for you; check the addresses):")
     print()
-    print("[[partners]]")
-    print(f"name = {toml_string(name)}")
-    print(f"addresses = {toml_list(list(dict.fromkeys(emails)) or ['@partner.example'])}")
-    print(f"{key} = {toml_list(values)}")
+    print_partner_block(name, key, values, addresses, notes)

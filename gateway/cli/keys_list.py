@@ -1,4 +1,5 @@
-"""`referral-gateway keys list`: the gateway's and partners' keys, with expiry and status, and what is missing."""
+"""`referral-gateway keys list`: the gateway's, partners' and council mailboxes' keys, with expiry and status, and
+what is missing."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import config as config_mod
-from gateway.cli.keys_common import PARTNERS_DIR, date, expiry_status, shown, subject
+from gateway.cli.keys_common import PARTNERS_DIR, TEAMS_DIR, date, expiry_status, shown, subject
 from gateway.core.clock import SystemClock
 from gateway.open.crypto.openpgp import KeyInfo, read_keyring
 from gateway.open.crypto.smime import certificate_info, load_certificates
@@ -99,14 +100,29 @@ def cmd_list(args: argparse.Namespace) -> int:
         for path in partner.smime_pinned:
             rows += cert_rows(partner.name, "S/MIME cert", cfg.path(path))
 
-    # Imported but named by no partner: listed so that nothing trusted-looking hides in keys/.
+    # The council's own mailboxes and people with a key: alerts to them are encrypted to it.
+    s = cfg.settings
+    holders = [(f"team {t.id}", t) for t in s.teams] + [
+        (f"member {t.id}/{m.id}", m) for t in s.teams for m in t.members
+    ]
+    for owner, holder in [*holders, *((f"coordinator {c.id}", c) for c in s.coordinators)]:
+        if holder.openpgp is not None and holder.openpgp in public_by_fpr:
+            rows.append(pgp_row(owner, public_by_fpr[holder.openpgp]))
+        elif holder.openpgp is not None:
+            shown_fprs.add(holder.openpgp)
+            rows.append(_Row(owner, "OpenPGP", "-", "MISSING", holder.openpgp, "(configured, not in keyring)"))
+            notes.append(f"{owner}: OpenPGP key {holder.openpgp} is not imported: run `keys import FILE`")
+        if holder.smime_cert is not None:
+            rows += cert_rows(owner, "S/MIME cert", cfg.path(holder.smime_cert))
+
+    # Imported but named by nobody: listed so that nothing trusted-looking hides in keys/.
     for key in public:
         if key.fingerprint not in shown_fprs:
             rows.append(pgp_row("(not in config)", key))
-    partners_dir = cfg.keys_dir / PARTNERS_DIR
-    for path in sorted(partners_dir.glob("*.pem")) if partners_dir.is_dir() else []:
-        if path.resolve() not in shown_files:
-            rows += cert_rows("(not in config)", "S/MIME cert", path)
+    for directory in (cfg.keys_dir / PARTNERS_DIR, cfg.keys_dir / TEAMS_DIR):
+        for path in sorted(directory.glob("*.pem")) if directory.is_dir() else []:
+            if path.resolve() not in shown_files:
+                rows += cert_rows("(not in config)", "S/MIME cert", path)
 
     _print_table(rows)
     for note in notes:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway import config as config_mod
 from gateway.cli.database import with_engine
 from gateway.config import Config, ConfigError
+from gateway.config.partner_checks import partner_notes
 from gateway.core.clock import LONDON, SystemClock, uk_time
 from gateway.core.keyfiles import KeyFileError
 from gateway.open.crypto import CryptoError
@@ -105,6 +106,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     for team in unused:
         print(f"note: team '{team}' is in no route (it receives nothing until a route names it)")
+    for note in partner_notes(s):
+        print(f"note: {note}")
     start = _at(args.start) if args.start else SystemClock().now()
     for warning in calendar_warnings(s, start):
         print(f"warning: {warning}")

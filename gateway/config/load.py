@@ -14,6 +14,7 @@ from pydantic_core import ErrorDetails
 
 from gateway.config.checks import duty_checks
 from gateway.config.errors import ConfigError, ConfigIssue
+from gateway.config.partner_checks import partner_checks
 from gateway.config.settings import Config, Settings
 
 
@@ -111,6 +112,7 @@ def _cross_checks(raw: Table, file: Path) -> list[ConfigIssue]:
                 "put the password in a file under keys/ (mode 0600) and name it here",
             )
         )
+    issues += partner_checks(_tables(raw, "partners"), file)
     return issues
 
 

@@ -190,10 +190,22 @@ class Partner(Strict):
 
     name: str
     professionals: tuple[Professional, ...] = ()  # registered mobiles: SMS referrals from them
-    addresses: tuple[Annotated[str, BeforeValidator(_sender_pattern)], ...] = Field(min_length=1)
+    # The sending addresses this block claims; no other block may claim them (gateway.config.partner_checks).
+    addresses: tuple[Annotated[str, BeforeValidator(_sender_pattern)], ...]
     openpgp: tuple[Fingerprint, ...] = ()  # fingerprints of keys allowed to sign for this partner
     smime_anchors: tuple[Path, ...] = ()  # CA certificates (PEM) its staff's certificates chain to
     smime_pinned: tuple[Path, ...] = ()  # individual certificates (PEM) trusted as they are
+
+    @field_validator("addresses")
+    @classmethod
+    def _claims_some(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Empty is what `keys import` prints when a key names no address: it must be filled in.
+        if not value:
+            raise ValueError(
+                "the partner has no sending addresses; use the addresses its staff send from: "
+                '["@trust.example"] (a whole domain) or ["ann@trust.example"] (one address)'
+            )
+        return value
 
     def covers(self, address: str) -> bool:
         """Whether a sending address belongs to this partner (exact address, or its domain)."""

@@ -21,52 +21,64 @@ from gateway.open.crypto import CryptoKeyError
 from gateway.open.crypto.openpgp import OpenPGP
 from gateway.open.crypto.smime import SMime
 from gateway.open.dev_keys import development_keys
+from gateway.open.policy import home_block
 from gateway.open.unwrap import Trust, Unwrapper
 
 log = logging.getLogger(__name__)
 EXPIRY_WARNING = timedelta(days=30)
 
 
+@dataclass(frozen=True)
+class PartnerTrust:
+    """One [[partners]] block's own S/MIME trust: its anchors and pinned certificates, and no other
+    block's. Kept per block, not by name, so that a signature is accepted for an address only when
+    the block that claims the address also holds the CA or certificate that vouches for it."""
+
+    position: int  # the block's index: partners[N], as config errors name it
+    partner: Partner
+    trust: Trust
+    # Its pinned certificates by SHA-256 fingerprint: replies to their holders are encrypted to them.
+    pinned_by_fingerprint: dict[str, Path] = field(default_factory=dict)
+
+
 @dataclass
 class Identity:
     pgp: OpenPGP | None
     smime: SMime | None
-    trust: Trust
-    # Pinned partner certificates by SHA-256 fingerprint: replies to their holders are encrypted.
-    pinned_by_fingerprint: dict[str, Path] = field(default_factory=dict)
-    anchors_by_partner: dict[str, tuple[Path, ...]] = field(default_factory=dict)
-    pinned_by_partner: dict[str, tuple[Path, ...]] = field(default_factory=dict)
-    bundle_dir: Path = Path()
+    trust: Trust  # every partner's, together: only to read attachments and to word a refusal
+    partners: tuple[PartnerTrust, ...] = ()
     openpgp_fingerprint: str | None = None  # the gateway's own key: signs what it sends
-    _trust_by_names: dict[tuple[str, ...], Trust] = field(default_factory=dict)
 
     def unwrapper(self) -> Unwrapper:
         return Unwrapper(self.pgp, self.smime, self.trust)
 
-    def unwrapper_for(self, sender: str, partners: Sequence[Partner]) -> Unwrapper:
-        """An unwrapper whose S/MIME trust is that of the partners `sender` belongs to (none: no
-        S/MIME signature is trusted, and the policy says so)."""
-        names = tuple(p.name for p in partners if p.covers(sender)) if sender else ()
-        trust = self._trust_by_names.get(names)
-        if trust is None:  # once per set of partners, not per message: it reads and writes files
-            anchors = [a for name in names for a in self.anchors_by_partner.get(name, ())]
-            pinned = tuple(c for name in names for c in self.pinned_by_partner.get(name, ()))
-            trust = self._trust_by_names[names] = Trust(_bundle(self.bundle_dir, anchors), pinned)
-        return Unwrapper(self.pgp, self.smime, trust)
+    def block_for(self, sender: str) -> PartnerTrust | None:
+        """The one partner block that claims `sender` (gateway.open.policy.home_block decides)."""
+        home = home_block(sender, [b.partner for b in self.partners])
+        return next((b for b in self.partners if b.partner is home), None)
+
+    def unwrapper_for(self, block: PartnerTrust | None) -> Unwrapper:
+        """An unwrapper whose S/MIME trust is that block's alone (no block: no S/MIME signature is
+        trusted, and the policy says so)."""
+        return Unwrapper(self.pgp, self.smime, block.trust if block is not None else Trust())
 
     def close(self) -> None:
         if self.pgp is not None:
             self.pgp.close()
 
 
-def _trust(config: Config) -> Trust:
-    """Every partner's trust at once (used only to word a refusal: see Opener._name_the_partner)."""
-    anchors = [config.path(p) for partner in config.settings.partners for p in partner.smime_anchors]
-    pinned = tuple(config.path(p) for partner in config.settings.partners for p in partner.smime_pinned)
-    for path in (*anchors, *pinned):
+def _partner_trust(config: Config, position: int, partner: Partner, now: datetime) -> PartnerTrust:
+    anchors = [config.path(a) for a in partner.smime_anchors]
+    pinned = tuple(config.path(c) for c in partner.smime_pinned)
+    for shown, path in zip((*partner.smime_anchors, *partner.smime_pinned), (*anchors, *pinned), strict=True):
         if not path.is_file():
-            raise CryptoKeyError(f"{path}: partner certificate named in config is missing")
-    return Trust(_bundle(config.data_dir / "trust", anchors), pinned)
+            raise CryptoKeyError(f"{path}: partner {partner.name}'s certificate named in config is missing")
+        info = SMime.certificate_info(path.read_bytes())
+        _warn_expiry(f"partner {partner.name}'s certificate {shown}", info.not_after, now)
+    # The bundle is made now: an unreadable file stops the start, not the first message from them.
+    trust = Trust(_bundle(config.data_dir / "trust", anchors), pinned)
+    by_fingerprint = {SMime.certificate_info(path.read_bytes()).fingerprint: path for path in pinned}
+    return PartnerTrust(position, partner, trust, by_fingerprint)
 
 
 def load_identity(config: Config, now: datetime) -> Identity:
@@ -109,26 +121,12 @@ def load_identity(config: Config, now: datetime) -> Identity:
                     )
                 elif (expires := public[fingerprint].expires) is not None:
                     _warn_expiry(f"partner {partner.name}'s OpenPGP key {fingerprint}", expires, now)
-    trust = _trust(config)
-    anchors_by_partner = {p.name: tuple(config.path(a) for a in p.smime_anchors) for p in config.settings.partners}
-    pinned_by_partner = {p.name: tuple(config.path(c) for c in p.smime_pinned) for p in config.settings.partners}
-    for anchors in anchors_by_partner.values():
-        _bundle(config.data_dir / "trust", list(anchors))  # made now: a missing file stops the start
-    for partner in config.settings.partners:
-        for path in (*partner.smime_anchors, *partner.smime_pinned):
-            info = SMime.certificate_info(config.path(path).read_bytes())
-            _warn_expiry(f"partner {partner.name}'s certificate {path}", info.not_after, now)
-    pinned = {SMime.certificate_info(path.read_bytes()).fingerprint: path for path in trust.pinned}
-    return Identity(
-        pgp,
-        smime,
-        trust,
-        pinned,
-        anchors_by_partner,
-        pinned_by_partner,
-        config.data_dir / "trust",
-        keys.openpgp_fingerprint,
+    blocks = tuple(_partner_trust(config, i, p, now) for i, p in enumerate(config.settings.partners))
+    everyone = Trust(
+        _bundle(config.data_dir / "trust", [config.path(a) for b in blocks for a in b.partner.smime_anchors]),
+        tuple(c for b in blocks for c in b.trust.pinned),
     )
+    return Identity(pgp, smime, everyone, blocks, keys.openpgp_fingerprint)
 
 
 def _bundle(directory: Path, anchors: Sequence[Path]) -> Path | None:

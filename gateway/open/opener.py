@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.config import Settings
-from gateway.config.sections import Partner
 from gateway.core.outcomes import Quarantine
 from gateway.core.sealed import ReplyKey
 from gateway.open.crypto import CryptoError, Signature
-from gateway.open.identity import Identity
+from gateway.open.identity import Identity, PartnerTrust
 from gateway.open.mime import Opened, Outer, looks_protected, open_message
 from gateway.open.mimebytes import MimeError
 from gateway.open.policy import judge
@@ -35,9 +34,10 @@ class Opener:
         # The From header's address (what the signature must belong to); the envelope sender
         # only when there is no From at all. An ambiguous From ("") belongs to no partner.
         sender = reply_to if outer.from_address is None else outer.from_address
-        # S/MIME signatures are checked only against the trust of the partners the sending
+        # S/MIME signatures are checked only against the trust of the partner block the sending
         # address belongs to: one partner's CA must not vouch for another partner's staff.
-        unwrapper = self._identity.unwrapper_for(sender, self._s.partners)
+        block = self._identity.block_for(sender)
+        unwrapper = self._identity.unwrapper_for(block)
         try:
             unwrapped = await unwrapper.unwrap(raw)
         except (MimeError, CryptoError) as exc:
@@ -54,28 +54,29 @@ class Opener:
         if verdict.quarantine is not None:
             reason = await self._name_the_partner(unwrapper, unwrapped, sender) or verdict.quarantine
             raise Quarantine("policy", reason, notify, outer.message_id)
-        partner = next((p for p in self._s.partners if p.name == verdict.partner), None)
+        # The policy accepts a signature only for the sender's own block: that block's keys, then.
+        trusted = block if block is not None and verdict.block == block.partner else None
         security = Security(
             encrypted=unwrapped.encrypted,
             layers=tuple(unwrapped.layers),
             partner=verdict.partner,
             flags=(*verdict.flags, *unwrapped.notes),
-            reply_key=self._reply_key(unwrapped.signatures, partner),
+            reply_key=self._reply_key(unwrapped.signatures, trusted),
         )
         return open_message(unwrapped.entity.raw), security
 
-    def _reply_key(self, signatures: Sequence[Signature], partner: Partner | None) -> ReplyKey | None:
+    def _reply_key(self, signatures: Sequence[Signature], block: PartnerTrust | None) -> ReplyKey | None:
         """The key to encrypt replies to a referrer with: the key they signed with, when it is in
-        the partner directory (an OpenPGP fingerprint, or a pinned S/MIME certificate)."""
-        if partner is None:
+        their partner block (an OpenPGP fingerprint, or a pinned S/MIME certificate)."""
+        if block is None:
             return None
         identity = self._identity
         for signature in signatures:
             if not signature.valid or signature.signer_id is None:
                 continue
-            if signature.kind == "openpgp" and signature.signer_id in partner.openpgp and identity.pgp:
+            if signature.kind == "openpgp" and signature.signer_id in block.partner.openpgp and identity.pgp:
                 return ("openpgp", signature.signer_id)
-            pinned: Path | None = identity.pinned_by_fingerprint.get(signature.signer_id)
+            pinned: Path | None = block.pinned_by_fingerprint.get(signature.signer_id)
             if signature.kind == "smime" and pinned is not None and identity.smime:
                 return ("smime", str(pinned))
         return None

@@ -1,6 +1,7 @@
 """Policy: is this message's transport security good enough, and who vouched for it?
 
-A pure function over what `unwrap` found, the sender's address and the partner directory.
+A pure function over what `unwrap` found, the sender's address and the partner directory. Trust is
+per [[partners]] block: a signature vouches only for the one block that claims the sending address.
 Quarantine reasons and flags are phrases safe to show the sender and coordinators: they name
 what failed, never the content.
 
@@ -26,19 +27,27 @@ class Verdict:
     quarantine: str | None  # the reason, when the message must not be processed
     partner: str | None  # the partner whose known key signed it, if any
     flags: tuple[str, ...]  # accepted, but a person should know (shown in the alert and events)
+    block: Partner | None = None  # that partner's [[partners]] block (names are for people)
 
 
-def _partner_for(signature: Signature, partners: Sequence[Partner]) -> Partner | None:
+def home_block(sender: str, partners: Sequence[Partner]) -> Partner | None:
+    """The one partner block that claims the sending address. Config refuses two blocks claiming one
+    address (gateway.config.partner_checks); were it ever so, the answer is none, not a guess: a
+    wrong guess lets one organisation's keys vouch for another's staff."""
+    claims = [p for p in partners if sender and p.covers(sender)]
+    return claims[0] if len(claims) == 1 else None
+
+
+def _speaks_for(signature: Signature, partner: Partner) -> bool:
+    """Whether a valid signature is one this block vouches for: an OpenPGP key it lists, or an S/MIME
+    certificate carrying one of its addresses. The S/MIME chain was checked against the trust of the
+    sending address's block only (gateway.open.identity), so with the address check here the same
+    block both claims the address and holds the anchor."""
     if not signature.valid or signature.signer_id is None:
-        return None
-    for partner in partners:
-        if signature.kind == "openpgp" and signature.signer_id in partner.openpgp:
-            return partner
-        # An S/MIME certificate that chains to a partner's anchors (or is pinned) speaks for the
-        # partner whose addresses it carries: a CA may issue for several organisations.
-        if signature.kind == "smime" and any(partner.covers(a) for a in signature.signer_addresses):
-            return partner
-    return None
+        return False
+    if signature.kind == "openpgp":
+        return signature.signer_id in partner.openpgp
+    return signature.kind == "smime" and any(partner.covers(a) for a in signature.signer_addresses)
 
 
 def judge(
@@ -48,10 +57,15 @@ def judge(
     for signature in signatures:
         if not signature.valid and signature.problem in _ALWAYS_QUARANTINE:
             return Verdict(f"{signature.problem} ({signature.kind})", None, ())
-    known = [(s, p) for s in signatures if (p := _partner_for(s, partners)) is not None]
-    partner = known[0][1] if known else None
-    if partner is not None and not partner.covers(sender):
-        return Verdict(f"signed by a key of {partner.name}, but sent from an address not registered to them", None, ())
+    home = home_block(sender, partners)
+    partner = home if home is not None and any(_speaks_for(s, home) for s in signatures) else None
+    ambiguous = sum(1 for p in partners if sender and p.covers(sender)) > 1
+    if partner is None and not ambiguous:
+        # A known key of some other partner, used from an address that is not theirs.
+        other = next((p for s in signatures for p in partners if _speaks_for(s, p)), None)
+        if other is not None:
+            reason = f"signed by a key of {other.name}, but sent from an address not registered to them"
+            return Verdict(reason, None, ())
     if not encrypted:
         if rules.require_encryption:
             return Verdict("not encrypted, and this gateway requires encryption", None, ())
@@ -60,9 +74,10 @@ def judge(
         problems = sorted(
             {s.problem or "signer not in the partner directory" for s in signatures if not s.valid}
             | {"signer not in the partner directory" for s in signatures if s.valid}
+            | ({"the sending address belongs to more than one partner in the config"} if ambiguous else set())
         )
         if rules.require_signature:
             why = "; ".join(problems) if problems else "not signed"
             return Verdict(f"no valid signature from a known partner ({why})", None, ())
         flags.append("not signed by a known partner" + (f" ({'; '.join(problems)})" if problems else ""))
-    return Verdict(None, partner.name if partner else None, tuple(flags))
+    return Verdict(None, partner.name if partner else None, tuple(flags), partner)
