@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -103,6 +103,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             else f"outbound mail to the maildir {cfg.maildir}"
         )
     )
+    smtp = s.smtp
+    print(
+        f"smtp: at most {smtp.max_sessions} sessions, {smtp.max_sessions_per_client} per client address; "
+        f"idle timeout {_as_written(smtp.idle_timeout)} before DATA, {_as_written(smtp.timeout)} for DATA"
+    )
     for team in unused:
         print(f"note: team '{team}' is in no route (it receives nothing until a route names it)")
     start = _at(args.start) if args.start else SystemClock().now()
@@ -120,6 +125,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     print(f"coverage: every route has someone reachable on duty for the {args.days} days from {uk_time(start)}")
     return 0
+
+
+def _as_written(delta: timedelta) -> str:
+    """A duration as the config writes it: the largest unit that divides it ("45s", "5m")."""
+    ms = round(delta.total_seconds() * 1000)
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
 
 
 def _at(text: str) -> datetime:
