@@ -91,7 +91,7 @@ async def test_one_address_over_its_cap_gets_421_and_the_open_sessions_still_wor
     assert await closed_by_server(reader)  # closed at once, not left to time out
     writer.close()
 
-    other_reader, other_writer, other_first = await connect(port, "127.0.0.2")
+    _, other_writer, other_first = await connect(port, "127.0.0.2")
     assert other_first.startswith(b"220 ")  # the cap is per address: another sender gets in
     other_writer.close()
 
