@@ -152,7 +152,7 @@ class RateLimitedLog:
         if repeats.count:
             self._logger.log(
                 self._level,
-                "%s (repeated %d times in the last %.0fs)",
+                "%s (repeated %d times in the last %.3gs)",
                 repeats.message,
                 repeats.count,
                 self._clock() - repeats.last,
