@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import sys
 from datetime import UTC, datetime, timedelta
@@ -83,9 +84,26 @@ async def _serve(cfg: Config) -> None:
     await gateway.stop()
 
 
+def _raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one. systemd starts services with a soft limit of 1024
+    (for programs that still use select(), which cannot watch a higher descriptor) and a hard one
+    far above; asyncio uses epoll, so the hard limit is safe, and each SMTP or HTTP connection
+    costs a descriptor. The unit's LimitNOFILE= sets both; this covers a start without it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logging.getLogger("gateway").warning("open files limit stays %d (%s)", soft, type(exc).__name__)
+        return
+    logging.getLogger("gateway").info("open files limit raised from %d to %d", soft, hard)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _raise_open_files_limit()
     asyncio.run(_serve(cfg))
     return 0
 

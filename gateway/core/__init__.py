@@ -5,8 +5,8 @@ its one way to write (`db`), leased queues (`queue`), the hash-chained audit log
 referral lifecycle (`lifecycle`, pure) and the one place a referral's state is written
 (`transitions`), sealing at rest (`sealing`) with typed access to every sealed column (`sealed`),
 typed rows (`records`), the injected clock and UK time (`clock`), outcomes as exceptions
-(`outcomes`), secret key files (`keyfiles`), the referral's plain values (`model`) and its
-reference (`reference`).
+(`outcomes`), secret key files (`keyfiles`), the referral's plain values (`model`), its
+reference (`reference`), and what the libraries may write to the logs (`logs`: no request text, no storms).
 
 May import: nothing in gateway outside core.
 """
