@@ -9,6 +9,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import Config
 from gateway.core import db
 from gateway.core.clock import Clock, SystemClock
+from gateway.core.logs import RateLimitedLog, install_redaction, loop_exception_handler
 from gateway.core.schema import messages
 from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
@@ -91,9 +93,17 @@ class Gateway:
         self._http: web.AppRunner | None = None
         # aiosmtpd logs every envelope address at INFO: personal data has no place in our logs.
         logging.getLogger("mail.log").setLevel(logging.ERROR)
+        # And whatever is still logged by aiohttp, aiosmtpd and asyncio, at any level, carries no
+        # request text (gateway.core.logs says what is kept).
+        install_redaction()
+        self._loop_errors = RateLimitedLog(logging.getLogger("gateway.loop"), logging.ERROR)
+        self._previous_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
 
     async def start(self) -> None:
         cfg = self.config
+        loop = asyncio.get_running_loop()
+        self._previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(loop_exception_handler(self._loop_errors))
         # Before anything is opened: with Twilio configured and no auth token the gateway refuses
         # to start (webhooks could not be checked, alerts could not be sent), leaving nothing open.
         token = auth_token(cfg) if cfg.settings.sms.provider == "twilio" else ""
@@ -233,6 +243,8 @@ class Gateway:
             await self._http.cleanup()
         await self.engine.dispose()
         self.identity.close()
+        asyncio.get_running_loop().set_exception_handler(self._previous_handler)
+        self._loop_errors.close()
 
     async def _process_step(self) -> int:
         count = await self.processor.run_once()

@@ -140,6 +140,21 @@ def test_restart_policy(unit: Unit) -> None:
     assert last(unit, "Install", "WantedBy") == "multi-user.target"
 
 
+def test_open_files_limit_leaves_room_above_the_smtp_cap(unit: Unit) -> None:
+    """At systemd's default soft limit (1,024) idle connections took every descriptor and SMTP and
+    HTTP stopped answering: the unit must set LimitNOFILE= well above the SMTP session cap."""
+    from gateway.config.sections import SmtpSection
+    from gateway.intake.smtp import FD_HEADROOM
+
+    value = last(unit, "Service", "LimitNOFILE")
+    assert value is not None, "LimitNOFILE= is not set (systemd's default soft limit is 1024)"
+    soft, _, hard = value.partition(":")
+    limits = [int(soft), int(hard or soft)]  # "N" sets both; "soft:hard" each
+    cap = SmtpSection.model_fields["max_sessions"].default
+    assert all(limit >= 4 * (cap + FD_HEADROOM) for limit in limits), value
+    assert limits[0] == limits[1]  # no soft limit left low for the gateway to raise
+
+
 @pytest.mark.parametrize(
     "key",
     [

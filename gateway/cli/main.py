@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -84,9 +85,26 @@ async def _serve(cfg: Config) -> None:
     await gateway.stop()
 
 
+def _raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one. systemd starts services with a soft limit of 1024
+    (for programs that still use select(), which cannot watch a higher descriptor) and a hard one
+    far above; asyncio uses epoll, so the hard limit is safe, and each SMTP or HTTP connection
+    costs a descriptor. The unit's LimitNOFILE= sets both; this covers a start without it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        logging.getLogger("gateway").warning("open files limit stays %d (%s)", soft, type(exc).__name__)
+        return
+    logging.getLogger("gateway").info("open files limit raised from %d to %d", soft, hard)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _raise_open_files_limit()
     asyncio.run(_serve(cfg))
     return 0
 
@@ -103,6 +121,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             if s.mail.relay
             else f"outbound mail to the maildir {cfg.maildir}"
         )
+    )
+    smtp = s.smtp
+    print(
+        f"smtp: at most {smtp.max_sessions} sessions, {smtp.max_sessions_per_client} per client address; "
+        f"idle timeout {_as_written(smtp.idle_timeout)} before DATA, {_as_written(smtp.timeout)} for DATA"
     )
     for team in unused:
         print(f"note: team '{team}' is in no route (it receives nothing until a route names it)")
@@ -123,6 +146,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     print(f"coverage: every route has someone reachable on duty for the {args.days} days from {uk_time(start)}")
     return 0
+
+
+def _as_written(delta: timedelta) -> str:
+    """A duration as the config writes it: the largest unit that divides it ("45s", "5m")."""
+    ms = round(delta.total_seconds() * 1000)
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
 
 
 def _at(text: str) -> datetime:

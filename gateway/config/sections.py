@@ -41,6 +41,14 @@ class SmtpSection(Strict):
     hostname: str = "referrals.localhost"
     referral_addresses: tuple[Email, ...] = Field(min_length=1)
     max_message_size: Size = 25 * 1024 * 1024
+    # Sessions are capped so that idle or slow connections cannot take every file descriptor
+    # (at the limit SMTP and HTTP both stop answering). Over a cap: 421, closed at once. 50 per
+    # client is Postfix's default: behind a relay every session comes from the relay's address.
+    max_sessions: int = Field(default=200, ge=1)
+    max_sessions_per_client: int = Field(default=50, ge=1)
+    # Before DATA a sending server types nothing by hand: a connection silent this long is one
+    # holding a slot, not one sending a referral. DATA (and the commit) get `timeout`.
+    idle_timeout: Duration = timedelta(seconds=30)
     timeout: Duration = timedelta(minutes=5)
     # How long a batch of concurrent sessions may wait to share one commit (group commit).
     commit_window: Duration = timedelta(milliseconds=5)
@@ -49,6 +57,18 @@ class SmtpSection(Strict):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     require_starttls: bool | None = None  # None: required unless host is loopback
+
+    @model_validator(mode="after")
+    def _limits(self) -> SmtpSection:
+        for name in ("idle_timeout", "timeout"):
+            if getattr(self, name) <= timedelta(0):
+                raise ValueError(f"{name} must be longer than 0s; use one like '30s' or '5m'")
+        if self.max_sessions_per_client > self.max_sessions:
+            raise ValueError(
+                f"max_sessions_per_client ({self.max_sessions_per_client}) is above max_sessions "
+                f"({self.max_sessions}); use a number at most max_sessions"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_when_exposed(self) -> SmtpSection:

@@ -6,7 +6,8 @@ referral lifecycle (`lifecycle`, pure) and the one place a referral's state is w
 (`transitions`), sealing at rest (`sealing`) with typed access to every sealed column (`sealed`),
 typed rows (`records`), the injected clock and UK time (`clock`), outcomes as exceptions
 (`outcomes`), secret key files (`keyfiles`), strict base64url for signed values (`b64url`), the
-referral's plain values (`model`) and its reference (`reference`).
+referral's plain values (`model`), its reference (`reference`), and what the libraries may write
+to the logs (`logs`: no request text, no storms).
 
 May import: nothing in gateway outside core.
 """

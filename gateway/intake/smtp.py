@@ -11,15 +11,18 @@ import asyncio
 import hashlib
 import logging
 import re
+import resource
 import ssl
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config.sections import SmtpSection
+from gateway.core.logs import RateLimitedLog
 from gateway.core.model import Channel
 from gateway.core.sealed import EmailEnvelope
+from gateway.intake.smtp_sessions import BoundedSMTP, Gate, SessionLimits
 from gateway.intake.store import Incoming, IntakeWriter
 
 log = logging.getLogger(__name__)
@@ -104,16 +107,34 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+# Descriptors the rest of the process needs besides SMTP sessions: HTTP connections, the database,
+# gpg and openssl children, log files. Below the cap plus this, the cap cannot protect anything.
+FD_HEADROOM = 256
+
+
 async def start_smtp(settings: SmtpSection, writer: IntakeWriter, tls: ssl.SSLContext | None = None) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     handler = ReferralHandler(settings, writer)
+    limits = SessionLimits(settings.max_sessions, settings.max_sessions_per_client)
+    refusals = RateLimitedLog(log)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < settings.max_sessions + FD_HEADROOM:
+        log.warning(
+            "smtp: the open files limit (%d) is below smtp.max_sessions (%d) + %d for everything else; "
+            "raise LimitNOFILE= in the systemd unit (or ulimit -n), or lower smtp.max_sessions",
+            soft,
+            settings.max_sessions,
+            FD_HEADROOM,
+        )
 
-    def factory() -> Any:
-        return SMTP(
+    def smtp(on_close: Callable[[], None]) -> BoundedSMTP:
+        return BoundedSMTP(
             handler,
             hostname=settings.hostname,  # never socket.getfqdn(): it can block the loop
             data_size_limit=settings.max_message_size,
-            timeout=int(settings.timeout.total_seconds()),
+            timeout=settings.idle_timeout.total_seconds(),
+            data_timeout=settings.timeout.total_seconds(),
+            on_close=on_close,
             tls_context=tls,
             require_starttls=settings.starttls_required,
             decode_data=False,
@@ -121,4 +142,7 @@ async def start_smtp(settings: SmtpSection, writer: IntakeWriter, tls: ssl.SSLCo
             loop=loop,
         )
 
-    return await loop.create_server(factory, host=settings.host, port=settings.port)
+    def gate() -> Gate:
+        return Gate(limits, smtp, settings.hostname, refusals)
+
+    return await loop.create_server(gate, host=settings.host, port=settings.port)
