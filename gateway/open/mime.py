@@ -7,7 +7,6 @@ missing part is never a reason to lose a referral.
 
 from __future__ import annotations
 
-import email
 import email.parser
 import email.policy
 import email.utils
@@ -16,6 +15,8 @@ import re
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from html.parser import HTMLParser
+
+from gateway.open import mimeread
 
 
 @dataclass(frozen=True)
@@ -62,21 +63,22 @@ def html_to_text(markup: str) -> str:
     return html.unescape("".join(parser.parts))
 
 
-def _text_of(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        return ""
-    charset = part.get_content_charset() or "utf-8"
+def _text_of(part: EmailMessage) -> str:
+    data = mimeread.payload(part)
     try:
-        return payload.decode(charset, errors="replace")
+        return data.decode(mimeread.charset(part), errors="replace")
     except LookupError:  # an unknown charset name: read it as UTF-8 rather than lose it
-        return payload.decode("utf-8", errors="replace")
+        return data.decode("utf-8", errors="replace")
 
 
 def _header(msg: Message, name: str) -> str:
-    """A header as text: compat32 hands back a Header object for 8-bit values (SMTPUTF8 mail)."""
-    value = msg.get(name)
-    return "" if value is None else str(value)
+    """A header of the outer message as text. compat32 (kept here: these headers decide who the
+    sender is, and must be read exactly as sent, RFC 2047 words undecoded) hands back a Header
+    object for raw 8-bit values (SMTPUTF8 mail); the raw value is read instead, as UTF-8."""
+    for key, value in msg.raw_items():
+        if key.lower() == name.lower():
+            return str(value).encode("ascii", "surrogateescape").decode("utf-8", errors="replace")
+    return ""
 
 
 _MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}@[\x21-\x3b\x3d\x3f-\x7e]{1,250}>$")
@@ -133,7 +135,9 @@ def looks_protected(raw: bytes) -> bool:
 
 
 def open_message(raw: bytes) -> Opened:
-    msg = email.message_from_bytes(raw, _class=EmailMessage, policy=email.policy.compat32)
+    """The text, referral.json and attachments of a plain (unwrapped) message. Raises MimeError
+    only for a message nested too deep to read (gateway.open.mimeread.TOO_DEEP)."""
+    msg = mimeread.parse_message(raw)
     plain: list[str] = []
     markup: list[str] = []
     referral_json: bytes | None = None
@@ -141,11 +145,10 @@ def open_message(raw: bytes) -> Opened:
     for part in msg.walk():
         if part.is_multipart():
             continue
-        filename = part.get_filename()
-        ctype = part.get_content_type()
-        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
-        data = part.get_payload(decode=True)
-        data = data if isinstance(data, bytes) else b""
+        filename = mimeread.filename(part)
+        ctype = mimeread.content_type(part)
+        disposition = mimeread.disposition(part)
+        data = mimeread.payload(part)
         if filename and filename.strip().lower() == "referral.json" and referral_json is None:
             referral_json = data
         elif filename or disposition == "attachment":
