@@ -67,7 +67,7 @@ def _text_of(part: EmailMessage) -> str:
     data = mimeread.payload(part)
     try:
         return data.decode(mimeread.charset(part), errors="replace")
-    except LookupError:  # an unknown charset name: read it as UTF-8 rather than lose it
+    except (LookupError, ValueError):  # an unknown charset name, or one with a NUL: read it as UTF-8, not lose it
         return data.decode("utf-8", errors="replace")
 
 
