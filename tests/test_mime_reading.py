@@ -57,6 +57,8 @@ def with_attachment(disposition: bytes, content_type: bytes = b"application/pdf"
         (b'attachment; filename="=?utf-8?b?w5xiZXJ3ZWlzdW5nLnBkZg==?="', b"application/pdf", "Überweisung.pdf"),
         # An 8-bit byte that is not UTF-8 (Latin-1 é): read, with a replacement character, not a crash.
         (b'attachment; filename="caf\xe9.pdf"', b"application/pdf", "caf\ufffd.pdf"),
+        # Garbage the modern parser gives up on, which compat32 read: still found (the fuzz's case).
+        (b'name=( attachment; filename="scan.pdf"', b"application/pdf", "scan.pdf"),
     ],
 )
 def test_attachment_names_in_every_encoding_are_read(disposition: bytes, content_type: bytes, name: str) -> None:

@@ -13,7 +13,7 @@ import email.utils
 import html
 import re
 from dataclasses import dataclass
-from email.message import EmailMessage, Message
+from email.message import Message
 from html.parser import HTMLParser
 
 from gateway.open import mimeread
@@ -63,10 +63,10 @@ def html_to_text(markup: str) -> str:
     return html.unescape("".join(parser.parts))
 
 
-def _text_of(part: EmailMessage) -> str:
+def _text_of(part: Message, charset: str) -> str:
     data = mimeread.payload(part)
     try:
-        return data.decode(mimeread.charset(part), errors="replace")
+        return data.decode(charset, errors="replace")
     except (LookupError, ValueError):  # an unknown charset name, or one with a NUL: read it as UTF-8, not lose it
         return data.decode("utf-8", errors="replace")
 
@@ -75,10 +75,7 @@ def _header(msg: Message, name: str) -> str:
     """A header of the outer message as text. compat32 (kept here: these headers decide who the
     sender is, and must be read exactly as sent, RFC 2047 words undecoded) hands back a Header
     object for raw 8-bit values (SMTPUTF8 mail); the raw value is read instead, as UTF-8."""
-    for key, value in msg.raw_items():
-        if key.lower() == name.lower():
-            return str(value).encode("ascii", "surrogateescape").decode("utf-8", errors="replace")
-    return ""
+    return mimeread.raw_header(msg, name) or ""
 
 
 _MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}@[\x21-\x3b\x3d\x3f-\x7e]{1,250}>$")
@@ -145,9 +142,8 @@ def open_message(raw: bytes) -> Opened:
     for part in msg.walk():
         if part.is_multipart():
             continue
-        filename = mimeread.filename(part)
-        ctype = mimeread.content_type(part)
-        disposition = mimeread.disposition(part)
+        described = mimeread.describe(part)
+        filename, ctype, disposition = described.filename, described.content_type, described.disposition
         data = mimeread.payload(part)
         if filename and filename.strip().lower() == "referral.json" and referral_json is None:
             referral_json = data
@@ -156,8 +152,8 @@ def open_message(raw: bytes) -> Opened:
             safe_name = re.sub(r"[\x00-\x1f\x7f]", "", filename or "")[:200] or "unnamed"
             attachments.append(Attachment(safe_name, ctype, data))
         elif ctype == "text/plain":
-            plain.append(_text_of(part))
+            plain.append(_text_of(part, described.charset))
         elif ctype == "text/html":
-            markup.append(_text_of(part))
+            markup.append(_text_of(part, described.charset))
     text = "\n".join(plain) if plain else "\n".join(html_to_text(m) for m in markup)
     return Opened(text=text, referral_json=referral_json, attachments=tuple(attachments))
