@@ -22,6 +22,7 @@ from gateway.core.clock import LONDON, SystemClock, uk_time
 from gateway.core.keyfiles import KeyFileError
 from gateway.open.crypto import CryptoError
 from gateway.open.mime import open_message
+from gateway.open.mimebytes import MimeError
 from gateway.parse.referral import parse_email, parse_json, parse_text
 from gateway.report import undelivered as report
 from gateway.route.coverage import calendar_warnings, gaps
@@ -36,6 +37,7 @@ REQUIRED_TEMPLATES = (
     "email/receipt.txt",
     "email/ack_notice.txt",
     "email/quarantine_notice.txt",
+    "email/quarantine_alert.txt",
     "email/alert_secure.txt",
     "email/acknowledged_by.txt",
     "sms/alert.txt",
@@ -171,7 +173,11 @@ def cmd_route(args: argparse.Namespace) -> int:
     if args.file.suffix.lower() == ".json":
         referral = parse_json(data, today)
     elif args.file.suffix.lower() == ".eml":
-        opened = open_message(data)
+        try:
+            opened = open_message(data)
+        except MimeError as exc:  # nested too deep to read: processing quarantines it for the same reason
+            print(f"error: {args.file}: {exc.reason}", file=sys.stderr)
+            return 2
         referral, _ = parse_email(opened.text, opened.referral_json, today)
     else:
         referral = parse_text(data.decode("utf-8", errors="replace"), today)

@@ -19,5 +19,12 @@ async def read_attachments(identity: Identity, raw: bytes) -> tuple[tuple[Attach
     except (MimeError, CryptoError):
         if looks_protected(raw):
             return (), UNREADABLE
-        return open_message(raw).attachments, None
-    return open_message(unwrapped.entity.raw).attachments, None
+        return _files(raw)
+    return _files(unwrapped.entity.raw)
+
+
+def _files(content: bytes) -> tuple[tuple[Attachment, ...], str | None]:
+    try:
+        return open_message(content).attachments, None
+    except MimeError as exc:  # nested too deep to read: the page says so (it was quarantined for it)
+        return (), f"The attachments could not be read: {exc.reason}."

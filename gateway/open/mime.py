@@ -7,15 +7,16 @@ missing part is never a reason to lose a referral.
 
 from __future__ import annotations
 
-import email
 import email.parser
 import email.policy
 import email.utils
 import html
 import re
 from dataclasses import dataclass
-from email.message import EmailMessage, Message
+from email.message import Message
 from html.parser import HTMLParser
+
+from gateway.open import mimeread
 
 
 @dataclass(frozen=True)
@@ -62,21 +63,19 @@ def html_to_text(markup: str) -> str:
     return html.unescape("".join(parser.parts))
 
 
-def _text_of(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        return ""
-    charset = part.get_content_charset() or "utf-8"
+def _text_of(part: Message, charset: str) -> str:
+    data = mimeread.payload(part)
     try:
-        return payload.decode(charset, errors="replace")
-    except LookupError:  # an unknown charset name: read it as UTF-8 rather than lose it
-        return payload.decode("utf-8", errors="replace")
+        return data.decode(charset, errors="replace")
+    except (LookupError, ValueError):  # an unknown charset name, or one with a NUL: read it as UTF-8, not lose it
+        return data.decode("utf-8", errors="replace")
 
 
 def _header(msg: Message, name: str) -> str:
-    """A header as text: compat32 hands back a Header object for 8-bit values (SMTPUTF8 mail)."""
-    value = msg.get(name)
-    return "" if value is None else str(value)
+    """A header of the outer message as text. compat32 (kept here: these headers decide who the
+    sender is, and must be read exactly as sent, RFC 2047 words undecoded) hands back a Header
+    object for raw 8-bit values (SMTPUTF8 mail); the raw value is read instead, as UTF-8."""
+    return mimeread.raw_header(msg, name) or ""
 
 
 _MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}@[\x21-\x3b\x3d\x3f-\x7e]{1,250}>$")
@@ -133,7 +132,9 @@ def looks_protected(raw: bytes) -> bool:
 
 
 def open_message(raw: bytes) -> Opened:
-    msg = email.message_from_bytes(raw, _class=EmailMessage, policy=email.policy.compat32)
+    """The text, referral.json and attachments of a plain (unwrapped) message. Raises MimeError
+    only for a message nested too deep to read (gateway.open.mimeread.TOO_DEEP)."""
+    msg = mimeread.parse_message(raw)
     plain: list[str] = []
     markup: list[str] = []
     referral_json: bytes | None = None
@@ -141,11 +142,9 @@ def open_message(raw: bytes) -> Opened:
     for part in msg.walk():
         if part.is_multipart():
             continue
-        filename = part.get_filename()
-        ctype = part.get_content_type()
-        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
-        data = part.get_payload(decode=True)
-        data = data if isinstance(data, bytes) else b""
+        described = mimeread.describe(part)
+        filename, ctype, disposition = described.filename, described.content_type, described.disposition
+        data = mimeread.payload(part)
         if filename and filename.strip().lower() == "referral.json" and referral_json is None:
             referral_json = data
         elif filename or disposition == "attachment":
@@ -153,8 +152,8 @@ def open_message(raw: bytes) -> Opened:
             safe_name = re.sub(r"[\x00-\x1f\x7f]", "", filename or "")[:200] or "unnamed"
             attachments.append(Attachment(safe_name, ctype, data))
         elif ctype == "text/plain":
-            plain.append(_text_of(part))
+            plain.append(_text_of(part, described.charset))
         elif ctype == "text/html":
-            markup.append(_text_of(part))
+            markup.append(_text_of(part, described.charset))
     text = "\n".join(plain) if plain else "\n".join(html_to_text(m) for m in markup)
     return Opened(text=text, referral_json=referral_json, attachments=tuple(attachments))

@@ -49,7 +49,7 @@ class Opener:
             if verdict.quarantine is not None:
                 raise Quarantine("policy", verdict.quarantine, notify, outer.message_id) from None
             flags = (*verdict.flags, f"malformed MIME ({exc.reason})")
-            return open_message(raw), Security(encrypted=False, layers=(), partner=None, flags=flags)
+            return self._read(raw, notify, outer), Security(encrypted=False, layers=(), partner=None, flags=flags)
         verdict = judge(unwrapped.encrypted, unwrapped.signatures, sender, self._s.partners, self._s.security)
         if verdict.quarantine is not None:
             reason = await self._name_the_partner(unwrapper, unwrapped, sender) or verdict.quarantine
@@ -63,7 +63,16 @@ class Opener:
             flags=(*verdict.flags, *unwrapped.notes),
             reply_key=self._reply_key(unwrapped.signatures, trusted),
         )
-        return open_message(unwrapped.entity.raw), security
+        return self._read(unwrapped.entity.raw, notify, outer), security
+
+    @staticmethod
+    def _read(content: bytes, notify: str | None, outer: Outer) -> Opened:
+        """The content as a referral is read from it; Quarantine for one too deeply nested to read
+        (thousands of levels of parts crashed the stdlib parser; now a reason for the sender)."""
+        try:
+            return open_message(content)
+        except MimeError as exc:
+            raise Quarantine("open", exc.reason, notify, outer.message_id) from None
 
     def _reply_key(self, signatures: Sequence[Signature], block: PartnerTrust | None) -> ReplyKey | None:
         """The key to encrypt replies to a referrer with: the key they signed with, when it is in

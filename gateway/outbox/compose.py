@@ -21,7 +21,7 @@ from pathlib import Path
 
 import jinja2
 
-from gateway.config import Config
+from gateway.config import Config, Settings
 from gateway.config.duty import Team
 from gateway.core.clock import uk_time
 from gateway.core.model import Problem, Referral, Urgency
@@ -39,7 +39,7 @@ def _header(text: str) -> str:
 
 @dataclass(frozen=True)
 class Outgoing:
-    kind: str  # alert | reminder | receipt | ack_notice | notice | ack_told
+    kind: str  # alert | reminder | receipt | ack_notice | notice | ack_told | quarantine
     to: str  # an email address, or an E.164 number for SMS
     message: bytes  # the whole email; for SMS the UTF-8 text
     recipient_hash: str
@@ -82,6 +82,26 @@ class AlertFacts:
 
 
 Context = Mapping[str, object]  # a template's values
+
+
+@dataclass(frozen=True)
+class QuarantineFacts:
+    """What the triage team is told of a quarantined referral (no personal data)."""
+
+    referral_id: str
+    reference: str
+    received_at: datetime
+    stage: str
+    reason: str
+    sender_told: bool
+    why_not: str = ""  # when the sender was not told: why (a null sender, automatic mail, ...)
+
+
+def triage_team(settings: Settings) -> Team:
+    """The team of the default route (config requires one, last): where anything that fits no
+    other route goes, and so who looks at what could not be read at all."""
+    default = next((r for r in settings.routes if r.default), settings.routes[-1])
+    return settings.team(default.team)
 
 
 class Composer:
@@ -202,10 +222,38 @@ class Composer:
         )
 
     def quarantine_notice(
-        self, *, reference: str, to: str, reason: str, received_at: datetime, now: datetime, in_reply_to: str | None
+        self,
+        *,
+        reference: str,
+        to: str,
+        reason: str,
+        received_at: datetime,
+        now: datetime,
+        in_reply_to: str | None,
+        fault: bool = False,
     ) -> Outgoing:
-        context = {"reason": reason, "received_at": received_at}
+        """To the sender: held, not passed on, what to do. `fault`: the gateway failed, not the
+        message (a crash after its retries), so they are not told to send it again differently."""
+        context = {"reason": reason, "received_at": received_at, "fault": fault}
         return self._build("notice", "email/quarantine_notice.txt", to, now, reference, context, in_reply_to)
+
+    def quarantine_alert(self, *, quarantine: QuarantineFacts, now: datetime) -> Outgoing:
+        """To the triage team's mailbox: a referral is held and nobody is acting on it. No
+        personal data: the reference, the stage and reason, whether the sender was told, links."""
+        q, url = quarantine, self._s.http.public_url
+        team = triage_team(self._s)
+        context = {
+            "received_at": q.received_at,
+            "stage": q.stage,
+            "reason": q.reason,
+            "sender_told": q.sender_told,
+            "why_not": q.why_not,
+            "referral_url": f"{url}/referrals/{q.referral_id}",
+            "report_url": f"{url}/report?state=quarantined",
+        }
+        return self._build(
+            "quarantine", "email/quarantine_alert.txt", team.email, now, q.reference, context, team_id=team.id
+        )
 
     def referrer_notice(
         self, kind: str, channel: str, to: str, now: datetime, reference: str, context: Context

@@ -21,11 +21,15 @@ from gateway.core.outcomes import Quarantine
 from gateway.core.schema import deadlines, deliveries, messages
 from gateway.core.sealed import Sealed
 from gateway.core.transitions import transition, transitions
-from gateway.outbox.compose import Composer
+from gateway.outbox.compose import Composer, Outgoing, QuarantineFacts
 from gateway.outbox.enqueue import Row, outbox_row, queue_outgoing, queued_events
+from gateway.pipeline.sender import Sender, sender_of
 from gateway.pipeline.work import Claimed, Prepared
 
 log = logging.getLogger(__name__)
+
+# What a sender is told failed when the fault was ours (the technical reason is for the report).
+FAULT = "the gateway could not process it, because of a fault on our side, not in what you sent"
 
 
 class LeaseLost(Exception):
@@ -106,8 +110,10 @@ class BatchWriter:
         final: bool,
         outcome: Quarantine | None = None,
     ) -> None:
-        """A message that failed at `stage`: quarantined when `final` (the sender told, if known),
-        else retried after processing.retry."""
+        """A message that failed at `stage`: quarantined when `final` (the sender told, if there is
+        one to tell, and the triage team alerted), else retried after processing.retry."""
+        # Read before the write transaction: a damaged row's error must not abort that transaction.
+        sender = await self._sender(message, outcome) if final else None
         async with self._db.write() as conn:
             owned = messages.c.lease_owner == self._owner
             values: dict[str, object] = {
@@ -126,12 +132,17 @@ class BatchWriter:
             )
             if done.rowcount != 1:
                 return  # our lease ran out and another worker has the message: its outcome stands
-            if final:
-                await self._quarantine(conn, message, now, stage, reason, outcome)
+            if sender is not None:
+                await self._quarantine(conn, message, now, stage, reason, fault=outcome is None, sender=sender)
                 return
             detail = {"stage": stage, "reason": reason, "attempt": message.attempts}
             await audit.append(conn, [audit.Event(message.referral_id, now, self._actor, "processing_failed", detail)])
         log.warning("processing: referral %s failed at stage %s (%s); will retry", message.reference, stage, reason)
+
+    async def _sender(self, message: Claimed, outcome: Quarantine | None) -> Sender:
+        if outcome is not None and outcome.notify:
+            return Sender(outcome.notify, outcome.in_reply_to)  # the stage that quarantined knew
+        return await sender_of(self._db, self._sealed, message)
 
     async def _quarantine(
         self,
@@ -140,20 +151,36 @@ class BatchWriter:
         now: datetime,
         stage: str,
         reason: str,
-        outcome: Quarantine | None,
+        *,
+        fault: bool,
+        sender: Sender,
     ) -> None:
-        events = [audit.Event(message.referral_id, now, self._actor, "quarantined", {"stage": stage, "reason": reason})]
-        if outcome is not None and outcome.notify:
-            # Tell the sender what failed and how to send correctly: their referral is held, not
-            # acted on, and they may need to phone. Nothing of its content is echoed.
-            notice = self._composer.quarantine_notice(
-                reference=message.reference,
-                to=outcome.notify,
-                reason=reason,
-                received_at=message.received_at,
-                now=now,
-                in_reply_to=outcome.in_reply_to,
+        """Quarantined, and in the same transaction (so exactly once, and never one without the
+        other) the notice to the sender and the alert to triage queued in the outbox. A fault of
+        ours (a crash after its retries) tells every kind of quarantine apart from none: a person
+        must look, and a sender who is told nothing assumes the referral is being acted on."""
+        told = sender.to is not None
+        detail = {"stage": stage, "reason": reason, "sender": "told" if told else sender.why_not}
+        events = [audit.Event(message.referral_id, now, self._actor, "quarantined", detail)]
+        outgoing: list[Outgoing] = []
+        if sender.to is not None:
+            # What failed and how to send correctly: the referral is held, not acted on, and they may
+            # need to phone. Nothing of its content is echoed; a fault's technical reason is ours.
+            outgoing.append(
+                self._composer.quarantine_notice(
+                    reference=message.reference,
+                    to=sender.to,
+                    reason=FAULT if fault else reason,
+                    received_at=message.received_at,
+                    now=now,
+                    in_reply_to=sender.in_reply_to,
+                    fault=fault,
+                )
             )
-            events += await queue_outgoing(conn, self._sealed, message.referral_id, [notice], now, self._actor)
+        facts = QuarantineFacts(
+            message.referral_id, message.reference, message.received_at, stage, reason, told, sender.why_not
+        )
+        outgoing.append(self._composer.quarantine_alert(quarantine=facts, now=now))
+        events += await queue_outgoing(conn, self._sealed, message.referral_id, outgoing, now, self._actor)
         await transition(conn, message.referral_id, events)
         log.error("processing: referral %s quarantined at stage %s: %s", message.reference, stage, reason)

@@ -51,6 +51,7 @@ _DELIVERY_WORDS = {
     "ack_notice": "acknowledgement notice to the referrer",
     "ack_told": "stand-down notice",
     "notice": "notice to the sender",
+    "quarantine": "quarantine alert",
     "outcome_notice": "outcome notice to the referrer",
 }
 
@@ -123,7 +124,11 @@ def describe(
         case "attachment_opened":
             return f"Attachment {detail.get('index', '?')} opened by {by}"
         case "quarantined":
-            return f"Quarantined at stage {detail.get('stage', '?')}: {detail.get('reason', '?')}"
+            text = f"Quarantined at stage {detail.get('stage', '?')}: {detail.get('reason', '?')}"
+            sender = detail.get("sender")  # absent on quarantines recorded before senders were always considered
+            if sender == "told":
+                return text + "; the sender was told it was not passed on"
+            return text + (f"; the sender could not be told ({sender})" if sender else "")
         case "undeliverable":
             return f"Undeliverable{team}: {detail.get('reason', 'every alert failed')}"
         case "receipt_skipped":
