@@ -25,4 +25,4 @@ async def test_migrations_match_the_schema_and_are_idempotent(tmp_path: Path) ->
         await engine.dispose()
     assert diff == []
     assert {"messages", "referrals", "events", "deliveries", "deadlines", "audit_head"} <= tables
-    assert version == "0005"
+    assert version == "0006"

@@ -161,14 +161,24 @@ async def test_lockout_after_repeated_failures_and_its_expiry(accounts: Users, c
     assert back.locked_until is None and back.failed_attempts == 0
 
 
-async def test_a_success_clears_the_count_of_failures(accounts: Users, clock: FakeClock) -> None:
-    await add_duty(accounts, clock)
+async def test_only_a_complete_sign_in_clears_the_count_of_failures(accounts: Users, clock: FakeClock) -> None:
+    user = await add_duty(accounts, clock)
     for _ in range(MAX_FAILURES - 1):
         refused(await accounts.authenticate("a.khan", "wrong guess 123", clock.now()))
+    # The right password alone (its second factor still to come) does not clear the count, or
+    # wrong codes between right passwords would never lock the account.
     signed_in(await accounts.authenticate("a.khan", PASSWORD, clock.now()))
+    refused(await accounts.authenticate("a.khan", "wrong guess 123", clock.now()))
+    assert (await current(accounts, user.id)).locked(clock.now())
+
+    clock.advance(LOCKOUT)
+    signed_in(await accounts.authenticate("a.khan", PASSWORD, clock.now()))
+    await accounts.clear_failures(user.id)  # what a complete sign-in does after the second factor
     for _ in range(MAX_FAILURES - 1):
         refused(await accounts.authenticate("a.khan", "wrong guess 123", clock.now()))
-    signed_in(await accounts.authenticate("a.khan", PASSWORD, clock.now()))
+    await accounts.clear_failures(user.id)
+    refused(await accounts.authenticate("a.khan", "wrong guess 123", clock.now()))
+    assert not (await current(accounts, user.id)).locked(clock.now())
 
 
 async def test_a_disabled_user_is_refused_and_their_sessions_end(accounts: Users, clock: FakeClock) -> None:
