@@ -179,9 +179,19 @@ class Factors:
         return used.rowcount == 1  # 0: used by a request racing this one
 
     async def reset(self, user_id: str) -> bool:
-        """Remove the authenticator and the recovery codes: the user enrols again at their next
-        sign-in. False if there was nothing to remove."""
-        async with self._db.write() as conn:
-            removed = await conn.execute(delete(staff_factors).where(staff_factors.c.user_id == user_id))
-            await conn.execute(delete(recovery_codes).where(recovery_codes.c.user_id == user_id))
-        return bool(removed.rowcount)
+        return await remove_factor(self._db, user_id)
+
+
+async def remove_factor(db: Database, user_id: str) -> bool:
+    """Remove the authenticator and the recovery codes: the user enrols again at their next sign-in.
+    False if there was nothing to remove. (No key needed: the command line uses it too.)"""
+    async with db.write() as conn:
+        removed = await conn.execute(delete(staff_factors).where(staff_factors.c.user_id == user_id))
+        await conn.execute(delete(recovery_codes).where(recovery_codes.c.user_id == user_id))
+    return bool(removed.rowcount)
+
+
+async def enrolled(db: Database) -> set[str]:
+    """The ids of users with an authenticator set up."""
+    async with db.read() as conn:
+        return {row.user_id for row in (await conn.execute(select(staff_factors.c.user_id))).all()}
