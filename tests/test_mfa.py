@@ -127,6 +127,10 @@ async def test_first_sign_in_sets_up_the_app_and_recovery_codes_before_anything_
     assert "<script" not in svg.group(0) and "<img" not in html
     secret = secret_on(html)
     assert len(secret) == 32
+    # The QR code is the otpauth URI of this secret, with the parameters every app supports.
+    uri = totp.provisioning_uri(secret, "a.khan", "Demo Borough Council")
+    assert uri == f"otpauth://totp/Demo%20Borough%20Council:a.khan?secret={secret}&issuer=Demo%20Borough%20Council"
+    assert svg.group(0) == totp.qr_svg(uri)
     # Nothing stored until a code proves the app holds the secret.
     async with staff.gateway.db.read() as conn:
         assert (await conn.execute(select(staff_factors))).first() is None

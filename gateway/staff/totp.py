@@ -85,7 +85,7 @@ def qr_svg(uri: str) -> str:
         svgclass="app-qr-code",
         lineclass=None,
     )
-    return out.getvalue().decode("ascii")
+    return out.getvalue().decode("ascii").strip()
 
 
 def grouped(secret: str) -> str:
