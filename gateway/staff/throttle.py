@@ -55,6 +55,10 @@ class AddressThrottle:
     def from_keys_dir(cls, db: Database, keys_dir: Path) -> AddressThrottle:
         return cls(db, keyfiles.load_or_create(keys_dir / KEY_FILE))
 
+    @property
+    def limit(self) -> int:
+        return self._limit
+
     def _client(self, address: str) -> str:
         return hmac.new(self._key, address.encode(), hashlib.sha256).hexdigest()
 
@@ -76,7 +80,18 @@ class AddressThrottle:
         wait: datetime = oldest
         return max(1, math.ceil((wait + self._window - now).total_seconds() / 60))
 
-    async def failed(self, address: str, now: datetime) -> None:
+    async def failed(self, address: str, now: datetime) -> bool:
+        """Count a failed sign-in; True if it is the one that reaches the limit (the caller audits
+        that once, not every refused attempt after it, which a flood could make millions of)."""
+        client = self._client(address)
         async with self._db.write() as conn:
             await conn.execute(delete(sign_in_failures).where(sign_in_failures.c.at <= now - self._window))
-            await conn.execute(sign_in_failures.insert().values(client=self._client(address), at=now))
+            await conn.execute(sign_in_failures.insert().values(client=client, at=now))
+            count = (
+                await conn.execute(
+                    select(func.count()).where(
+                        sign_in_failures.c.client == client, sign_in_failures.c.at > now - self._window
+                    )
+                )
+            ).scalar_one()
+        return int(count) == self._limit

@@ -114,7 +114,6 @@ class SignInPages:
         minutes = await self._throttle.refused_for(client_address(request), now)
         if minutes is None:
             return None
-        await self._record(events.event(events.SIGN_IN_THROTTLED, "anonymous", now, minutes=minutes))
         log.info("sign-in refused: too many failures from this client address")
         response = await self._page(request, template, 429, error=throttled_message(minutes), **context)
         response.headers["Retry-After"] = str(minutes * 60)
@@ -148,9 +147,8 @@ class SignInPages:
         else:
             result = await self._users.authenticate(username, password, now)
         if isinstance(result, SignInRefused):
-            await self._throttle.failed(client_address(request), now)
             detail = {"reason": result.reason.value} | ({"user": result.user_id} if result.user_id else {})
-            await self._record(events.event(events.SIGN_IN_FAILED, "anonymous", now, **detail))
+            await self._failed(request, events.event(events.SIGN_IN_FAILED, "anonymous", now, **detail))
             return await self._page(request, "sign_in.html", 400, error=result.message)
         state = await self._factors.state(result.id)
         if state.enrolled:
@@ -165,11 +163,18 @@ class SignInPages:
         await self._pending(request, "code")
         return await self._page(request, "sign_in_code.html", error=None)
 
+    async def _failed(self, request: web.Request, *batch: audit.Event) -> None:
+        """Audit a refusal and count it against the client's address (auditing, once, the
+        refusal that makes the address wait)."""
+        now = self._clock.now()
+        if await self._throttle.failed(client_address(request), now):
+            batch = (*batch, events.event(events.SIGN_IN_THROTTLED, "anonymous", now, failures=self._throttle.limit))
+        await self._record(*batch)
+
     async def _second_factor_refused(self, request: web.Request, user: User, kind: str) -> web.Response:
         now = self._clock.now()
         await self._users.count_failure(user.id, now)
-        await self._throttle.failed(client_address(request), now)
-        await self._record(events.event(events.CODE_FAILED, events.actor_of(user.id), now, factor=kind))
+        await self._failed(request, events.event(events.CODE_FAILED, events.actor_of(user.id), now, factor=kind))
         log.info("sign-in of user %s: %s refused", user.id, kind)
         return await self._page(request, "sign_in_code.html", 400, error=CODE_REFUSED)
 
