@@ -411,6 +411,7 @@ async def test_changing_the_password_needs_the_password_and_a_code_again(staff: 
 
 
 async def test_a_new_authenticator_replaces_the_old_one_after_re_authentication(staff: Staff) -> None:
+    other = await staff.signed_in("a.khan")
     client = await staff.signed_in("a.khan")
     old_secret = staff.apps.secrets["a.khan"]
     staff.clock.advance(REAUTH_WINDOW)
@@ -436,6 +437,8 @@ async def test_a_new_authenticator_replaces_the_old_one_after_re_authentication(
     )
     assert response.status == 303
     assert "Your new authenticator app is set up" in await form(client, "/account")
+    await form(other, "/dashboard", 303)  # a changed factor ends the other sessions
+    assert (await staff.events("staff_session_ended"))[-1]["why"] == "factor_changed"
     user = await staff.users.find("a.khan")
     assert user is not None
     now = staff.clock.now()

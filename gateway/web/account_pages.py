@@ -11,6 +11,8 @@ Decisions, each for a reason:
   owner out or take the account over. The step to return to is a fixed name ("then"), never a URL.
   Staff accounts hold no email address or mobile number, so there are none to change here.
 - Wrong passwords and codes here count towards the account's lockout, as at sign-in.
+- A new password, authenticator or set of recovery codes ends the user's other sessions (ASVS 7.4.3):
+  if someone else had signed in, the change is what the owner makes after noticing.
 """
 
 from __future__ import annotations
@@ -255,8 +257,13 @@ class AccountPages:
         await events.record(
             self._db, events.event(events.FACTOR_ENROLLED, events.actor_of(user.id), now, factor="totp", replaced=True)
         )
+        # ASVS 7.4.3: a changed factor ends the other sessions (one may be the reason it changed).
+        await self._sessions.records.end_all(user.id, "factor_changed", now, events.actor_of(user.id), keep=record.id)
         log.info("user %s set up a new authenticator", user.id)
-        return await self._done(request, "Your new authenticator app is set up; the old one no longer works.")
+        return await self._done(
+            request,
+            "Your new authenticator app is set up; the old one no longer works. Your other sessions have ended.",
+        )
 
     async def recovery_codes(
         self, request: web.Request, user: User, record: SessionRecord, form: Mapping[str, str]
@@ -287,5 +294,9 @@ class AccountPages:
                 title="Save your recovery codes first",
                 paragraphs=["Go back, save or print the codes, tick the box to say you have, and continue."],
             )
-        await self._factors.codes_saved(user.id, self._clock.now())
-        return await self._done(request, "Your new recovery codes are saved. The old ones no longer work.")
+        now = self._clock.now()
+        await self._factors.codes_saved(user.id, now)
+        await self._sessions.records.end_all(user.id, "factor_changed", now, events.actor_of(user.id), keep=record.id)
+        return await self._done(
+            request, "Your new recovery codes are saved. The old ones no longer work. Your other sessions have ended."
+        )
