@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from aiohttp import ClientResponse, CookieJar, web
@@ -175,6 +176,27 @@ async def test_first_sign_in_sets_up_the_app_and_recovery_codes_before_anything_
         {"actor": f"user:{user.id}", "referral_id": None, "how": "enrolment"}
     ]
     assert await verify(staff.gateway.engine, staff.clock.now()) == []  # staff events keep the chain whole
+
+
+async def test_an_enrolment_begun_elsewhere_cannot_replace_the_app_set_up_first(staff: Staff) -> None:
+    intruder = await staff.browser()  # someone else who has the first password
+    await password_step(intruder, "a.khan")
+    intruder_page = await form(intruder, "/sign-in/authenticator")
+    await staff.signed_in("a.khan")  # the owner sets up their app
+    owner_secret = staff.apps.secrets["a.khan"]
+    theirs = secret_on(intruder_page)
+    code = totp.code_at(theirs, totp.step_of(staff.clock.now()))
+    response = await intruder.post(
+        "/sign-in/authenticator", data={CSRF_FIELD: csrf_of(intruder_page), "code": code}, allow_redirects=False
+    )
+    assert response.status == 303 and response.headers["Location"] == "/sign-in"
+    await refused_everywhere(intruder)
+    user = await staff.users.find("a.khan")
+    assert user is not None
+    staff.clock.advance(timedelta(seconds=totp.STEP_SECONDS))
+    now = staff.clock.now()
+    assert not await staff.factors.check_code(user.id, totp.code_at(theirs, totp.step_of(now)), now)
+    assert await staff.factors.check_code(user.id, totp.code_at(owner_secret, totp.step_of(now) + 1), now)
 
 
 async def test_a_half_signed_in_session_expires(staff: Staff) -> None:

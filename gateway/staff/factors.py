@@ -50,6 +50,10 @@ def normalise_recovery_code(text: str) -> str:
     return "-".join(raw[i : i + 4] for i in range(0, len(raw), 4))
 
 
+class AlreadyEnrolled(Exception):
+    """The user has an authenticator already: a first-sign-in enrolment may not replace it."""
+
+
 @dataclass(frozen=True)
 class FactorState:
     enrolled: bool  # a confirmed authenticator
@@ -81,9 +85,11 @@ class Factors:
             ).scalar_one()
         return FactorState(row is not None, row is not None and row.codes_saved_at is not None, int(left))
 
-    async def enrol(self, user_id: str, secret: str, code: str, now: datetime) -> bool:
-        """Make `secret` the user's authenticator if `code` is one of its codes now (replacing any
-        earlier authenticator, but not the recovery codes). False if the code does not match."""
+    async def enrol(self, user_id: str, secret: str, code: str, now: datetime, replace: bool = False) -> bool:
+        """Make `secret` the user's authenticator if `code` is one of its codes now. False if the
+        code does not match. `replace`: a signed-in user's new app replaces the old (keeping the
+        recovery codes); without it (the first sign-in) an authenticator set up meanwhile by
+        another half-signed-in session raises AlreadyEnrolled rather than being replaced."""
         step = totp.matching_step(secret, code, now, 0)
         if step is None:
             return False
@@ -91,6 +97,8 @@ class Factors:
             old = (
                 await conn.execute(select(staff_factors.c.codes_saved_at).where(staff_factors.c.user_id == user_id))
             ).first()
+            if old is not None and not replace:
+                raise AlreadyEnrolled(user_id)
             await conn.execute(delete(staff_factors).where(staff_factors.c.user_id == user_id))
             await conn.execute(
                 staff_factors.insert().values(

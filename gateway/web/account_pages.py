@@ -251,7 +251,7 @@ class AccountPages:
         if not isinstance(secret, str):
             raise web.HTTPSeeOther("/account/authenticator")
         now = self._clock.now()
-        if not await self._factors.enrol(user.id, secret, form.get("code", ""), now):
+        if not await self._factors.enrol(user.id, secret, form.get("code", ""), now, replace=True):
             return await self._enrol_page(request, user, secret, 400, ENROL_REFUSED)
         session.pop(_NEW_SECRET, None)
         await events.record(

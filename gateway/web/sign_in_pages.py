@@ -33,7 +33,7 @@ from gateway.core import audit
 from gateway.core.clock import Clock
 from gateway.core.db import Database
 from gateway.staff import events, totp
-from gateway.staff.factors import RECOVERY_CODES, Factors
+from gateway.staff.factors import RECOVERY_CODES, AlreadyEnrolled, Factors
 from gateway.staff.throttle import AddressThrottle, throttled_message
 from gateway.staff.users import Refusal, SignInRefused, User, Users
 from gateway.web.headers import add_page_headers
@@ -237,9 +237,17 @@ class SignInPages:
         form = await self._posted(request)
         pending = await self._pending(request, "enrol")
         now = self._clock.now()
-        if pending.secret is None or not await self._factors.enrol(
-            pending.user.id, pending.secret, form.get("code", ""), now
-        ):
+        try:
+            enrolled = pending.secret is not None and await self._factors.enrol(
+                pending.user.id, pending.secret, form.get("code", ""), now
+            )
+        except AlreadyEnrolled:
+            # Set up meanwhile from another session (perhaps by someone else holding the first
+            # password): never replaced from here. Start again: the code step now.
+            log.warning("user %s: a second first-sign-in enrolment refused", pending.user.id)
+            await self._sessions.sign_out(request)
+            raise web.HTTPSeeOther("/sign-in") from None
+        if not enrolled:
             # Not counted towards the lockout: whoever is here holds the secret they are checking.
             return await self._enrol_page(request, pending, 400, ENROL_REFUSED)
         await self._record(events.event(events.FACTOR_ENROLLED, events.actor_of(pending.user.id), now, factor="totp"))
