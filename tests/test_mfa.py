@@ -199,6 +199,29 @@ async def test_an_enrolment_begun_elsewhere_cannot_replace_the_app_set_up_first(
     assert await staff.factors.check_code(user.id, totp.code_at(owner_secret, totp.step_of(now) + 1), now)
 
 
+async def test_recovery_codes_not_saved_are_made_again_at_the_next_sign_in(staff: Staff) -> None:
+    client = await staff.browser()
+    await password_step(client, "a.khan")
+    html = await form(client, "/sign-in/authenticator")
+    staff.apps.secrets["a.khan"] = secret_on(html)
+    data = {CSRF_FIELD: csrf_of(html), "code": staff.apps.code("a.khan")}
+    await client.post("/sign-in/authenticator", data=data, allow_redirects=False)
+    first = recovery_codes_on(await form(client, "/sign-in/recovery-codes"))  # shown, then the tab closed
+    again = await staff.browser()
+    response = await password_step(again, "a.khan")
+    assert response.headers["Location"] == "/sign-in/code"  # the app is set up: its code first
+    response = await post(again, "/sign-in/code", {"code": staff.apps.code("a.khan")}, "/sign-in/code")
+    assert response.headers["Location"] == "/sign-in/recovery-codes"
+    await refused_everywhere(again)
+    page = await form(again, "/sign-in/recovery-codes")
+    assert not set(recovery_codes_on(page)) & set(first)  # new ones; the unsaved ones no longer work
+    response = await again.post(
+        "/sign-in/recovery-codes", data={CSRF_FIELD: csrf_of(page), "saved": "yes"}, allow_redirects=False
+    )
+    assert response.headers["Location"] == "/dashboard"
+    assert (await staff.events("staff_signed_in"))[-1]["how"] == "code"
+
+
 async def test_a_half_signed_in_session_expires(staff: Staff) -> None:
     client = await staff.browser()
     await password_step(client, "a.khan")

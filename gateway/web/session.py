@@ -184,6 +184,7 @@ class Pending:
     user: User
     stage: str
     secret: str | None
+    how: str = ""  # at "codes": how the second factor was given (code, recovery, enrolment)
 
 
 class WebSessions:
@@ -225,7 +226,7 @@ class WebSessions:
             return None
         try:
             user_id, epoch, at, stage = str(data["uid"]), int(data["epoch"]), float(data["at"]), str(data["stage"])
-            secret = data.get("secret")
+            secret, how = data.get("secret"), str(data.get("how") or "")
         except (KeyError, TypeError, ValueError):  # not a session this code wrote
             session.invalidate()
             return None
@@ -237,13 +238,13 @@ class WebSessions:
         if user is None or not user.active or user.session_epoch != epoch:
             session.invalidate()
             return None
-        return Pending(user, stage, secret if isinstance(secret, str) else None)
+        return Pending(user, stage, secret if isinstance(secret, str) else None, how)
 
-    async def advance(self, request: web.Request, stage: str, secret: str | None = None) -> None:
+    async def advance(self, request: web.Request, stage: str, secret: str | None = None, how: str = "") -> None:
         """Move a pending session to its next step (the time limit still runs from the password)."""
         session = await get_session(request)
         data = dict(session["pending"])
-        data["stage"], data["secret"] = stage, secret
+        data["stage"], data["secret"], data["how"] = stage, secret, how
         session["pending"] = data
 
     # -- signed in -------------------------------------------------------------------------------

@@ -210,7 +210,7 @@ class SignInPages:
         """Both factors given: a full session, unless the recovery codes are still to be saved."""
         await self._users.clear_failures(user.id)
         if not (await self._factors.state(user.id)).codes_saved:
-            await self._sessions.advance(request, "codes")
+            await self._sessions.advance(request, "codes", how=how)
             raise web.HTTPSeeOther("/sign-in/recovery-codes")
         await self._sessions.sign_in(request, user, how)
         raise web.HTTPSeeOther("/account" if how == "recovery" else "/dashboard")
@@ -252,7 +252,7 @@ class SignInPages:
             return await self._enrol_page(request, pending, 400, ENROL_REFUSED)
         await self._record(events.event(events.FACTOR_ENROLLED, events.actor_of(pending.user.id), now, factor="totp"))
         log.info("user %s set up an authenticator", pending.user.id)
-        await self._sessions.advance(request, "codes")
+        await self._sessions.advance(request, "codes", how="enrolment")
         raise web.HTTPSeeOther("/sign-in/recovery-codes")
 
     async def recovery_codes(self, request: web.Request) -> web.StreamResponse:
@@ -282,8 +282,8 @@ class SignInPages:
                 ],
             )
         await self._factors.codes_saved(pending.user.id, self._clock.now())
-        await self._sessions.sign_in(request, pending.user, "enrolment")
-        raise web.HTTPSeeOther("/dashboard")
+        await self._sessions.sign_in(request, pending.user, pending.how or "enrolment")
+        raise web.HTTPSeeOther("/account" if pending.how == "recovery" else "/dashboard")
 
     # --- signing out ----------------------------------------------------------------------------
 
