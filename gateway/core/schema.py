@@ -190,8 +190,8 @@ deadlines = Table(
 # Staff who sign in to the web dashboard (gateway.staff.users). Usernames are staff identifiers, stored
 # lower-case (gateway.staff.users.normalise_username makes the unique key case-blind); logs name a user
 # by id only. password_hash is argon2id's encoded string (salt and parameters inside).
-# session_epoch is copied into each signed-in session: bumping it (sign-out, disable, password
-# reset) ends every session of that user, although the sessions themselves live in cookies.
+# session_epoch is copied into each signed-in session (staff_sessions.epoch): bumping it (disable, a
+# password or factor reset) ends every session of that user at once.
 users = Table(
     "users",
     metadata,
