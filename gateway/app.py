@@ -40,15 +40,20 @@ from gateway.outbox.tokens import AckSigner
 from gateway.pipeline.channels import Pipelines
 from gateway.pipeline.driver import Processor
 from gateway.pipeline.write import BatchWriter
+from gateway.staff.factors import Factors
+from gateway.staff.sessions import Sessions
+from gateway.staff.throttle import AddressThrottle
 from gateway.staff.users import Users
 from gateway.track.acks import Tracker
 from gateway.track.deadlines import Deadlines
 from gateway.track.referrer import Referrers
+from gateway.web.account_pages import AccountPages
 from gateway.web.ack_pages import AckPages, make_app, web_environment
 from gateway.web.admin_pages import AdminPages
 from gateway.web.dashboard import DashboardPages
 from gateway.web.report_page import ReportPage
 from gateway.web.session import WebSessions, setup_sessions
+from gateway.web.sign_in_pages import SignInPages
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +186,9 @@ class Gateway:
         self.deadlines = Deadlines(s, self.db, sealed, self.clock, dispatcher)
         self.reconciler = SmsReconciler(s, self.db, self.sms_transport, self.clock) if self.sms_transport else None
 
-    def web_app(self, accounts: Users, sms_token: str = "") -> web.Application:
+    def web_app(self, accounts: Users, sms_token: str = "", factors: Factors | None = None) -> web.Application:
         """Every page and webhook on one aiohttp app, in the order their response hooks need.
-        `accounts` is given so that tests can sign staff in with cheap password hashing."""
+        `accounts` (and `factors`) are given so that tests can sign staff in with cheap hashing."""
         cfg = self.config
         pages = AckPages(
             self.signer,
@@ -200,12 +205,16 @@ class Gateway:
         # After the form: the dashboard reuses its /assets route. Sessions are set up once for
         # every staff page.
         setup_sessions(app, cfg.keys_dir, cfg.settings.http.public_url)
-        sessions = WebSessions(accounts, self.clock)
+        sessions = WebSessions(accounts, Sessions(self.db), self.clock)
+        factors = factors or Factors(self.db, self.sealer)
+        throttle = AddressThrottle.from_keys_dir(self.db, cfg.keys_dir)
+        SignInPages(cfg, self.db, accounts, factors, throttle, sessions, self.clock).routes(app)
+        AccountPages(cfg, self.db, accounts, factors, sessions, self.clock).routes(app)
         DashboardPages(
-            cfg, self.db, self.sealed, self.signer, self.tracker, self.identity, accounts, self.clock
+            cfg, self.db, self.sealed, self.signer, self.tracker, self.identity, accounts, sessions, self.clock
         ).routes(app)
         ReportPage(cfg, self.db, self.sealer, sessions, self.clock).routes(app)
-        AdminPages(cfg, accounts, sessions, self.clock).routes(app)
+        AdminPages(cfg, self.db, accounts, factors, sessions, self.clock).routes(app)
         if self.sms_transport is not None:
             SmsWebhooks(
                 cfg, sms_token, self.db, self.sealed, self.signer, self.writer, self.tracker, self.clock

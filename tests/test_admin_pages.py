@@ -26,11 +26,14 @@ from sqlalchemy import update
 from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.config import Config
+from gateway.core.clock import FakeClock
 from gateway.core.schema import users as users_table
 from gateway.route.coverage import gaps
 from gateway.staff.users import Role, User, Users
 from gateway.web.session import CSRF_FIELD
 from tests.conftest import write_config
+from tests.staff_auth import TestApps
+from tests.staff_auth import sign_in as staff_sign_in
 
 PASSWORD = "violet kettle harbour"
 NEW_PASSWORD = "copper lantern meadow"
@@ -38,8 +41,8 @@ Client = TestClient[web.Request, web.Application]
 # Script, quotes, an ampersand, a right-to-left override, and 500 characters.
 HOSTILE = ('<script>alert(\'x\')</script>" onmouseover="alert(1)" &amp; \u202eevil ' + "W" * 500)[:500]
 ALLOWED_URL = re.compile(
-    r"(/assets/[\w.-]+|/dashboard|/sign-in|/sign-out|/refer|/report|/admin/users|/admin/config"
-    r"|/admin/users/[0-9a-f]{32}/(disable|reset-password)|#[\w-]+)"
+    r"(/assets/[\w.-]+|/dashboard|/sign-in|/sign-out|/refer|/report|/admin/users|/admin/config|/account"
+    r"|/admin/users/[0-9a-f]{32}/(disable|reset-password|reset-factor|end-sessions)|#[\w-]+)"
 )
 TWILIO_SID = "AC" + "5e" * 16
 _HOSTILE_TOML = HOSTILE.replace('"', '\\"')
@@ -145,15 +148,16 @@ async def browser(
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     opened: list[Browser] = []
+    assert isinstance(gateway.clock, FakeClock)
+    apps = TestApps(gateway.clock)
 
     async def open_as(username: str = "", password: str = PASSWORD) -> Browser:
         client: Client = TestClient(server, cookie_jar=CookieJar(unsafe=True))
         await client.start_server()
         browser = Browser(client)
         opened.append(browser)
-        if username:
-            token = csrf(await browser.get("/sign-in"))
-            response = await browser.post("/sign-in", {"username": username, "password": password}, token)
+        if username:  # through every step of the real sign-in, with codes from pyotp
+            response = await staff_sign_in(client, apps, username, password)
             assert response.status == 303 and response.headers["Location"] == "/dashboard", await response.text()
         return browser
 

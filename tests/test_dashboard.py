@@ -25,15 +25,29 @@ from gateway.core.schema import events
 from gateway.staff.users import REFUSED_MESSAGE, Role, Users
 from gateway.web.session import CSRF_FIELD, IDLE_TIMEOUT
 from tests.conftest import maildir_messages, make_message, referral_body, referral_row, send_referral, smtp_send
+from tests.staff_auth import TestApps
+from tests.staff_auth import sign_in as staff_sign_in
 
 PASSWORD = "violet kettle harbour"
 REFERRER = "ann.example@nhs.example"
 Client = TestClient[web.Request, web.Application]
-Browser = Callable[[], Awaitable[Client]]
+
+
+class Browser:
+    """Opens browsers on the gateway's app; `apps` holds the staff's authenticator apps."""
+
+    def __init__(self, open_one: Callable[[], Awaitable[Client]], apps: TestApps) -> None:
+        self._open = open_one
+        self.apps = apps
+
+    async def __call__(self) -> Client:
+        return await self._open()
+
+
 HOSTILE_NAME = '<script>alert("x")</script>\u202eevil\'"&'
 HOSTILE_STAFF = '<img src=x onerror=alert(1)> "Mo" O\'Neil'
 ALLOWED_URL = re.compile(
-    r"(/assets/[\w.-]+|/dashboard|/sign-in|/sign-out|/refer|/report|/admin/users|/admin/config"
+    r"(/assets/[\w.-]+|/dashboard|/sign-in|/sign-out|/refer|/report|/admin/users|/admin/config|/account"
     r"|/referrals/[0-9a-f]{32}(/acknowledge|/close|/attachments/\d+)?|#[\w-]+)"
 )
 
@@ -63,7 +77,8 @@ async def browser(gateway: Gateway, accounts: Users) -> AsyncIterator[Browser]:
         opened.append(client)
         return client
 
-    yield open_one
+    assert isinstance(gateway.clock, FakeClock)
+    yield Browser(open_one, TestApps(gateway.clock))
     for client in opened:
         await client.close()
     await server.close()
@@ -80,18 +95,14 @@ def unique_parts_removed(html: str) -> str:
     return re.sub(r'(nonce|value)="[^"]*"', "", html)
 
 
-async def sign_in(client: Client, username: str, password: str = PASSWORD) -> ClientResponse:
-    token = csrf(await (await client.get("/sign-in")).text())
-    return await client.post(
-        "/sign-in",
-        data={CSRF_FIELD: token, "username": username, "password": password},
-        allow_redirects=False,
-    )
+async def sign_in(browser: Browser, client: Client, username: str, password: str = PASSWORD) -> ClientResponse:
+    """Through every step of the real sign-in (tests/staff_auth.py), with codes from pyotp."""
+    return await staff_sign_in(client, browser.apps, username, password)
 
 
 async def signed_in(browser: Browser, username: str) -> Client:
     client = await browser()
-    response = await sign_in(client, username)
+    response = await sign_in(browser, client, username)
     assert response.status == 303 and response.headers["Location"] == "/dashboard", await response.text()
     return client
 
@@ -126,16 +137,16 @@ async def test_sign_in_refusal_and_lockout(browser: Browser) -> None:
     client = await browser()
     assert (await client.get("/dashboard", allow_redirects=False)).headers["Location"] == "/sign-in"
     for username, password in (("nobody", PASSWORD), ("coord", "wrong password here")):
-        response = await sign_in(client, username, password)
+        response = await sign_in(browser, client, username, password)
         text = await response.text()
         assert response.status == 400 and REFUSED_MESSAGE in text
         assert username not in text  # never echoed: it may be a password typed in the wrong box
     for _ in range(4):  # five wrong in a row, with the one above: locked
-        assert (await sign_in(client, "coord", "wrong password here")).status == 400
-    response = await sign_in(client, "coord", PASSWORD)  # the right password, but locked
+        assert (await sign_in(browser, client, "coord", "wrong password here")).status == 400
+    response = await sign_in(browser, client, "coord", PASSWORD)  # the right password, but locked
     assert response.status == 400 and REFUSED_MESSAGE in await response.text()
 
-    response = await sign_in(client, "admin")
+    response = await sign_in(browser, client, "admin")
     assert response.status == 303 and response.headers["Location"] == "/dashboard"
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
@@ -159,10 +170,17 @@ async def test_session_expiry_and_sign_out(browser: Browser, gateway: Gateway) -
 
     client = await signed_in(browser, "coord")
     other = await signed_in(browser, "coord")
+    third = await signed_in(browser, "coord")
     response = await post(client, "/sign-out", {}, "/dashboard")
     assert response.status == 200 and "You have signed out" in await response.text()
-    for browser_ in (client, other):  # signed out everywhere
-        assert (await browser_.get("/dashboard", allow_redirects=False)).status == 303
+    assert (await client.get("/dashboard", allow_redirects=False)).status == 303
+    # Signing out ends this session only; "sign out everywhere else" on /account ends the others.
+    await page(other, "/dashboard")
+    response = await post(other, "/account/sign-out-others", {}, "/account")
+    assert response.status == 303 and response.headers["Location"] == "/account"
+    assert "Signed out everywhere else (1 session ended)" in await page(other, "/account")
+    assert (await third.get("/dashboard", allow_redirects=False)).status == 303
+    await page(other, "/dashboard")
 
 
 async def test_every_post_needs_the_csrf_token(browser: Browser, gateway: Gateway) -> None:

@@ -29,6 +29,7 @@ from gateway.core.clock import FakeClock
 from gateway.core.sealing import sealed_context
 from gateway.report import undelivered as report
 from gateway.report.decisions import WHAT
+from gateway.staff.sessions import Sessions
 from gateway.staff.users import Role, User, Users
 from gateway.track.verify import verify
 from gateway.web.report_page import STATES, ReportPage
@@ -115,12 +116,12 @@ async def browse(store: Store, clock: FakeClock, home: Path) -> AsyncIterator[Ca
     gw = store.gw
     app = web.Application()
     setup_sessions(app, home / "keys", "http://127.0.0.1:8080")
-    sessions = WebSessions(Users(gw.db), clock)
+    sessions = WebSessions(Users(gw.db), Sessions(gw.db), clock)
 
     async def sign_in(request: web.Request) -> web.Response:  # test-only: no password, by user id in the body
         user = await Users(gw.db).get(str((await request.post())["user"]))
         assert user is not None
-        await sessions.sign_in(request, user)
+        await sessions.sign_in(request, user, "test")
         return web.Response(text=await csrf_token(request))
 
     app.router.add_post("/test-sign-in", sign_in)
@@ -153,7 +154,7 @@ def assert_no_personal_urls(urls: list[str]) -> None:
         parts = urlsplit(url)
         assert not parts.scheme and not parts.netloc, url
         assert parts.fragment in {"", "main-content", "report-items"} or parts.fragment.startswith("item-"), url
-        paths = {"", "/report", "/report.csv", "/report/decisions", "/sign-in", "/sign-out", "/dashboard"}
+        paths = {"", "/report", "/report.csv", "/report/decisions", "/sign-in", "/sign-out", "/dashboard", "/account"}
         assert parts.path in paths or parts.path.startswith("/assets/"), url
         for name, value in parse_qsl(parts.query):
             assert value in allowed[name], url

@@ -11,6 +11,7 @@ import io
 import os
 import pty
 import re
+import secrets
 import select as io_select
 import subprocess
 import sys
@@ -30,6 +31,9 @@ from gateway.cli.main import main
 from gateway.core import db
 from gateway.core.clock import FakeClock, SystemClock
 from gateway.core.schema import users as users_table
+from gateway.core.sealing import Sealer
+from gateway.staff import totp
+from gateway.staff.factors import Factors, FactorState
 from gateway.staff.passwords import check_password
 from gateway.staff.users import (
     LOCKOUT,
@@ -161,14 +165,24 @@ async def test_lockout_after_repeated_failures_and_its_expiry(accounts: Users, c
     assert back.locked_until is None and back.failed_attempts == 0
 
 
-async def test_a_success_clears_the_count_of_failures(accounts: Users, clock: FakeClock) -> None:
-    await add_duty(accounts, clock)
+async def test_only_a_complete_sign_in_clears_the_count_of_failures(accounts: Users, clock: FakeClock) -> None:
+    user = await add_duty(accounts, clock)
     for _ in range(MAX_FAILURES - 1):
         refused(await accounts.authenticate("a.khan", "wrong guess 123", clock.now()))
+    # The right password alone (its second factor still to come) does not clear the count, or
+    # wrong codes between right passwords would never lock the account.
     signed_in(await accounts.authenticate("a.khan", PASSWORD, clock.now()))
+    refused(await accounts.authenticate("a.khan", "wrong guess 123", clock.now()))
+    assert (await current(accounts, user.id)).locked(clock.now())
+
+    clock.advance(LOCKOUT)
+    signed_in(await accounts.authenticate("a.khan", PASSWORD, clock.now()))
+    await accounts.clear_failures(user.id)  # what a complete sign-in does after the second factor
     for _ in range(MAX_FAILURES - 1):
         refused(await accounts.authenticate("a.khan", "wrong guess 123", clock.now()))
-    signed_in(await accounts.authenticate("a.khan", PASSWORD, clock.now()))
+    await accounts.clear_failures(user.id)
+    refused(await accounts.authenticate("a.khan", "wrong guess 123", clock.now()))
+    assert not (await current(accounts, user.id)).locked(clock.now())
 
 
 async def test_a_disabled_user_is_refused_and_their_sessions_end(accounts: Users, clock: FakeClock) -> None:
@@ -299,6 +313,36 @@ async def cli_sign_in(config: Path, username: str, password: str) -> User | Sign
         await engine.dispose()
 
 
+async def cli_enrol(config: Path, username: str) -> None:
+    """What the first web sign-in does: an authenticator and recovery codes (tests/test_mfa.py)."""
+    cfg = config_mod.load(config)
+    engine = db.make_engine(cfg.database_url)
+    try:
+        database = db.Database(engine)
+        user = await Users(database).find(username)
+        assert user is not None
+        factors = Factors(
+            database, Sealer(secrets.token_bytes(32)), PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+        )
+        secret, now = totp.new_secret(), SystemClock().now()
+        assert await factors.enrol(user.id, secret, totp.code_at(secret, totp.step_of(now)), now)
+        await factors.new_recovery_codes(user.id, now)
+    finally:
+        await engine.dispose()
+
+
+async def cli_state(config: Path, username: str) -> FactorState:
+    cfg = config_mod.load(config)
+    engine = db.make_engine(cfg.database_url)
+    try:
+        database = db.Database(engine)
+        user = await Users(database).find(username)
+        assert user is not None
+        return await Factors(database, Sealer(secrets.token_bytes(32))).state(user.id)
+    finally:
+        await engine.dispose()
+
+
 def test_users_commands_end_to_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -318,12 +362,15 @@ def test_users_commands_end_to_end(
     code, out, err = run(capsys, monkeypatch, "users", "list", "--config", config)
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["USERNAME", "ROLE", "TEAMS", "STATUS", "LAST", "SIGN-IN", "NAME"]
-    assert lines[1].split() == ["a.khan", "duty", "mash", "active", "-", "Aisha", "Khan"]
-    assert lines[2].split() == ["b.jones", "coordinator", "-", "active", "-", "Ben", "Jones"]
+    assert lines[0].split() == ["USERNAME", "ROLE", "TEAMS", "STATUS", "LAST", "SIGN-IN", "AUTHENTICATOR", "NAME"]
+    assert lines[1].split() == ["a.khan", "duty", "mash", "active", "-", "at", "next", "sign-in", "Aisha", "Khan"]
+    assert lines[2].split() == ["b.jones", "coordinator", "-", "active", "-", "at", "next", "sign-in", "Ben", "Jones"]
     assert PASSWORD not in out
 
     signed_in(asyncio.run(cli_sign_in(Path(config), "a.khan", PASSWORD)))
+    asyncio.run(cli_enrol(Path(config), "a.khan"))
+    code, out, err = run(capsys, monkeypatch, "users", "list", "--config", config)
+    assert out.splitlines()[1].split()[6:8] == ["set", "up"]  # after the sign-in date and time
     code, out, err = run(
         capsys, monkeypatch, "users", "reset-password", "a.khan", "--password-stdin", "--config", config,
         stdin="amber tulip quarry\n",
@@ -332,6 +379,17 @@ def test_users_commands_end_to_end(
     assert "new password set for a.khan" in out
     refused(asyncio.run(cli_sign_in(Path(config), "a.khan", PASSWORD)))
     signed_in(asyncio.run(cli_sign_in(Path(config), "a.khan", "amber tulip quarry")))
+    assert asyncio.run(cli_state(Path(config), "a.khan")).enrolled  # a password reset keeps the factor
+
+    code, out, err = run(capsys, monkeypatch, "users", "reset-factor", "a.khan", "--config", config)
+    assert code == 0, err
+    assert out.startswith("authenticator of a.khan removed with their recovery codes")
+    state = asyncio.run(cli_state(Path(config), "a.khan"))
+    assert not state.enrolled and state.recovery_left == 0
+    code, out, err = run(capsys, monkeypatch, "users", "reset-factor", "a.khan", "--config", config)
+    assert code == 0 and "nothing changed" in out
+    code, out, err = run(capsys, monkeypatch, "users", "end-sessions", "a.khan", "--config", config)
+    assert code == 0 and out.startswith("ended 0 sessions of a.khan")
 
     code, out, err = run(capsys, monkeypatch, "users", "disable", "a.khan", "--config", config)
     assert code == 0, err
@@ -356,6 +414,8 @@ def test_users_commands_end_to_end(
         (["add", "a.khan", "--name", "A K", "--role", "admin"], "", "no password on standard input"),
         (["reset-password", "nobody"], PASSWORD, "there is no user 'nobody'.*users list"),
         (["disable", "nobody"], "", "there is no user 'nobody'"),
+        (["reset-factor", "nobody"], "", "there is no user 'nobody'.*users list"),
+        (["end-sessions", "nobody"], "", "there is no user 'nobody'.*users list"),
     ],
 )
 def test_users_commands_refuse_with_a_fix(
@@ -367,7 +427,7 @@ def test_users_commands_refuse_with_a_fix(
     says: str,
 ) -> None:
     config = str(write_config(tmp_path / "gw"))
-    extra = ["--password-stdin"] if argv[0] != "disable" else []
+    extra = ["--password-stdin"] if argv[0] in ("add", "reset-password") else []
     code, out, err = run(capsys, monkeypatch, "users", *argv, *extra, "--config", config, stdin=stdin + "\n")
     assert code == 2
     assert err.startswith("error: ")

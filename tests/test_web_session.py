@@ -1,7 +1,8 @@
 """Staff sessions: cookie flags, idle and absolute expiry, sign-out, and CSRF, on a tiny real aiohttp app.
 
-The app below stands in for the dashboard's pages (not built yet): sign in with a form, a page that
-needs a signed-in user, a refresh timer's request, sign-out, and one form that changes something.
+The app below stands in for the staff pages: sign in with a form (the password alone: the second
+factor's steps are tested in tests/test_mfa.py, through the real pages), a page that needs a
+signed-in user, a refresh timer's request, sign-out, and one form that changes something.
 The browser is aiohttp's client with a cookie jar that treats the test server as a secure origin,
 so the production cookie (Secure, __Host-) is sent back as a browser would send it over https.
 """
@@ -21,6 +22,7 @@ from argon2 import PasswordHasher
 
 from gateway.core import db
 from gateway.core.clock import FakeClock
+from gateway.staff.sessions import Sessions
 from gateway.staff.users import Role, SignInRefused, Users
 from gateway.web.session import (
     ABSOLUTE_TIMEOUT,
@@ -57,7 +59,7 @@ def make_app(
         result = await accounts.authenticate(str(form["username"]), str(form["password"]), clock.now())
         if isinstance(result, SignInRefused):
             return web.Response(status=401, text=result.message)
-        await sessions.sign_in(request, result)
+        await sessions.sign_in(request, result, "test")
         return web.Response(text=await csrf_token(request))
 
     def page(activity: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -88,18 +90,23 @@ def make_app(
 
 
 @pytest.fixture
-async def accounts(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Users]:
+async def database(tmp_path: Path) -> AsyncIterator[db.Database]:
     engine = db.make_engine(f"sqlite+aiosqlite:///{tmp_path / 'sessions.db'}")
     await db.upgrade(engine)
-    found = Users(db.Database(engine), PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
-    await found.add("a.khan", "Aisha Khan", Role.DUTY, ["mash"], PASSWORD, clock.now())
-    yield found
+    yield db.Database(engine)
     await engine.dispose()
 
 
 @pytest.fixture
-def sessions(accounts: Users, clock: FakeClock) -> WebSessions:
-    return WebSessions(accounts, clock)
+async def accounts(database: db.Database, clock: FakeClock) -> Users:
+    found = Users(database, PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+    await found.add("a.khan", "Aisha Khan", Role.DUTY, ["mash"], PASSWORD, clock.now())
+    return found
+
+
+@pytest.fixture
+def sessions(accounts: Users, database: db.Database, clock: FakeClock) -> WebSessions:
+    return WebSessions(accounts, Sessions(database), clock)
 
 
 @pytest.fixture
@@ -284,12 +291,20 @@ async def test_sign_out_ends_this_session_and_copies_of_it(browser: Browser) -> 
     assert await status(thief) == 401
 
 
-async def test_sign_out_ends_the_users_other_sessions(browser: Browser) -> None:
+async def test_sign_out_ends_only_this_session_and_ending_all_ends_the_others(
+    browser: Browser, sessions: WebSessions, accounts: Users, clock: FakeClock
+) -> None:
     desk, token = await signed_in(browser)
     laptop, _ = await signed_in(browser)
-    assert await status(laptop) == 200
+    phone, _ = await signed_in(browser)
     await desk.post("/sign-out", data={CSRF_FIELD: token})
-    assert await status(laptop) == 401
+    assert await status(desk) == 401
+    assert await status(laptop) == 200  # a session of its own, ended one by one
+    user = await accounts.find("a.khan")
+    assert user is not None
+    assert len(await sessions.records.of_user(user.id, clock.now())) == 2
+    assert await sessions.records.end_all(user.id, "admin", clock.now(), "admin:test") == 2
+    assert await status(laptop) == 401 and await status(phone) == 401
     again, _ = await signed_in(browser)  # signing in afresh works
     assert await status(again) == 200
 

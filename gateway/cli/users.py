@@ -1,9 +1,15 @@
-"""`referral-gateway users add|disable|reset-password|list`: staff accounts for the web dashboard.
+"""`referral-gateway users add|disable|reset-password|reset-factor|end-sessions|list`: staff accounts
+for the web dashboard.
 
 Passwords are asked for twice on the terminal (never as an argument: arguments are visible to other
 users in `ps` and kept in shell history), or read as one line from standard input with
 --password-stdin, for scripts. Users are never deleted: a leaver is disabled, so the audit trail
 keeps naming a real account.
+
+Each person sets up their authenticator app at their first web sign-in (the first administrator
+too); reset-password never touches it. reset-factor removes it and the recovery codes (for a lost
+phone), ends the user's sessions and makes them set up a new app at their next sign-in. Both that
+and end-sessions are recorded in the audit chain with the actor "cli".
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from gateway.cli.groups import command_group
 from gateway.config import Config
 from gateway.core import db
 from gateway.core.clock import LONDON, SystemClock
+from gateway.staff import events
+from gateway.staff.factors import enrolled, remove_factor
 from gateway.staff.passwords import check_password
+from gateway.staff.sessions import Sessions
 from gateway.staff.users import (
     Role,
     User,
@@ -39,6 +48,10 @@ _T = TypeVar("_T")
 
 def _with_users(cfg: Config, work: Callable[[Users], Awaitable[_T]]) -> _T:
     return with_engine(cfg, lambda engine: work(Users(db.Database(engine))))
+
+
+def _with_db(cfg: Config, work: Callable[[db.Database], Awaitable[_T]]) -> _T:
+    return with_engine(cfg, lambda engine: work(db.Database(engine)))
 
 
 def _read_password(args: argparse.Namespace, username: str) -> str:
@@ -126,14 +139,66 @@ def cmd_reset_password(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _named(users: Users, name: str) -> User:
+    user = await users.find(name)
+    if user is None:
+        raise UserError(f"there is no user {name!r}; `referral-gateway users list` shows who there is")
+    return user
+
+
+def cmd_reset_factor(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    name = normalise_username(args.username)
+    now = SystemClock().now()
+
+    async def work(database: db.Database) -> tuple[User, bool]:
+        users = Users(database)
+        user = await _named(users, name)
+        removed = await remove_factor(database, user.id)
+        if removed:
+            await users.end_sessions(user.id)  # a session signed in with the old app ends too
+            await events.record(database, events.event(events.FACTOR_RESET, "cli", now, user=user.id))
+        return user, removed
+
+    user, removed = _with_db(cfg, work)
+    if removed:
+        print(
+            f"authenticator of {user.username} removed with their recovery codes; their sessions have ended and "
+            "they set up a new app at their next sign-in"
+        )
+    else:
+        print(
+            f"{user.username} has no authenticator set up yet (they set one up at their next sign-in); nothing changed"
+        )
+    return 0
+
+
+def cmd_end_sessions(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    name = normalise_username(args.username)
+    now = SystemClock().now()
+
+    async def work(database: db.Database) -> tuple[User, int]:
+        users = Users(database)
+        user = await _named(users, name)
+        count = await Sessions(database).end_all(user.id, "admin", now, "cli")
+        await users.end_sessions(user.id)  # and any half-signed-in one
+        return user, count
+
+    user, count = _with_db(cfg, work)
+    print(f"ended {count} session{'s' if count != 1 else ''} of {user.username}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     found = _with_users(cfg, lambda users: users.all())
+    with_app = _with_db(cfg, enrolled)
     if not found:
         print("no users yet: add the first administrator with `referral-gateway users add NAME --role admin`")
         return 0
     now = SystemClock().now()
-    rows = [("USERNAME", "ROLE", "TEAMS", "STATUS", "LAST SIGN-IN", "NAME")]
+    rows = [("USERNAME", "ROLE", "TEAMS", "STATUS", "LAST SIGN-IN", "AUTHENTICATOR", "NAME")]
     for user in found:
         teams = [t if cfg.settings.find_team(t) else f"{t} (not in config)" for t in user.teams]
         rows.append(
@@ -143,12 +208,13 @@ def cmd_list(args: argparse.Namespace) -> int:
                 ",".join(teams) or "-",
                 _status(user, now),
                 _date(user.last_sign_in_at),
+                "set up" if user.id in with_app else "at next sign-in",
                 user.display_name,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[5])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[6])
     return 0
 
 
@@ -183,4 +249,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_c
     p = command("reset-password", "set a new password (also unlocks the account)", cmd_reset_password)
     p.add_argument("username")
     password_option(p)
-    command("list", "show every user with role, teams and status", cmd_list)
+    p = command(
+        "reset-factor",
+        "remove a user's authenticator app and recovery codes (a lost phone); they set up a new one at next sign-in",
+        cmd_reset_factor,
+    )
+    p.add_argument("username")
+    p = command("end-sessions", "sign a user out everywhere", cmd_end_sessions)
+    p.add_argument("username")
+    command("list", "show every user with role, teams, status and whether an authenticator is set up", cmd_list)

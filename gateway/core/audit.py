@@ -1,7 +1,8 @@
 """Append-only, hash-chained events: every state change, with who and when.
 
 Each event's hash covers the previous event's hash, so deleting or editing a row breaks the
-chain, which `referral-gateway verify` detects.
+chain, which `referral-gateway verify` detects. A staff event (sign-in, a factor change, a session
+ended) has no referral (referral_id None) and sits in the same chain.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ GENESIS = "0" * 64
 
 @dataclass(frozen=True)
 class Event:
-    referral_id: str
+    referral_id: str | None  # None for a staff event
     at: datetime
     actor: str
     kind: str
     detail: Mapping[str, object] = field(default_factory=dict)  # never personal data
 
 
-def event_hash(prev_hash: str, referral_id: str, at: datetime, actor: str, kind: str, detail: str) -> str:
+def event_hash(prev_hash: str, referral_id: str | None, at: datetime, actor: str, kind: str, detail: str) -> str:
     canonical = json.dumps(
         [prev_hash, referral_id, at.astimezone(UTC).isoformat(), actor, kind, detail],
         separators=(",", ":"),

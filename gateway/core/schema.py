@@ -101,7 +101,8 @@ events = Table(
     "events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
+    # None for a staff event (sign-in, factor change, session end): one chain holds both kinds.
+    Column("referral_id", String(32), ForeignKey("referrals.id")),
     Column("at", UTCDateTime, nullable=False),
     Column("actor", String(200), nullable=False),
     Column("kind", String(32), nullable=False),
@@ -189,8 +190,8 @@ deadlines = Table(
 # Staff who sign in to the web dashboard (gateway.staff.users). Usernames are staff identifiers, stored
 # lower-case (gateway.staff.users.normalise_username makes the unique key case-blind); logs name a user
 # by id only. password_hash is argon2id's encoded string (salt and parameters inside).
-# session_epoch is copied into each signed-in session: bumping it (sign-out, disable, password
-# reset) ends every session of that user, although the sessions themselves live in cookies.
+# session_epoch is copied into each signed-in session (staff_sessions.epoch): bumping it (disable, a
+# password or factor reset) ends every session of that user at once.
 users = Table(
     "users",
     metadata,
@@ -224,4 +225,61 @@ decisions = Table(
     Column("what", String(32), nullable=False),
     Column("note", LargeBinary),  # sealed UTF-8 text; None when no note was given
     Index("ix_decisions_item_key", "item_key"),
+)
+
+# Staff sign-in's second factor (gateway.staff.factors): one TOTP authenticator per user. The secret is
+# sealed (context "totp:<user id>"); a row is written only once the user typed a code from it (until
+# then the new secret waits in their encrypted session cookie); last_step is the RFC 6238 time-step
+# of the last code accepted, so no code is accepted twice; codes_saved_at is when the user said they
+# had saved their recovery codes (enrolment ends there).
+staff_factors = Table(
+    "staff_factors",
+    metadata,
+    Column("user_id", String(32), ForeignKey("users.id"), primary_key=True),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_step", Integer, nullable=False, default=0),
+    Column("codes_saved_at", UTCDateTime),
+)
+
+# One-time recovery codes: argon2id hashes, each usable once (used_at set when it is).
+recovery_codes = Table(
+    "recovery_codes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False),
+    Column("code_hash", String(255), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime),
+    Index("ix_recovery_codes_user_id", "user_id"),
+)
+
+# Signed-in staff sessions (gateway.staff.sessions); the cookie holds a random token whose SHA-256 is
+# the id here, so a copy of this table signs no one in. A session is live while ended_at is None, its
+# epoch equals its user's session_epoch, and it is within the idle and absolute limits. `browser` is a
+# short summary of the User-Agent ("Firefox on Windows"); no address is kept.
+staff_sessions = Table(
+    "staff_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("signed_in_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Column("reauth_at", UTCDateTime),  # the last time password and code were typed again
+    Column("browser", String(80), nullable=False),
+    Column("ended_at", UTCDateTime),
+    Column("ended_why", String(16)),  # signed_out | elsewhere | admin | idle | absolute | replaced
+    Index("ix_staff_sessions_user_id", "user_id"),
+)
+
+# Failed sign-ins by client address, for the per-address throttle (gateway.staff.throttle). `client` is
+# a keyed hash of the address (keys/throttle.key), not the address: the table holds no personal data.
+sign_in_failures = Table(
+    "sign_in_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("client", String(64), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_sign_in_failures_client_at", "client", "at"),
 )

@@ -36,7 +36,7 @@ class NewReferral:
 async def create(conn: AsyncConnection, new: Sequence[NewReferral], events: Sequence[audit.Event]) -> None:
     """Insert new referrals with their first events ('received'); each one's state is the one the
     machine derives from those events, never a value written by hand."""
-    kinds: dict[str, list[str]] = {}
+    kinds: dict[str | None, list[str]] = {}  # None: a staff event (never among these)
     for ev in events:
         kinds.setdefault(ev.referral_id, []).append(ev.kind)
     rows = [

@@ -8,10 +8,11 @@ worker thread, at most `HASH_CONCURRENCY` at a time: each hash takes ~0.1 s of C
 a flood of sign-in attempts must not stall intake or exhaust memory. Hashes made with older
 parameters are replaced at the next successful sign-in (check_needs_rehash).
 
-Lockout: `MAX_FAILURES` wrong passwords in a row lock the account for `LOCKOUT`; attempts while it
-is locked are refused without checking the password and do not extend the lock, so an attacker
-cannot keep a duty worker out for longer than that by guessing. A success, or a password reset by
-an administrator, clears the count.
+Lockout: `MAX_FAILURES` wrong passwords or second-factor codes in a row lock the account for
+`LOCKOUT`; attempts while it is locked are refused without checking the password and do not extend
+the lock, so an attacker cannot keep a duty worker out for longer than that by guessing. A complete
+sign-in (password and second factor, `clear_failures`), or a password reset by an administrator,
+clears the count; a right password alone does not.
 
 Every refusal costs one argon2 verification (of a dummy hash when there is no usable account) and
 gives the same answer, so neither the time taken nor the words say whether a username exists.
@@ -333,11 +334,17 @@ class Users:
         else:
             right = await self._verify(row.password_hash, password)
         if not right:
-            await self._count_failure(user.id, now)
+            await self.count_failure(user.id, now)
             return SignInRefused(Refusal.BAD_PASSWORD, user.id)
         return await self._succeed(user, row.password_hash, password, now)
 
-    async def _count_failure(self, user_id: str, now: datetime) -> None:
+    async def clear_failures(self, user_id: str) -> None:
+        """After a complete sign-in (password and second factor): the count starts again."""
+        async with self._db.write() as conn:
+            await conn.execute(update(users).where(users.c.id == user_id).values(failed_attempts=0))
+
+    async def count_failure(self, user_id: str, now: datetime) -> None:
+        """A wrong password or a wrong second-factor code: MAX_FAILURES in a row lock the account."""
         async with self._db.write() as conn:
             # An increment in SQL, not a read-modify-write: concurrent wrong guesses all count.
             await conn.execute(
@@ -368,7 +375,9 @@ class Users:
                     users.c.disabled_at.is_(None),
                     or_(users.c.locked_until.is_(None), users.c.locked_until <= now),
                 )
-                .values(failed_attempts=0, locked_until=None, last_sign_in_at=now, password_hash=new_hash)
+                # failed_attempts stays: a right password alone does not clear the count, or wrong
+                # second-factor codes between right passwords would never lock (clear_failures does).
+                .values(locked_until=None, last_sign_in_at=now, password_hash=new_hash)
             )
         if result.rowcount != 1:
             log.info("sign-in refused for user %s: the account changed during the check", user.id)

@@ -27,7 +27,8 @@ async def verify(engine: AsyncEngine, now: datetime) -> list[str]:
         refs = (await conn.execute(select(referrals))).all()
         kinds: dict[str, list[str]] = defaultdict(list)
         for ev in (await conn.execute(select(events.c.referral_id, events.c.kind).order_by(events.c.id))).all():
-            kinds[ev.referral_id].append(ev.kind)
+            if ev.referral_id is not None:  # staff events are checked with the chain below
+                kinds[ev.referral_id].append(ev.kind)
         live_alerts: set[str] = set()
         for d in (await conn.execute(select(deliveries.c.referral_id, deliveries.c.kind, deliveries.c.state))).all():
             if d.kind in ("alert", "reminder") and d.state in ("pending", "sent"):

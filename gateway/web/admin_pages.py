@@ -1,7 +1,8 @@
 """The administrator's pages: staff accounts, and a read-only view of the loaded config.
 
 GET /admin/users, POST /admin/users (add), POST /admin/users/{user_id}/disable,
-POST /admin/users/{user_id}/reset-password, GET /admin/config.
+POST /admin/users/{user_id}/reset-password, POST /admin/users/{user_id}/reset-factor,
+POST /admin/users/{user_id}/end-sessions, GET /admin/config.
 
 Decisions, each for a reason:
 - Only role admin: a duty worker or coordinator gets the staff 403 page; a visitor who is not
@@ -13,6 +14,9 @@ Decisions, each for a reason:
 - No password or hash is ever shown, echoed back into a form or logged; logs name user ids only.
   An administrator cannot disable their own account (the last administrator would lock everyone
   out of user management).
+- A password reset never touches the second factor: resetting the authenticator is its own act,
+  which also removes the recovery codes and ends the user's sessions; they set up a new app at their
+  next sign-in. Both, disabling, and ending a user's sessions are in the audit chain as "admin:<id>".
 - The config view is for checking, not a copy of the file: members and coordinators by name with
   the channels they have ("email, SMS"), never their addresses or numbers; partners by name with
   counts; no secret (token, password file, key, account SID). Team mailboxes and duty phones are
@@ -32,6 +36,9 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.core.clock import Clock, uk_time
+from gateway.core.db import Database
+from gateway.staff import events
+from gateway.staff.factors import Factors
 from gateway.staff.passwords import CONTROL, PasswordPolicyError, check_password
 from gateway.staff.users import Role, User, UserError, UsernameTaken, Users, normalise_username
 from gateway.web.config_view import config_view
@@ -83,6 +90,7 @@ class UserRow(TypedDict):
     locked_until: str
     last_sign_in: str
     self: bool  # the administrator's own account: no disable button
+    enrolled: bool  # has an authenticator app set up
 
 
 @dataclass
@@ -113,8 +121,12 @@ def _passwords(form: Posted, username: str, prefix: str, problems: Problems) -> 
 
 
 class AdminPages:
-    def __init__(self, config: Config, users: Users, sessions: WebSessions, clock: Clock) -> None:
+    def __init__(
+        self, config: Config, db: Database, users: Users, factors: Factors, sessions: WebSessions, clock: Clock
+    ) -> None:
         self._config = config
+        self._db = db
+        self._factors = factors
         self._s = config.settings
         self._users = users
         self._sessions = sessions
@@ -128,6 +140,8 @@ class AdminPages:
         app.router.add_post("/admin/users", self._admin(self.add, post=True))
         app.router.add_post("/admin/users/{user_id}/disable", self._admin(self.disable, post=True))
         app.router.add_post("/admin/users/{user_id}/reset-password", self._admin(self.reset, post=True))
+        app.router.add_post("/admin/users/{user_id}/reset-factor", self._admin(self.reset_factor, post=True))
+        app.router.add_post("/admin/users/{user_id}/end-sessions", self._admin(self.end_sessions, post=True))
         app.router.add_get("/admin/config", self._admin(self.config_page))
         add_page_headers(app)
 
@@ -194,6 +208,7 @@ class AdminPages:
                 "locked_until": uk_time(u.locked_until) if u.locked_until and u.locked(now) else "",
                 "last_sign_in": uk_time(u.last_sign_in_at) if u.last_sign_in_at else "never",
                 "self": u.id == user.id,
+                "enrolled": (await self._factors.state(u.id)).enrolled,
             }
             for u in await self._users.all()
         ]
@@ -272,7 +287,11 @@ class AdminPages:
             problems = Problems(errors={"users": "You cannot disable your own account; ask another administrator"})
             return await self.users_page(request, user, form, problems, 400)
         if target.active:
-            await self._users.disable(target.username, self._clock.now())
+            now = self._clock.now()
+            await self._users.disable(target.username, now)
+            await events.record(
+                self._db, events.event(events.SESSION_ENDED, f"admin:{user.id}", now, user=target.id, why="disabled")
+            )
             log.info("admin %s disabled user %s", user.id, target.id)
         return await self._done(request, f"Disabled {target.username}: they are signed out and cannot sign in.")
 
@@ -285,11 +304,40 @@ class AdminPages:
         if problems.errors:
             log.info("admin %s: password reset of user %s refused", user.id, target.id)
             return await self.users_page(request, user, form, problems, 400)
-        await self._users.reset_password(target.username, password, self._clock.now())
+        now = self._clock.now()
+        await self._users.reset_password(target.username, password, now)
+        await events.record(
+            self._db, events.event(events.PASSWORD_CHANGED, f"admin:{user.id}", now, user=target.id, by="admin")
+        )
         log.info("admin %s reset the password of user %s", user.id, target.id)
         return await self._done(
-            request, f"New password set for {target.username}: their sessions have ended and the account is unlocked."
+            request,
+            f"New password set for {target.username}: their sessions have ended and the account is unlocked. "
+            "Their authenticator app is unchanged.",
         )
+
+    async def reset_factor(self, request: web.Request, user: User, form: Posted) -> web.StreamResponse:
+        target = await self._target(request, user, form)
+        if not isinstance(target, User):
+            return target
+        now = self._clock.now()
+        if await self._factors.reset(target.id):
+            await self._users.end_sessions(target.id)  # a session signed in with the old app ends too
+            await events.record(self._db, events.event(events.FACTOR_RESET, f"admin:{user.id}", now, user=target.id))
+            log.info("admin %s reset the authenticator of user %s", user.id, target.id)
+        return await self._done(
+            request,
+            f"Authenticator reset for {target.username}: their sessions have ended, their recovery codes no longer "
+            "work, and they set up a new app at their next sign-in.",
+        )
+
+    async def end_sessions(self, request: web.Request, user: User, form: Posted) -> web.StreamResponse:
+        target = await self._target(request, user, form)
+        if not isinstance(target, User):
+            return target
+        count = await self._sessions.records.end_all(target.id, "admin", self._clock.now(), f"admin:{user.id}")
+        log.info("admin %s ended %d sessions of user %s", user.id, count, target.id)
+        return await self._done(request, f"Ended {count} session{'s' if count != 1 else ''} of {target.username}.")
 
     # --- the config ----------------------------------------------------------------------------
 

@@ -1,13 +1,13 @@
-"""The staff web pages: sign in and out, the duty dashboard, a referral, acknowledge and close.
+"""The staff web pages: the duty dashboard, a referral, acknowledge and close (signing in and out
+is gateway.web.sign_in_pages').
 
-GET/POST /sign-in, POST /sign-out, GET /dashboard, GET /referrals/{id},
-GET /referrals/{id}/attachments/{n}, POST /referrals/{id}/acknowledge, POST /referrals/{id}/close.
+GET /dashboard, GET /referrals/{id}, GET /referrals/{id}/attachments/{n},
+POST /referrals/{id}/acknowledge, POST /referrals/{id}/close.
 
 Decisions, each for a reason:
 - Sessions, expiry and CSRF are gateway.web.session's: every POST checks the token first, before
-  even who is signed in, so a forged post learns nothing. A refused sign-in shows one message
-  whatever the reason, and does not echo the username back (it may be a password typed into the
-  wrong box).
+  even who is signed in, so a forged post learns nothing. A half-signed-in session (password
+  given, second factor not yet) has no user here, so it is sent to /sign-in like a visitor.
 - Nothing personal in any URL: a referral is addressed by its internal random id, never by the
   child's name or NHS number or even the reference; redirects go to fixed paths; the sign-in page
   takes no "next" parameter (no open redirect, nothing to leak).
@@ -39,7 +39,7 @@ from gateway.core.sealed import Sealed
 from gateway.open.identity import Identity
 from gateway.outbox.tokens import AckSigner
 from gateway.report.timeline import timeline
-from gateway.staff.users import REFUSED_MESSAGE, Role, SignInRefused, User, Users
+from gateway.staff.users import Role, User, Users
 from gateway.track.acks import Tracker
 from gateway.track.close import NotAcknowledged, close
 from gateway.web import dashboard_data as data
@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 _FORM: web.RequestKey[dict[str, str]] = web.RequestKey("dashboard_form", dict)
 _ERROR: web.RequestKey[str] = web.RequestKey("dashboard_error", str)
 _DOWNLOAD: web.RequestKey[bool] = web.RequestKey("dashboard_download", bool)
-_MAX_FIELD = 1024  # a username or password longer than this is refused without hashing it
 
 
 Handler = Callable[[web.Request, User], Awaitable[web.StreamResponse]]
@@ -68,6 +67,7 @@ class DashboardPages:
         tracker: Tracker,
         identity: Identity,
         users: Users,
+        sessions: WebSessions,
         clock: Clock,
     ) -> None:
         self._config = config
@@ -79,15 +79,12 @@ class DashboardPages:
         self._identity = identity
         self._users = users
         self._clock = clock
-        self._sessions = WebSessions(users, clock)
+        self._sessions = sessions
         self._pages = StaffPages(config)
 
     def routes(self, app: web.Application) -> None:
-        """Needs gateway.web.session.setup_sessions(app, ...) on the same app, and the /assets
-        route that ReferralForm.routes adds."""
-        app.router.add_get("/sign-in", self.sign_in_form)
-        app.router.add_post("/sign-in", self.sign_in)
-        app.router.add_post("/sign-out", self.sign_out)
+        """Needs gateway.web.session.setup_sessions(app, ...) on the same app, the sign-in pages
+        (gateway.web.sign_in_pages) and the /assets route that ReferralForm.routes adds."""
         app.router.add_get("/dashboard", self._signed_in(self.dashboard))
         app.router.add_get("/referrals/{referral_id}", self._signed_in(self.referral))
         app.router.add_get("/referrals/{referral_id}/attachments/{index}", self._signed_in(self.attachment))
@@ -139,30 +136,6 @@ class DashboardPages:
         if row is None or not data.may_see(user, row.team_id):
             return None
         return row
-
-    # --- signing in and out --------------------------------------------------------------------
-
-    async def sign_in_form(self, request: web.Request) -> web.StreamResponse:
-        if await self._sessions.current_user(request, activity=False) is not None:
-            raise web.HTTPSeeOther("/dashboard")
-        return await self._page(request, "sign_in.html", error=None)
-
-    async def sign_in(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
-        await require_csrf(request, form)
-        username, password = str(form.get("username", "")), str(form.get("password", ""))
-        if not username or not password or len(username) > _MAX_FIELD or len(password) > _MAX_FIELD:
-            return await self._page(request, "sign_in.html", 400, error=REFUSED_MESSAGE)
-        result = await self._users.authenticate(username, password, self._clock.now())
-        if isinstance(result, SignInRefused):
-            return await self._page(request, "sign_in.html", 400, error=result.message)
-        await self._sessions.sign_in(request, result)
-        raise web.HTTPSeeOther("/dashboard")
-
-    async def sign_out(self, request: web.Request) -> web.StreamResponse:
-        await require_csrf(request, await request.post())
-        await self._sessions.sign_out(request)
-        return await self._page(request, "signed_out.html")
 
     # --- the dashboard and a referral ----------------------------------------------------------
 

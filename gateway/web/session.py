@@ -1,17 +1,20 @@
-"""Staff sessions for the web dashboard: an encrypted cookie, expiry enforced here, CSRF tokens.
+"""Staff sessions for the web dashboard: an encrypted cookie naming a session in the database,
+the half-signed-in state between the password and the second factor, and CSRF tokens.
 
-The session is a cookie encrypted and authenticated with Fernet (aiohttp-session's
-EncryptedCookieStorage) under keys/session.key, made with mode 0600 on first run. Losing the key
-only signs everyone out, so it is always created when missing. The cookie is HttpOnly,
-SameSite=Strict, Secure unless the public URL is plain http on loopback (development), and has no
-Max-Age: it ends when the browser closes. It holds the user's id, their session epoch, the times
-of sign-in and of the last request, and the CSRF token; nothing personal.
-
-A cookie cannot be revoked, so every request is checked here against the clock and the database
-(`WebSessions.current_user`): IDLE_TIMEOUT since the last request, ABSOLUTE_TIMEOUT since sign-in,
-the account still enabled, and its session epoch unchanged. Signing out, disabling the account and
-resetting its password all bump the epoch, which ends every session of that user, including a
-copied cookie.
+The cookie is encrypted and authenticated with Fernet (aiohttp-session's EncryptedCookieStorage)
+under keys/session.key, made with mode 0600 on first run. Losing the key only signs everyone out,
+so it is always created when missing. The cookie is HttpOnly, SameSite=Strict, Secure unless the
+public URL is plain http on loopback (development), and has no Max-Age: it ends when the browser
+closes. It holds the CSRF token and either
+- "sid": the token of a signed-in session, a row of gateway.staff.sessions checked on every
+  request (`WebSessions.current_user`: not ended, idle and absolute limits, the account enabled,
+  its epoch unchanged), so any one session can be ended, a copied cookie with it; or
+- "pending": half signed in, after a right password and before the second factor: the user's id
+  and epoch, when the password was given, the step reached (code, enrol, codes) and, while
+  enrolling, the new TOTP secret (the cookie is encrypted, and the secret is sealed in the
+  database only once a code from it proves the app holds it). `current_user` never returns a
+  pending session, so every page that asks for a user refuses it; only the sign-in steps read it
+  (`WebSessions.pending`), for PENDING_TIMEOUT at most.
 
 Handlers that change anything take a POST with the CSRF token from `csrf_token()` in the field
 CSRF_FIELD and call `require_csrf(request, form)` first; SameSite=Strict already stops most
@@ -29,6 +32,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -40,13 +44,16 @@ from yarl import URL
 
 from gateway.core import keyfiles
 from gateway.core.clock import Clock
+from gateway.staff import events
+from gateway.staff.sessions import ABSOLUTE_TIMEOUT as ABSOLUTE_TIMEOUT
+from gateway.staff.sessions import IDLE_TIMEOUT as IDLE_TIMEOUT
+from gateway.staff.sessions import SessionRecord, Sessions
 from gateway.staff.users import User, Users
 
 log = logging.getLogger(__name__)
 
 SESSION_KEY_FILE = "session.key"
-IDLE_TIMEOUT = timedelta(minutes=30)
-ABSOLUTE_TIMEOUT = timedelta(hours=12)
+PENDING_TIMEOUT = timedelta(minutes=10)  # from the password to the end of the second step
 CSRF_FIELD = "csrf_token"
 SECURE_COOKIE_NAME = "__Host-rg-session"  # __Host-: the browser takes it only with Secure, Path=/, no Domain
 LOCAL_COOKIE_NAME = "rg-session"
@@ -78,6 +85,7 @@ class SessionStorage(EncryptedCookieStorage):
 _STORAGE = web.RequestKey("gateway_session_storage", SessionStorage)
 _SESSION = web.RequestKey("gateway_session", Session)
 _USER = web.RequestKey("gateway_session_user", User)
+_RECORD = web.RequestKey("gateway_session_record", SessionRecord)
 
 
 def cookie_secure(public_url: str) -> bool:
@@ -167,74 +175,127 @@ async def require_csrf(request: web.Request, form: Mapping[str, object]) -> None
         raise web.HTTPForbidden(text=_CSRF_REFUSED)
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A half-signed-in session: the password was right; the second factor is still to come.
+    stage: "code" (type a code), "enrol" (set up an authenticator with `secret`), "codes" (both
+    factors given; the user is to confirm they saved their new recovery codes)."""
+
+    user: User
+    stage: str
+    secret: str | None
+    how: str = ""  # at "codes": how the second factor was given (code, recovery, enrolment)
+
+
 class WebSessions:
-    """Signing in and out, and who is signed in, with the time limits checked on every request."""
+    """Signing in and out, and who is signed in, checked against the database on every request."""
 
-    def __init__(
-        self,
-        users: Users,
-        clock: Clock,
-        idle: timedelta = IDLE_TIMEOUT,
-        absolute: timedelta = ABSOLUTE_TIMEOUT,
-    ) -> None:
+    def __init__(self, users: Users, sessions: Sessions, clock: Clock) -> None:
         self._users = users
+        self.records = sessions
         self._clock = clock
-        self._idle = idle.total_seconds()
-        self._absolute = absolute.total_seconds()
 
-    async def sign_in(self, request: web.Request, user: User) -> None:
-        """Start a session for `user` (from Users.authenticate). The session is replaced, not
-        reused: nothing from before sign-in survives, and the CSRF token is new."""
-        if not user.active:
-            raise ValueError("a disabled user cannot be signed in")
+    async def _new(self, request: web.Request) -> Session:
+        """A fresh session replacing the old: nothing from before survives, the CSRF token is new."""
         session = await _storage(request).new_session()
-        now = self._clock.now().timestamp()
-        session["uid"] = user.id
-        session["epoch"] = user.session_epoch
-        session["signed_in"] = now
-        session["seen"] = now
         session["csrf"] = secrets.token_urlsafe(32)
         request[_SESSION] = session
-        request[_USER] = user
+        request.pop(_USER, None)
+        request.pop(_RECORD, None)
+        return session
 
-    async def current_user(self, request: web.Request, activity: bool = True) -> User | None:
-        """The signed-in user, or None (and the session is ended) when the session has expired,
-        the account was disabled, or the user signed out elsewhere or had their password reset.
-        activity=False for requests a page makes by itself (a refresh timer): they do not count
-        as use, so they cannot keep an unattended screen signed in."""
-        if _USER in request:
-            return request[_USER]
+    # -- half signed in --------------------------------------------------------------------------
+
+    async def begin(self, request: web.Request, user: User, stage: str, secret: str | None = None) -> None:
+        """After a right password: a new, half-signed-in session (it can see nothing)."""
+        if not user.active:
+            raise ValueError("a disabled user cannot be signed in")
+        session = await self._new(request)
+        session["pending"] = {
+            "uid": user.id,
+            "epoch": user.session_epoch,
+            "at": self._clock.now().timestamp(),
+            "stage": stage,
+            "secret": secret,
+        }
+
+    async def pending(self, request: web.Request) -> Pending | None:
         session = await get_session(request)
-        if "uid" not in session:
+        data = session.get("pending")
+        if not isinstance(data, dict):
             return None
-        now = self._clock.now().timestamp()
         try:
-            user_id, epoch = str(session["uid"]), int(session["epoch"])
-            signed_in, seen = float(session["signed_in"]), float(session["seen"])
-        except (KeyError, TypeError, ValueError):  # not a session this code wrote: treat as signed out
+            user_id, epoch, at, stage = str(data["uid"]), int(data["epoch"]), float(data["at"]), str(data["stage"])
+            secret, how = data.get("secret"), str(data.get("how") or "")
+        except (KeyError, TypeError, ValueError):  # not a session this code wrote
             session.invalidate()
             return None
-        if now - signed_in >= self._absolute or now - seen >= self._idle:
-            log.info(
-                "session of user %s expired (%s)", user_id, "absolute" if now - signed_in >= self._absolute else "idle"
-            )
+        if self._clock.now().timestamp() - at >= PENDING_TIMEOUT.total_seconds():
+            log.info("half-signed-in session of user %s expired", user_id)
             session.invalidate()
             return None
         user = await self._users.get(user_id)
         if user is None or not user.active or user.session_epoch != epoch:
             session.invalidate()
             return None
-        if activity:
-            session["seen"] = now
+        return Pending(user, stage, secret if isinstance(secret, str) else None, how)
+
+    async def advance(self, request: web.Request, stage: str, secret: str | None = None, how: str = "") -> None:
+        """Move a pending session to its next step (the time limit still runs from the password)."""
+        session = await get_session(request)
+        data = dict(session["pending"])
+        data["stage"], data["secret"], data["how"] = stage, secret, how
+        session["pending"] = data
+
+    # -- signed in -------------------------------------------------------------------------------
+
+    async def sign_in(self, request: web.Request, user: User, how: str) -> None:
+        """Start a signed-in session for `user`, who gave a right password and then a second factor
+        (`how`: "code", "recovery", "enrolment"). The session is replaced, not reused."""
+        if not user.active:
+            raise ValueError("a disabled user cannot be signed in")
+        agent = request.headers.get("User-Agent", "")
+        token = await self.records.start(user.id, user.session_epoch, agent, self._clock.now(), how)
+        session = await self._new(request)
+        session["sid"] = token
         request[_USER] = user
+        log.info("user %s signed in (%s)", user.id, how)
+
+    async def current_user(self, request: web.Request, activity: bool = True) -> User | None:
+        """The signed-in user, or None (and the cookie is cleared) when the session has ended or
+        expired, the account was disabled, or its password or factor was reset. A half-signed-in
+        session is None here. activity=False for requests a page makes by itself (a refresh
+        timer): they do not count as use, so they cannot keep an unattended screen signed in."""
+        if _USER in request:
+            return request[_USER]
+        session = await get_session(request)
+        token = session.get("sid")
+        if not isinstance(token, str):
+            return None
+        record = await self.records.live(token, self._clock.now(), activity)
+        user = await self._users.get(record.user_id) if record else None
+        if record is None or user is None or not user.active:
+            session.invalidate()
+            return None
+        request[_USER] = user
+        request[_RECORD] = record
         return user
 
+    async def current_session(self, request: web.Request) -> SessionRecord | None:
+        """This request's session record (after current_user found a user)."""
+        if await self.current_user(request, activity=False) is None:
+            return None
+        return request.get(_RECORD)
+
     async def sign_out(self, request: web.Request) -> None:
-        """End this session and every other session of the same user. Call after require_csrf."""
+        """End this session (a half-signed-in one too). Call after require_csrf."""
         user = await self.current_user(request, activity=False)
+        record = request.get(_RECORD)
         session = await get_session(request)
         session.invalidate()
         request.pop(_USER, None)
-        if user is not None:  # only a live session may end the others (not a stale, copied cookie)
-            await self._users.end_sessions(user.id)
+        request.pop(_RECORD, None)
+        if user is not None and record is not None:  # only a live session is ended (not a stale copy)
+            now = self._clock.now()
+            await self.records.end(record.id, user.id, "signed_out", now, actor=events.actor_of(user.id))
             log.info("user %s signed out", user.id)

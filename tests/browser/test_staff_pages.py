@@ -24,7 +24,9 @@ from gateway.app import Gateway
 from gateway.core.clock import FakeClock
 from gateway.staff.users import LOCKOUT, MAX_FAILURES, REFUSED_MESSAGE, Role, Users
 from tests.browser.conftest import AxeLater, Tab, screenshot
+from tests.browser.staff_sign_in import sign_in_fully
 from tests.conftest import maildir_messages, referral_row, send_referral
+from tests.staff_auth import TestApps
 
 pytestmark = pytest.mark.browser
 
@@ -75,9 +77,14 @@ async def expect_refused(tab: Tab) -> None:
     await expect(page.get_by_label("Username")).to_have_value("")  # never echoed back
 
 
-async def sign_in(page: Page, who: Staff) -> None:
-    await page.goto("/sign-in")
-    await submit_sign_in(page, who.username, who.password)
+@pytest.fixture
+def apps(clock: FakeClock) -> TestApps:
+    return TestApps(clock)
+
+
+async def sign_in(page: Page, who: Staff, apps: TestApps) -> None:
+    """Through every step: the password, then setting up the app or a code from it."""
+    await sign_in_fully(page, apps, who.username, who.password)
     await expect(page).to_have_url(re.compile("/dashboard$"))
     await expect(page.locator("#signed-in-as")).to_have_text(who.name)
 
@@ -95,7 +102,9 @@ async def ready(gw: Gateway, *sent: tuple[str, str]) -> list[str]:
     return refs
 
 
-async def test_sign_in_refusal_lockout_and_sign_out(tab: Tab, gateway: Gateway, clock: FakeClock) -> None:
+async def test_sign_in_refusal_lockout_and_sign_out(
+    tab: Tab, gateway: Gateway, clock: FakeClock, apps: TestApps
+) -> None:
     page = tab.page
     later = AxeLater()
     await add_staff(gateway, DUTY, LOCKED)
@@ -122,10 +131,10 @@ async def test_sign_in_refusal_lockout_and_sign_out(tab: Tab, gateway: Gateway, 
     locked = await Users(gateway.db).find(LOCKED.username)
     assert locked is not None and locked.locked(clock.now())
     clock.advance(LOCKOUT + timedelta(seconds=1))  # and unlocked when the lockout is over
-    await sign_in(page, LOCKED)
+    await sign_in(page, LOCKED, apps)
     await sign_out(page)
 
-    await sign_in(page, DUTY)
+    await sign_in(page, DUTY, apps)
     await expect(page).to_have_title(re.compile("^Open referrals – Referral dashboard – "))
     await expect(page.get_by_role("heading", name="MASH duty team")).to_be_visible()
     await expect(page.get_by_text("No open referrals.")).to_be_visible()
@@ -142,7 +151,7 @@ async def test_sign_in_refusal_lockout_and_sign_out(tab: Tab, gateway: Gateway, 
 
 
 async def test_duty_worker_sees_acknowledges_and_closes_a_referral(
-    tab: Tab, gateway: Gateway, home: Path, clock: FakeClock
+    tab: Tab, gateway: Gateway, home: Path, clock: FakeClock, apps: TestApps
 ) -> None:
     page = tab.page
     later = AxeLater()
@@ -150,7 +159,7 @@ async def test_duty_worker_sees_acknowledges_and_closes_a_referral(
     mine, theirs = await ready(gateway, ("mine", IN_BOROUGH), ("theirs", OUT_OF_AREA))
     clock.advance(timedelta(minutes=30))
 
-    await sign_in(page, DUTY)
+    await sign_in(page, DUTY, apps)
     await expect(page.get_by_role("heading", name="MASH duty team")).to_be_visible()
     table = page.get_by_role("table", name="Open referrals for MASH duty team")
     row = table.get_by_role("row").filter(has=page.get_by_role("link", name=mine))
@@ -223,14 +232,16 @@ async def test_duty_worker_sees_acknowledges_and_closes_a_referral(
     later.assert_none()
 
 
-async def test_coordinator_report_filter_export_and_decision(tab: Tab, gateway: Gateway, clock: FakeClock) -> None:
+async def test_coordinator_report_filter_export_and_decision(
+    tab: Tab, gateway: Gateway, clock: FakeClock, apps: TestApps
+) -> None:
     page = tab.page
     later = AxeLater()
     await add_staff(gateway, DUTY, COORDINATOR)
     mash, triage = await ready(gateway, ("late-mash", IN_BOROUGH), ("late-triage", OUT_OF_AREA))
     clock.advance(timedelta(days=1))  # both well past their deadlines, neither acknowledged
 
-    await sign_in(page, COORDINATOR)
+    await sign_in(page, COORDINATOR, apps)
     await page.goto("/report")
     await expect(page).to_have_title(re.compile("^Referrals that need attention – "))
     items = page.get_by_role("table", name=re.compile(r"needs? attention$"))
@@ -288,7 +299,7 @@ async def test_coordinator_report_filter_export_and_decision(tab: Tab, gateway: 
     # A duty worker may not see the report.
     await page.goto("/dashboard")
     await sign_out(page)
-    await sign_in(page, DUTY)
+    await sign_in(page, DUTY, apps)
     response = await page.goto("/report")
     assert response is not None and response.status == 403
     await expect(page.get_by_role("heading", name="You cannot see the report")).to_be_visible()
@@ -301,11 +312,11 @@ async def test_coordinator_report_filter_export_and_decision(tab: Tab, gateway: 
 ADMIN = Staff("a.admin", "Ada Admin", "lantern meadow copper", Role.ADMIN)
 
 
-async def test_administrator_adds_an_account_and_reads_the_config(tab: Tab, gateway: Gateway) -> None:
+async def test_administrator_adds_an_account_and_reads_the_config(tab: Tab, gateway: Gateway, apps: TestApps) -> None:
     page = tab.page
     later = AxeLater()
     await add_staff(gateway, ADMIN)
-    await sign_in(page, ADMIN)
+    await sign_in(page, ADMIN, apps)
     await page.get_by_role("link", name="Staff accounts").click()
     await expect(page).to_have_url(re.compile("/admin/users$"))
     await later.check(page)
