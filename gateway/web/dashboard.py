@@ -37,6 +37,7 @@ from gateway.core.model import OUTCOMES
 from gateway.core.records import ReferralRecord
 from gateway.core.sealed import Sealed
 from gateway.open.identity import Identity
+from gateway.outbox.compose import triage_team
 from gateway.outbox.tokens import AckSigner
 from gateway.report.timeline import timeline
 from gateway.staff.users import Role, User, Users
@@ -133,7 +134,7 @@ class DashboardPages:
 
     async def _visible(self, request: web.Request, user: User) -> ReferralRecord | None:
         row = await data.load(self._db, request.match_info["referral_id"])
-        if row is None or not data.may_see(user, row.team_id):
+        if row is None or not data.may_see(user, row.team_id, triage_team(self._s).id):
             return None
         return row
 

@@ -45,12 +45,15 @@ _URGENCY_RANK = {"immediate": 0, "urgent": 1, "standard": 2}
 REFERRAL_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def may_see(user: User, team_id: str | None) -> bool:
+def may_see(user: User, team_id: str | None, triage: str | None = None) -> bool:
     """Coordinators see every referral (also those not routed yet); duty workers those of their
-    teams; administrators none."""
+    teams, and, when `triage` names one of their teams, a referral routed to no team (quarantined):
+    the triage team is alerted to look at it, so its link must open for them; administrators none."""
     if user.role is Role.COORDINATOR:
         return True
-    return team_id is not None and user.may_see_team(team_id)
+    if team_id is None:
+        return triage is not None and user.may_see_team(triage)
+    return user.may_see_team(team_id)
 
 
 # --- the queues -----------------------------------------------------------------------------------
