@@ -28,7 +28,9 @@ class ReferralRecord:
     due_at: datetime | None
     acknowledged_at: datetime | None
     acknowledged_by: str | None
-    content: bytes | None
+    content: bytes | None  # None before it is read, when quarantined unread, and once purged
+    legal_hold: bool
+    purged_at: datetime | None
 
     @classmethod
     def of(cls, row: RowMapping) -> ReferralRecord:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 
@@ -65,8 +66,8 @@ messages = Table(
     Column("dedupe_key", String(64), nullable=False, unique=True),
     Column("received_at", UTCDateTime, nullable=False),
     Column("size", Integer, nullable=False),
-    Column("envelope", LargeBinary, nullable=False),  # sealed JSON: mail_from, rcpt_tos, peer
-    Column("raw", LargeBinary, nullable=False),  # sealed raw bytes exactly as received
+    Column("envelope", LargeBinary, nullable=False),  # sealed JSON: mail_from, rcpt_tos, peer; b"" once purged
+    Column("raw", LargeBinary, nullable=False),  # sealed raw bytes exactly as received; b"" once purged
     Column("processed_at", UTCDateTime),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UTCDateTime, nullable=False),
@@ -92,7 +93,9 @@ referrals = Table(
     Column("due_at", UTCDateTime),
     Column("acknowledged_at", UTCDateTime),
     Column("acknowledged_by", String(200)),
-    Column("content", LargeBinary),  # sealed JSON of gateway.core.model.Referral
+    Column("content", LargeBinary),  # sealed JSON of gateway.core.model.Referral; None once purged
+    Column("legal_hold", Boolean, nullable=False, default=False, server_default=false()),  # never purged
+    Column("purged_at", UTCDateTime),  # when retention removed its content (metadata and events stay)
     Index("ix_referrals_state", "state"),
 )
 
@@ -129,12 +132,12 @@ deliveries = Table(
     "deliveries",
     metadata,
     Column("id", String(32), primary_key=True),
-    Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
+    Column("referral_id", String(32), ForeignKey("referrals.id")),  # None: not about one referral (digest)
     Column("kind", String(16), nullable=False),  # alert | receipt | ack_notice | reminder
     Column("channel", String(16), nullable=False),  # email (sms, webhook later)
     Column("team_id", String(64)),
     Column("recipient_hash", String(64), nullable=False),  # binds ack links to this recipient
-    Column("payload", LargeBinary, nullable=False),  # sealed: recipient and the message bytes
+    Column("payload", LargeBinary),  # sealed: recipient and the message bytes; None once purged
     Column("state", String(16), nullable=False),  # pending | sent | dead
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UTCDateTime, nullable=False),
@@ -162,7 +165,7 @@ sms_webhooks = Table(
     Column("message_sid", String(64), nullable=False),
     Column("status", String(32), nullable=False),  # the MessageStatus of a callback; "" for inbound
     Column("sender_hash", String(64), nullable=False),  # keyed hash of the number, for rate limits
-    Column("payload", LargeBinary, nullable=False),  # sealed: the form as posted
+    Column("payload", LargeBinary),  # sealed: the form as posted; None once purged
     Column("outcome", String(200), nullable=False),  # what was done, with no personal data
     Column("reply", LargeBinary),  # sealed: the reply given, so a retry gets the same answer
     Column("received_at", UTCDateTime, nullable=False),
@@ -282,4 +285,17 @@ sign_in_failures = Table(
     Column("client", String(64), nullable=False),
     Column("at", UTCDateTime, nullable=False),
     Index("ix_sign_in_failures_client_at", "client", "at"),
+)
+
+# The daily digest to coordinators (issue 12): one row per Europe/London day, inserted by whichever
+# instance makes that day's digest, in the transaction that queues its deliveries, so it is made
+# exactly once a day across restarts and instances (the primary key refuses a second).
+digests = Table(
+    "digests",
+    metadata,
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD, the London date
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("made_at", UTCDateTime, nullable=False),
+    Column("made_by", String(64), nullable=False),  # the instance
+    Column("recipients", Integer, nullable=False),
 )
