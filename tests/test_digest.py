@@ -12,7 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -126,6 +126,32 @@ async def test_exactly_once_with_two_instances_on_one_database_and_across_a_rest
         assert await again.deliver_all() == 1
     finally:
         await again.stop()
+    assert len(maildir_messages(home, IRIS)) == 1
+
+
+async def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Until the running loops have done something (bounded, so a broken loop fails, not hangs)."""
+    for _ in range(400):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+async def test_the_background_task_of_two_running_instances_sends_one(home: Path) -> None:
+    # Due as they start: each loop's first step comes at once (later ones every 30 s of real time).
+    clock = FakeClock(at("2026-11-25T07:30"))
+    first = Gateway(config_mod.load(write_config(home)), clock=clock)  # every worker loop running
+    await first.start()
+    second = Gateway(config_mod.load(write_config(home)), clock=clock)
+    await second.start()
+    try:
+        day = datetime(2026, 11, 25).date()
+        await wait_for(lambda: first.digest.done_day == day and second.digest.done_day == day, "both loops")
+        await wait_for(lambda: len(maildir_messages(home, IRIS)) >= 1, "the digest in the coordinator's mailbox")
+    finally:
+        await second.stop()
+        await first.stop()
     assert len(maildir_messages(home, IRIS)) == 1
 
 

@@ -68,6 +68,11 @@ class DigestMaker:
         self._owner = owner
         self._made: date | None = None  # the last day this process knows is done: saves a query a poll
 
+    @property
+    def done_day(self) -> date | None:
+        """The latest London date this instance knows has its digest (made here or elsewhere)."""
+        return self._made
+
     async def run_once(self) -> int:
         """Make today's digest if it is due and not yet made; returns the deliveries queued (0: nothing to do)."""
         s = self._config.settings
