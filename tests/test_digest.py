@@ -13,11 +13,12 @@ import sqlite3
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from holidays.countries.united_kingdom import UnitedKingdom
 from sqlalchemy import select
 
 from gateway import config as config_mod
@@ -28,6 +29,7 @@ from gateway.core.schema import deliveries, digests, events
 from gateway.track.verify import verify
 from tests.conftest import (
     Sink,
+    both_databases,
     maildir_messages,
     make_message,
     referral_body,
@@ -50,8 +52,8 @@ def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-async def start(home: Path, clock: FakeClock, extra: str = "", relay: str = "") -> Gateway:
-    gw = Gateway(config_mod.load(write_config(home, extra, relay=relay)), clock=clock, workers=False)
+async def start(home: Path, clock: FakeClock, extra: str = "", database_url: str = "") -> Gateway:
+    gw = Gateway(config_mod.load(write_config(home, extra, database_url=database_url)), clock=clock, workers=False)
     await gw.start()
     return gw
 
@@ -111,16 +113,22 @@ async def test_goes_at_the_configured_time_not_before_and_once_a_day_with_nothin
     assert sent == ["sent", "sent"] and made == [(None,), (None,)]
 
 
-async def test_exactly_once_with_two_instances_on_one_database_and_across_a_restart(home: Path) -> None:
+@both_databases
+async def test_exactly_once_with_two_instances_on_one_database_and_across_a_restart(
+    home: Path, database_url: str
+) -> None:
     clock = FakeClock(at("2026-11-25T09:00"))
-    first, second = await start(home, clock), await start(home, clock)
+    first, second = (
+        await start(home, clock, database_url=database_url),
+        await start(home, clock, database_url=database_url),
+    )
     try:
         made = await asyncio.gather(first.make_digest(), second.make_digest(), first.make_digest())
         assert sorted(made) == [0, 0, 1]
     finally:
         await second.stop()
         await first.stop()
-    again = await start(home, clock)  # a restart the same day
+    again = await start(home, clock, database_url=database_url)  # a restart the same day
     try:
         assert await again.make_digest() == 0
         assert await again.deliver_all() == 1
@@ -208,6 +216,11 @@ async def test_fall_back_a_time_that_happens_twice_gets_one_digest(home: Path) -
         await gw.stop()
 
 
+def relay(sink: Sink) -> str:
+    """The council's mail server is the test's SMTP sink (on loopback, so no STARTTLS)."""
+    return f'[mail.relay]\nhost = "127.0.0.1"\nport = {sink.port}\nstarttls = false\ntimeout = "5s"\n'
+
+
 def with_max_attempts_one(path: Path) -> None:
     text = path.read_text().replace("max_attempts = 8 ", "max_attempts = 1 ", 1)
     path.write_text(text)
@@ -232,9 +245,7 @@ async def test_content_counts_references_and_health_and_no_personal_data(home: P
         '[[partners]]\nname = "Demo School"\naddresses = ["@school.example"]\n'
         'smime_anchors = ["keys/partners/school-ca.pem"]\n'
     )
-    path = write_config(
-        home, extra, relay=f'[mail.relay]\nhost = "127.0.0.1"\nport = {sink.port}\nstarttls = false\ntimeout = "5s"\n'
-    )
+    path = write_config(home, extra, relay=relay(sink))
     with_max_attempts_one(path)
     text = path.read_text()
     gap = (
@@ -292,6 +303,49 @@ async def test_content_counts_references_and_health_and_no_personal_data(home: P
     assert "default-triage" in gap
     for secret in PERSONAL:
         assert secret not in raw.decode(errors="replace"), secret
+
+
+async def test_a_digest_that_fails_for_good_is_on_the_chain_and_in_the_next_one(home: Path) -> None:
+    clock = FakeClock(at("2026-11-25T07:30"))
+    sink = Sink()
+    await sink.start()
+    path = write_config(home, relay=relay(sink))
+    with_max_attempts_one(path)
+    gw = Gateway(config_mod.load(path), clock=clock, workers=False)
+    await gw.start()
+    try:
+        sink.refuse_with = "550 5.1.1 no such mailbox"
+        assert await gw.make_digest() == 1
+        assert await gw.deliver_all() == 1
+        sink.refuse_with = None
+        clock.set(at("2026-11-26T07:30"))
+        assert await gw.make_digest() == 1
+        await gw.deliver_all()
+        assert await verify(gw.engine, clock.now()) == []
+        async with gw.engine.connect() as conn:
+            kinds = (await conn.execute(select(events.c.kind).where(events.c.referral_id.is_(None)))).scalars().all()
+    finally:
+        await gw.stop()
+        await sink.stop()
+    assert kinds == ["digest_made", "delivery_dead", "digest_made", "delivery_sent"]
+    (digest,) = sink.to(IRIS)
+    assert digest["X-Referral-Reference"] == "digest-2026-11-26"
+    assert "Daily digests that failed for good in the last 7 days: 1" in digest.get_content()
+
+
+async def test_warns_when_bank_holiday_data_ends_within_60_days(home: Path) -> None:
+    end = date(UnitedKingdom.end_year, 12, 31)  # the installed holidays package's last year
+    gw = await start(home, FakeClock(datetime.combine(end - timedelta(days=45), time(9, 0), UTC)))
+    try:
+        assert await gw.make_digest() == 1
+        await gw.deliver_all()
+    finally:
+        await gw.stop()
+    (digest,) = maildir_messages(home, IRIS)
+    expected = (
+        f"- bank holiday data for england ends on {end.isoformat()}, within 60 days; upgrade the holidays package"
+    )
+    assert expected in digest.get_content().splitlines()
 
 
 async def test_encrypted_to_a_coordinator_with_an_openpgp_key(setup: Setup, clock: FakeClock) -> None:

@@ -186,22 +186,20 @@ class Outbox:
     @staticmethod
     def _log(outcome: Outcome) -> None:
         d = outcome.delivery
-        about = f"referral {d.reference}" if d.reference else "no referral"
+        what = f"{d.kind} for referral {d.reference}" if d.reference else d.kind  # a digest is about none
         if outcome.failure is None:
-            log.info("outbox: %s for %s sent (attempt %d)", d.kind, about, d.attempts)
+            log.info("outbox: %s sent (attempt %d)", what, d.attempts)
         elif outcome.final:
             log.error(
-                "outbox: %s for %s failed for good after %d attempts: %s",
-                d.kind,
-                about,
+                "outbox: %s failed for good after %d attempts: %s",
+                what,
                 d.attempts,
                 outcome.failure,
             )
         else:
             log.warning(
-                "outbox: %s for %s failed (attempt %d): %s; retrying",
-                d.kind,
-                about,
+                "outbox: %s failed (attempt %d): %s; retrying",
+                what,
                 d.attempts,
                 outcome.failure,
             )

@@ -9,17 +9,21 @@ until someone fixes it. The same checks as `keys list` and `check-config`, said 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from gateway.config import Config
 from gateway.core.clock import LONDON
 from gateway.duty.schedule import Nation, calendar_warning
+from gateway.open.crypto import CryptoKeyError
 from gateway.open.crypto.smime import certificate_info, load_certificates
 from gateway.open.identity import EXPIRY_WARNING, Identity
 from gateway.outbox.protect import KeyHolder
 from gateway.route.coverage import Gap, gaps
 
+log = logging.getLogger(__name__)
 HOLIDAY_HORIZON = timedelta(days=60)
 GAP_DAYS = 7
 MOST_GAP_LINES = 20  # past this, the digest says how many more and points to check-config
@@ -37,10 +41,10 @@ def _expiry(what: str, expires: datetime | None, now: datetime) -> str | None:
 
 def _certificates(config: Config, what: str, path: Path, now: datetime) -> list[str]:
     try:
-        certs = load_certificates(config.path(path).read_bytes())
-    except (OSError, ValueError):
-        return [f"{what} ({path}) cannot be read: replace it (`referral-gateway keys list` shows it)"]
-    found = [_expiry(what, certificate_info(cert).not_after, now) for cert in certs]
+        infos = [certificate_info(cert) for cert in load_certificates(config.path(path).read_bytes())]
+    except (OSError, ValueError, CryptoKeyError):
+        return [f"{what} cannot be read: replace it (`referral-gateway keys list` shows it)"]
+    found = [_expiry(what, info.not_after, now) for info in infos]
     return [line for line in found if line]
 
 
@@ -100,4 +104,18 @@ def rota_gaps(config: Config, now: datetime) -> list[str]:
 
 
 async def warnings(config: Config, identity: Identity, now: datetime) -> list[str]:
-    return [*await expiring_keys(config, identity, now), *holiday_warnings(config, now), *rota_gaps(config, now)]
+    found: list[str] = []
+    checks: list[tuple[str, Callable[[], Awaitable[list[str]]]]] = [
+        ("keys and certificates", lambda: expiring_keys(config, identity, now)),
+        ("bank holiday data", lambda: asyncio.to_thread(holiday_warnings, config, now)),
+        ("rota cover", lambda: asyncio.to_thread(rota_gaps, config, now)),
+    ]
+    for what, check in checks:
+        try:
+            found += await check()
+        except Exception as exc:  # noqa: BLE001
+            # A check that fails (gpg gone, a bug) must not stop the digest: a digest that does
+            # not come reads as the gateway being down. It says which check failed instead.
+            log.error("digest: the %s check failed (%s)", what, type(exc).__name__)
+            found.append(f"the {what} check failed ({type(exc).__name__}): see the gateway's log")
+    return found
