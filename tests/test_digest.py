@@ -26,6 +26,7 @@ from gateway.app import Gateway
 from gateway.config import ConfigError
 from gateway.core.clock import FakeClock
 from gateway.core.schema import deliveries, digests, events
+from gateway.report import undelivered as report
 from gateway.track.verify import verify
 from tests.conftest import (
     Sink,
@@ -90,7 +91,7 @@ async def test_goes_at_the_configured_time_not_before_and_once_a_day_with_nothin
     text = digest.get_content()
     assert "is running" in text and "if one does not arrive, the gateway is down" in text
     assert "Not acknowledged in time (0): none" in text and "Quarantined (0): none" in text
-    assert "Outbox waiting to be sent: nothing" in text
+    assert "Outbox waiting to be sent: nothing" in text and "Messages waiting to be processed: 0" in text
     assert "is late" not in text
     # The rest of the day, and polls after it: nothing more.
     for later in ("2026-11-25T07:31", "2026-11-25T12:00", "2026-11-25T23:59"):
@@ -216,6 +217,16 @@ async def test_fall_back_a_time_that_happens_twice_gets_one_digest(home: Path) -
         await gw.stop()
 
 
+async def test_a_referral_not_processed_in_time_is_on_the_report_and_in_the_digest(gw: Gateway) -> None:
+    clock = clock_of(gw)
+    reference = await send_referral(gw, "p1", urgency="urgent")  # accepted, never processed here
+    assert await report.undelivered(gw.engine, gw.config.settings, clock.now()) == []  # within its grace
+    clock.advance(timedelta(minutes=40))  # 07:40: past the 15 minutes, and the digest is due
+    (row,) = await report.undelivered(gw.engine, gw.config.settings, clock.now())
+    assert row.reference == reference and row.kinds == ("unprocessed",) and row.reason == "not yet processed"
+    assert await gw.make_digest() == 1
+
+
 def relay(sink: Sink) -> str:
     """The council's mail server is the test's SMTP sink (on loopback, so no STARTTLS)."""
     return f'[mail.relay]\nhost = "127.0.0.1"\nport = {sink.port}\nstarttls = false\ntimeout = "5s"\n'
@@ -278,9 +289,13 @@ async def test_content_counts_references_and_health_and_no_personal_data(home: P
         clock.set(at("2026-11-25T11:00"))
         await gw.fire_deadlines()
         await gw.deliver_all()
+        # Waiting: one routed but its alerts not sent yet, one not processed yet.
+        await send_referral(gw, "d4", urgency="standard")
+        await gw.process_all()
+        await send_referral(gw, "d5", urgency="standard")
         before = len(sink.messages)
         assert await gw.make_digest() == 1
-        assert await gw.deliver_all() == 1
+        await gw.deliver_all()
         (raw,) = [m for _, rcpts, m in sink.messages[before:] if IRIS in rcpts]
         (digest,) = [m for m in sink.to(IRIS) if m["X-Referral-Reference"] == "digest-2026-11-25"]
     finally:
@@ -291,8 +306,9 @@ async def test_content_counts_references_and_health_and_no_personal_data(home: P
     assert f"Not acknowledged in time (2): {undelivered}, {late}" in body
     assert f"Delivery failed for good (1): {undelivered}" in body
     assert f"Quarantined (1): {quarantined}" in body
-    assert "(not routed): quarantined 1 (total 1)" in body
-    assert "Received in the last 24 hours: 3" in body
+    assert "(not routed): quarantined 1, received 1 (total 2)" in body
+    assert "Received in the last 24 hours: 5" in body
+    assert "Messages waiting to be processed: 1 (oldest received Wednesday 25 November 2026, 11:00 GMT)" in body
     assert "Last message delivered: Wednesday 25 November 2026" in body
     assert (
         "partner Demo School's certificate keys/partners/school-ca.pem expires on 2026-12-05 (in 9 days): renew it"

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import Settings
 from gateway.core.db import snapshot
 from gateway.core.lifecycle import State
-from gateway.core.schema import deliveries, digests, referrals
+from gateway.core.schema import deliveries, digests, messages, referrals
 from gateway.report.undelivered import undelivered
 
 RECENT = timedelta(days=7)  # how far back failed digests are counted
@@ -49,6 +49,8 @@ class DigestFacts:
     undelivered: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
     queues: list[Queue] = field(default_factory=list)
+    unprocessed: int = 0  # accepted messages not yet opened, parsed and routed
+    unprocessed_oldest: datetime | None = None
     last_sent: datetime | None = None
     digests_failed: int = 0  # digest deliveries that failed for good in the last RECENT
     previous_digest: date | None = None
@@ -77,6 +79,11 @@ async def gather(engine: AsyncEngine, settings: Settings, day: date, now: dateti
                 .order_by(d.kind)
             )
         ).all()
+        facts.unprocessed, facts.unprocessed_oldest = (
+            await conn.execute(
+                select(func.count(), func.min(messages.c.received_at)).where(messages.c.processed_at.is_(None))
+            )
+        ).one()
         facts.last_sent = (await conn.execute(select(func.max(d.sent_at)).where(d.state == "sent"))).scalar_one()
         facts.digests_failed = (
             await conn.execute(
