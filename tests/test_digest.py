@@ -308,6 +308,8 @@ async def test_content_counts_references_and_health_and_no_personal_data(home: P
     assert f"Quarantined (1): {quarantined}" in body
     assert "(not routed): quarantined 1, received 1 (total 2)" in body
     assert "Received in the last 24 hours: 5" in body
+    (queued,) = [line for line in body.splitlines() if line.startswith("Outbox waiting to be sent: ")]
+    assert "alert " in queued and "receipt 1 (oldest queued Wednesday 25 November 2026, 11:00 GMT)" in queued
     assert "Messages waiting to be processed: 1 (oldest received Wednesday 25 November 2026, 11:00 GMT)" in body
     assert "Last message delivered: Wednesday 25 November 2026" in body
     assert (
