@@ -41,7 +41,7 @@ from tests.conftest import (
 )
 from tests.test_secure_intake import Setup, decrypt_alert, recipient_key, start_with_team_key
 from tests.test_secure_intake import setup as setup  # the fixture, with its GnuPG homes
-from tests.test_smime import issue
+from tests.test_smime import issue, openssl
 
 IRIS = "iris.novak@demo-council.example"  # the coordinator in config/gateway.toml
 SUBJECT = "Referral gateway daily digest for {day}: {late} late, {undelivered} undelivered, {quarantined} quarantined"
@@ -387,6 +387,27 @@ async def test_encrypted_to_a_coordinator_with_an_openpgp_key(setup: Setup, cloc
     finally:
         subprocess.run(["gpgconf", "--homedir", str(iris_home), "--kill", "gpg-agent"], check=False)
         shutil.rmtree(iris_home, ignore_errors=True)
+
+
+async def test_encrypted_to_a_coordinator_with_an_smime_certificate(setup: Setup, clock: FakeClock) -> None:
+    iris = issue(setup.home / "keys", "iris", issuer=setup.ca, email_address=IRIS)
+    clock.set(at("2026-11-25T08:00"))
+    gw = await start_with_team_key(setup, clock, f'smime_cert = "{iris.cert_path}"', after=f'email = "{IRIS}"')
+    try:
+        assert await gw.make_digest() == 1
+        await gw.deliver_all()
+    finally:
+        await gw.stop()
+    (digest,) = maildir_messages(setup.home, IRIS)
+    raw = digest.as_bytes()
+    assert b"NEEDS A PERSON" not in raw
+    decrypted = openssl("smime", "-decrypt", "-inkey", str(iris.key_path), "-recip", str(iris.cert_path), stdin=raw)
+    assert decrypted.returncode == 0, decrypted.stderr
+    verified = openssl("smime", "-verify", "-CAfile", str(setup.ca.cert_path), stdin=decrypted.stdout)
+    assert verified.returncode == 0 and b"Verification successful" in verified.stderr, verified.stderr
+    inner = email.message_from_bytes(verified.stdout, policy=email.policy.default)
+    assert isinstance(inner, EmailMessage)
+    assert "NEEDS A PERSON" in inner.get_content()
 
 
 def test_config_refuses_a_bad_time_and_a_digest_with_nobody_to_send_it_to(home: Path) -> None:
