@@ -40,6 +40,7 @@ from gateway.outbox.tokens import AckSigner
 from gateway.pipeline.channels import Pipelines
 from gateway.pipeline.driver import Processor
 from gateway.pipeline.write import BatchWriter
+from gateway.report.digest import DigestMaker
 from gateway.staff.factors import Factors
 from gateway.staff.sessions import Sessions
 from gateway.staff.throttle import AddressThrottle
@@ -151,6 +152,8 @@ class Gateway:
                     self._loop("outbox", self.outbox.run_once, self._wake_outbox, s.outbox.poll.total_seconds())
                 ),
                 asyncio.create_task(self._deadline_loop()),
+                # The daily digest: a poll is a clock comparison (and one query a day once due).
+                asyncio.create_task(self._loop("digest", self._digest_step, asyncio.Event(), 30.0)),
             ]
             if self.reconciler is not None:
                 self._tasks.append(
@@ -185,6 +188,7 @@ class Gateway:
         self.tracker = Tracker(cfg, self.db, sealed, composer, self.clock, Referrers(sealed, composer, protector))
         self.deadlines = Deadlines(s, self.db, sealed, self.clock, dispatcher)
         self.reconciler = SmsReconciler(s, self.db, self.sms_transport, self.clock) if self.sms_transport else None
+        self.digest = DigestMaker(cfg, self.db, sealed, composer, protector, self.identity, self.clock, self.owner)
 
     def web_app(self, accounts: Users, sms_token: str = "", factors: Factors | None = None) -> web.Application:
         """Every page and webhook on one aiohttp app, in the order their response hooks need.
@@ -262,6 +266,11 @@ class Gateway:
             self._wake_deadlines.set()
         return count
 
+    async def _digest_step(self) -> int:
+        if await self.digest.run_once():
+            self._wake_outbox.set()
+        return 0  # nothing more to do until the next poll, made or not
+
     async def _loop(self, name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, poll: float) -> None:
         max_defer = self.config.settings.processing.max_defer.total_seconds()
         while True:
@@ -309,6 +318,10 @@ class Gateway:
 
     async def fire_deadlines(self) -> int:
         return await self.deadlines.fire_due()
+
+    async def make_digest(self) -> int:
+        """Today's digest if it is due and not yet made: the deliveries queued (0: none)."""
+        return await self.digest.run_once()
 
     async def reconcile_sms(self) -> int:
         return await self.reconciler.run_once() if self.reconciler else 0

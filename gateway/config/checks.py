@@ -41,6 +41,12 @@ def duty_checks(settings: Settings, file: Path) -> list[ConfigIssue]:
     for t, team in enumerate(settings.teams):
         issues += _team_checks(team, f"teams[{t}]", file, schedules, chains, settings)
     issues += _route_checks(settings, file)
+    if settings.digest.enabled and not settings.digest_recipients:
+        add(
+            "digest.enabled",
+            "the daily digest goes to coordinators, and no [[coordinators]] has an email address",
+            "give a coordinator an email address, or set enabled = false",
+        )
     return issues
 
 

@@ -4,13 +4,14 @@ listeners, mail and SMS, the workers, deadlines, links, the partner directory, s
 from __future__ import annotations
 
 import re
+from datetime import time as wall_time
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from gateway.config.duty import Deadline
+from gateway.config.duty import ClockTime, Deadline
 from gateway.config.fields import Duration, Email, Fingerprint, Mobile, Size, Strict, normalise_mobile
 from gateway.core.model import Urgency
 from gateway.duty.deadline_rules import DeadlineRule, parse_deadline
@@ -249,3 +250,12 @@ class KeysSection(Strict):
     openpgp_fingerprint: Fingerprint | None = None
     smime_key: Path | None = None
     smime_cert: Path | None = None
+
+
+class DigestSection(Strict):
+    """The daily heartbeat digest to every coordinator with an email address (gateway.report.digest).
+    It goes even when there is nothing to report: its absence is the alarm."""
+
+    time: ClockTime = wall_time(7, 30)  # Europe/London wall clock, "HH:MM"
+    # None: on when a coordinator has an email address. true with none is a config error.
+    enabled: bool | None = None

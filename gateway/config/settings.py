@@ -23,6 +23,7 @@ from gateway.config.sections import (
     AckSection,
     DatabaseSection,
     DeadlinesSection,
+    DigestSection,
     GatewaySection,
     HttpSection,
     KeysSection,
@@ -62,6 +63,7 @@ class Settings(Strict):
     escalations: tuple[Escalation, ...] = ()
     coordinators: tuple[Person, ...] = ()
     local_authorities: tuple[LocalAuthority, ...] = ()
+    digest: DigestSection = DigestSection()
 
     def team(self, team_id: str) -> Team:
         team = self.find_team(team_id)
@@ -104,6 +106,13 @@ class Settings(Strict):
                 if person.mobile == mobile:
                     return partner, person
         return None
+
+    @property
+    def digest_recipients(self) -> tuple[Person, ...]:
+        """Who gets the daily digest: every coordinator with an email address, unless it is off."""
+        if self.digest.enabled is False:
+            return ()
+        return tuple(c for c in self.coordinators if c.email)
 
     def team_name(self, team_id: str) -> str:
         team = self.find_team(team_id)

@@ -36,8 +36,8 @@ class Claimed:
     """A delivery row this worker holds the lease on."""
 
     id: str
-    referral_id: str
-    reference: str
+    referral_id: str | None  # None: not about one referral (the daily digest)
+    reference: str | None
     kind: str
     channel: str
     team_id: str | None
@@ -88,7 +88,8 @@ class Outbox:
                 await conn.execute(
                     select(d.id, d.referral_id, referrals.c.reference, d.kind, d.channel, d.team_id, d.attempts)
                     .add_columns(d.payload)
-                    .join(referrals, referrals.c.id == d.referral_id)
+                    # Outer: a digest is about no referral, and must be sent all the same.
+                    .outerjoin(referrals, referrals.c.id == d.referral_id)
                     .where(d.id.in_(ids))
                 )
             ).all()
@@ -118,6 +119,7 @@ class Outbox:
         now = self._clock.now()
         actor = f"outbox:{self._owner}"
         by_referral: dict[str, list[audit.Event]] = {}
+        loose: list[audit.Event] = []  # deliveries about no referral: on the chain, no state to change
         early: list[str] = []  # SIDs whose status callbacks may have come before we recorded them
         async with self._db.write() as conn:
             for outcome in outcomes:
@@ -130,6 +132,10 @@ class Outbox:
                     continue  # another worker recorded it first (our lease had run out)
                 if outcome.provider_id is not None and outcome.failure is None:
                     early.append(outcome.provider_id)
+                if delivery.referral_id is None:
+                    loose.append(self._event(outcome, now, actor))
+                    self._log(outcome)
+                    continue
                 events = by_referral.setdefault(delivery.referral_id, [])
                 events.append(self._event(outcome, now, actor))
                 if outcome.failure is None and delivery.kind in ALERT_KINDS:
@@ -143,6 +149,7 @@ class Outbox:
                 self._log(outcome)
             if by_referral:
                 await transitions(conn, by_referral)
+            await audit.append(conn, loose)
             for sid in early:  # after the sends are on the record, so the audit reads in order
                 await apply_early_statuses(conn, self._s, self._sealed, sid, now)
 
@@ -179,21 +186,20 @@ class Outbox:
     @staticmethod
     def _log(outcome: Outcome) -> None:
         d = outcome.delivery
+        what = f"{d.kind} for referral {d.reference}" if d.reference else d.kind  # a digest is about none
         if outcome.failure is None:
-            log.info("outbox: %s for referral %s sent (attempt %d)", d.kind, d.reference, d.attempts)
+            log.info("outbox: %s sent (attempt %d)", what, d.attempts)
         elif outcome.final:
             log.error(
-                "outbox: %s for referral %s failed for good after %d attempts: %s",
-                d.kind,
-                d.reference,
+                "outbox: %s failed for good after %d attempts: %s",
+                what,
                 d.attempts,
                 outcome.failure,
             )
         else:
             log.warning(
-                "outbox: %s for referral %s failed (attempt %d): %s; retrying",
-                d.kind,
-                d.reference,
+                "outbox: %s failed (attempt %d): %s; retrying",
+                what,
                 d.attempts,
                 outcome.failure,
             )

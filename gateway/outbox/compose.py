@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from email.header import Header
 from email.message import Message
 from email.mime.application import MIMEApplication
@@ -39,7 +39,7 @@ def _header(text: str) -> str:
 
 @dataclass(frozen=True)
 class Outgoing:
-    kind: str  # alert | reminder | receipt | ack_notice | notice | ack_told | quarantine
+    kind: str  # alert | reminder | receipt | ack_notice | notice | ack_told | quarantine | digest
     to: str  # an email address, or an E.164 number for SMS
     message: bytes  # the whole email; for SMS the UTF-8 text
     recipient_hash: str
@@ -268,6 +268,12 @@ class Composer:
         """To everyone already alerted: somebody has it, stand down."""
         context = {"team": team, "by": by, "at": at}
         return self._build("ack_told", "email/acknowledged_by.txt", to, now, reference, context, team_id=team.id)
+
+    def digest(self, *, to: str, day: date, now: datetime, context: Context) -> Outgoing:
+        """The daily digest to one coordinator: references and counts only, never personal data
+        (it goes in clear to a coordinator without a key). Its reference header names the day, so
+        a receiver can tell a resend (at-least-once delivery) from the next day's."""
+        return self._build("digest", "email/digest.txt", to, now, f"digest-{day.isoformat()}", context)
 
     def sms(
         self, kind: str, template: str, *, to: str, referral_id: str | None, now: datetime, context: Context

@@ -20,7 +20,8 @@ from gateway.outbox.compose import Outgoing
 Row = dict[str, object]  # a deliveries row as inserted
 
 
-def outbox_row(out: Outgoing, referral_id: str, sealed: Sealed, now: datetime) -> Row:
+def outbox_row(out: Outgoing, referral_id: str | None, sealed: Sealed, now: datetime) -> Row:
+    """referral_id None: a message about no one referral (the daily digest)."""
     delivery_id = uuid.uuid4().hex
     return {
         "id": delivery_id,

@@ -2,7 +2,10 @@
 
 Takes the store. Gives: `undelivered` (late, undeliverable, quarantined and stuck referrals and
 dead deliveries; nothing leaves by itself), `decisions` (a coordinator's recorded decision, the
-one act that takes an item off), `timeline` (a referral's audit events as sentences).
+one act that takes an item off), `timeline` (a referral's audit events as sentences), `digest` (the
+daily heartbeat digest to coordinators, queued once a day through the outbox; `digest_facts`,
+`digest_health` and `digest_time` say what is in it and when it is due).
 
-May import: gateway.staff, gateway.config, gateway.parse, gateway.duty, gateway.core.
+May import: gateway.outbox, gateway.route, gateway.open (the digest: composed, encrypted, its rota
+and key checks), gateway.staff, gateway.config, gateway.parse, gateway.duty, gateway.core.
 """

@@ -135,7 +135,10 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
             reasons.append(f"quarantined at stage {q.get('stage', '?')}: {q.get('reason', 'unknown')}")
             kinds.append("quarantined")
         elif r.state == State.RECEIVED:
-            grace = r.received_at + settings.deadlines.immediate
+            # The immediate deadline's length (a rule, not a duration: before, this sum raised
+            # TypeError and the whole report failed whenever a referral was waiting); "end of the
+            # next working day" has no length, and 15 minutes is the default immediate deadline.
+            grace = r.received_at + (settings.deadlines.immediate.amount or timedelta(minutes=15))
             if now >= grace or r.processing_error:
                 reasons.append(
                     "not yet processed" + (f" (last error: {r.processing_error})" if r.processing_error else "")
