@@ -1,0 +1,84 @@
+"""/metrics (Prometheus' text format), /livez and /readyz (JSON).
+
+/metrics is served where [metrics] says: on its own listener (no token: keep that address on
+loopback or a monitoring network), and/or on the main HTTP port behind a bearer token read from
+a file, compared in constant time; 401 without it. With neither configured it is not served.
+/livez answers 200 whenever the process and its loop answer; /readyz 200 or 503 with each check.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.config import Settings
+from gateway.core.clock import Clock
+from gateway.core.metrics import Counters, Heartbeats
+from gateway.report import health
+from gateway.report import metrics as db_metrics
+
+
+class Monitoring:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        counters: Counters,
+        heartbeats: Heartbeats,
+        clock: Clock,
+        token: bytes | None,
+    ) -> None:
+        self._s = settings
+        self._engine = engine
+        self._counters = counters
+        self._heartbeats = heartbeats
+        self._clock = clock
+        self._token = token
+
+    def routes(self, app: web.Application) -> None:
+        """On the main HTTP app: the probes always; /metrics only behind its token."""
+        app.router.add_get("/livez", self.livez)
+        app.router.add_get("/readyz", self.readyz)
+        if self._token is not None:
+            app.router.add_get("/metrics", self.guarded_metrics)
+
+    def listener_app(self) -> web.Application:
+        """The separate metrics listener: /metrics without a token, and the probes."""
+        app = web.Application(client_max_size=1024)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/livez", self.livez)
+        app.router.add_get("/readyz", self.readyz)
+        return app
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        now = self._clock.now()
+        snap = await db_metrics.read(self._engine, now)
+        scrape = CollectorRegistry(auto_describe=True)
+        scrape.register(db_metrics.Fixed(db_metrics.families(snap, self._s, now, self._heartbeats.ages(now))))
+        body = generate_latest(scrape) + generate_latest(self._counters.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+    async def guarded_metrics(self, request: web.Request) -> web.Response:
+        assert self._token is not None
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        # compare_digest: the time taken says nothing about how much of a guess was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+            return web.json_response(
+                {"error": "send the metrics token from [metrics] token_file as 'Authorization: Bearer TOKEN'"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+        return await self.metrics(request)
+
+    async def livez(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        now = self._clock.now()
+        result = await health.check(self._engine, self._s.health, self._heartbeats.ages(now), now)
+        return web.json_response(result.as_json(), status=200 if result.ready else 503)
