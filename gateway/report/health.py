@@ -10,6 +10,7 @@ are arriving but nobody would be alerted). Details carry counts, ages and error 
 from __future__ import annotations
 
 import asyncio
+import errno
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,8 +19,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config.monitoring import HealthSection
-from gateway.core.logs import describe
 from gateway.core.schema import messages
+
+
+def _kind(exc: BaseException) -> str:
+    """The type and errno name only: an OS error's words can quote the address it tried."""
+    code = getattr(exc, "errno", None)
+    name = errno.errorcode.get(code) if isinstance(code, int) else None
+    return f"{type(exc).__name__} [{name}]" if name else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ async def check(engine: AsyncEngine, health: HealthSection, loop_ages: dict[str,
     except Exception as exc:  # noqa: BLE001
         # Whatever the driver raised (refused, reset, locked, unreadable file), the answer is
         # "not ready" with the error's type: its text could hold a URL or a query's values.
-        checks["database"] = {"ok": False, "error": describe(exc)}
+        checks["database"] = {"ok": False, "error": _kind(exc)}
 
     stale_after = health.worker_stale_after.total_seconds()
     stale = sorted(name for name, age in loop_ages.items() if age > stale_after)
