@@ -18,6 +18,7 @@ from gateway import config as config_mod
 from gateway.cli.database import with_engine
 from gateway.config import Config, ConfigError
 from gateway.config.partner_checks import partner_notes
+from gateway.core import log_format
 from gateway.core.clock import LONDON, SystemClock, uk_time
 from gateway.core.keyfiles import KeyFileError
 from gateway.open.crypto import CryptoError
@@ -105,7 +106,7 @@ def _raise_open_files_limit() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format.configure(cfg.settings.logging.format)
     _raise_open_files_limit()
     asyncio.run(_serve(cfg))
     return 0
