@@ -18,8 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import Config
 from gateway.core import db
 from gateway.core.clock import Clock, SystemClock
-from gateway.core.keyfiles import KeyFileError
-from gateway.core.keyfiles import load as load_key_file
 from gateway.core.logs import RateLimitedLog, install_redaction, loop_exception_handler
 from gateway.core.metrics import Counters, Heartbeats
 from gateway.core.schema import messages
@@ -54,7 +52,7 @@ from gateway.web.account_pages import AccountPages
 from gateway.web.ack_pages import AckPages, make_app, web_environment
 from gateway.web.admin_pages import AdminPages
 from gateway.web.dashboard import DashboardPages
-from gateway.web.monitoring import Monitoring
+from gateway.web.monitoring import Monitoring, metrics_token
 from gateway.web.report_page import ReportPage
 from gateway.web.session import WebSessions, setup_sessions
 from gateway.web.sign_in_pages import SignInPages
@@ -67,18 +65,6 @@ def make_transport(config: Config) -> Transport:
     if relay is None:
         return MaildirTransport(config.maildir)
     return SmtpRelayTransport(relay, config.keys_dir)
-
-
-def metrics_token(config: Config) -> bytes | None:
-    """The bearer token /metrics wants on the main HTTP port, if [metrics] token_file is set: read
-    before anything opens, so that a missing or world-readable file stops the start."""
-    path = config.settings.metrics.token_file
-    if path is None:
-        return None
-    token = load_key_file(path if path.is_absolute() else config.keys_dir / path).strip()
-    if len(token) < 16:
-        raise KeyFileError(f"{path}: the metrics token is shorter than 16 characters; write a long random one")
-    return token
 
 
 async def _hsts(request: web.Request, response: web.StreamResponse) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from gateway import config as config_mod
 from gateway.app import Gateway
+from gateway.cli.main import main
 from gateway.core.clock import FakeClock
 from gateway.core.schema import deliveries
 from tests.conftest import (
@@ -216,3 +217,42 @@ async def test_refused_webhooks_are_counted_by_webhook_and_reason(
             assert value(samples, "gateway_webhooks_refused_total", webhook="status", reason="malformed") == 1
         finally:
             await gw.stop()
+
+
+@pytest.mark.parametrize(
+    ("section", "said"),
+    [
+        ("", 'metrics: /metrics is off; to serve it set [metrics] listen = "127.0.0.1:9464" or token_file'),
+        (
+            '[metrics]\nlisten = "127.0.0.1:9464"\n',
+            "metrics: /metrics on its own listener 127.0.0.1:9464 (no token: keep it on loopback)",
+        ),
+        (
+            '[metrics]\ntoken_file = "metrics.token"\n',
+            "metrics: /metrics on the HTTP port behind the bearer token in keys/metrics.token",
+        ),
+    ],
+)
+def test_check_config_says_where_metrics_are_served(
+    home: Path, capsys: pytest.CaptureFixture[str], section: str, said: str
+) -> None:
+    keys = home / "keys"
+    keys.mkdir(parents=True, mode=0o700)
+    (keys / "metrics.token").write_text(TOKEN)
+    os.chmod(keys / "metrics.token", 0o600)
+    main(["check-config", "--config", str(write_config(home, section, all_hours=True))])
+    assert said in capsys.readouterr().out.splitlines()
+
+
+def test_check_config_refuses_a_bad_listen_address_and_a_short_token(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-config", "--config", str(write_config(home, '[metrics]\nlisten = "9464"\n'))]) == 2
+    assert "metrics.listen: '9464' is not host:port. Fix: use one like '127.0.0.1:9464'" in capsys.readouterr().err
+    keys = home / "keys"
+    keys.mkdir(parents=True, mode=0o700)
+    (keys / "metrics.token").write_text("short")
+    os.chmod(keys / "metrics.token", 0o600)
+    path = write_config(home, '[metrics]\ntoken_file = "metrics.token"\n')
+    assert main(["check-config", "--config", str(path)]) == 2
+    assert "the metrics token is shorter than 16 characters" in capsys.readouterr().err

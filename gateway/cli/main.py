@@ -30,6 +30,7 @@ from gateway.route.coverage import calendar_warnings, gaps
 from gateway.route.explain import explain
 from gateway.route.rules import Facts
 from gateway.track.verify import verify
+from gateway.web import monitoring
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
 REQUIRED_TEMPLATES = (
@@ -130,6 +131,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"smtp: at most {smtp.max_sessions} sessions, {smtp.max_sessions_per_client} per client address; "
         f"idle timeout {_as_written(smtp.idle_timeout)} before DATA, {_as_written(smtp.timeout)} for DATA"
     )
+    print(monitoring.where(s))
+    monitoring.metrics_token(cfg)  # a missing, short or world-readable token file fails here, as at start
     for team in unused:
         print(f"note: team '{team}' is in no route (it receives nothing until a route names it)")
     for note in partner_notes(s):

@@ -15,11 +15,36 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.config import Settings
+from gateway.config import Config, Settings
 from gateway.core.clock import Clock
+from gateway.core.keyfiles import KeyFileError
+from gateway.core.keyfiles import load as load_key_file
 from gateway.core.metrics import Counters, Heartbeats
 from gateway.report import health
 from gateway.report import metrics as db_metrics
+
+
+def metrics_token(config: Config) -> bytes | None:
+    """The bearer token /metrics wants on the main HTTP port, if [metrics] token_file is set: read
+    before anything opens, so that a missing or world-readable file stops the start."""
+    path = config.settings.metrics.token_file
+    if path is None:
+        return None
+    token = load_key_file(path if path.is_absolute() else config.keys_dir / path).strip()
+    if len(token) < 16:
+        raise KeyFileError(f"{path}: the metrics token is shorter than 16 characters; write a long random one")
+    return token
+
+
+def where(settings: Settings) -> str:
+    """Where /metrics is served, in words for check-config."""
+    m = settings.metrics
+    if not m.enabled:
+        return 'metrics: /metrics is off; to serve it set [metrics] listen = "127.0.0.1:9464" or token_file'
+    places = [f"on its own listener {m.listen} (no token: keep it on loopback)"] if m.listen else []
+    if m.token_file:
+        places.append(f"on the HTTP port behind the bearer token in keys/{m.token_file}")
+    return "metrics: /metrics " + " and ".join(places)
 
 
 class Monitoring:
