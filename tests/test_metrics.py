@@ -106,6 +106,7 @@ async def test_metrics_count_what_happened_to_referrals_from_every_channel(
         status, text = await scrape(url)
         assert status == 200
         before = parse(text)
+        assert value(before, "gateway_ready") == 1  # a minute's lag is under health.max_processing_lag
         assert value(before, "gateway_processing_queue") == 3
         assert value(before, "gateway_processing_lag_seconds") == 60
         assert value(before, "gateway_referrals", state="received", channel="email") == 2

@@ -20,6 +20,7 @@ from gateway.app import Gateway
 from gateway.core.clock import FakeClock
 from tests.conftest import send_referral, write_config
 from tests.postgres import Server, create_database
+from tests.test_metrics import parse, value
 
 
 async def get(gw: Gateway, path: str) -> tuple[int, dict[str, Any]]:
@@ -37,8 +38,9 @@ async def until_ready(gw: Gateway, attempts: int = 200) -> dict[str, Any]:
     raise AssertionError(f"never ready: {body}")
 
 
-async def start(home: Path, clock: FakeClock, *, workers: bool, database_url: str = "") -> Gateway:
-    gw = Gateway(config_mod.load(write_config(home, database_url=database_url)), clock=clock, workers=workers)
+async def start(home: Path, clock: FakeClock, *, workers: bool, database_url: str = "", extra: str = "") -> Gateway:
+    path = write_config(home, extra, database_url=database_url)
+    gw = Gateway(config_mod.load(path), clock=clock, workers=workers)
     await gw.start()
     return gw
 
@@ -112,10 +114,17 @@ async def test_a_stopped_database_server_is_not_ready_and_back_when_it_returns(
     home: Path, clock: FakeClock, postgres: Server
 ) -> None:
     url = create_database(postgres.url, f"t{uuid.uuid4().hex[:16]}")
-    gw = await start(home, clock, workers=True, database_url=url)
+    gw = await start(home, clock, workers=True, database_url=url, extra='[metrics]\nlisten = "127.0.0.1:0"\n')
     try:
         await until_ready(gw)
         postgres.stop()
+        # /metrics still answers, from this process: not ready, because of the database.
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{gw.metrics_port}/metrics") as r:
+            assert r.status == 200
+            samples = parse(await r.text())
+        assert value(samples, "gateway_ready") == 0
+        assert value(samples, "gateway_ready_check", check="database") == 0
+        assert value(samples, "gateway_ready_check", check="workers") == 1
         status, body = await get(gw, "/readyz")
         assert status == 503 and body["status"] == "fail"
         database = body["checks"]["database"]

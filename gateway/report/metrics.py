@@ -157,6 +157,16 @@ def families(snap: Snapshot, settings: Settings, now: datetime, heartbeats: dict
     return [*database, queue, lag, loops]
 
 
+def readiness(ready: bool, checks: dict[str, bool]) -> list[Metric]:
+    """/readyz's answer as series, for alert rules that need no HTTP probe."""
+    whole = GaugeMetricFamily("gateway_ready", "1 when /readyz answers 200 (every check passes), else 0")
+    whole.add_metric([], 1.0 if ready else 0.0)
+    each = GaugeMetricFamily("gateway_ready_check", "1 when this /readyz check passes, else 0", labels=["check"])
+    for name, ok in checks.items():
+        each.add_metric([name], 1.0 if ok else 0.0)
+    return [whole, each]
+
+
 class Fixed(Collector):
     """A collector of families already read (prometheus' collect() cannot await a query)."""
 

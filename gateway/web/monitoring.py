@@ -81,9 +81,16 @@ class Monitoring:
 
     async def metrics(self, request: web.Request) -> web.Response:
         now = self._clock.now()
-        snap = await db_metrics.read(self._engine, now)
+        ages = self._heartbeats.ages(now)
+        # Readiness first: with the database gone, the scrape still answers (this process's
+        # counters and gateway_ready 0), so an alert says why rather than only "scrape failed".
+        readiness = await health.check(self._engine, self._s.health, ages, now)
+        found = db_metrics.readiness(readiness.ready, {name: c["ok"] for name, c in readiness.checks.items()})
+        if readiness.checks["database"]["ok"]:
+            snap = await db_metrics.read(self._engine, now)
+            found += db_metrics.families(snap, self._s, now, ages)
         scrape = CollectorRegistry(auto_describe=True)
-        scrape.register(db_metrics.Fixed(db_metrics.families(snap, self._s, now, self._heartbeats.ages(now))))
+        scrape.register(db_metrics.Fixed(found))
         body = generate_latest(scrape) + generate_latest(self._counters.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
