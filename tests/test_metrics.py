@@ -6,6 +6,7 @@ listener, or the main port behind a bearer token, or nowhere."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from gateway.core.clock import FakeClock
 from gateway.core.schema import deliveries
 from tests.conftest import (
     REFERRAL_ADDRESS,
+    ROOT,
     START,
     Sink,
     make_message,
@@ -257,3 +259,26 @@ def test_check_config_refuses_a_bad_listen_address_and_a_short_token(
     path = write_config(home, '[metrics]\ntoken_file = "metrics.token"\n')
     assert main(["check-config", "--config", str(path)]) == 2
     assert "the metrics token is shorter than 16 characters" in capsys.readouterr().err
+
+
+async def test_every_metric_the_readme_names_and_alerts_on_is_served(home: Path, clock: FakeClock) -> None:
+    """The README's metrics table and its alert rules to copy name only series a scrape has: a
+    renamed metric would otherwise leave an alert that never fires."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Operations: monitoring", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"\bgateway_[a-z_]+[a-z]", section))
+    rules = re.findall(r"^\s+- alert: (\w+)$", section, re.MULTILINE)
+    assert len(rules) >= 10 and len(set(rules)) == len(rules)
+    assert len(re.findall(r"^\s+expr: \S", section, re.MULTILINE)) == len(rules)
+
+    gw = await start(home, clock, '[metrics]\nlisten = "127.0.0.1:0"\n')
+    try:
+        text = (await scrape(f"http://127.0.0.1:{gw.metrics_port}/metrics"))[1]
+    finally:
+        await gw.stop()
+    served = set()
+    for family in text_string_to_metric_families(text):
+        served |= {family.name, *(s.name for s in family.samples)}
+        if family.type == "counter":
+            served.add(family.name + "_total")
+    assert named and named <= served, f"named in the README but not served: {sorted(named - served)}"
