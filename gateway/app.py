@@ -150,8 +150,6 @@ class Gateway:
             await web.TCPSite(self._metrics_http, m.listen_host, m.listen_port).start()
         if self._workers:
             s = cfg.settings
-            for name in ("processing", "outbox", "deadlines", *(("sms-status",) if self.reconciler else ())):
-                self.heartbeats.expect(name, self.clock.now())
             self._tasks = [
                 asyncio.create_task(
                     self._loop(
@@ -289,6 +287,9 @@ class Gateway:
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, poll: float) -> None:
         max_defer = self.config.settings.processing.max_defer.total_seconds()
+        # Every loop run through here is watched by /readyz from its first moment: one that
+        # never finishes a step is as stuck as one that stopped.
+        self.heartbeats.expect(name, self.clock.now())
         while True:
             wake.clear()
             await self.writer.quiet(max_defer)
@@ -306,6 +307,7 @@ class Gateway:
                 await asyncio.wait_for(wake.wait(), poll)
 
     async def _deadline_loop(self) -> None:
+        self.heartbeats.expect("deadlines", self.clock.now())
         while True:
             self._wake_deadlines.clear()
             wait = 30.0

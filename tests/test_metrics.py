@@ -26,6 +26,7 @@ from tests.conftest import (
     ROOT,
     START,
     Sink,
+    both_databases,
     make_message,
     referral_body,
     send_referral,
@@ -80,17 +81,19 @@ async def relay() -> AsyncIterator[Sink]:
     await sink.stop()
 
 
-async def start(home: Path, clock: FakeClock, extra: str, relay: str = "") -> Gateway:
-    gw = Gateway(config_mod.load(write_config(home, extra, relay=relay)), clock=clock, workers=False)
+async def start(home: Path, clock: FakeClock, extra: str, relay: str = "", database_url: str = "") -> Gateway:
+    path = write_config(home, extra, relay=relay, database_url=database_url)
+    gw = Gateway(config_mod.load(path), clock=clock, workers=False)
     await gw.start()
     return gw
 
 
+@both_databases
 async def test_metrics_count_what_happened_to_referrals_from_every_channel(
-    home: Path, clock: FakeClock, relay: Sink
+    home: Path, clock: FakeClock, relay: Sink, database_url: str
 ) -> None:
     relay_config = f'[mail.relay]\nhost = "127.0.0.1"\nport = {relay.port}\nstarttls = false\ntimeout = "5s"\n'
-    gw = await start(home, clock, '[metrics]\nlisten = "127.0.0.1:0"\n', relay_config)
+    gw = await start(home, clock, '[metrics]\nlisten = "127.0.0.1:0"\n', relay_config, database_url)
     url = f"http://127.0.0.1:{gw.metrics_port}/metrics"
     browser = Browser(f"http://127.0.0.1:{gw.http_port}")
     try:
