@@ -43,7 +43,8 @@ def where(settings: Settings) -> str:
         return 'metrics: /metrics is off; to serve it set [metrics] listen = "127.0.0.1:9464" or token_file'
     places = [f"on its own listener {m.listen} (no token: keep it on loopback)"] if m.listen else []
     if m.token_file:
-        places.append(f"on the HTTP port behind the bearer token in keys/{m.token_file}")
+        shown = m.token_file if m.token_file.is_absolute() else f"keys/{m.token_file}"
+        places.append(f"on the HTTP port behind the bearer token in {shown}")
     return "metrics: /metrics " + " and ".join(places)
 
 
