@@ -161,8 +161,12 @@ async def test_metrics_count_what_happened_to_referrals_from_every_channel(
         # No personal data in any label or help text: not the child, the referrer or an address.
         for secret in ("Sam", "Testchild", "W1A", "ann.example", "alex.example", "Example Street", "nobody@"):
             assert secret not in text and secret not in (await scrape(url))[1]
-        # /metrics is not on the main port when only its own listener is configured.
+        # /metrics is not on the main port when only its own listener is configured; the probes
+        # are on both.
         assert (await scrape(f"http://127.0.0.1:{gw.http_port}/metrics"))[0] == 404
+        for port in (gw.http_port, gw.metrics_port):
+            assert (await scrape(f"http://127.0.0.1:{port}/livez")) == (200, '{"status": "ok"}')
+            assert (await scrape(f"http://127.0.0.1:{port}/readyz"))[0] == 200
     finally:
         await browser.close()
         await gw.stop()
