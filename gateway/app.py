@@ -19,6 +19,7 @@ from gateway.config import Config
 from gateway.core import db
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.logs import RateLimitedLog, install_redaction, loop_exception_handler
+from gateway.core.metrics import Counters, Heartbeats
 from gateway.core.schema import messages
 from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
@@ -52,6 +53,7 @@ from gateway.web.account_pages import AccountPages
 from gateway.web.ack_pages import AckPages, make_app, web_environment
 from gateway.web.admin_pages import AdminPages
 from gateway.web.dashboard import DashboardPages
+from gateway.web.monitoring import Monitoring, metrics_token
 from gateway.web.report_page import ReportPage
 from gateway.web.session import WebSessions, setup_sessions
 from gateway.web.sign_in_pages import SignInPages
@@ -97,6 +99,10 @@ class Gateway:
         self._wake_deadlines = asyncio.Event()
         self._smtp: asyncio.Server | None = None
         self._http: web.AppRunner | None = None
+        self._metrics_http: web.AppRunner | None = None
+        # What /metrics counts and /readyz checks: this gateway's own, never a process global.
+        self.counters = Counters()
+        self.heartbeats = Heartbeats()
         # aiosmtpd logs every envelope address at INFO: personal data has no place in our logs.
         logging.getLogger("mail.log").setLevel(logging.ERROR)
         # And whatever is still logged by aiohttp, aiosmtpd and asyncio, at any level, carries no
@@ -107,6 +113,7 @@ class Gateway:
 
     async def start(self) -> None:
         cfg = self.config
+        self._metrics_token = metrics_token(cfg)  # first: a bad token file stops the start with nothing open
         loop = asyncio.get_running_loop()
         self._previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(loop_exception_handler(self._loop_errors))
@@ -131,12 +138,17 @@ class Gateway:
             if smtp.tls_cert and smtp.tls_key
             else None
         )
-        self._smtp = await start_smtp(smtp, self.writer, tls)
+        self._smtp = await start_smtp(smtp, self.writer, self.counters, tls)
         app = self.web_app(Users(self.db), token)
         self._http = web.AppRunner(app, access_log=None)  # access logs would record ack tokens
         await self._http.setup()
         site = web.TCPSite(self._http, cfg.settings.http.host, cfg.settings.http.port)
         await site.start()
+        if cfg.settings.metrics.listen is not None:
+            self._metrics_http = web.AppRunner(self.monitoring.listener_app(), access_log=None)
+            await self._metrics_http.setup()
+            m = cfg.settings.metrics
+            await web.TCPSite(self._metrics_http, m.listen_host, m.listen_port).start()
         if self._workers:
             s = cfg.settings
             self._tasks = [
@@ -152,8 +164,6 @@ class Gateway:
                     self._loop("outbox", self.outbox.run_once, self._wake_outbox, s.outbox.poll.total_seconds())
                 ),
                 asyncio.create_task(self._deadline_loop()),
-                # The daily digest: a poll is a clock comparison (and one query a day once due).
-                asyncio.create_task(self._loop("digest", self._digest_step, asyncio.Event(), 30.0)),
             ]
             if self.reconciler is not None:
                 self._tasks.append(
@@ -186,7 +196,7 @@ class Gateway:
             self.sms_transport = TwilioTransport(s.sms, token, f"{s.http.public_url}/sms/status")
         self.outbox = Outbox(cfg, self.db, sealed, self.transport, self.clock, self.owner, self.sms_transport)
         self.tracker = Tracker(cfg, self.db, sealed, composer, self.clock, Referrers(sealed, composer, protector))
-        self.deadlines = Deadlines(s, self.db, sealed, self.clock, dispatcher)
+        self.deadlines = Deadlines(s, self.db, sealed, self.clock, dispatcher, self.counters)
         self.reconciler = SmsReconciler(s, self.db, self.sms_transport, self.clock) if self.sms_transport else None
         self.digest = DigestMaker(cfg, self.db, sealed, composer, protector, self.identity, self.clock, self.owner)
 
@@ -221,8 +231,12 @@ class Gateway:
         AdminPages(cfg, self.db, accounts, factors, sessions, self.clock).routes(app)
         if self.sms_transport is not None:
             SmsWebhooks(
-                cfg, sms_token, self.db, self.sealed, self.signer, self.writer, self.tracker, self.clock
+                cfg, sms_token, self.db, self.sealed, self.signer, self.writer, self.tracker, self.clock, self.counters
             ).routes(app)
+        self.monitoring = Monitoring(
+            cfg.settings, self.engine, self.counters, self.heartbeats, self.clock, self._metrics_token
+        )
+        self.monitoring.routes(app)
         app.on_response_prepare.append(self._after_request)
         if cfg.settings.http.public_url.startswith("https://"):
             # Served over TLS (here or at a proxy): browsers must never fall back to plain HTTP.
@@ -237,6 +251,11 @@ class Gateway:
     def smtp_port(self) -> int:
         assert self._smtp is not None
         return int(self._smtp.sockets[0].getsockname()[1])
+
+    @property
+    def metrics_port(self) -> int:
+        assert self._metrics_http is not None
+        return int(self._metrics_http.addresses[0][1])
 
     @property
     def http_port(self) -> int:
@@ -254,6 +273,8 @@ class Gateway:
         await self.writer.stop()
         if self._http:
             await self._http.cleanup()
+        if self._metrics_http:
+            await self._metrics_http.cleanup()
         await self.engine.dispose()
         self.identity.close()
         asyncio.get_running_loop().set_exception_handler(self._previous_handler)
@@ -273,11 +294,15 @@ class Gateway:
 
     async def _loop(self, name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, poll: float) -> None:
         max_defer = self.config.settings.processing.max_defer.total_seconds()
+        # Every loop run through here is watched by /readyz from its first moment: one that
+        # never finishes a step is as stuck as one that stopped.
+        self.heartbeats.expect(name, self.clock.now(), poll)
         while True:
             wake.clear()
             await self.writer.quiet(max_defer)
             try:
                 busy = await step()
+                self.heartbeats.beat(name, self.clock.now())
             except Exception as exc:  # noqa: BLE001
                 # A worker loop must outlive a failed step (database briefly locked or gone);
                 # the rows stay queued and are retried.
@@ -289,6 +314,7 @@ class Gateway:
                 await asyncio.wait_for(wake.wait(), poll)
 
     async def _deadline_loop(self) -> None:
+        self.heartbeats.expect("deadlines", self.clock.now(), 30.0)
         while True:
             self._wake_deadlines.clear()
             wait = 30.0
@@ -298,8 +324,16 @@ class Gateway:
                 due = await self.deadlines.next_due()
                 if due is not None:
                     wait = min(wait, max((due - self.clock.now()).total_seconds(), 0.0) + 0.05)
+                self.heartbeats.beat("deadlines", self.clock.now())
             except Exception as exc:  # noqa: BLE001 - as in _loop: the loop must outlive a step
                 log.error("deadline loop: step failed (%s)", type(exc).__name__)
+            # The daily digest is driven by the clock too: a clock comparison each wake (at most
+            # every 30 s), one query a day once due. Its own try: a digest that fails must not stop
+            # deadlines firing, nor they it.
+            try:
+                await self._digest_step()
+            except Exception as exc:  # noqa: BLE001
+                log.error("deadline loop: digest step failed (%s)", type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_deadlines.wait(), wait)
 

@@ -39,72 +39,100 @@ def _as_postgres_user(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
-@contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yields a base URL (postgresql+asyncpg://postgres@127.0.0.1:PORT)."""
-    bin_dir = _bin_dir()
-    if bin_dir is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("PostgreSQL is not installed; .ci/run must install the postgresql package")
-        pytest.skip("PostgreSQL is not installed here (it is required in CI)")
-    data = Path(tempfile.mkdtemp(prefix="rg-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
-    subprocess.run(
-        _as_postgres_user(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data / "db"),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    server = subprocess.Popen(
-        _as_postgres_user(
-            [
-                str(bin_dir / "postgres"),
-                "-D",
-                str(data / "db"),
-                "-p",
-                str(port),
-                "-h",
-                "127.0.0.1",
-                "-k",
-                str(data),
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=200",
-            ]
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+class Server:
+    """One throwaway server; `stop()` and `start()` again on the same data and port let a test
+    take the database away from a running gateway and give it back."""
+
+    def __init__(self) -> None:
+        bin_dir = _bin_dir()
+        if bin_dir is None:
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail("PostgreSQL is not installed; .ci/run must install the postgresql package")
+            pytest.skip("PostgreSQL is not installed here (it is required in CI)")
+        self.bin_dir = bin_dir
+        self.data = Path(tempfile.mkdtemp(prefix="rg-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.data, "postgres", "postgres")
+        self.port = _free_port()
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}"
+        self._server: subprocess.Popen[bytes] | None = None
+        subprocess.run(
+            _as_postgres_user(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.data / "db"),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        self._server = subprocess.Popen(
+            _as_postgres_user(
+                [
+                    str(self.bin_dir / "postgres"),
+                    "-D",
+                    str(self.data / "db"),
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    str(self.data),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=200",
+                ]
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         while True:
             ready = subprocess.run(
-                [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+                [str(self.bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
             )
             if ready.returncode == 0:
-                break
-            if server.poll() is not None or time.monotonic() > deadline:
+                return
+            if self._server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the test PostgreSQL server did not start")
             time.sleep(0.1)
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            # pg_ctl's "fast" shutdown ends client sessions (a signal to runuser would not reach
+            # the server; SIGTERM, "smart", would wait for a running gateway's pooled connections).
+            subprocess.run(
+                _as_postgres_user([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data / "db"), "-m", "fast"]),
+                check=True,
+                capture_output=True,
+            )
+            self._server.wait(timeout=30)
+            self._server = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yields a base URL (postgresql+asyncpg://postgres@127.0.0.1:PORT)."""
+    server = Server()
+    try:
+        server.start()
+        yield server.url
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(data, ignore_errors=True)
+        server.remove()
 
 
 def create_database(base_url: str, name: str) -> str:

@@ -18,6 +18,7 @@ from gateway import config as config_mod
 from gateway.cli.database import with_engine
 from gateway.config import Config, ConfigError
 from gateway.config.partner_checks import partner_notes
+from gateway.core import log_format
 from gateway.core.clock import LONDON, SystemClock, uk_time
 from gateway.core.keyfiles import KeyFileError
 from gateway.open.crypto import CryptoError
@@ -29,6 +30,7 @@ from gateway.route.coverage import calendar_warnings, gaps
 from gateway.route.explain import explain
 from gateway.route.rules import Facts
 from gateway.track.verify import verify
+from gateway.web import monitoring
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
 REQUIRED_TEMPLATES = (
@@ -105,7 +107,7 @@ def _raise_open_files_limit() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format.configure(cfg.settings.logging.format)
     _raise_open_files_limit()
     asyncio.run(_serve(cfg))
     return 0
@@ -129,6 +131,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"smtp: at most {smtp.max_sessions} sessions, {smtp.max_sessions_per_client} per client address; "
         f"idle timeout {_as_written(smtp.idle_timeout)} before DATA, {_as_written(smtp.timeout)} for DATA"
     )
+    print(monitoring.where(s))
+    monitoring.metrics_token(cfg)  # a missing, short or world-readable token file fails here, as at start
     for team in unused:
         print(f"note: team '{team}' is in no route (it receives nothing until a route names it)")
     for note in partner_notes(s):

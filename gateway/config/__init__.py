@@ -6,8 +6,9 @@ Takes: the TOML file. Gives: `load(path) -> Config` (Settings plus where they ca
 rotas and deadlines it builds), gateway.parse (postcode patterns), gateway.core.
 
 Modules: `fields` (value types), `duty` (teams, rotas, routes, escalation chains), `sections` (the
-rest), `settings` (Settings and Config), `checks` (checks across the duty sections),
-`partner_checks` (each partner, address and signing key in one [[partners]] block only), `load`.
+rest), `monitoring` ([metrics], [health], [logging]), `settings` (Settings and Config), `checks`
+(checks across the duty sections), `partner_checks` (each partner, address and signing key in one
+[[partners]] block only), `load`.
 """
 
 from gateway.config.errors import ConfigError, ConfigIssue

@@ -19,6 +19,7 @@ from gateway.config.duty import (
     Team,
 )
 from gateway.config.fields import Strict
+from gateway.config.monitoring import HealthSection, LoggingSection, MetricsSection
 from gateway.config.sections import (
     AckSection,
     DatabaseSection,
@@ -64,6 +65,9 @@ class Settings(Strict):
     coordinators: tuple[Person, ...] = ()
     local_authorities: tuple[LocalAuthority, ...] = ()
     digest: DigestSection = DigestSection()
+    metrics: MetricsSection = MetricsSection()
+    health: HealthSection = HealthSection()
+    logging: LoggingSection = LoggingSection()
 
     def team(self, team_id: str) -> Team:
         team = self.find_team(team_id)

@@ -24,6 +24,7 @@ from gateway.config import Config
 from gateway.config.fields import normalise_mobile
 from gateway.core.clock import Clock
 from gateway.core.db import Database
+from gateway.core.metrics import Counters
 from gateway.core.model import Channel
 from gateway.core.schema import sms_webhooks
 from gateway.core.sealed import RoutedAtIntake, Sealed, SmsEnvelope
@@ -59,7 +60,9 @@ class SmsWebhooks:
         writer: IntakeWriter,
         tracker: Tracker,
         clock: Clock,
+        counters: Counters,
     ) -> None:
+        self._counters = counters
         self._s = config.settings
         self._token = token
         self._db = db
@@ -94,8 +97,12 @@ class SmsWebhooks:
         url = request_url(self._s.http.public_url, request.path_qs)
         if not is_valid(self._token, url, params, request.headers.get("X-Twilio-Signature")):
             log.warning("sms: %s refused: no valid Twilio signature", request.path)
+            self._refused(request, "signature")
             return None
         return params
+
+    def _refused(self, request: web.Request, reason: str) -> None:
+        self._counters.webhooks_refused.labels(webhook=request.path.rsplit("/", 1)[-1], reason=reason).inc()
 
     async def inbound(self, request: web.Request) -> web.Response:
         params = await self._signed_form(request)
@@ -104,6 +111,7 @@ class SmsWebhooks:
         form = dict(params)
         sid = form.get("MessageSid") or form.get("SmsSid") or ""
         if not sid:
+            self._refused(request, "malformed")
             return web.Response(status=400, text="Bad request: no MessageSid.")
         try:
             sender = normalise_mobile(form.get("From", ""))
@@ -192,6 +200,7 @@ class SmsWebhooks:
         form = dict(params)
         sid, status = form.get("MessageSid", ""), form.get("MessageStatus", "")
         if not sid or not status:
+            self._refused(request, "malformed")
             return web.Response(status=400, text="Bad request: no MessageSid or MessageStatus.")
         now = self._clock.now()
         try:

@@ -20,6 +20,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config.sections import SmtpSection
 from gateway.core.logs import RateLimitedLog
+from gateway.core.metrics import Counters
 from gateway.core.model import Channel
 from gateway.core.sealed import EmailEnvelope
 from gateway.intake.smtp_sessions import BoundedSMTP, Gate, SessionLimits
@@ -112,7 +113,9 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 FD_HEADROOM = 256
 
 
-async def start_smtp(settings: SmtpSection, writer: IntakeWriter, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+async def start_smtp(
+    settings: SmtpSection, writer: IntakeWriter, counters: Counters, tls: ssl.SSLContext | None = None
+) -> asyncio.Server:
     loop = asyncio.get_running_loop()
     handler = ReferralHandler(settings, writer)
     limits = SessionLimits(settings.max_sessions, settings.max_sessions_per_client)
@@ -135,6 +138,7 @@ async def start_smtp(settings: SmtpSection, writer: IntakeWriter, tls: ssl.SSLCo
             timeout=settings.idle_timeout.total_seconds(),
             data_timeout=settings.timeout.total_seconds(),
             on_close=on_close,
+            counters=counters,
             tls_context=tls,
             require_starttls=settings.starttls_required,
             decode_data=False,
@@ -143,6 +147,6 @@ async def start_smtp(settings: SmtpSection, writer: IntakeWriter, tls: ssl.SSLCo
         )
 
     def gate() -> Gate:
-        return Gate(limits, smtp, settings.hostname, refusals)
+        return Gate(limits, smtp, settings.hostname, refusals, counters)
 
     return await loop.create_server(gate, host=settings.host, port=settings.port)

@@ -14,11 +14,12 @@ import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, syntax
 
 from gateway.core.logs import RateLimitedLog
+from gateway.core.metrics import Counters
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,20 @@ class BoundedSMTP(SMTP):
     slow link may take minutes, but an idle connection before DATA is only holding a slot.
     """
 
-    def __init__(self, *args: Any, data_timeout: float, on_close: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, data_timeout: float, on_close: Callable[[], None], counters: Counters, **kwargs: Any
+    ) -> None:
         # Any: passed on unchanged to aiosmtpd's SMTP, whose signature types them
         super().__init__(*args, **kwargs)
         self._data_timeout = data_timeout
         self._on_close: Callable[[], None] | None = on_close
+        self._counters = counters
+
+    async def push(self, status: AnyStr) -> None:
+        # Every reply aiosmtpd sends goes through here (greeting, each command's answer, our
+        # handler's 250 or 451): counted by its code for /metrics.
+        self._counters.smtp_reply(status)
+        await super().push(status)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -115,7 +125,9 @@ class Gate(asyncio.Protocol):
         make_smtp: Callable[[Callable[[], None]], BoundedSMTP],
         hostname: str,
         refusals: RateLimitedLog,
+        counters: Counters,
     ) -> None:
+        self._counters = counters
         self._limits = limits
         self._make_smtp = make_smtp
         self._hostname = hostname
@@ -128,6 +140,7 @@ class Gate(asyncio.Protocol):
         if cap is not None:
             transport.write(f"421 4.7.0 {self._hostname} Too many connections, try again later\r\n".encode())
             transport.close()  # after the write is flushed
+            self._counters.smtp_reply("421")
             # No address in the log (it identifies a sender); a flood is one line per interval.
             self._refusals.event(
                 f"smtp: refused a connection over the {cap} cap ({self._limits.open} sessions open)", kind=cap

@@ -17,6 +17,7 @@ from gateway.core import audit
 from gateway.core.clock import Clock
 from gateway.core.db import Database
 from gateway.core.lifecycle import State
+from gateway.core.metrics import Counters
 from gateway.core.model import Urgency
 from gateway.core.outcomes import describe
 from gateway.core.schema import deadlines, referrals
@@ -62,7 +63,16 @@ class Firing:
 
 
 class Deadlines:
-    def __init__(self, settings: Settings, db: Database, sealed: Sealed, clock: Clock, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        sealed: Sealed,
+        clock: Clock,
+        dispatcher: Dispatcher,
+        counters: Counters | None = None,
+    ) -> None:
+        self._counters = counters or Counters()  # a gateway passes its own, served on /metrics
         self._s = settings
         self._db = db
         self._sealed = sealed
@@ -95,6 +105,9 @@ class Deadlines:
                 firing = Firing([event], [], detail, again)
             if await self._write(row, firing, now):
                 fired += 1
+                if row.kind != "ack" and isinstance(firing.detail, list) and firing.detail:
+                    # Counted once written: a step prepared but beaten to it by an ack is not.
+                    self._counters.escalations_fired.labels(team=row.team_id or "").inc()
         return fired
 
     async def _due(self, now: datetime) -> list[Due]:

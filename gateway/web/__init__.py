@@ -6,7 +6,8 @@ code; enrolment at the first sign-in; sign-out), `account_pages` (one's sessions
 changing one's password or authenticator), `dashboard` with `dashboard_data` (queues, a referral,
 acknowledge and close), `report_page` (the coordinators' report and decisions), `admin_pages` and
 `config_view` (accounts and the config), `session` (the cookie naming a session, half-signed-in state, CSRF), `headers`
-(the CSP nonce and security headers), `templates` (the Jinja environments).
+(the CSP nonce and security headers), `templates` (the Jinja environments), `monitoring` (/metrics,
+/livez and /readyz).
 
 May import: gateway.report, gateway.track, gateway.outbox, gateway.route, gateway.open,
 gateway.config, gateway.staff and below; never gateway.intake.
