@@ -249,3 +249,11 @@ class KeysSection(Strict):
     openpgp_fingerprint: Fingerprint | None = None
     smime_key: Path | None = None
     smime_cert: Path | None = None
+
+
+class BackupSection(Strict):
+    """`referral-gateway backup`: the keys go into every backup encrypted to this administrator's OpenPGP
+    key (its public key imported with `keys import`); without it `backup` refuses, since the keys open
+    everything the database holds sealed."""
+
+    admin_openpgp: Fingerprint | None = None

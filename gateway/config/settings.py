@@ -21,6 +21,7 @@ from gateway.config.duty import (
 from gateway.config.fields import Strict
 from gateway.config.sections import (
     AckSection,
+    BackupSection,
     DatabaseSection,
     DeadlinesSection,
     GatewaySection,
@@ -57,6 +58,7 @@ class Settings(Strict):
     routes: tuple[Route, ...] = Field(min_length=1)
     security: SecuritySection = SecuritySection()
     keys: KeysSection = KeysSection()
+    backup: BackupSection = BackupSection()
     partners: tuple[Partner, ...] = ()
     schedules: tuple[ScheduleConfig, ...] = ()
     escalations: tuple[Escalation, ...] = ()
