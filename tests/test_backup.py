@@ -1,0 +1,221 @@
+"""`referral-gateway backup --to DIR` and `restore --from DIR`, against the running gateway.
+
+The gateway runs as a real `serve` process (SQLite) or in-process (PostgreSQL) while real SMTP clients send
+referrals; `backup`, `restore` and `verify` run as real `python -m gateway` processes. The administrator's
+OpenPGP key is made with the real gpg in a GnuPG home of its own, the way an administrator would, and only
+its public half is imported into the gateway. What must hold: every referral that had its 250 before the
+backup started is in the backup; the restored copy passes `verify` and every referral in it opens with the
+restored keys; the backup folder holds no key in the clear and opens nothing without the administrator's key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import smtplib
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from gateway import config as config_mod
+from gateway.cli.main import main
+from gateway.core import db
+from gateway.core.schema import messages, referrals
+from gateway.core.sealed import Sealed
+from gateway.core.sealing import Sealer
+from tests.conftest import REFERRAL_ADDRESS, make_message, referral_body, write_config
+from tests.test_crash_recovery import GatewayProcess, free_ports
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gpg(home: Path, *args: str, data: bytes = b"", check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    cmd = ["gpg", "--homedir", str(home), "--batch", "--no-tty", "--pinentry-mode", "loopback", *args]
+    return subprocess.run(cmd, input=data, capture_output=True, check=check, timeout=60)
+
+
+def kill_agents(home: Path) -> None:
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False, capture_output=True)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """Short paths: gpg-agent's socket in keys/gnupg must fit in 108 bytes. Agents are killed at teardown."""
+    path = Path(tempfile.mkdtemp(prefix="bk"))
+    yield path
+    for home in (path / "admin", path / "gw" / "keys" / "gnupg", path / "new" / "keys" / "gnupg"):
+        kill_agents(home)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def admin_key(short_dir: Path) -> tuple[Path, str]:
+    """The administrator's own key pair in their own GnuPG home; returns the home and the fingerprint."""
+    home = short_dir / "admin"
+    home.mkdir(mode=0o700)
+    gpg(home, "--passphrase", "", "--quick-gen-key", "Alex Admin <it.admin@demo-council.example>", "future-default")
+    listing = gpg(home, "--with-colons", "--list-secret-keys").stdout.decode()
+    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    (short_dir / "admin.asc").write_bytes(gpg(home, "--armor", "--export", fingerprint).stdout)
+    return home, fingerprint
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "--config", str(config)],
+        cwd=config.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def gateway_home(
+    home: Path, fingerprint: str | None, *, database_url: str = "", ports: tuple[int, int] = (0, 0)
+) -> Path:
+    """A gateway home whose [backup] names the administrator's key, imported with `keys import` as the README says."""
+    config = write_config(home, smtp_port=ports[0], http_port=ports[1], database_url=database_url, all_hours=True)
+    if fingerprint is not None:
+        assert main(["keys", "import", str(home.parent / "admin.asc"), "--config", str(config)]) == 0
+        with config.open("a") as handle:
+            handle.write(f'\n[backup]\nadmin_openpgp = "{fingerprint}"\n')
+    return config
+
+
+class Senders:
+    """SMTP clients sending referrals one after another until stopped; keeps the reference of every 250."""
+
+    def __init__(self, port: int, threads: int = 2) -> None:
+        self.port = port
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.accepted: list[str] = []  # references, in the order their 250s arrived
+        self.failures: list[str] = []
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> Senders:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def references(self) -> list[str]:
+        with self.lock:
+            return list(self.accepted)
+
+    def wait_for(self, count: int) -> None:
+        while len(self.references()) < count and not self.failures:
+            self.stop.wait(0.05)
+        assert not self.failures, self.failures
+
+    def _run(self) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", self.port, "sender.test", timeout=30) as conn:
+                conn.ehlo()
+                while not self.stop.is_set():
+                    msg = make_message(referral_body(), message_id=f"<{uuid.uuid4().hex}@nhs.example>")
+                    assert conn.mail("ann.example@nhs.example")[0] == 250
+                    assert conn.rcpt(REFERRAL_ADDRESS)[0] == 250
+                    code, text = conn.data(msg.as_bytes())
+                    assert code == 250, text
+                    with self.lock:
+                        self.accepted.append(text.decode().split()[-1])
+        except Exception as exc:  # noqa: BLE001 (a sender thread must not die silently: the test fails on it)
+            with self.lock:
+                self.failures.append(repr(exc))
+
+
+def readable_referrals(config: Path) -> dict[str, str]:
+    """reference -> postcode (from the sealed content, or from the sealed raw message of a referral not yet
+    processed when the backup was taken) of every referral in a restored copy, opened with the restored keys:
+    one that does not open fails here. Read as the gateway reads them, through the configured database."""
+    cfg = config_mod.load(config)
+    sealed = Sealed(Sealer.from_keys_dir(cfg.keys_dir, may_create=False))
+
+    async def read() -> dict[str, str]:
+        engine = db.make_engine(cfg.database_url)
+        try:
+            async with engine.connect() as conn:
+                query = select(
+                    referrals.c.id, referrals.c.reference, referrals.c.content, messages.c.id, messages.c.raw
+                )
+                rows = (await conn.execute(query.join_from(referrals, messages))).all()
+        finally:
+            await engine.dispose()
+        found = {}
+        for ref_id, reference, content, message_id, raw in rows:
+            if content is not None:
+                found[reference] = str(sealed.content(ref_id, content).referral.child.postcode)
+            else:
+                text = sealed.raw(message_id, raw).decode()
+                found[reference] = "W1A 1AA" if "Child postcode: W1A 1AA" in text else "unreadable"
+        return found
+
+    return asyncio.run(read())
+
+
+def manifest(folder: Path) -> dict[str, object]:
+    data = json.loads((folder / "manifest.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.mark.slow
+def test_backup_while_referrals_arrive_restores_into_a_fresh_folder_that_verifies(short_dir: Path) -> None:
+    admin_home, fingerprint = admin_key(short_dir)
+    smtp_port, http_port = free_ports(2)
+    config = gateway_home(short_dir / "gw", fingerprint, ports=(smtp_port, http_port))
+    backup_dir = short_dir / "backups" / "2026-12-02"
+    process = GatewayProcess(short_dir / "gw", config, smtp_port)
+    try:
+        process.start()
+        with Senders(smtp_port) as senders:
+            senders.wait_for(20)
+            before = senders.references()
+            done = cli(config, "backup", "--to", str(backup_dir))
+            during = senders.references()
+            senders.wait_for(len(during) + 5)  # still accepting after the backup
+        assert done.returncode == 0, done.stderr
+        assert process.terminate() == 0
+    finally:
+        process.close()
+    assert not senders.failures, senders.failures
+    assert len(during) > len(before), "no referral arrived while the backup ran: the test proved nothing"
+    assert done.stdout.startswith(f"backup: OK: {backup_dir}: sqlite database at migration 0007"), done.stdout
+    found = manifest(backup_dir)
+    assert sorted(found["files"]) == ["gateway.db", "keys.tar.gpg"]  # type: ignore[call-overload]
+    assert found["keys"]["encrypted_to"] == fingerprint  # type: ignore[index]
+
+    new_config = gateway_home(short_dir / "new", None)
+    with new_config.open("a") as handle:  # the same config as the gateway's, on its fresh data_dir and keys_dir
+        handle.write(f'\n[backup]\nadmin_openpgp = "{fingerprint}"\n')
+    restored = cli(new_config, "restore", "--from", str(backup_dir), "--gnupghome", str(admin_home))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    rows = found["database"]["rows"]  # type: ignore[index]
+    assert f"every referral opens with the restored keys ({rows['referrals']})" in restored.stdout
+
+    checked = cli(new_config, "verify")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "verify: OK" in checked.stdout
+    readable = readable_referrals(new_config)
+    assert len(readable) == rows["referrals"]
+    assert set(readable.values()) == {"W1A 1AA"}
+    # Every referral whose 250 came before the backup started is in it; none arrived that the gateway did not accept.
+    assert set(before) <= set(readable) <= set(senders.references())
+    keys = short_dir / "new" / "keys"
+    assert (keys / "data-at-rest.key").read_bytes() == (short_dir / "gw" / "keys" / "data-at-rest.key").read_bytes()
+    assert stat.S_IMODE((keys / "data-at-rest.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((keys / "gnupg").stat().st_mode) == 0o700
