@@ -11,6 +11,7 @@ restored keys; the backup folder holds no key in the clear and opens nothing wit
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 import smtplib
@@ -27,12 +28,13 @@ import pytest
 from sqlalchemy import select
 
 from gateway import config as config_mod
+from gateway.app import Gateway
 from gateway.cli.main import main
 from gateway.core import db
 from gateway.core.schema import messages, referrals
 from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
-from tests.conftest import REFERRAL_ADDRESS, make_message, referral_body, write_config
+from tests.conftest import REFERRAL_ADDRESS, make_message, referral_body, smtp_send, write_config
 from tests.test_crash_recovery import GatewayProcess, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,3 +221,135 @@ def test_backup_while_referrals_arrive_restores_into_a_fresh_folder_that_verifie
     assert (keys / "data-at-rest.key").read_bytes() == (short_dir / "gw" / "keys" / "data-at-rest.key").read_bytes()
     assert stat.S_IMODE((keys / "data-at-rest.key").stat().st_mode) == 0o600
     assert stat.S_IMODE((keys / "gnupg").stat().st_mode) == 0o700
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def served_gateway(config: Path) -> None:
+    """The gateway's own keys made as `serve` makes them, and one referral taken by SMTP."""
+    gw = Gateway(config_mod.load(config), workers=False)
+    await gw.start()
+    try:
+        code, text = await smtp_send(gw.smtp_port, make_message(referral_body(), message_id="<one@nhs.example>"))
+        assert code == 250, text
+    finally:
+        await gw.stop()
+
+
+def secret_files(keys: Path) -> list[Path]:
+    """Every secret the gateway holds under keys/: its raw keys, its S/MIME key, its OpenPGP secret keys."""
+    found = [p for p in keys.glob("*.key")] + [keys / "smime" / "gateway.key.pem"]
+    found += list((keys / "gnupg" / "private-keys-v1.d").glob("*.key"))
+    return found
+
+
+async def test_the_backup_holds_no_key_in_the_clear_and_only_the_admin_key_opens_it(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin_home, fingerprint = admin_key(short_dir)
+    config = gateway_home(short_dir / "gw", fingerprint)
+    code, out, err = await asyncio.to_thread(run, capsys, "keys", "init", "--config", str(config))
+    assert code == 0, err
+    await served_gateway(config)
+    backup_dir = short_dir / "b1"
+    code, out, err = await asyncio.to_thread(run, capsys, "backup", "--to", str(backup_dir), "--config", str(config))
+    assert code == 0, err
+
+    keys = short_dir / "gw" / "keys"
+    secrets = secret_files(keys)
+    assert {p.name for p in secrets} >= {"data-at-rest.key", "ack-signing.key", "gateway.key.pem"}
+    assert len(list((keys / "gnupg" / "private-keys-v1.d").glob("*.key"))) >= 2  # primary key and subkey
+    stored = [p.read_bytes() for p in backup_dir.rglob("*") if p.is_file()]
+    for secret in secrets:
+        data = secret.read_bytes()
+        forms = [data, data.hex().encode(), base64.b64encode(data), base64.urlsafe_b64encode(data).rstrip(b"=")]
+        for form in forms:
+            assert not any(form in blob for blob in stored), f"{secret.name} is in the backup in the clear"
+    assert not any(b"PRIVATE KEY" in blob or b"data-at-rest" in blob for blob in stored)
+    assert stat.S_IMODE((backup_dir / "keys.tar.gpg").stat().st_mode) == 0o600
+
+    # The gateway's own secret key does not open it (a stolen gateway with its backups gives nothing more) ...
+    own = gpg(keys / "gnupg", "--decrypt", str(backup_dir / "keys.tar.gpg"), check=False)
+    assert own.returncode != 0 and not own.stdout
+    # ... and restore says what it needs, and writes nothing, without the administrator's key.
+    fresh = gateway_home(short_dir / "new", None)
+    code, out, err = await asyncio.to_thread(run, capsys, "restore", "--from", str(backup_dir), "--config", str(fresh))
+    assert code == 2
+    assert "pass --gnupghome DIR" in err and "--keys-from keys.tar" in err and fingerprint in err
+    wrong = ("restore", "--from", str(backup_dir), "--gnupghome", str(keys / "gnupg"), "--config", str(fresh))
+    code, out, err = await asyncio.to_thread(run, capsys, *wrong)
+    assert code == 2 and "gpg could not decrypt" in err
+    assert not (short_dir / "new" / "var").exists() and not (short_dir / "new" / "keys").exists()
+
+    # The administrator decrypts it with their own gpg, on their own machine, and restores from the tar.
+    tar = short_dir / "keys.tar"
+    gpg(admin_home, "--output", str(tar), "--decrypt", str(backup_dir / "keys.tar.gpg"))
+    restore = ("restore", "--from", str(backup_dir), "--keys-from", str(tar), "--config", str(fresh))
+    code, out, err = await asyncio.to_thread(run, capsys, *restore)
+    assert code == 0, err
+    assert "every referral opens with the restored keys (1)" in out
+    for secret in secrets:
+        again = short_dir / "new" / "keys" / secret.relative_to(keys)
+        assert again.read_bytes() == secret.read_bytes()
+        assert stat.S_IMODE(again.stat().st_mode) == 0o600
+
+    # A second restore onto it is refused without --force, and changes nothing; with --force it goes ahead.
+    code, out, err = await asyncio.to_thread(run, capsys, *restore)
+    assert code == 2 and "is not empty" in err and "--force" in err
+    code, out, err = await asyncio.to_thread(run, capsys, *restore, "--force")
+    assert code == 0, err
+
+
+def test_a_damaged_backup_is_refused_whole(short_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    admin_home, fingerprint = admin_key(short_dir)
+    config = gateway_home(short_dir / "gw", fingerprint)
+    asyncio.run(served_gateway(config))
+    backup_dir = short_dir / "b1"
+    assert run(capsys, "backup", "--to", str(backup_dir), "--config", str(config))[0] == 0
+    code, _, err = run(capsys, "backup", "--to", str(backup_dir), "--config", str(config))
+    assert code == 2 and "is not an empty folder" in err  # a backup is never written over
+    copy = backup_dir / "gateway.db"
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    fresh = gateway_home(short_dir / "new", None)
+    code, _out, err = run(
+        capsys, "restore", "--from", str(backup_dir), "--gnupghome", str(admin_home), "--config", str(fresh)
+    )
+    assert code == 2
+    assert f"{copy} does not match the SHA-256 in manifest.json" in err and "nothing was restored" in err
+    assert not (short_dir / "new" / "var").exists() and not (short_dir / "new" / "keys").exists()
+
+
+def test_backup_refuses_without_an_administrator_key(short_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = gateway_home(short_dir / "gw", None)
+    asyncio.run(served_gateway(config))
+    backup_dir = short_dir / "b1"
+    code, _out, err = run(capsys, "backup", "--to", str(backup_dir), "--config", str(config))
+    assert code == 2
+    assert "[backup] admin_openpgp is not set" in err and "keys import" in err and "nothing was backed up" in err
+    assert not backup_dir.exists()
+
+    # Named but never imported: refused, saying to import it.
+    with config.open("a") as handle:
+        handle.write('\n[backup]\nadmin_openpgp = "0123456789ABCDEF0123456789ABCDEF01234567"\n')
+    code, _out, err = run(capsys, "backup", "--to", str(backup_dir), "--config", str(config))
+    assert code == 2 and "is not in the gateway's keyring" in err and "keys import" in err
+    assert not backup_dir.exists()
+
+
+def test_backup_refuses_the_gateways_own_key(short_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = gateway_home(short_dir / "gw", None)
+    code, out, err = run(capsys, "keys", "init", "--config", str(config))
+    assert code == 0, err
+    own = next(line.split('"')[1] for line in out.splitlines() if line.startswith("openpgp_fingerprint"))
+    with config.open("a") as handle:
+        handle.write(f'\n[backup]\nadmin_openpgp = "{own}"\n')
+    asyncio.run(served_gateway(config))
+    code, out, err = run(capsys, "backup", "--to", str(short_dir / "b1"), "--config", str(config))
+    assert code == 2 and "the gateway holds the secret half of" in err
