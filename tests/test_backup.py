@@ -35,6 +35,7 @@ from gateway.core.schema import messages, referrals
 from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
 from tests.conftest import REFERRAL_ADDRESS, make_message, referral_body, smtp_send, write_config
+from tests.postgres import create_database
 from tests.test_crash_recovery import GatewayProcess, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -353,3 +354,52 @@ def test_backup_refuses_the_gateways_own_key(short_dir: Path, capsys: pytest.Cap
     asyncio.run(served_gateway(config))
     code, out, err = run(capsys, "backup", "--to", str(short_dir / "b1"), "--config", str(config))
     assert code == 2 and "the gateway holds the secret half of" in err
+
+
+async def test_postgresql_backup_while_referrals_arrive_restores_into_an_empty_database(
+    short_dir: Path, postgres_base_url: str
+) -> None:
+    admin_home, fingerprint = admin_key(short_dir)
+    source = create_database(postgres_base_url, f"b{uuid.uuid4().hex[:12]}")
+    target = create_database(postgres_base_url, f"r{uuid.uuid4().hex[:12]}")  # new and empty, as createdb makes it
+    config = gateway_home(short_dir / "gw", fingerprint, database_url=source)
+    backup_dir = short_dir / "b1"
+    gw = Gateway(config_mod.load(config))  # the workers run: referrals are processed and alerted meanwhile
+    await gw.start()
+    accepted: list[str] = []
+    stop = asyncio.Event()
+
+    async def send() -> None:
+        while not stop.is_set():
+            msg = make_message(referral_body(), message_id=f"<{uuid.uuid4().hex}@nhs.example>")
+            code, text = await smtp_send(gw.smtp_port, msg)
+            assert code == 250, text
+            accepted.append(text.split()[-1])
+
+    senders = [asyncio.create_task(send()) for _ in range(2)]
+    try:
+        while len(accepted) < 10 and not any(task.done() for task in senders):  # a failed sender ends the wait
+            await asyncio.sleep(0.05)
+        before = list(accepted)
+        done = await asyncio.to_thread(cli, config, "backup", "--to", str(backup_dir))
+        during = list(accepted)
+    finally:
+        stop.set()
+        await asyncio.gather(*senders)
+        await gw.stop()
+    assert done.returncode == 0, done.stderr
+    assert len(during) > len(before), "no referral arrived while the backup ran: the test proved nothing"
+    assert sorted(manifest(backup_dir)["files"]) == ["database.pgdump", "keys.tar.gpg"]  # type: ignore[call-overload]
+
+    fresh = gateway_home(short_dir / "new", None, database_url=target)
+    restored = await asyncio.to_thread(cli, fresh, "restore", "--from", str(backup_dir), "--gnupghome", str(admin_home))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    rows = manifest(backup_dir)["database"]["rows"]  # type: ignore[index]
+    assert f"every referral opens with the restored keys ({rows['referrals']})" in restored.stdout
+    checked = await asyncio.to_thread(cli, fresh, "verify")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    readable = await asyncio.to_thread(readable_referrals, fresh)
+    assert set(readable.values()) == {"W1A 1AA"}
+    assert set(before) <= set(readable) <= set(accepted)
+    again = await asyncio.to_thread(cli, fresh, "restore", "--from", str(backup_dir), "--gnupghome", str(admin_home))
+    assert again.returncode == 2 and "already has tables" in again.stderr
