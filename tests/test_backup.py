@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import grp
 import json
+import os
+import pwd
+import re
+import shlex
 import shutil
 import smtplib
 import stat
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -403,3 +409,67 @@ async def test_postgresql_backup_while_referrals_arrive_restores_into_an_empty_d
     assert set(before) <= set(readable) <= set(accepted)
     again = await asyncio.to_thread(cli, fresh, "restore", "--from", str(backup_dir), "--gnupghome", str(admin_home))
     assert again.returncode == 2 and "already has tables" in again.stderr
+
+
+UNITS = ROOT / "systemd"
+
+
+def unit_value(name: str, key: str) -> str:
+    lines = (UNITS / name).read_text().splitlines()
+    return next(line.partition("=")[2] for line in lines if line.startswith(f"{key}="))
+
+
+def systemd_command(value: str, replacements: dict[str, str]) -> list[str]:
+    """A unit's command line as systemd runs it: its $$ and %% escapes undone, the install paths made local."""
+    argv = [a.replace("$$", "$").replace("%%", "%") for a in shlex.split(value)]
+    for old, new in replacements.items():
+        argv = [a.replace(old, new) for a in argv]
+    return argv
+
+
+def test_the_nightly_backup_units_verify_and_their_commands_back_up_and_prune(
+    short_dir: Path, capsys: pytest.CaptureFixture[str], in_ci: bool
+) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None and in_ci:
+        pytest.fail("systemd-analyze is not installed (CI must run this)")
+    if analyze is not None:
+        local = short_dir / "units"
+        local.mkdir()
+        for name in ("referral-gateway-backup.service", "referral-gateway-backup.timer"):
+            text = (
+                (UNITS / name).read_text().replace("User=referral-gateway", f"User={pwd.getpwuid(os.getuid()).pw_name}")
+            )
+            (local / name).write_text(
+                text.replace("Group=referral-gateway", f"Group={grp.getgrgid(os.getgid()).gr_name}")
+            )
+        names = [str(local / "referral-gateway-backup.service"), str(local / "referral-gateway-backup.timer")]
+        env = {**os.environ, "SYSTEMD_LOG_COLOR": "0", "LC_ALL": "C"}
+        done = subprocess.run(
+            [analyze, "verify", "--man=no", *names], capture_output=True, text=True, timeout=60, env=env
+        )
+        complaints = [line for line in (done.stdout + done.stderr).splitlines() if "referral-gateway-backup" in line]
+        assert done.returncode == 0 and not complaints, done.stdout + done.stderr
+
+    _, fingerprint = admin_key(short_dir)
+    config = gateway_home(short_dir / "gw", fingerprint)
+    asyncio.run(served_gateway(config))
+    backups = short_dir / "backups"
+    backups.mkdir()
+    old = backups / "2026-10-01T0230Z"
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    weeks_ago = time.time() - 20 * 86400
+    os.utime(old, (weeks_ago, weeks_ago))
+    paths = {
+        "/opt/referral-gateway/.venv/bin/referral-gateway": f"{sys.executable} -m gateway",
+        "/opt/referral-gateway/config/gateway.toml": str(config),
+        "/var/backups/referral-gateway": str(backups),
+    }
+    for key in ("ExecStart", "ExecStartPost"):
+        command = systemd_command(unit_value("referral-gateway-backup.service", key), paths)
+        ran = subprocess.run(command, cwd=short_dir / "gw", capture_output=True, text=True, timeout=300, check=False)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+    made = [p.name for p in backups.iterdir()]
+    assert len(made) == 1 and re.fullmatch(r"\d{4}-\d\d-\d\dT\d{4}Z", made[0]), made  # the old one pruned
+    assert (backups / made[0] / "manifest.json").is_file()
