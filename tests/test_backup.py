@@ -320,14 +320,20 @@ def test_a_damaged_backup_is_refused_whole(short_dir: Path, capsys: pytest.Captu
     assert run(capsys, "backup", "--to", str(backup_dir), "--config", str(config))[0] == 0
     code, _, err = run(capsys, "backup", "--to", str(backup_dir), "--config", str(config))
     assert code == 2 and "is not an empty folder" in err  # a backup is never written over
+    fresh = gateway_home(short_dir / "new", None)
+    restore = ("restore", "--from", str(backup_dir), "--gnupghome", str(admin_home), "--config", str(fresh))
+    written = (backup_dir / "manifest.json").read_text()
+    (backup_dir / "manifest.json").write_text(
+        written.replace('"migration_revision": "0007"', '"migration_revision": "0099"')
+    )
+    code, _, err = run(capsys, *restore)
+    assert code == 2 and "at migration 0099, which this version does not know" in err
+    (backup_dir / "manifest.json").write_text(written)
     copy = backup_dir / "gateway.db"
     data = bytearray(copy.read_bytes())
     data[len(data) // 2] ^= 0xFF
     copy.write_bytes(bytes(data))
-    fresh = gateway_home(short_dir / "new", None)
-    code, _out, err = run(
-        capsys, "restore", "--from", str(backup_dir), "--gnupghome", str(admin_home), "--config", str(fresh)
-    )
+    code, _, err = run(capsys, *restore)
     assert code == 2
     assert f"{copy} does not match the SHA-256 in manifest.json" in err and "nothing was restored" in err
     assert not (short_dir / "new" / "var").exists() and not (short_dir / "new" / "keys").exists()

@@ -15,6 +15,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -37,6 +39,13 @@ class DatabaseCopy:
     kind: str  # "sqlite" or "postgresql"
     revision: str  # the migration the copy is at
     rows: dict[str, int]  # table -> row count, in the copy
+
+
+def known_revisions() -> set[str]:
+    """The migrations this version of the code has: a backup at another one was made by a newer version."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(db.MIGRATIONS))
+    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
 
 
 def table_names() -> list[str]:

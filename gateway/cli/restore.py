@@ -25,6 +25,7 @@ from gateway.cli import backup_keys, backup_manifest
 from gateway.cli.backup_db import (
     BackupError,
     count_rows,
+    known_revisions,
     postgres_tables,
     restore_postgres,
     restore_sqlite,
@@ -43,6 +44,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     folder: Path = args.source
     manifest = backup_manifest.read(folder)
+    if manifest.get("migration_revision") not in known_revisions():
+        raise BackupError(
+            f"{folder} was made by referral-gateway {manifest.get('gateway_version')} at migration "
+            f"{manifest.get('migration_revision')}, which this version does not know; install that version "
+            "or a later one, then restore; nothing was restored"
+        )
     backup_manifest.check_files(folder, manifest)
     tar = _keys_tar(folder, manifest, args.gnupghome, args.keys_from)
     kind = manifest["database"]["kind"]
