@@ -42,7 +42,7 @@ from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
 from tests.conftest import REFERRAL_ADDRESS, make_message, referral_body, smtp_send, write_config
 from tests.postgres import create_database
-from tests.test_crash_recovery import GatewayProcess, free_ports
+from tests.test_crash_recovery import GatewayProcess, free_ports, query, settled, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -228,6 +228,18 @@ def test_backup_while_referrals_arrive_restores_into_a_fresh_folder_that_verifie
     assert (keys / "data-at-rest.key").read_bytes() == (short_dir / "gw" / "keys" / "data-at-rest.key").read_bytes()
     assert stat.S_IMODE((keys / "data-at-rest.key").stat().st_mode) == 0o600
     assert stat.S_IMODE((keys / "gnupg").stat().st_mode) == 0o700
+
+    # The restored copy is a gateway: it serves, and finishes what was in flight when the backup was taken.
+    again = GatewayProcess(short_dir / "new", new_config, 0)
+    try:
+        again.start()
+        wait_for(lambda: settled(again.db_path), 120, "the restored gateway to process and alert every referral")
+        assert again.terminate() == 0
+    finally:
+        again.close()
+    assert again.error_lines() == []
+    assert {state for (state,) in query(again.db_path, "SELECT state FROM referrals")} == {"alerted"}
+    assert cli(new_config, "verify").returncode == 0
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
