@@ -319,7 +319,7 @@ async def test_the_backup_holds_no_key_in_the_clear_and_only_the_admin_key_opens
 
     # A second restore onto it is refused without --force, and changes nothing; with --force it goes ahead.
     code, out, err = await asyncio.to_thread(run, capsys, *restore)
-    assert code == 2 and "is not empty" in err and "--force" in err
+    assert code == 2 and "gateway.db exists" in err and "--force" in err
     code, out, err = await asyncio.to_thread(run, capsys, *restore, "--force")
     assert code == 0, err
 

@@ -62,6 +62,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
             "files": files,
         },
     )
+    for outside in _keys_outside(cfg):
+        print(f"note: {outside} is outside {cfg.keys_dir} and not in the backup; back it up yourself", file=sys.stderr)
     print(
         f"backup: OK: {folder}: {copy.kind} database at migration {copy.revision} "
         f"({copy.rows.get('referrals', 0)} referrals, {copy.rows.get('messages', 0)} messages); "
@@ -97,6 +99,18 @@ def _admin_key(cfg: Config) -> str:
             "administrator's renewed key, or name another; nothing was backed up"
         )
     return fingerprint
+
+
+def _keys_outside(cfg: Config) -> list[Path]:
+    """Key files the config names by an absolute path elsewhere: the backup holds keys_dir only."""
+    s = cfg.settings
+    named = [s.keys.smime_key, s.keys.smime_cert, s.smtp.tls_cert, s.smtp.tls_key, s.sms.auth_token_file]
+    named += [s.mail.relay.password_file] if s.mail.relay else []
+    found = []
+    for path in (cfg.keys_dir / p for p in named if p is not None):
+        if path.exists() and not path.resolve().is_relative_to(cfg.keys_dir.resolve()):
+            found.append(path)
+    return found
 
 
 def _copy_database(cfg: Config, folder: Path) -> DatabaseCopy:

@@ -108,10 +108,17 @@ def _keys_tar(folder: Path, manifest: dict[str, Any], gnupghome: Path | None, ke
 def _refuse_overwrite(cfg: Config, tar: bytes, kind: str, force: bool) -> None:
     if force:
         return
-    if kind == "sqlite" and cfg.data_dir.is_dir() and any(cfg.data_dir.iterdir()):
+    target = sqlite_path(cfg.database_url) if kind == "sqlite" else None
+    if target is not None and target.exists():
+        used = f"{target} exists"
+    elif target is not None and cfg.data_dir.is_dir() and any(cfg.data_dir.iterdir()):
+        used = f"{cfg.data_dir} (data_dir) is not empty"
+    else:
+        used = ""
+    if used:
         raise BackupError(
-            f"{cfg.data_dir} (data_dir) is not empty; restore into a fresh one, or pass --force to replace its "
-            "database (stop the gateway first); nothing was restored"
+            f"{used}; restore into a fresh data_dir, or pass --force to replace the database there "
+            "(stop the gateway first); nothing was restored"
         )
     if kind == "postgresql" and asyncio.run(postgres_tables(cfg.database_url)):
         raise BackupError(
