@@ -142,16 +142,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_c
         return p
 
     p = command("backup", "copy the database and the keys (encrypted to [backup] admin_openpgp) into a new folder")
-    p.add_argument("--to", type=Path, required=True, help="a new or empty folder for this backup")
+    p.add_argument("--to", metavar="DIR", type=Path, required=True, help="a new or empty folder for this backup")
     p.set_defaults(func=guarded(cmd_backup))
     p = command("restore", "restore a backup into a fresh data_dir and keys_dir (the gateway stopped), then check it")
-    p.add_argument("--from", dest="source", type=Path, required=True, help="the backup folder (with manifest.json)")
+    p.add_argument(
+        "--from", dest="source", metavar="DIR", type=Path, required=True, help="the backup folder (with manifest.json)"
+    )
     keys = p.add_mutually_exclusive_group()
     keys.add_argument(
-        "--gnupghome", type=Path, help="a GnuPG home with the administrator's secret key: decrypts keys.tar.gpg"
+        "--gnupghome",
+        metavar="HOME",
+        type=Path,
+        help="a GnuPG home with the administrator's secret key: decrypts keys.tar.gpg",
     )
     keys.add_argument(
-        "--keys-from", type=Path, help="keys.tar that you decrypted yourself (gpg --decrypt keys.tar.gpg)"
+        "--keys-from",
+        metavar="TAR",
+        type=Path,
+        help="keys.tar that you decrypted yourself (gpg --decrypt keys.tar.gpg)",
     )
     p.add_argument("--force", action="store_true", help="replace a database and keys that are already there")
     p.set_defaults(func=guarded(cmd_restore))

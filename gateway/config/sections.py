@@ -1,5 +1,6 @@
 """The config's sections other than who is on duty (gateway.config.duty): where things are, the
-listeners, mail and SMS, the workers, deadlines, links, the partner directory, security and keys."""
+listeners, mail and SMS, the workers, deadlines, links, the partner directory, security, keys and
+backups."""
 
 from __future__ import annotations
 
