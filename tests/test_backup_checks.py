@@ -55,7 +55,9 @@ async def test_the_backup_holds_no_key_in_the_clear_and_only_the_admin_key_opens
         for form in forms:
             assert not any(form in blob for blob in stored), f"{secret.name} is in the backup in the clear"
     assert not any(b"PRIVATE KEY" in blob or b"data-at-rest" in blob for blob in stored)
-    assert stat.S_IMODE((backup_dir / "keys.tar.gpg").stat().st_mode) == 0o600
+    for name in ("keys.tar.gpg", "gateway.db"):
+        assert stat.S_IMODE((backup_dir / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE(backup_dir.stat().st_mode) == 0o700
 
     # The gateway's own secret key does not open it (a stolen gateway with its backups gives nothing more) ...
     own = gpg(keys / "gnupg", "--decrypt", str(backup_dir / "keys.tar.gpg"), check=False)

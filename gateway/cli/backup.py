@@ -14,7 +14,6 @@ import hashlib
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from gateway.cli import backup_keys, backup_manifest
 from gateway.cli.backup_db import BackupError, DatabaseCopy, backup_postgres, backup_sqlite, sqlite_path
 from gateway.cli.restore import cmd_restore
 from gateway.config import Config
+from gateway.core.clock import SystemClock
 from gateway.open.crypto.openpgp import read_keyring
 
 
@@ -49,7 +49,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         folder,
         {
             "format": backup_manifest.FORMAT,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_at": SystemClock().now().isoformat(timespec="seconds"),
             "gateway_version": metadata.version("referral-gateway"),
             "migration_revision": copy.revision,
             "database": {"kind": copy.kind, "file": copy.file, "rows": copy.rows},
@@ -93,7 +93,7 @@ def _admin_key(cfg: Config) -> str:
             f"[backup] admin_openpgp {fingerprint} is not in the gateway's keyring {home}; import the administrator's "
             "public key with `referral-gateway keys import FILE`; nothing was backed up"
         )
-    if key.revoked or (key.expires is not None and key.expires <= datetime.now(UTC)):
+    if key.revoked or (key.expires is not None and key.expires <= SystemClock().now()):
         raise BackupError(
             f"[backup] admin_openpgp {fingerprint} is {'revoked' if key.revoked else 'expired'}; import the "
             "administrator's renewed key, or name another; nothing was backed up"

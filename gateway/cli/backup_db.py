@@ -52,6 +52,13 @@ def table_names() -> list[str]:
     return [table.name for table in metadata.sorted_tables]
 
 
+def private_file(path: Path) -> Path:
+    """An empty file only its owner can read, for the copy to be written into: the copy's metadata (references,
+    teams, staff accounts) is not sealed, whatever the umask of the shell or timer that runs the backup."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return path
+
+
 def sqlite_path(url: str) -> Path:
     return Path(url.split("///", 1)[-1])
 
@@ -59,7 +66,7 @@ def sqlite_path(url: str) -> Path:
 def backup_sqlite(source: Path, folder: Path) -> DatabaseCopy:
     if not source.is_file():
         raise BackupError(f"{source}: no database there; check [paths] data_dir, or run `referral-gateway serve` once")
-    target = folder / SQLITE_FILE
+    target = private_file(folder / SQLITE_FILE)
     live = sqlite3.connect(source, timeout=30)
     copy = sqlite3.connect(target)
     try:
@@ -119,8 +126,8 @@ async def count_rows(conn: AsyncConnection) -> tuple[dict[str, int], str]:
 
 
 async def backup_postgres(url: str, folder: Path) -> DatabaseCopy:
-    target = folder / PG_FILE
     pg_dump = _tool("pg_dump")
+    target = private_file(folder / PG_FILE)
     engine = db.make_engine(url)
     try:
         async with engine.connect() as conn:
