@@ -1,5 +1,6 @@
 """The config's sections other than who is on duty (gateway.config.duty): where things are, the
-listeners, mail and SMS, the workers, deadlines, links, the partner directory, security and keys."""
+listeners, mail and SMS, the workers, deadlines, links, the partner directory, security, keys and
+backups."""
 
 from __future__ import annotations
 
@@ -259,3 +260,11 @@ class DigestSection(Strict):
     time: ClockTime = wall_time(7, 30)  # Europe/London wall clock, "HH:MM"
     # None: on when a coordinator has an email address. true with none is a config error.
     enabled: bool | None = None
+
+
+class BackupSection(Strict):
+    """`referral-gateway backup`: the keys go into every backup encrypted to this administrator's OpenPGP
+    key (its public key imported with `keys import`); without it `backup` refuses, since the keys open
+    everything the database holds sealed."""
+
+    admin_openpgp: Fingerprint | None = None

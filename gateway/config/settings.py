@@ -22,6 +22,7 @@ from gateway.config.fields import Strict
 from gateway.config.monitoring import HealthSection, LoggingSection, MetricsSection
 from gateway.config.sections import (
     AckSection,
+    BackupSection,
     DatabaseSection,
     DeadlinesSection,
     DigestSection,
@@ -59,6 +60,7 @@ class Settings(Strict):
     routes: tuple[Route, ...] = Field(min_length=1)
     security: SecuritySection = SecuritySection()
     keys: KeysSection = KeysSection()
+    backup: BackupSection = BackupSection()
     partners: tuple[Partner, ...] = ()
     schedules: tuple[ScheduleConfig, ...] = ()
     escalations: tuple[Escalation, ...] = ()
