@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from gateway.config import Settings
 from gateway.core import audit
+from gateway.core.clock import LONDON
 from gateway.core.db import Database
 from gateway.core.lifecycle import State
 from gateway.core.model import Child, Referral
@@ -191,6 +192,8 @@ async def attachments(
     """The attachments of an email referral, and a note when they could not be read here."""
     if row.channel != "email":
         return (), None
+    if row.purged_at is not None:  # the raw message went with the content
+        return (), "The attachments were removed with the content."
     async with db.read() as conn:
         message = (
             await conn.execute(select(messages.c.raw).where(messages.c.id == row.message_id))
@@ -198,6 +201,34 @@ async def attachments(
     if message is None:
         return (), None
     return await read_attachments(identity, sealed.raw(row.message_id, message))
+
+
+def _period(written: str) -> str:
+    """A period as the `purged` event recorded it ("90d") in words ("90 days")."""
+    units = {"d": "day", "h": "hour", "m": "minute", "s": "second"}
+    number, unit = written[:-1], units.get(written[-1:], "")
+    if not number.isdigit() or not unit:
+        return written
+    return f"{number} {unit}{'' if number == '1' else 's'}"
+
+
+async def purged_notice(db: Database, row: ReferralRecord) -> str | None:
+    """What the referral page says in place of purged content; None while the content is kept."""
+    if row.purged_at is None:
+        return None
+    async with db.read() as conn:
+        detail = (
+            await conn.execute(
+                select(events.c.detail)
+                .where(events.c.referral_id == row.id, events.c.kind == "purged")
+                .order_by(events.c.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+    closed_after = str(json.loads(detail).get("closed_after", "")) if detail else ""
+    why = f" (closed more than {_period(closed_after)})" if closed_after else ""
+    day = row.purged_at.astimezone(LONDON).strftime("%d %B %Y")
+    return f"The content of this referral was removed on {day} under the retention policy{why}."
 
 
 # --- earlier referrals about the same child --------------------------------------------------------
