@@ -250,7 +250,7 @@ async def test_the_referral_page_says_the_content_was_removed(world: World) -> N
     for word in PERSONAL:
         assert word not in html
     timeline = html.split('id="timeline"')[1]
-    assert "Content removed under the retention policy (closed more than 90d)" in timeline
+    assert "Content removed under the retention policy (closed more than 90 days)" in timeline
     assert "Closed by Cora Coordinator" in timeline
     assert "The attachments were removed with the content." in html
     assert "Put under a legal hold" not in html  # nothing left to hold

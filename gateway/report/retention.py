@@ -90,6 +90,15 @@ def as_written(delta: timedelta) -> str:
     return f"{seconds}s"
 
 
+def period_in_words(written: str) -> str:
+    """A period as a `purged` event recorded it ("90d") in words ("90 days")."""
+    units = {"d": "day", "h": "hour", "m": "minute", "s": "second"}
+    number, unit = written[:-1], units.get(written[-1:], "")
+    if not number.isdigit() or not unit:
+        return written
+    return f"{number} {unit}{'' if number == '1' else 's'}"
+
+
 def _webhooks_of(reference: str, provider_ids: Sequence[str]) -> ColumnElement[bool]:
     """The Twilio webhooks about one referral: status callbacks of its SMS (by their SID) and
     inbound texts whose recorded outcome names its reference (the SMS referral itself, an ACK)."""

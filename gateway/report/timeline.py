@@ -16,6 +16,7 @@ from gateway.core.db import Database
 from gateway.core.model import OUTCOMES
 from gateway.core.schema import deliveries, events
 from gateway.report.holds import REASONS
+from gateway.report.retention import period_in_words
 
 Detail = Mapping[str, object]  # an event's detail, as json.loads gives it back
 
@@ -140,7 +141,8 @@ def describe(
         case "legal_hold_lifted":
             return f"Legal hold lifted by {by}"
         case "purged":
-            return f"Content removed under the retention policy (closed more than {detail.get('closed_after', '?')})"
+            period = period_in_words(str(detail.get("closed_after", "?")))
+            return f"Content removed under the retention policy (closed more than {period})"
     return kind.replace("_", " ").capitalize()
 
 

@@ -34,6 +34,7 @@ from gateway.core.sealed import Sealed
 from gateway.open.attachments import read_attachments
 from gateway.open.identity import Identity
 from gateway.open.mime import Attachment
+from gateway.report.retention import period_in_words
 from gateway.report.timeline import step_text
 from gateway.report.undelivered import human
 from gateway.staff.users import Role, User
@@ -203,15 +204,6 @@ async def attachments(
     return await read_attachments(identity, sealed.raw(row.message_id, message))
 
 
-def _period(written: str) -> str:
-    """A period as the `purged` event recorded it ("90d") in words ("90 days")."""
-    units = {"d": "day", "h": "hour", "m": "minute", "s": "second"}
-    number, unit = written[:-1], units.get(written[-1:], "")
-    if not number.isdigit() or not unit:
-        return written
-    return f"{number} {unit}{'' if number == '1' else 's'}"
-
-
 async def purged_notice(db: Database, row: ReferralRecord) -> str | None:
     """What the referral page says in place of purged content; None while the content is kept."""
     if row.purged_at is None:
@@ -226,7 +218,7 @@ async def purged_notice(db: Database, row: ReferralRecord) -> str | None:
             )
         ).scalar_one_or_none()
     closed_after = str(json.loads(detail).get("closed_after", "")) if detail else ""
-    why = f" (closed more than {_period(closed_after)})" if closed_after else ""
+    why = f" (closed more than {period_in_words(closed_after)})" if closed_after else ""
     day = row.purged_at.astimezone(LONDON).strftime("%d %B %Y")
     return f"The content of this referral was removed on {day} under the retention policy{why}."
 
