@@ -404,3 +404,23 @@ async def sealed_of(gw: Gateway, referral_id: str) -> dict[str, list[Any]]:
             "payloads": list(payloads),
             "notes": list(notes) or [None],
         }
+
+
+async def test_verify_finds_a_purge_that_does_not_add_up(world: World) -> None:
+    """Damage by hand, as a faulty tool or a person might: verify names each referral and what is wrong."""
+    gw, ids, refs = world.gw, world.ids, world.refs
+    world.clock.advance(timedelta(days=2))
+    assert await gw.purge_all() == 2
+    with sqlite3.connect(world.home / "var" / "gateway.db") as conn:
+        conn.execute("UPDATE referrals SET content = x'0102' WHERE id = ?", (ids["purge"],))
+        conn.execute("UPDATE referrals SET purged_at = NULL WHERE id = ?", (ids["decided"],))
+        conn.execute("UPDATE referrals SET purged_at = '2027-02-24 10:00:00' WHERE id = ?", (ids["held"],))
+    problems = await verify(gw.engine, gw.clock.now())
+    assert sorted(problems) == sorted(
+        [
+            f"referral {refs['purge']}: marked purged but still holds sealed content",
+            f"referral {refs['decided']}: has a 'purged' event but is not marked purged",
+            f"referral {refs['held']}: its content was removed but no 'purged' event records it",
+            f"referral {refs['held']}: marked purged but still holds sealed content",
+        ]
+    )
