@@ -29,10 +29,12 @@ from gateway.core.clock import FakeClock
 from gateway.core.schema import decisions, deliveries, events, messages, metadata, referrals
 from gateway.report import decisions as decisions_mod
 from gateway.report import retention
+from gateway.report.holds import set_hold
 from gateway.staff.users import Role, User, Users
+from gateway.track.close import close
 from gateway.track.verify import verify
 from gateway.web.session import CSRF_FIELD
-from tests.conftest import Sink, make_message, referral_body, smtp_send, write_config
+from tests.conftest import Sink, both_databases, make_message, referral_body, smtp_send, write_config
 from tests.staff_auth import TestApps, csrf_of
 from tests.staff_auth import sign_in as staff_sign_in
 
@@ -424,3 +426,39 @@ async def test_verify_finds_a_purge_that_does_not_add_up(world: World) -> None:
             f"referral {refs['held']}: marked purged but still holds sealed content",
         ]
     )
+
+
+@both_databases
+async def test_purge_on_both_databases(gateway: Gateway, clock: FakeClock) -> None:
+    """The same purge on SQLite and PostgreSQL (the queries are portable): one closed referral goes,
+    a closed one under a legal hold and an open one stay, and the chain verifies."""
+    gw = gateway
+    refs = [await send(gw, name) for name in ("goes", "held", "open")]
+    await gw.process_all()
+    await gw.deliver_all()
+    users = Users(gw.db, PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+    coordinator = await users.add("coord", "Cora Coordinator", Role.COORDINATOR, [], PASSWORD, clock.now())
+    ids = []
+    for ref in refs:
+        async with gw.engine.connect() as conn:
+            ids.append(
+                str((await conn.execute(select(referrals.c.id).where(referrals.c.reference == ref))).scalar_one())
+            )
+    for rid in ids[:2]:
+        await gw.tracker.acknowledge(rid, gw.signer.recipient_hash(f"user:{coordinator.id}"), "Cora", via="dashboard")
+        await close(gw.db, gw.tracker.referrers, rid, coordinator.id, "no_further_action", clock.now())
+    await set_hold(gw.db, coordinator, refs[1], "review", "", clock.now(), "test")
+    await gw.deliver_all()
+    clock.advance(timedelta(days=91))
+    assert [c.reference for c in await retention.dry_run(gw.db, gw.config.settings, clock.now())] == [refs[0]]
+    assert await gw.purge_all() == 1
+    goes, held, still_open = [await referral(gw, rid) for rid in ids]
+    assert goes.content is None and held.content is not None and still_open.content is not None
+    async with gw.engine.connect() as conn:
+        raw = (await conn.execute(select(messages.c.raw).where(messages.c.id == goes.message_id))).scalar_one()
+        payloads = set(
+            (await conn.execute(select(deliveries.c.payload).where(deliveries.c.referral_id == ids[0]))).scalars()
+        )
+    assert raw == b"" and payloads == {None}
+    assert await verify(gw.engine, clock.now()) == []
+    assert await gw.purge_all() == 0
