@@ -254,6 +254,8 @@ async def _truncate_wal(db: Database) -> None:
 async def purge(db: Database, settings: Settings, now: datetime, actor: str) -> list[Candidate]:
     """Purge everything the policy lets go now, batch by batch (each committed on its own)."""
     done: list[Candidate] = []
+    # An empty batch ends the run. On PostgreSQL it can also mean another instance took the whole
+    # batch between our read and our lock: that instance carries on, and the next run here finds the rest.
     while batch := await purge_batch(db, settings, now, actor):
         done += batch
     return done
