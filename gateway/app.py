@@ -41,6 +41,7 @@ from gateway.outbox.tokens import AckSigner
 from gateway.pipeline.channels import Pipelines
 from gateway.pipeline.driver import Processor
 from gateway.pipeline.write import BatchWriter
+from gateway.report import retention
 from gateway.report.digest import DigestMaker
 from gateway.staff.factors import Factors
 from gateway.staff.sessions import Sessions
@@ -165,6 +166,9 @@ class Gateway:
                 ),
                 asyncio.create_task(self._deadline_loop()),
             ]
+            if s.retention.enabled:  # one batch a step; a busy step runs again at once
+                purging = self._loop("retention", self._purge_step, asyncio.Event(), s.retention.every.total_seconds())
+                self._tasks.append(asyncio.create_task(purging))
             if self.reconciler is not None:
                 self._tasks.append(
                     asyncio.create_task(self._loop("sms-status", self.reconciler.run_once, asyncio.Event(), 60.0))
@@ -356,6 +360,13 @@ class Gateway:
     async def make_digest(self) -> int:
         """Today's digest if it is due and not yet made: the deliveries queued (0: none)."""
         return await self.digest.run_once()
+
+    async def _purge_step(self) -> int:
+        return len(await retention.purge_batch(self.db, self.config.settings, self.clock.now(), "gateway"))
+
+    async def purge_all(self) -> int:
+        """What the retention loop does, until nothing is due (tests drive it with the clock)."""
+        return len(await retention.purge(self.db, self.config.settings, self.clock.now(), "gateway"))
 
     async def reconcile_sms(self) -> int:
         return await self.reconciler.run_once() if self.reconciler else 0

@@ -53,7 +53,7 @@ async def test_livez_answers_and_readyz_is_ready_with_each_check(home: Path, clo
         assert body["status"] == "ok"
         checks = body["checks"]
         assert checks["database"] == {"ok": True}
-        assert set(checks["workers"]["last_step_age_seconds"]) == {"processing", "outbox", "deadlines"}
+        assert set(checks["workers"]["last_step_age_seconds"]) == {"processing", "outbox", "deadlines", "retention"}
         assert checks["processing_lag"] == {"ok": True, "seconds": 0.0, "max_seconds": 300.0}
     finally:
         await gw.stop()
@@ -71,7 +71,8 @@ async def test_loops_that_stop_stepping_make_it_not_ready_until_they_step_again(
             await asyncio.sleep(0.05)
         assert all(gw.heartbeats.steps().values()), gw.heartbeats.steps()
         # Six minutes in which no loop finished a step (as when each hangs on a dead connection):
-        # past health.worker_stale_after (5m), every loop is named.
+        # past health.worker_stale_after (5m) beyond its own poll, every loop is named, but not
+        # retention, whose poll is an hour: it is not due to step yet.
         clock.advance(timedelta(minutes=6))
         status, body = await get(gw, "/readyz")
         assert status == 503 and body["status"] == "fail"

@@ -191,6 +191,31 @@ class AckSection(Strict):
     link_ttl: Duration = timedelta(days=7)
 
 
+class RetentionSection(Strict):
+    """What `purge` removes (gateway.report.retention): the content of referrals closed more than
+    `closed_after` ago; metadata, events and the audit chain stay."""
+
+    enabled: bool = True  # false: the running gateway never purges (the `purge` command still can)
+    closed_after: Duration = timedelta(days=90)
+    every: Duration = timedelta(hours=1)  # how often the running gateway looks for referrals to purge
+    batch: int = Field(default=100, ge=1, le=1000)  # referrals per write transaction
+
+    @field_validator("closed_after")
+    @classmethod
+    def _days(cls, value: timedelta) -> timedelta:
+        # Under a day is surely a typo ("90m" for "90d"): it would purge referrals closed this morning.
+        if value < timedelta(days=1):
+            raise ValueError("under a day would purge referrals closed today; use days, like '90d'")
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _minutes(cls, value: timedelta) -> timedelta:
+        if value < timedelta(minutes=1):
+            raise ValueError("under a minute would keep the database busy; use one like '1h'")
+        return value
+
+
 def _sender_pattern(value: str) -> str:
     text = str(value).strip().lower()
     if not re.fullmatch(r"(?:[^@\s<>]+)?@[^@\s<>]+\.[^@\s<>]+", text):

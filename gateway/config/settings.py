@@ -35,6 +35,7 @@ from gateway.config.sections import (
     PathsSection,
     ProcessingSection,
     Professional,
+    RetentionSection,
     SecuritySection,
     SmsSection,
     SmtpSection,
@@ -56,6 +57,7 @@ class Settings(Strict):
     processing: ProcessingSection = ProcessingSection()
     deadlines: DeadlinesSection = DeadlinesSection()
     ack: AckSection = AckSection()
+    retention: RetentionSection = RetentionSection()
     teams: tuple[Team, ...] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)
     security: SecuritySection = SecuritySection()

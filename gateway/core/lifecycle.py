@@ -61,6 +61,12 @@ _INFO = frozenset(
         # attachment. Every view of content is audited, in any state.
         "viewed",
         "attachment_opened",
+        # Retention (gateway.report.retention): a coordinator set or lifted a legal hold, and the
+        # content of a closed referral was removed. Only a closed referral is purged, but a hold may
+        # be set in any state (it is known before the referral is closed).
+        "legal_hold",
+        "legal_hold_lifted",
+        "purged",
     }
 )
 

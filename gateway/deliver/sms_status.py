@@ -94,6 +94,8 @@ async def apply_early_statuses(
         )
     ).all()
     for row in rows:
+        if row.payload is None:  # purged with its referral (gateway.report.retention): nothing to apply
+            continue
         form = dict(sealed.webhook("status", sid, row.status, row.payload))
         outcome = await apply_status(conn, settings, sid, row.status, form.get("ErrorCode"), now, "sms:callback")
         await conn.execute(update(sms_webhooks).where(sms_webhooks.c.id == row.id).values(outcome=outcome[:200]))

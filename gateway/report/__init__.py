@@ -5,7 +5,9 @@ dead deliveries; nothing leaves by itself), `decisions` (a coordinator's recorde
 one act that takes an item off), `timeline` (a referral's audit events as sentences), `digest` (the
 daily heartbeat digest to coordinators, queued once a day through the outbox; `digest_facts`,
 `digest_health` and `digest_time` say what is in it and when it is due), `metrics` (the gauges
-/metrics reads from the database at each scrape), `health` (the checks /readyz makes).
+/metrics reads from the database at each scrape), `health` (the checks /readyz makes),
+`retention` (the purge of closed referrals' content, and what would go), `holds` (a coordinator's
+legal hold, which retention respects).
 
 May import: gateway.outbox, gateway.route, gateway.open (the digest: composed, encrypted, its rota
 and key checks), gateway.staff, gateway.config, gateway.parse, gateway.duty, gateway.core.

@@ -15,6 +15,8 @@ from gateway.core.clock import uk_time
 from gateway.core.db import Database
 from gateway.core.model import OUTCOMES
 from gateway.core.schema import deliveries, events
+from gateway.report.holds import REASONS
+from gateway.report.retention import period_in_words
 
 Detail = Mapping[str, object]  # an event's detail, as json.loads gives it back
 
@@ -133,6 +135,14 @@ def describe(
             return f"Undeliverable{team}: {detail.get('reason', 'every alert failed')}"
         case "receipt_skipped":
             return f"No receipt sent ({detail.get('why', '?')})"
+        case "legal_hold":
+            matter = f", matter {detail['matter']}" if detail.get("matter") else ""
+            return f"Legal hold set by {by}: {REASONS.get(str(detail.get('reason')), 'reason not recorded')}{matter}"
+        case "legal_hold_lifted":
+            return f"Legal hold lifted by {by}"
+        case "purged":
+            period = period_in_words(str(detail.get("closed_after", "?")))
+            return f"Content removed under the retention policy (closed more than {period})"
     return kind.replace("_", " ").capitalize()
 
 

@@ -3,7 +3,9 @@
 - every accepted message has a referral, and every referral has events;
 - each referral's cached state is the one its events derive;
 - each referral is tracked: something will move it on, or it is on the report;
-- the audit chain is intact.
+- the audit chain is intact;
+- a purged referral (gateway.report.retention) was closed, says so in a `purged` event, and holds
+  no sealed content any more; a referral with a `purged` event is marked purged.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.core import audit, lifecycle
@@ -23,7 +25,14 @@ from gateway.core.schema import deadlines, deliveries, events, messages, referra
 async def verify(engine: AsyncEngine, now: datetime) -> list[str]:
     problems: list[str] = []
     async with snapshot(engine) as conn:
-        msgs = {m.id: m for m in (await conn.execute(select(messages.c.id, messages.c.processed_at))).all()}
+        msgs = {
+            m.id: m
+            for m in (
+                await conn.execute(
+                    select(messages.c.id, messages.c.processed_at, func.length(messages.c.raw).label("raw_size"))
+                )
+            ).all()
+        }
         refs = (await conn.execute(select(referrals))).all()
         kinds: dict[str, list[str]] = defaultdict(list)
         for ev in (await conn.execute(select(events.c.referral_id, events.c.kind).order_by(events.c.id))).all():
@@ -71,4 +80,23 @@ async def verify(engine: AsyncEngine, now: datetime) -> list[str]:
             problems.append(f"{label}: waiting for acknowledgement but has no deadline")
         if state == State.ACKNOWLEDGED and r.acknowledged_at is None:
             problems.append(f"{label}: acknowledged but records no one")
+        raw_size = message.raw_size if message is not None else 0
+        problems += _purge_problems(label, r.purged_at is not None, kinds[r.id], state, r.content, raw_size)
+    return problems
+
+
+def _purge_problems(
+    label: str, purged: bool, kinds: list[str], state: State, content: bytes | None, raw_size: int | None
+) -> list[str]:
+    """A purged referral is whole in its own way: closed, recorded, and empty of content."""
+    recorded = "purged" in kinds
+    if not purged:
+        return [f"{label}: has a 'purged' event but is not marked purged"] if recorded else []
+    problems = []
+    if not recorded:
+        problems.append(f"{label}: its content was removed but no 'purged' event records it")
+    if state != State.CLOSED:
+        problems.append(f"{label}: purged but {state}, not closed")
+    if content is not None or raw_size:
+        problems.append(f"{label}: marked purged but still holds sealed content")
     return problems

@@ -2,7 +2,8 @@
 is gateway.web.sign_in_pages').
 
 GET /dashboard, GET /referrals/{id}, GET /referrals/{id}/attachments/{n},
-POST /referrals/{id}/acknowledge, POST /referrals/{id}/close.
+POST /referrals/{id}/acknowledge, POST /referrals/{id}/close, POST /referrals/{id}/hold and
+POST /referrals/{id}/hold/lift (coordinators: a legal hold, gateway.report.holds).
 
 Decisions, each for a reason:
 - Sessions, expiry and CSRF are gateway.web.session's: every POST checks the token first, before
@@ -39,6 +40,7 @@ from gateway.core.sealed import Sealed
 from gateway.open.identity import Identity
 from gateway.outbox.compose import triage_team
 from gateway.outbox.tokens import AckSigner
+from gateway.report import holds
 from gateway.report.timeline import timeline
 from gateway.staff.users import Role, User, Users
 from gateway.track.acks import Tracker
@@ -91,6 +93,8 @@ class DashboardPages:
         app.router.add_get("/referrals/{referral_id}/attachments/{index}", self._signed_in(self.attachment))
         app.router.add_post("/referrals/{referral_id}/acknowledge", self._posted(self.acknowledge))
         app.router.add_post("/referrals/{referral_id}/close", self._posted(self.close))
+        app.router.add_post("/referrals/{referral_id}/hold", self._posted(self.hold))
+        app.router.add_post("/referrals/{referral_id}/hold/lift", self._posted(self.lift_hold))
         app.on_response_prepare.append(self._headers)
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -184,6 +188,9 @@ class DashboardPages:
             may_acknowledge=row.state in data.ACKNOWLEDGEABLE and user.role is not Role.ADMIN,
             may_close=row.state == State.ACKNOWLEDGED,
             outcomes=OUTCOMES,
+            purged_notice=await data.purged_notice(self._db, row),
+            may_hold=user.role is Role.COORDINATOR and row.purged_at is None,
+            hold_reasons=holds.REASONS,
             error=request.get(_ERROR),
         )
 
@@ -239,6 +246,33 @@ class DashboardPages:
         except (NotAcknowledged, IllegalTransition):
             return await self._again(request, user, "Acknowledge the referral before you close it.")
         log.info("dashboard: referral %s closed by user %s (%s)", reference, user.id, outcome)
+        raise web.HTTPSeeOther(f"/referrals/{row.id}")
+
+    # --- a legal hold (coordinators) ------------------------------------------------------------
+
+    async def hold(self, request: web.Request, user: User) -> web.StreamResponse:
+        row = await self._visible(request, user)
+        if row is None or user.role is not Role.COORDINATOR:
+            return await self._forbidden(request, user)
+        form = request[_FORM]
+        try:
+            await holds.set_hold(
+                self._db, user, row.id, form.get("reason", ""), form.get("matter", ""), self._clock.now(), "dashboard"
+            )
+        except holds.HoldError as exc:
+            return await self._again(request, user, str(exc))
+        log.info("dashboard: legal hold set on referral %s by user %s", row.reference, user.id)
+        raise web.HTTPSeeOther(f"/referrals/{row.id}")
+
+    async def lift_hold(self, request: web.Request, user: User) -> web.StreamResponse:
+        row = await self._visible(request, user)
+        if row is None or user.role is not Role.COORDINATOR:
+            return await self._forbidden(request, user)
+        try:
+            await holds.lift_hold(self._db, user, row.id, self._clock.now(), "dashboard")
+        except holds.HoldError as exc:
+            return await self._again(request, user, str(exc))
+        log.info("dashboard: legal hold lifted on referral %s by user %s", row.reference, user.id)
         raise web.HTTPSeeOther(f"/referrals/{row.id}")
 
     async def _again(self, request: web.Request, user: User, error: str) -> web.StreamResponse:

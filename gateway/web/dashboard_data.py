@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from gateway.config import Settings
 from gateway.core import audit
+from gateway.core.clock import LONDON
 from gateway.core.db import Database
 from gateway.core.lifecycle import State
 from gateway.core.model import Child, Referral
@@ -33,6 +34,7 @@ from gateway.core.sealed import Sealed
 from gateway.open.attachments import read_attachments
 from gateway.open.identity import Identity
 from gateway.open.mime import Attachment
+from gateway.report.retention import period_in_words
 from gateway.report.timeline import step_text
 from gateway.report.undelivered import human
 from gateway.staff.users import Role, User
@@ -191,6 +193,8 @@ async def attachments(
     """The attachments of an email referral, and a note when they could not be read here."""
     if row.channel != "email":
         return (), None
+    if row.purged_at is not None:  # the raw message went with the content
+        return (), "The attachments were removed with the content."
     async with db.read() as conn:
         message = (
             await conn.execute(select(messages.c.raw).where(messages.c.id == row.message_id))
@@ -198,6 +202,25 @@ async def attachments(
     if message is None:
         return (), None
     return await read_attachments(identity, sealed.raw(row.message_id, message))
+
+
+async def purged_notice(db: Database, row: ReferralRecord) -> str | None:
+    """What the referral page says in place of purged content; None while the content is kept."""
+    if row.purged_at is None:
+        return None
+    async with db.read() as conn:
+        detail = (
+            await conn.execute(
+                select(events.c.detail)
+                .where(events.c.referral_id == row.id, events.c.kind == "purged")
+                .order_by(events.c.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+    closed_after = str(json.loads(detail).get("closed_after", "")) if detail else ""
+    why = f" (closed more than {period_in_words(closed_after)})" if closed_after else ""
+    day = row.purged_at.astimezone(LONDON).strftime("%d %B %Y")
+    return f"The content of this referral was removed on {day} under the retention policy{why}."
 
 
 # --- earlier referrals about the same child --------------------------------------------------------
