@@ -19,6 +19,7 @@ from gateway.config import Config
 from gateway.core import db
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.logs import RateLimitedLog, install_redaction, loop_exception_handler
+from gateway.core.reseal import Resealer
 from gateway.core.schema import messages
 from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
@@ -119,6 +120,8 @@ class Gateway:
             has_data = (await conn.execute(select(messages.c.id).limit(1))).first() is not None
         self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.sealed = Sealed(self.sealer)
+        rotation = cfg.settings.rotation
+        self.resealer = Resealer(self.db, self.sealer, rotation.reseal_batch, rotation.reseal_pause.total_seconds())
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.transport = self._transport or make_transport(cfg)
         self.identity = load_identity(cfg, self.clock.now())
@@ -151,6 +154,10 @@ class Gateway:
                     self._loop("outbox", self.outbox.run_once, self._wake_outbox, s.outbox.poll.total_seconds())
                 ),
                 asyncio.create_task(self._deadline_loop()),
+                # Re-seals blobs under retired keys; idle, it checks every key_check for a rotated key.
+                asyncio.create_task(
+                    self._loop("reseal", self.resealer.run_once, asyncio.Event(), s.rotation.key_check.total_seconds())
+                ),
             ]
             if self.reconciler is not None:
                 self._tasks.append(
@@ -306,6 +313,13 @@ class Gateway:
         while count := await self.outbox.run_once():
             total += count
         return total
+
+    async def reseal_all(self) -> int:
+        """Re-seals until a whole pass finds nothing to do; returns how many blobs it re-sealed."""
+        before = self.resealer.resealed
+        while await self.resealer.run_once():
+            pass
+        return self.resealer.resealed - before
 
     async def fire_deadlines(self) -> int:
         return await self.deadlines.fire_due()

@@ -32,6 +32,7 @@ from gateway.config.sections import (
     PathsSection,
     ProcessingSection,
     Professional,
+    RotationSection,
     SecuritySection,
     SmsSection,
     SmtpSection,
@@ -57,6 +58,7 @@ class Settings(Strict):
     routes: tuple[Route, ...] = Field(min_length=1)
     security: SecuritySection = SecuritySection()
     keys: KeysSection = KeysSection()
+    rotation: RotationSection = RotationSection()
     partners: tuple[Partner, ...] = ()
     schedules: tuple[ScheduleConfig, ...] = ()
     escalations: tuple[Escalation, ...] = ()
