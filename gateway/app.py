@@ -124,7 +124,7 @@ class Gateway:
         self.resealer = Resealer(self.db, self.sealer, rotation.reseal_batch, rotation.reseal_pause.total_seconds())
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.transport = self._transport or make_transport(cfg)
-        self.identity = load_identity(cfg, self.clock.now())
+        self.identity = load_identity(cfg, self.clock.now(), self.clock.now)
         self._build_stages(token)
         self.writer.start()
         smtp = cfg.settings.smtp

@@ -28,7 +28,11 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     if args.which == "sealing":
         return _rotate_sealing(cfg)
-    return _rotate_ack(cfg)
+    if args.which == "ack":
+        return _rotate_ack(cfg)
+    from gateway.cli.keys_rotate_own import rotate_own  # gpg and openssl: only for these two
+
+    return rotate_own(cfg, args)
 
 
 def _rotate_sealing(cfg: Config) -> int:
