@@ -20,12 +20,13 @@ from gateway.core.clock import FakeClock
 from gateway.core.reseal import SEALED_COLUMNS
 from gateway.core.schema import messages, referrals
 from gateway.core.sealing import KEY_FILE, Sealer, key_id
-from tests.conftest import START, send_referral, write_config
+from tests.conftest import START, both_databases, send_referral, write_config
 
 
 @pytest.fixture
-async def gw(home: Path) -> AsyncIterator[Gateway]:
-    gateway = Gateway(config_mod.load(write_config(home)), clock=FakeClock(START), workers=False)
+async def gw(home: Path, database_url: str) -> AsyncIterator[Gateway]:
+    config = write_config(home, database_url=database_url)
+    gateway = Gateway(config_mod.load(config), clock=FakeClock(START), workers=False)
     await gateway.start()
     yield gateway
     await gateway.stop()
@@ -81,6 +82,7 @@ def test_every_sealed_column_is_resealed() -> None:
     assert binary == {col.name for col in SEALED_COLUMNS}
 
 
+@both_databases
 async def test_rotate_reseal_and_retire(gw: Gateway, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     refs = [await send_referral(gw, f"rot-{i}", urgency="urgent") for i in range(3)]
     await gw.process_all()
@@ -134,6 +136,7 @@ async def test_rotate_reseal_and_retire(gw: Gateway, home: Path, capsys: pytest.
     await gw.start()  # for the fixture's stop
 
 
+@both_databases
 async def test_rotate_twice_before_the_reseal(gw: Gateway, home: Path) -> None:
     """Two rotations in a row: blobs under either old key are re-sealed, none is lost."""
     ref = await send_referral(gw, "twice-1", urgency="urgent")
