@@ -159,3 +159,31 @@ def test_rotate_without_a_key(home: Path, capsys: pytest.CaptureFixture[str]) ->
     assert cli(home, "rotate", "sealing") == 2
     assert "start the gateway once" in capsys.readouterr().err
     assert not (home / "keys" / "retired").exists()
+
+
+def test_reseal_contexts_are_the_ones_the_writers_use() -> None:
+    """A re-seal under the wrong associated data would leave a blob that no reader can open: each
+    column's context must be the one its writer (gateway.core.sealed, gateway.staff.factors) binds."""
+    from types import SimpleNamespace
+
+    from gateway.core.model import Referral
+    from gateway.core.sealed import Content, Payload, Sealed, SmsEnvelope
+    from gateway.staff.factors import Factors
+
+    sealer = Sealer(b"k" * 32)
+    sealed = Sealed(sealer)
+    row = SimpleNamespace(id="r1", user_id="u1", kind="inbound", message_sid="SM1", status="received")
+    written = {
+        "messages.envelope": sealed.seal_envelope("r1", SmsEnvelope("+447700900123", "+447700900000", "SM1", False)),
+        "messages.raw": sealed.seal_raw("r1", b"raw"),
+        "referrals.content": sealed.seal_content("r1", Content(Referral())),
+        "deliveries.payload": sealed.seal_payload("r1", Payload("a@b.example", b"m")),
+        "decisions.note": sealed.seal_note("r1", "note"),
+        "sms_webhooks.payload": sealed.seal_webhook("inbound", "SM1", "received", [("Body", "x")]),
+        "sms_webhooks.reply": sealed.seal_reply("inbound", "SM1", "reply"),
+        # The staff package's own sealing (its only writer), not a copy of its context string.
+        "staff_factors.secret": Factors(None, sealer)._seal("u1", "secret"),  # type: ignore[arg-type]
+    }
+    assert set(written) == {col.name for col in SEALED_COLUMNS}
+    for col in SEALED_COLUMNS:
+        sealer.open(written[col.name], col.context(row))  # raises SealError if the context differs
