@@ -89,6 +89,10 @@ async def test_old_links_work_through_the_overlap_then_stop(
     assert "links already sent keep working until" in out and "7 days" in out
     new_key = (keys / token_keys.KEY_FILE).read_bytes()
     assert new_key != old_key
+    assert await asyncio.to_thread(main, ["keys", "rotation-status", "--config", config]) == 0
+    status = capsys.readouterr().out
+    assert f"acknowledgement-link key: current {token_keys.key_id(new_key)}" in status
+    assert f"previous {token_keys.key_id(old_key)}: verifies links until" in status
 
     # After the rotation: a link made before it still acknowledges, as does a version-1 link.
     clock.advance(timedelta(days=1))
@@ -114,3 +118,16 @@ async def test_retire_unused_keeps_an_ack_key_in_its_overlap(home: Path, gw: Gat
     assert await asyncio.to_thread(main, ["keys", "rotate", "ack", "--config", config]) == 0
     assert await asyncio.to_thread(main, ["keys", "retire-unused", "--config", config]) == 0
     assert len(list((home / "keys" / token_keys.PREVIOUS_DIR).glob("*.key"))) == 1
+
+
+async def test_retire_unused_deletes_an_ack_key_after_its_overlap(
+    home: Path, gw: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = home / "keys"
+    token_keys.rotate(keys, SystemClock().now() - timedelta(minutes=1))  # as if rotated ack.link_ttl ago
+    config = str(home / "config" / "gateway.toml")
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["keys", "retire-unused", "--config", config]) == 0
+    assert "the old acknowledgement-link key" in capsys.readouterr().out
+    assert not list((keys / token_keys.PREVIOUS_DIR).glob("*.key"))
+    assert (keys / token_keys.RECIPIENT_KEY_FILE).is_file()  # recipients' stored hashes still match

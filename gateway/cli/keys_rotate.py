@@ -21,7 +21,7 @@ from gateway.core import db, keyfiles, sealing_keys
 from gateway.core.clock import SystemClock
 from gateway.core.reseal import count_by_key
 from gateway.core.sealing import KEY_FILE, key_id
-from gateway.outbox import tokens
+from gateway.outbox import token_keys, tokens
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
@@ -75,6 +75,7 @@ def cmd_rotation_status(args: argparse.Namespace) -> int:
     current = key_id(keyfiles.load(cfg.keys_dir / KEY_FILE, 32))
     retired = sealing_keys.retired_keys(cfg.keys_dir)
     by_key = _by_key(with_engine(cfg, _counts))
+    _ack_status(cfg)
     print(f"sealing key: current {current.hex()} ({shown(cfg, cfg.keys_dir / KEY_FILE)})")
     remaining = 0
     for kid in sorted(set(by_key) | set(retired), key=lambda k: (k != current, k)):
@@ -98,6 +99,17 @@ def cmd_rotation_status(args: argparse.Namespace) -> int:
         + (f"; `keys retire-unused` sets aside {unused} retired key(s)" if unused else "")
     )
     return 0
+
+
+def _ack_status(cfg: Config) -> None:
+    if not (cfg.keys_dir / token_keys.KEY_FILE).is_file():
+        return
+    keys = token_keys.load(cfg.keys_dir, may_create=False)
+    now = SystemClock().now()
+    print(f"acknowledgement-link key: current {token_keys.key_id(keys.current)}")
+    for prev in keys.previous:
+        state = "verifies links until" if now < prev.until else "overlap ended (`keys retire-unused` deletes it)"
+        print(f"  previous {token_keys.key_id(prev.key)}: {state} {prev.until.isoformat(timespec='minutes')}")
 
 
 def cmd_retire_unused(args: argparse.Namespace) -> int:
