@@ -187,3 +187,27 @@ def test_reseal_contexts_are_the_ones_the_writers_use() -> None:
     assert set(written) == {col.name for col in SEALED_COLUMNS}
     for col in SEALED_COLUMNS:
         sealer.open(written[col.name], col.context(row))  # raises SealError if the context differs
+
+
+async def test_a_rotation_cut_short_leaves_keys_usable(gw: Gateway, home: Path) -> None:
+    """`keys rotate sealing` killed after staging the new key and copying the old one into retired/,
+    before the rename: every blob still opens, and the command simply runs again."""
+    ref = await send_referral(gw, "cut-1", urgency="urgent")
+    await gw.process_all()
+    keys = home / "keys"
+    current = (keys / KEY_FILE).read_bytes()
+    (keys / "retired").mkdir(mode=0o700)
+    for path, data in (
+        (keys / "retired" / f"{key_id(current).hex()}.key", current),
+        (keys / f"{KEY_FILE}.new", b"n" * 32),
+    ):
+        path.write_bytes(data)
+        path.chmod(0o600)
+    assert await gw.reseal_all() == 0  # the same current key: nothing to do, nothing broken
+    assert sorted(await readable_referrals(gw, gw.sealer)) == [ref]
+
+    assert await acli(home, "rotate", "sealing") == 0
+    assert (keys / KEY_FILE).read_bytes() not in (current, b"n" * 32) and not (keys / f"{KEY_FILE}.new").exists()
+    assert await gw.reseal_all() > 0
+    assert await acli(home, "retire-unused") == 0
+    assert sorted(await readable_referrals(gw, Sealer((keys / KEY_FILE).read_bytes()))) == [ref]
