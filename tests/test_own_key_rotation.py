@@ -140,3 +140,64 @@ async def test_old_and_new_keys_both_decrypt_during_the_overlap(
     finally:
         identity.close()
     assert row(old_fpr)  # still listed: the key stays in keys/ (a backup may hold mail to it)
+
+
+def pgp_mime(armoured: bytes, mid: str) -> bytes:
+    """A partner's PGP/MIME referral (RFC 3156), from a partner's mail client."""
+    return (
+        "From: Ann Example <ann.example@nhs.example>\r\nTo: referrals@demo-council.example\r\n"
+        f"Subject: Referral\r\nMessage-ID: <{mid}@nhs.example>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="pgp42"\r\n\r\n'
+        "--pgp42\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n"
+        "--pgp42\r\nContent-Type: application/octet-stream; name=encrypted.asc\r\n\r\n"
+        f"{armoured.decode()}\r\n--pgp42--\r\n"
+    ).encode()
+
+
+async def test_the_running_gateway_takes_mail_to_both_keys_then_quarantines_the_old(
+    home: Path, partner: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sqlalchemy import select
+
+    from gateway.app import Gateway
+    from gateway.core.schema import events, referrals
+    from tests.conftest import referral_body, smtp_send
+
+    config = write_config(home, all_hours=True)
+    made = run(capsys, config, "init")
+    write_config(home, config_from([made]), all_hours=True)
+    entity = f"Content-Type: text/plain; charset=utf-8\r\n\r\n{referral_body()}".replace("\n", "\r\n").encode()
+    entity = entity.replace(b"\r\r", b"\r")
+    to_old = partner_encrypts(partner, run(capsys, config, "export"), entity)
+    until = (SystemClock().now() + timedelta(days=10)).date().isoformat()
+    rotated = run(capsys, config, "rotate", "openpgp", "--until", until)
+    write_config(home, config_from([made, rotated]), all_hours=True)
+    to_new = partner_encrypts(partner, run(capsys, config, "export"), entity)
+
+    clock = FakeClock(SystemClock().now())
+    gw = Gateway(config_mod.load(config), clock=clock, workers=False)
+    await gw.start()
+    try:
+
+        async def send(raw: bytes) -> tuple[str, list[str]]:
+            code, text = await smtp_send(gw.smtp_port, raw)
+            assert code == 250, text
+            await gw.process_all()
+            await gw.deliver_all()
+            async with gw.engine.connect() as conn:
+                row = (await conn.execute(select(referrals).where(referrals.c.reference == text.split()[-1]))).one()
+                details = [
+                    e for (e,) in await conn.execute(select(events.c.detail).where(events.c.referral_id == row.id))
+                ]
+            return row.state, details
+
+        for n, raw in enumerate((to_old, to_new)):
+            state, details = await send(pgp_mime(raw, f"overlap-{n}"))
+            assert state == "alerted" and not any("quarantine" in d for d in details)
+        clock.advance(timedelta(days=11))
+        state, details = await send(pgp_mime(to_old, "after-overlap"))
+        assert state == "quarantined" and any("overlap has ended" in d for d in details)
+        state, _ = await send(pgp_mime(to_new, "after-overlap-new"))
+        assert state == "alerted"
+    finally:
+        await gw.stop()
