@@ -1,7 +1,9 @@
 """Encryption at rest: every referral's content and raw message is sealed with AES-256-GCM.
 
 A sealed blob is: version byte, 8-byte key id, 12-byte nonce, ciphertext+tag. The key id lets a
-key be rotated (old keys kept under keys/retired/ still open old blobs). The associated data binds
+key be rotated (old keys kept under keys/retired/ still open old blobs): `keys rotate sealing`
+(gateway.core.sealing_keys) replaces the key file, `Sealer.refresh` picks that up in a running
+gateway, and gateway.core.reseal moves old blobs to the new key. The associated data binds
 each blob to its row and purpose, so a blob copied into another row does not open.
 """
 
@@ -33,10 +35,6 @@ def sealed_context(kind: str, row_id: str) -> str:
 def key_id(key: bytes) -> bytes:
     """The 8 bytes after the version byte of every blob sealed with `key` (not secret: a hash)."""
     return hashlib.sha256(b"referral-gateway key id" + key).digest()[:8]
-
-
-def blob_key_id(blob: bytes) -> bytes:
-    return blob[1:9]
 
 
 def _files_signature(keys_dir: Path) -> tuple[object, ...]:
@@ -71,10 +69,6 @@ class Sealer:
     @property
     def current_id(self) -> bytes:
         return self._current_id
-
-    @property
-    def key_ids(self) -> frozenset[bytes]:
-        return frozenset(self._keys)
 
     def refresh(self) -> bool:
         """Picks up a rotation made by `keys rotate sealing` (another process, or another instance

@@ -15,6 +15,7 @@ then the previous key, and only then the new current key (one rename).
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from gateway.core import keyfiles
 KEY_FILE = "ack-signing.key"
 RECIPIENT_KEY_FILE = "ack-recipient.key"
 PREVIOUS_DIR = "ack-previous"
+_PREVIOUS_NAME = re.compile(r"[0-9a-f]{8}-([0-9]{1,12})\.key")
 
 
 def key_id(key: bytes) -> str:
@@ -60,6 +62,16 @@ def signature(keys_dir: Path) -> tuple[object, ...]:
         return ()
 
 
+def _until_of(path: Path) -> datetime:
+    """A previous key's overlap end, from its name: <key id>-<unix time>.key."""
+    match = _PREVIOUS_NAME.fullmatch(path.name)
+    if match is None:
+        raise keyfiles.KeyFileError(
+            f"{path}: not a key `keys rotate ack` made (named <key id>-<unix time>.key); move it out of {path.parent}"
+        )
+    return datetime.fromtimestamp(int(match.group(1)), UTC)
+
+
 def load(keys_dir: Path, may_create: bool) -> AckKeys:
     path = keys_dir / KEY_FILE
     current = keyfiles.load_or_create(path) if may_create else keyfiles.load(path, 32)
@@ -68,8 +80,7 @@ def load(keys_dir: Path, may_create: bool) -> AckKeys:
     previous = []
     prev_dir = keys_dir / PREVIOUS_DIR
     for p in sorted(prev_dir.glob("*.key")) if prev_dir.is_dir() else []:
-        until = datetime.fromtimestamp(int(p.stem.rsplit("-", 1)[1]), UTC)
-        previous.append(PreviousKey(keyfiles.load(p, 32), until, p))
+        previous.append(PreviousKey(keyfiles.load(p, 32), _until_of(p), p))
     return AckKeys(current, recipient, tuple(previous))
 
 
@@ -93,7 +104,7 @@ def expired_previous(keys_dir: Path, now: datetime) -> list[tuple[Path, datetime
         return []
     out = []
     for p in sorted(prev_dir.glob("*.key")):
-        until = datetime.fromtimestamp(int(p.stem.rsplit("-", 1)[1]), UTC)
+        until = _until_of(p)
         if until <= now:
             out.append((p, until))
     return out
