@@ -211,3 +211,31 @@ async def test_a_rotation_cut_short_leaves_keys_usable(gw: Gateway, home: Path) 
     assert await gw.reseal_all() > 0
     assert await acli(home, "retire-unused") == 0
     assert sorted(await readable_referrals(gw, Sealer((keys / KEY_FILE).read_bytes()))) == [ref]
+
+
+async def test_a_blob_no_key_opens_is_left_as_it_is_and_shown(
+    gw: Gateway, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A blob sealed with a key that is not in keys/ (lost, or restored from elsewhere): the re-seal
+    leaves it byte for byte, still finishes the others, and rotation-status names the missing key."""
+    from sqlalchemy import update
+
+    refs = [await send_referral(gw, f"lost-{i}", urgency="urgent") for i in range(2)]
+    await gw.process_all()
+    stranger = Sealer(b"s" * 32)
+    async with gw.db.write() as conn:
+        rid = (await conn.execute(select(referrals.c.id).where(referrals.c.reference == refs[0]))).scalar_one()
+        orphan = stranger.seal(b"{}", f"content:{rid}")
+        await conn.execute(update(referrals).where(referrals.c.id == rid).values(content=orphan))
+    assert await acli(home, "rotate", "sealing") == 0
+    assert await gw.reseal_all() > 0  # finishes: the orphan is not retried in a loop
+    async with gw.engine.connect() as conn:
+        assert (await conn.execute(select(referrals.c.content).where(referrals.c.id == rid))).scalar_one() == orphan
+    current = key_id((home / "keys" / KEY_FILE).read_bytes())
+    ids = await blob_key_ids(gw)
+    assert ids["referrals.content"] == {current, stranger.current_id}
+    assert all(v == {current} for k, v in ids.items() if k != "referrals.content")
+    capsys.readouterr()
+    assert await acli(home, "rotation-status") == 1
+    out = capsys.readouterr().out
+    assert f"{stranger.current_id.hex()}        1 blob(s)  NOT IN keys/" in out

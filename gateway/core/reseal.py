@@ -130,6 +130,7 @@ class Resealer:
         self._after: Any = None
         self._unreadable = 0
         self._reported = 0
+        self._this_pass = 0
         self.resealed = 0  # since start: for tests and the log
 
     async def run_once(self) -> int:
@@ -142,6 +143,7 @@ class Resealer:
         result = await reseal_batch(self._db, self._sealer, col, self._after, self._batch)
         self._unreadable += result.unreadable
         self.resealed += result.resealed
+        self._this_pass += result.resealed
         if result.resealed and self._pause:
             await asyncio.sleep(self._pause)
         if result.examined == self._batch:
@@ -152,7 +154,9 @@ class Resealer:
         self._position = (self._position + 1) % len(SEALED_COLUMNS)
         if self._position != 0:
             return result.resealed or 1
+        if self._this_pass:
+            log.info("re-seal: %d blob(s) now under key %s", self._this_pass, self._sealer.current_id.hex())
         if self._unreadable and self._unreadable != self._reported:
             log.error("re-seal: %d blob(s) do not open with any key in keys/ and stay as they are", self._unreadable)
-        self._reported, self._unreadable = self._unreadable, 0
+        self._reported, self._unreadable, self._this_pass = self._unreadable, 0, 0
         return result.resealed
