@@ -20,6 +20,7 @@ from gateway.core import db
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.logs import RateLimitedLog, install_redaction, loop_exception_handler
 from gateway.core.metrics import Counters, Heartbeats
+from gateway.core.reseal import Resealer
 from gateway.core.schema import messages
 from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
@@ -128,9 +129,11 @@ class Gateway:
             has_data = (await conn.execute(select(messages.c.id).limit(1))).first() is not None
         self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.sealed = Sealed(self.sealer)
+        rotation = cfg.settings.rotation
+        self.resealer = Resealer(self.db, self.sealer, rotation.reseal_batch, rotation.reseal_pause.total_seconds())
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.transport = self._transport or make_transport(cfg)
-        self.identity = load_identity(cfg, self.clock.now())
+        self.identity = load_identity(cfg, self.clock.now(), self.clock.now)
         self._build_stages(token)
         self.writer.start()
         smtp = cfg.settings.smtp
@@ -165,6 +168,10 @@ class Gateway:
                     self._loop("outbox", self.outbox.run_once, self._wake_outbox, s.outbox.poll.total_seconds())
                 ),
                 asyncio.create_task(self._deadline_loop()),
+                # Re-seals blobs under retired keys; idle, it checks every key_check for a rotated key.
+                asyncio.create_task(
+                    self._loop("reseal", self.resealer.run_once, asyncio.Event(), s.rotation.key_check.total_seconds())
+                ),
             ]
             if s.retention.enabled:  # one batch a step; a busy step runs again at once
                 purging = self._loop("retention", self._purge_step, asyncio.Event(), s.retention.every.total_seconds())
@@ -353,6 +360,13 @@ class Gateway:
         while count := await self.outbox.run_once():
             total += count
         return total
+
+    async def reseal_all(self) -> int:
+        """Re-seals until a whole pass finds nothing to do; returns how many blobs it re-sealed."""
+        before = self.resealer.resealed
+        while await self.resealer.run_once():
+            pass
+        return self.resealer.resealed - before
 
     async def fire_deadlines(self) -> int:
         return await self.deadlines.fire_due()

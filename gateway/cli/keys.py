@@ -20,6 +20,7 @@ from gateway.cli.keys_export import cmd_export
 from gateway.cli.keys_import import cmd_import
 from gateway.cli.keys_init import cmd_init
 from gateway.cli.keys_list import cmd_list
+from gateway.cli.keys_rotate import cmd_retire_unused, cmd_rotate, cmd_rotation_status
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_config: Path) -> None:
@@ -36,3 +37,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_c
     p.add_argument("--partner", help="the partner's name in config (and the certificate's file name)")
     command("list", "show the gateway's and partners' keys with their expiry and status", cmd_list)
     command("export", "print the gateway's public key and certificate, to send to partners", cmd_export)
+    p = command("rotate", "make a new key; the old one keeps working for an overlap (see the README)", cmd_rotate)
+    p.add_argument("which", choices=("sealing", "ack", "openpgp", "smime"), help="which key to rotate")
+    p.add_argument("--import", dest="import_file", type=Path, help="openpgp/smime: use this key instead of making one")
+    p.add_argument("--cert", type=Path, help="smime with --import: the certificate of that private key (PEM)")
+    p.add_argument("--until", help="openpgp/smime: the old key decrypts until this date (default: 30 days from now)")
+    command("rotation-status", "how many sealed blobs remain under each old sealing key", cmd_rotation_status)
+    command("retire-unused", "set aside old sealing keys no blob uses, delete expired ack keys", cmd_retire_unused)

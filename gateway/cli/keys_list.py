@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from gateway import config as config_mod
@@ -66,7 +67,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if keys.openpgp_fingerprint is not None:
         found = own.get(keys.openpgp_fingerprint)
         if found is not None:
-            rows.append(pgp_row("gateway", found))
+            rows.append(pgp_row("gateway (current)", found))
         else:
             shown_fprs.add(keys.openpgp_fingerprint)
             rows.append(_Row("gateway", "OpenPGP", "-", "MISSING", keys.openpgp_fingerprint, "(configured)"))
@@ -74,14 +75,20 @@ def cmd_list(args: argparse.Namespace) -> int:
                 f"the gateway's OpenPGP secret key {keys.openpgp_fingerprint} is not in {shown(cfg, home)}: "
                 "restore keys/gnupg from backup (the gateway will not start without it)"
             )
+    rotation = cfg.settings.rotation
+    for prev in rotation.previous_openpgp:  # replaced by `keys rotate openpgp`: decrypting until `until`
+        if prev.fingerprint in own:
+            rows.append(pgp_row(_previous(prev.until, now), own[prev.fingerprint]))
     for key in secret:
         if key.fingerprint not in shown_fprs:
             rows.append(pgp_row("gateway (not in config)", key))
             notes.append(f"OpenPGP key {key.fingerprint} is not in config: `keys init` printed the [keys] lines")
     if keys.smime_cert is not None:
-        rows += cert_rows("gateway", "S/MIME cert", cfg.keys_dir / keys.smime_cert)
+        rows += cert_rows("gateway (current)", "S/MIME cert", cfg.keys_dir / keys.smime_cert)
     elif (cfg.keys_dir / DEV_SMIME_CERT).is_file():
         rows += cert_rows("gateway (not in config)", "S/MIME cert", cfg.keys_dir / DEV_SMIME_CERT)
+    for prev_cert in rotation.previous_smime:
+        rows += cert_rows(_previous(prev_cert.until, now), "S/MIME cert", cfg.keys_dir / prev_cert.cert)
     if keys.smime_key is not None and not (cfg.keys_dir / keys.smime_key).is_file():
         path = cfg.keys_dir / keys.smime_key
         rows.append(_Row("gateway", "S/MIME key", "-", "MISSING", shown(cfg, path), "(configured, not found)"))
@@ -130,6 +137,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if any(r.status.startswith(("EXPIRE", "REVOKED")) for r in rows):
         print(f"note: renew or replace what is EXPIRED or EXPIRES IN N DAYS (warned from {EXPIRY_WARNING.days} days)")
     return 0
+
+
+def _previous(until: datetime, now: datetime) -> str:
+    """The OWNER of a replaced key of the gateway's: in its overlap (still decrypts) or past it."""
+    return f"gateway (previous, {'decrypts until' if now < until else 'overlap ended'} {date(until)})"
 
 
 def _print_table(rows: list[_Row]) -> None:

@@ -5,12 +5,12 @@ backups."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as wall_time
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BeforeValidator, Field, field_validator, model_validator
 
 from gateway.config.duty import ClockTime, Deadline
 from gateway.config.fields import Duration, Email, Fingerprint, Mobile, Size, Strict, normalise_mobile
@@ -293,3 +293,39 @@ class BackupSection(Strict):
     everything the database holds sealed."""
 
     admin_openpgp: Fingerprint | None = None
+
+
+def _until(value: object) -> object:
+    # TOML gives a date for `until = 2027-01-31` and a datetime for a time with a zone: a date
+    # means the start of that day, UTC (an overlap end is a planned date, not a minute).
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value
+
+
+Until = Annotated[AwareDatetime, BeforeValidator(_until)]
+
+
+class PreviousOpenPGP(Strict):
+    """A gateway OpenPGP key replaced by `keys rotate openpgp`: it still decrypts until `until`."""
+
+    fingerprint: Fingerprint
+    until: Until
+
+
+class PreviousSMime(Strict):
+    """A gateway S/MIME key and certificate replaced by `keys rotate smime`: still decrypts until `until`."""
+
+    key: Path
+    cert: Path
+    until: Until
+
+
+class RotationSection(Strict):
+    """Key rotation: the background re-seal of data at rest, and the overlaps of replaced keys."""
+
+    reseal_batch: int = Field(default=50, ge=1, le=10_000)  # rows a transaction
+    reseal_pause: Duration = timedelta(0)  # between batches: gentler on a busy store, slower to finish
+    key_check: Duration = timedelta(seconds=10)  # how often an idle gateway looks for a rotated key
+    previous_openpgp: tuple[PreviousOpenPGP, ...] = ()
+    previous_smime: tuple[PreviousSMime, ...] = ()

@@ -36,6 +36,7 @@ from gateway.config.sections import (
     ProcessingSection,
     Professional,
     RetentionSection,
+    RotationSection,
     SecuritySection,
     SmsSection,
     SmtpSection,
@@ -63,6 +64,7 @@ class Settings(Strict):
     security: SecuritySection = SecuritySection()
     keys: KeysSection = KeysSection()
     backup: BackupSection = BackupSection()
+    rotation: RotationSection = RotationSection()
     partners: tuple[Partner, ...] = ()
     schedules: tuple[ScheduleConfig, ...] = ()
     escalations: tuple[Escalation, ...] = ()

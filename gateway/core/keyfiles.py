@@ -47,3 +47,26 @@ def load(path: Path, size: int | None = None) -> bytes:
             f"{path}: key file holds {len(data)} bytes, expected {size}; it is damaged: restore it from backup"
         )
     return data
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes a rename or a new file in `directory` durable (the rename itself lives in the folder)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Writes a secret (mode 0600 from creation) under a temporary name, fsyncs it, then renames it
+    into place: a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -81,7 +81,8 @@ def _partner_trust(config: Config, position: int, partner: Partner, now: datetim
     return PartnerTrust(position, partner, trust, by_fingerprint)
 
 
-def load_identity(config: Config, now: datetime) -> Identity:
+def load_identity(config: Config, now: datetime, clock: Callable[[], datetime] | None = None) -> Identity:
+    """`clock` (the gateway's) decides when a replaced key's overlap ends; without it, `now` does."""
     keys = config.settings.keys
     if keys.development:
         fingerprint, key_path, cert_path = development_keys(config)
@@ -97,6 +98,7 @@ def load_identity(config: Config, now: datetime) -> Identity:
             raise CryptoKeyError(f"{key_path}: the S/MIME private key is readable by others; run: chmod 600 {key_path}")
         smime = SMime(key_path, config.keys_dir / keys.smime_cert)
         _warn_expiry("the gateway's S/MIME certificate", smime.info.not_after, now)
+        _previous_smime(config, smime, now, clock)
     pgp = None
     if keys.openpgp_fingerprint is not None:
         pgp = OpenPGP(config.keys_dir / keys.openpgp_home)
@@ -110,6 +112,7 @@ def load_identity(config: Config, now: datetime) -> Identity:
             )
         if own.expires is not None:
             _warn_expiry("the gateway's OpenPGP key", own.expires, now)
+        _previous_openpgp(config, pgp, set(secret), now, clock)
         public = {k.fingerprint: k for k in pgp.keys()}
         for partner in config.settings.partners:
             for fingerprint in partner.openpgp:
@@ -127,6 +130,32 @@ def load_identity(config: Config, now: datetime) -> Identity:
         tuple(c for b in blocks for c in b.trust.pinned),
     )
     return Identity(pgp, smime, everyone, blocks, keys.openpgp_fingerprint)
+
+
+def _previous_openpgp(
+    config: Config, pgp: OpenPGP, secret: set[str], now: datetime, clock: Callable[[], datetime] | None
+) -> None:
+    for previous in config.settings.rotation.previous_openpgp:
+        if previous.fingerprint not in secret:
+            log.warning(
+                "rotation: previous OpenPGP key %s is not in keys/; mail to it cannot be read", previous.fingerprint
+            )
+        elif previous.until <= now:
+            log.warning(
+                "rotation: previous OpenPGP key %s: its overlap ended; mail to it is refused", previous.fingerprint
+            )
+        pgp.retired[previous.fingerprint] = previous.until
+    pgp.now = clock or (lambda: now)
+
+
+def _previous_smime(config: Config, smime: SMime, now: datetime, clock: Callable[[], datetime] | None) -> None:
+    for previous in config.settings.rotation.previous_smime:
+        key, cert = config.keys_dir / previous.key, config.keys_dir / previous.cert
+        SMime(key, cert)  # a missing or mismatched pair stops the start, as the current one does
+        if previous.until <= now:
+            log.warning("rotation: previous S/MIME certificate %s: its overlap ended; mail to it is refused", cert)
+        smime.previous.append((key, cert, previous.until))
+    smime.now = clock or (lambda: now)
 
 
 def _bundle(directory: Path, anchors: Sequence[Path]) -> Path | None:

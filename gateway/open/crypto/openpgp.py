@@ -142,6 +142,10 @@ class OpenPGP:
         self._limit = ["--max-output", str(max_plaintext + _SLACK)]  # bounds decompression bombs
         self._uid_cache: dict[str, list[str]] = {}
         self._uid_stamp = (0, 0, 0)
+        # The gateway's replaced keys (`keys rotate openpgp`) by primary fingerprint: each decrypts
+        # until its overlap ends, then mail to it is refused. `now` is the gateway's clock.
+        self.retired: dict[str, datetime] = {}
+        self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     @classmethod
     @contextmanager
@@ -164,6 +168,9 @@ class OpenPGP:
         # Decrypt to stdout: `-o existing_file` without --yes gives a false BADSIG (NOTES.md).
         run = await self._call(lambda: self._decrypt_run(data))
         reason = self._decrypt_problem(run)
+        if reason is None and (key := run.first("DECRYPTION_KEY")) and len(key) > 1 and key[1] in self.retired:
+            if self.now() >= self.retired[key[1]]:
+                reason = "encrypted to a replaced key of this gateway whose overlap has ended"
         if reason is not None:
             raise DecryptError(reason)  # run.data may hold partial plaintext: dropped here
         return run.data, (self._signature(run) if run.has("NEWSIG") else None)

@@ -18,7 +18,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +35,7 @@ from gateway.open.crypto import CryptoError, CryptoKeyError, DecryptError, Signa
 _E = TypeVar("_E", bound=x509.ExtensionType)
 _EMAIL_PROTECTION = ExtendedKeyUsageOID.EMAIL_PROTECTION
 _TIMEOUT = 60.0  # seconds; openssl needs milliseconds, so this only catches a hung process
+_NOT_FOR_US = "not encrypted for this gateway's certificate"
 
 # `openssl cms -verify` stderr -> Signature.problem. Checked in order; the first match wins.
 _SIGNATURE_PROBLEMS: tuple[tuple[str, str], ...] = (
@@ -156,6 +157,10 @@ class SMime:
         self.info = _info(cert)
         self._key, self._cert, self._openssl = key_pem, cert_pem, openssl
         self._slots = asyncio.Semaphore(concurrency)
+        # The gateway's replaced keys (`keys rotate smime`): (key, cert, until), tried when mail is
+        # not for the current certificate, each until its overlap ends. `now` is the gateway's clock.
+        self.previous: list[tuple[Path, Path, datetime]] = []
+        self.now: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def _run(self, *args: str, stdin: bytes) -> tuple[int, bytes, str]:
         async with self._slots:
@@ -177,9 +182,21 @@ class SMime:
         return proc.returncode or 0, out, err.decode("utf-8", "replace")
 
     async def decrypt(self, der: bytes) -> bytes:
+        try:
+            return await self._decrypt(der, self._key, self._cert)
+        except DecryptError as exc:
+            if exc.reason != _NOT_FOR_US:
+                raise
+            for key, cert, until in self.previous:
+                if self.now() < until:
+                    with suppress(DecryptError):
+                        return await self._decrypt(der, key, cert)
+            raise
+
+    async def _decrypt(self, der: bytes, key: Path, cert: Path) -> bytes:
         # -recip matters: without it openssl tries the key on every recipient and, by design
         # (Bleichenbacher countermeasure), "decrypts" with a random key, giving garbage and rc 4.
-        args = ("cms", "-decrypt", "-binary", "-inform", "DER", "-inkey", str(self._key), "-recip", str(self._cert))
+        args = ("cms", "-decrypt", "-binary", "-inform", "DER", "-inkey", str(key), "-recip", str(cert))
         try:
             rc, out, err = await self._run(*args, stdin=der)
         except TimeoutError:
@@ -193,7 +210,7 @@ class SMime:
         if "content type not enveloped data" in err:
             raise DecryptError("not an encrypted S/MIME message")
         if "no matching recipient" in err or "Error decrypting CMS using private key" in err:
-            raise DecryptError("not encrypted for this gateway's certificate")
+            raise DecryptError(_NOT_FOR_US)
         if "Error reading SMIME Content Info" in err:
             raise DecryptError("unreadable: damaged or not S/MIME")
         # "bad decrypt" (CBC padding; also a tampered RSA-OAEP key, which gives a random key) or a
