@@ -13,13 +13,13 @@ import asyncio
 import hashlib
 import os
 import sys
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 from gateway import config as config_mod
 from gateway.cli import backup_keys, backup_manifest
 from gateway.cli.backup_db import BackupError, DatabaseCopy, backup_postgres, backup_sqlite, sqlite_path
+from gateway.cli.groups import top_level
 from gateway.cli.restore import cmd_restore
 from gateway.config import Config
 from gateway.core.clock import SystemClock
@@ -122,29 +122,18 @@ def _copy_database(cfg: Config, folder: Path) -> DatabaseCopy:
     raise BackupError(f"[database] url {url.split(':', 1)[0]}: backup knows SQLite and PostgreSQL only")
 
 
-def guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except BackupError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_config: Path) -> None:
     """Adds `backup` and `restore` to the `referral-gateway` parser."""
-
-    def command(name: str, helptext: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("--config", type=Path, default=default_config, help=f"config file (default: {default_config})")
-        return p
-
-    p = command("backup", "copy the database and the keys (encrypted to [backup] admin_openpgp) into a new folder")
+    command = top_level(sub, default_config, BackupError)
+    p = command(
+        "backup", "copy the database and the keys (encrypted to [backup] admin_openpgp) into a new folder", cmd_backup
+    )
     p.add_argument("--to", metavar="DIR", type=Path, required=True, help="a new or empty folder for this backup")
-    p.set_defaults(func=guarded(cmd_backup))
-    p = command("restore", "restore a backup into a fresh data_dir and keys_dir (the gateway stopped), then check it")
+    p = command(
+        "restore",
+        "restore a backup into a fresh data_dir and keys_dir (the gateway stopped), then check it",
+        cmd_restore,
+    )
     p.add_argument(
         "--from", dest="source", metavar="DIR", type=Path, required=True, help="the backup folder (with manifest.json)"
     )
@@ -162,4 +151,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_c
         help="keys.tar that you decrypted yourself (gpg --decrypt keys.tar.gpg)",
     )
     p.add_argument("--force", action="store_true", help="replace a database and keys that are already there")
-    p.set_defaults(func=guarded(cmd_restore))

@@ -28,3 +28,8 @@ async def _run(cfg: Config, work: Callable[[AsyncEngine], Awaitable[_T]]) -> _T:
 def with_engine(cfg: Config, work: Callable[[AsyncEngine], Awaitable[_T]]) -> _T:
     """Runs `work` on the configured database, in an event loop of its own (the commands are synchronous)."""
     return asyncio.run(_run(cfg, work))
+
+
+def with_database(cfg: Config, work: Callable[[db.Database], Awaitable[_T]]) -> _T:
+    """`with_engine`, handing `work` the store's one way to read and write."""
+    return with_engine(cfg, lambda engine: work(db.Database(engine)))

@@ -12,24 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 from gateway import config as config_mod
-from gateway.cli.database import with_engine
-from gateway.config import Config
+from gateway.cli.database import with_database
+from gateway.cli.groups import top_level
 from gateway.core import db
 from gateway.core.clock import LONDON, SystemClock, uk_time
 from gateway.report import holds, retention
 from gateway.staff.users import Users
 
 _T = TypeVar("_T")
-
-
-def _with_db(cfg: Config, work: Callable[[db.Database], Awaitable[_T]]) -> _T:
-    return with_engine(cfg, lambda engine: work(db.Database(engine)))
 
 
 def _at(text: str) -> datetime:
@@ -60,9 +55,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
     now = _at(args.at) if args.at else SystemClock().now()
     policy = f"closed more than {retention.as_written(settings.retention.closed_after)} before {uk_time(now)}"
     if args.dry_run:
-        found = _with_db(cfg, lambda database: retention.dry_run(database, settings, now))
+        found = with_database(cfg, lambda database: retention.dry_run(database, settings, now))
     else:
-        found = _with_db(cfg, lambda database: retention.purge(database, settings, now, "cli"))
+        found = with_database(cfg, lambda database: retention.purge(database, settings, now, "cli"))
     if args.format == "json":
         print(json.dumps({"dry_run": args.dry_run, "referrals": [_json(item) for item in found]}, indent=2))
         return 0
@@ -92,7 +87,7 @@ def cmd_hold(args: argparse.Namespace) -> int:
             return await holds.lift_hold(database, user, args.lift, now, "cli")
         return await holds.set_hold(database, user, args.reference, args.reason, args.matter or "", now, "cli")
 
-    held = _with_db(cfg, work)
+    held = with_database(cfg, work)
     if held.held:
         print(f"referral {held.reference} is under a legal hold: retention will not remove its content")
     else:
@@ -100,32 +95,15 @@ def cmd_hold(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except holds.HoldError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_config: Path) -> None:
-    def command(name: str, helptext: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("--config", type=Path, default=default_config, help=f"config file (default: {default_config})")
-        return p
-
-    p = command("purge", "remove the content of referrals closed longer ago than [retention] closed_after")
+    command = top_level(sub, default_config, holds.HoldError)
+    p = command("purge", "remove the content of referrals closed longer ago than [retention] closed_after", cmd_purge)
     p.add_argument("--dry-run", action="store_true", help="list what would be removed; change nothing")
     p.add_argument("--at", help="with --dry-run: as of this time (ISO; UK time if no zone; default now)")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(func=cmd_purge)
-    p = command("hold", "put a referral under a legal hold (retention keeps its content), or lift one")
+    p = command("hold", "put a referral under a legal hold (retention keeps its content), or lift one", cmd_hold)
     p.add_argument("reference", nargs="?", help="the referral to hold (its reference, like 7KM4-Q9XC)")
     p.add_argument("--lift", metavar="REF", help="lift the hold on this referral instead")
     p.add_argument("--reason", choices=tuple(holds.REASONS), help="why it is held (a code: never free text)")
     p.add_argument("--matter", help="the matter's own reference, such as ZW26C00123 (never a name)")
     p.add_argument("--by", required=True, metavar="USERNAME", help="the coordinator deciding it (their account)")
-    p.set_defaults(func=_guarded(cmd_hold))

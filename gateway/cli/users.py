@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway import config as config_mod
-from gateway.cli.database import with_engine
+from gateway.cli.database import with_database, with_engine
 from gateway.cli.groups import command_group
 from gateway.config import Config
 from gateway.core import db
@@ -48,10 +48,6 @@ _T = TypeVar("_T")
 
 def _with_users(cfg: Config, work: Callable[[Users], Awaitable[_T]]) -> _T:
     return with_engine(cfg, lambda engine: work(Users(db.Database(engine))))
-
-
-def _with_db(cfg: Config, work: Callable[[db.Database], Awaitable[_T]]) -> _T:
-    return with_engine(cfg, lambda engine: work(db.Database(engine)))
 
 
 def _read_password(args: argparse.Namespace, username: str) -> str:
@@ -160,7 +156,7 @@ def cmd_reset_factor(args: argparse.Namespace) -> int:
             await events.record(database, events.event(events.FACTOR_RESET, "cli", now, user=user.id))
         return user, removed
 
-    user, removed = _with_db(cfg, work)
+    user, removed = with_database(cfg, work)
     if removed:
         print(
             f"authenticator of {user.username} removed with their recovery codes; their sessions have ended and "
@@ -185,7 +181,7 @@ def cmd_end_sessions(args: argparse.Namespace) -> int:
         await users.end_sessions(user.id)  # and any half-signed-in one
         return user, count
 
-    user, count = _with_db(cfg, work)
+    user, count = with_database(cfg, work)
     print(f"ended {count} session{'s' if count != 1 else ''} of {user.username}")
     return 0
 
@@ -193,7 +189,7 @@ def cmd_end_sessions(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     found = _with_users(cfg, lambda users: users.all())
-    with_app = _with_db(cfg, enrolled)
+    with_app = with_database(cfg, enrolled)
     if not found:
         print("no users yet: add the first administrator with `referral-gateway users add NAME --role admin`")
         return 0

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 
 from aiohttp import web
 
@@ -178,7 +179,11 @@ class SignInPages:
         log.info("sign-in of user %s: %s refused", user.id, kind)
         return await self._page(request, "sign_in_code.html", 400, error=CODE_REFUSED)
 
-    async def code(self, request: web.Request) -> web.StreamResponse:
+    async def _second_step(
+        self, request: web.Request, kind: str, check: Callable[[str, Mapping[str, str], datetime], Awaitable[bool]]
+    ) -> User | web.StreamResponse:
+        """The code step's common part: the user whose second factor `check` accepts, or the page
+        that refuses it (throttled, locked, or wrong)."""
         form = await self._posted(request)
         pending = await self._pending(request, "code")
         throttled = await self._throttled(request, "sign_in_code.html")
@@ -187,24 +192,30 @@ class SignInPages:
         user, now = pending.user, self._clock.now()
         fresh = await self._users.get(user.id)
         # A locked account is refused without looking at the code: no guessing while it is locked.
-        if fresh is None or fresh.locked(now) or not await self._factors.check_code(user.id, form.get("code", ""), now):
-            return await self._second_factor_refused(request, user, "totp")
-        return await self._signed_in(request, fresh, "code")
+        if fresh is None or fresh.locked(now) or not await check(user.id, form, now):
+            return await self._second_factor_refused(request, user, kind)
+        return fresh
+
+    async def code(self, request: web.Request) -> web.StreamResponse:
+        async def check(user_id: str, form: Mapping[str, str], now: datetime) -> bool:
+            return await self._factors.check_code(user_id, form.get("code", ""), now)
+
+        result = await self._second_step(request, "totp", check)
+        if not isinstance(result, User):
+            return result
+        return await self._signed_in(request, result, "code")
 
     async def recovery(self, request: web.Request) -> web.StreamResponse:
-        form = await self._posted(request)
-        pending = await self._pending(request, "code")
-        throttled = await self._throttled(request, "sign_in_code.html")
-        if throttled is not None:
-            return throttled
-        user, now = pending.user, self._clock.now()
-        fresh = await self._users.get(user.id)
-        given = form.get("recovery_code", "")[:_MAX_FIELD]
-        if fresh is None or fresh.locked(now) or not await self._factors.use_recovery_code(user.id, given, now):
-            return await self._second_factor_refused(request, user, "recovery_code")
-        left = (await self._factors.state(user.id)).recovery_left
-        await self._record(events.event(events.RECOVERY_CODE_USED, events.actor_of(user.id), now, left=left))
-        return await self._signed_in(request, fresh, "recovery")
+        async def check(user_id: str, form: Mapping[str, str], now: datetime) -> bool:
+            return await self._factors.use_recovery_code(user_id, form.get("recovery_code", "")[:_MAX_FIELD], now)
+
+        result = await self._second_step(request, "recovery_code", check)
+        if not isinstance(result, User):
+            return result
+        now = self._clock.now()
+        left = (await self._factors.state(result.id)).recovery_left
+        await self._record(events.event(events.RECOVERY_CODE_USED, events.actor_of(result.id), now, left=left))
+        return await self._signed_in(request, result, "recovery")
 
     async def _signed_in(self, request: web.Request, user: User, how: str) -> web.StreamResponse:
         """Both factors given: a full session, unless the recovery codes are still to be saved."""
