@@ -130,7 +130,11 @@ class Gateway:
         self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.sealed = Sealed(self.sealer)
         rotation = cfg.settings.rotation
-        self.resealer = Resealer(self.db, self.sealer, rotation.reseal_batch, rotation.reseal_pause.total_seconds())
+        # Settled once two key checks have passed since a change: every instance has looked by then.
+        settle = 2 * rotation.key_check.total_seconds()
+        self.resealer = Resealer(
+            self.db, self.sealer, rotation.reseal_batch, rotation.reseal_pause.total_seconds(), settle
+        )
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=not has_data)
         self.transport = self._transport or make_transport(cfg)
         self.identity = load_identity(cfg, self.clock.now(), self.clock.now)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -119,18 +120,29 @@ async def reseal_batch(db: Database, sealer: Sealer, col: SealedColumn, after: A
 
 
 class Resealer:
-    """The background loop's step: one batch of one column at a time, resumable anywhere."""
+    """The background loop's step: one batch of one column at a time, resumable anywhere.
 
-    def __init__(self, db: Database, sealer: Sealer, batch: int = 50, pause: float = 0.0) -> None:
+    Once a whole pass finds no blob under an old key (bar those no key opens), the store is clean:
+    every new blob is sealed under the current key, so steps do nothing (no scan, no write
+    transaction) until the keys change. The pass that proves it must start `settle` seconds after
+    the last change: until then another instance may still be sealing with the key it had.
+    """
+
+    def __init__(self, db: Database, sealer: Sealer, batch: int = 50, pause: float = 0.0, settle: float = 0.0) -> None:
         self._db = db
         self._sealer = sealer
         self._batch = batch
         self._pause = pause  # between batches that re-sealed something: gentle on a busy store
+        self._settle = settle
         self._position = 0  # index into SEALED_COLUMNS
         self._after: Any = None
         self._unreadable = 0
         self._reported = 0
         self._this_pass = 0
+        self._changed = time.monotonic()  # start counts as a change: others may hold older keys
+        self._pass_started = self._changed
+        self._pass_found = 0  # blobs under an old key that a key opens, in this pass
+        self._clean = False
         self.resealed = 0  # since start: for tests and the log
 
     async def run_once(self) -> int:
@@ -139,8 +151,15 @@ class Resealer:
         if self._sealer.refresh():
             log.info("sealing keys reloaded: current key %s", self._sealer.current_id.hex())
             self._position, self._after = 0, None  # a new current key: start a new pass
+            self._changed, self._clean, self._pass_found = time.monotonic(), False, 0
+            self._pass_started = self._changed
+        if self._clean:
+            return 0
+        if self._position == 0 and self._after is None:
+            self._pass_started = time.monotonic()
         col = SEALED_COLUMNS[self._position]
         result = await reseal_batch(self._db, self._sealer, col, self._after, self._batch)
+        self._pass_found += result.examined - result.unreadable
         self._unreadable += result.unreadable
         self.resealed += result.resealed
         self._this_pass += result.resealed
@@ -159,4 +178,6 @@ class Resealer:
         if self._unreadable and self._unreadable != self._reported:
             log.error("re-seal: %d blob(s) do not open with any key in keys/ and stay as they are", self._unreadable)
         self._reported, self._unreadable, self._this_pass = self._unreadable, 0, 0
+        self._clean = self._pass_found == 0 and self._pass_started - self._changed >= self._settle
+        self._pass_found = 0
         return result.resealed
