@@ -62,6 +62,9 @@ from gateway.web.sign_in_pages import SignInPages
 
 log = logging.getLogger(__name__)
 
+# How long stop() lets the worker loops finish the step they are in before cancelling them.
+_STOP_GRACE = 15.0
+
 
 def make_transport(config: Config) -> Transport:
     relay = config.settings.mail.relay
@@ -96,6 +99,10 @@ class Gateway:
         # one's leases simply run out.
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # < 64 chars
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by stop(): each loop finishes the step it is in (its transaction commits or rolls
+        # back in the open) and then ends. Cancelling a step mid-transaction could leave an
+        # SQLite connection holding the write lock until the garbage collector found it.
+        self._stopping = asyncio.Event()
         self._wake_processor = asyncio.Event()
         self._wake_outbox = asyncio.Event()
         self._wake_deadlines = asyncio.Event()
@@ -282,9 +289,20 @@ class Gateway:
             self._smtp.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._smtp.wait_closed(), 5)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._stopping.set()
+        if self._tasks:
+            # A step is one batch in one transaction: it ends in well under the grace. One that
+            # does not (a database gone quiet) is cancelled, as before.
+            _, late = await asyncio.wait(self._tasks, timeout=_STOP_GRACE)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not hasattr(self, "writer"):  # start() failed before anything below was made
+            if hasattr(self, "engine"):
+                await self.engine.dispose()
+            asyncio.get_running_loop().set_exception_handler(self._previous_handler)
+            self._loop_errors.close()
+            return
         await self.writer.stop()
         if self._http:
             await self._http.cleanup()
@@ -312,7 +330,7 @@ class Gateway:
         # Every loop run through here is watched by /readyz from its first moment: one that
         # never finishes a step is as stuck as one that stopped.
         self.heartbeats.expect(name, self.clock.now(), poll)
-        while True:
+        while not self._stopping.is_set():
             wake.clear()
             await self.writer.quiet(max_defer)
             try:
@@ -323,14 +341,21 @@ class Gateway:
                 # the rows stay queued and are retried.
                 log.error("%s loop: step failed (%s); retrying in %.0fs", name, type(exc).__name__, poll)
                 busy = 0
-            if busy:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), poll)
+            if not busy:
+                await self._rest(wake, poll)
+
+    async def _rest(self, wake: asyncio.Event, seconds: float) -> None:
+        """Waits until woken, `seconds` pass, or the gateway stops, whichever comes first."""
+        waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def _deadline_loop(self) -> None:
         self.heartbeats.expect("deadlines", self.clock.now(), 30.0)
-        while True:
+        while not self._stopping.is_set():
             self._wake_deadlines.clear()
             wait = 30.0
             try:
@@ -349,8 +374,7 @@ class Gateway:
                 await self._digest_step()
             except Exception as exc:  # noqa: BLE001
                 log.error("deadline loop: digest step failed (%s)", type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_deadlines.wait(), wait)
+            await self._rest(self._wake_deadlines, wait)
 
     # Drain helpers: run a stage until it has nothing ready (tests, and `serve --once` later).
     async def process_all(self) -> int:
