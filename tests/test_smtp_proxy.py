@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +24,11 @@ from tests.test_smtp_limits import closed_by_server, command, send_referral, smt
 
 # Documentation addresses (RFC 5737): the client the balancer saw, and the balancer's own.
 CLIENT = "198.51.100.7"
-PROXY_V1 = f"PROXY TCP4 {CLIENT} 203.0.113.10 40000 25\r\n".encode()
+BALANCER = "203.0.113.10"
+PROXY_V1 = f"PROXY TCP4 {CLIENT} {BALANCER} 40000 25\r\n".encode()
+# v2 (binary): signature, version 2 + PROXY command, TCP over IPv4, length, the two addresses and ports.
+_V2_ADDRESSES = socket.inet_aton(CLIENT) + socket.inet_aton(BALANCER) + struct.pack("!HH", 40000, 25)
+PROXY_V2 = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(_V2_ADDRESSES)) + _V2_ADDRESSES
 
 
 @pytest.fixture
@@ -40,18 +46,24 @@ async def stored_peers(gw: Gateway) -> list[str]:
     return [json.loads(gw.sealer.open(row.envelope, sealed_context("envelope", row.id)))["peer"] for row in rows]
 
 
+@pytest.mark.parametrize(
+    ("header", "peer"),
+    # UNKNOWN: what a balancer sends for its own connections (health checks); it names no client.
+    [(PROXY_V1, CLIENT), (PROXY_V2, CLIENT), (b"PROXY UNKNOWN\r\n", "127.0.0.1")],
+    ids=["v1", "v2", "v1-unknown"],
+)
 @pytest.mark.parametrize("gateway_with", [{"proxy_protocol": "true"}], indirect=True)
-async def test_the_proxy_header_names_the_stored_client(gateway_with: Gateway) -> None:
+async def test_the_proxy_header_names_the_stored_client(gateway_with: Gateway, header: bytes, peer: str) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway_with.smtp_port)
     try:
-        writer.write(PROXY_V1)
+        writer.write(header)
         await writer.drain()
         greeting = await asyncio.wait_for(reader.readline(), 10)
         assert greeting.startswith(b"220 ")
         assert (await send_referral(reader, writer, "proxied-1")).startswith(b"250 ")
     finally:
         writer.close()
-    assert await stored_peers(gateway_with) == [CLIENT]
+    assert await stored_peers(gateway_with) == [peer]
 
 
 @pytest.mark.parametrize("gateway_with", [{"proxy_protocol": "true"}], indirect=True)
