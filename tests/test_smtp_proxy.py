@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from gateway import config as config_mod
 from gateway.app import Gateway
+from gateway.cli.main import main
 from gateway.core.clock import FakeClock
 from gateway.core.schema import messages
 from gateway.core.sealing import sealed_context
@@ -90,3 +91,11 @@ async def test_off_by_default_a_proxy_line_is_not_believed(gateway_with: Gateway
     finally:
         writer.close()
     assert await stored_peers(gateway_with) == ["127.0.0.1"]
+
+
+def test_check_config_says_when_a_proxy_header_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    required = "PROXY protocol header required on every connection"
+    assert main(["check-config", "--config", str(smtp_config(tmp_path / "on", proxy_protocol="true"))]) == 0
+    assert required in capsys.readouterr().out
+    assert main(["check-config", "--config", str(smtp_config(tmp_path / "off"))]) == 0
+    assert required not in capsys.readouterr().out
