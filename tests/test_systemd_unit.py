@@ -1,4 +1,5 @@
-"""Checks for the shipped systemd unit, systemd/referral-gateway.service.
+"""Checks for the shipped systemd units: systemd/referral-gateway.service and its template for
+several instances on one host, systemd/referral-gateway@.service (every check runs on both).
 
 Two layers:
 
@@ -27,8 +28,12 @@ from pathlib import Path
 
 import pytest
 
+SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNIT_NAME = "referral-gateway.service"
-UNIT_PATH = Path(__file__).resolve().parent.parent / "systemd" / UNIT_NAME
+UNIT_PATH = SYSTEMD_DIR / UNIT_NAME
+TEMPLATE_NAME = "referral-gateway@.service"
+TEMPLATE_PATH = SYSTEMD_DIR / TEMPLATE_NAME
+UNIT_PATHS = [UNIT_PATH, TEMPLATE_PATH]
 INSTALL_ROOT = "/opt/referral-gateway"
 SERVICE_USER = "referral-gateway"
 
@@ -83,9 +88,15 @@ def list_setting(unit: Unit, section: str, key: str) -> list[str]:
     return items
 
 
+@pytest.fixture(scope="module", params=UNIT_PATHS, ids=lambda p: p.name)
+def unit_path(request: pytest.FixtureRequest) -> Path:
+    path: Path = request.param
+    return path
+
+
 @pytest.fixture(scope="module")
-def unit() -> Unit:
-    return parse_unit(UNIT_PATH.read_text(encoding="utf-8"))
+def unit(unit_path: Path) -> Unit:
+    return parse_unit(unit_path.read_text(encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------- static review
@@ -100,13 +111,16 @@ def test_runs_as_unprivileged_user(unit: Unit) -> None:
     assert last(unit, "Service", "DynamicUser") in {None, "no", "false", "off", "0"}
 
 
-def test_execstart_runs_serve_from_the_venv(unit: Unit) -> None:
+def test_execstart_runs_serve_from_the_venv(unit: Unit, unit_path: Path) -> None:
     execs = values(unit, "Service", "ExecStart")
     assert len(execs) == 1, execs
     argv = shlex.split(execs[0].lstrip("-@:+!"))
     assert argv[0] == f"{INSTALL_ROOT}/.venv/bin/referral-gateway"
     assert argv[1] == "serve"
-    assert argv[2:] == ["--config", f"{INSTALL_ROOT}/config/gateway.toml"]
+    # The template's instance reads its own file, still in config/: the gateway's home is the
+    # folder above the config's, so keys/ and var/ are the ones every instance shares.
+    config = "%i.toml" if unit_path == TEMPLATE_PATH else "gateway.toml"
+    assert argv[2:] == ["--config", f"{INSTALL_ROOT}/config/{config}"]
     assert last(unit, "Service", "WorkingDirectory") == INSTALL_ROOT
     assert last(unit, "Service", "Type") == "simple"
 
@@ -248,31 +262,40 @@ def _localise(text: str, root: Path) -> str:
     return "\n".join(out) + "\n"
 
 
-def _verify(text: str, tmp_path: Path) -> tuple[int, list[str], str]:
-    """Run systemd-analyze verify on a localised copy of ``text``.
+# The template is verified as one instance of it: systemd loads referral-gateway@north.service
+# from the template file beside it, with %i set to "north", as `systemctl start` would.
+INSTANCE_NAME = "referral-gateway@north.service"
+
+
+def _verify(text: str, tmp_path: Path, shipped: Path) -> tuple[int, list[str], str]:
+    """Run systemd-analyze verify on a localised copy of ``text`` (the unit file ``shipped``).
 
     Returns (exit code, output lines about our unit, full output with the temp path mapped back).
     """
     exe = _systemd_analyze()
-    copy = tmp_path / "unit" / UNIT_NAME  # the file name is the unit name: keep it
+    copy = tmp_path / "unit" / shipped.name  # the file name is the unit name: keep it
     copy.parent.mkdir()
     copy.write_text(_localise(text, tmp_path / "root"), encoding="utf-8")
+    target = copy.with_name(INSTANCE_NAME) if shipped == TEMPLATE_PATH else copy
     cmd = [exe, "verify", "--man=no"]
     if _systemd_version(exe) >= 250:
         # Only our unit decides the exit code, not unrelated broken units on the host.
         cmd.append("--recursive-errors=no")
     env = {**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": "cat", "LC_ALL": "C"}
-    proc = subprocess.run([*cmd, str(copy)], capture_output=True, text=True, timeout=30, env=env)
-    output = (proc.stderr + proc.stdout).replace(str(copy), str(UNIT_PATH))
-    about_unit = [ln for ln in output.splitlines() if str(UNIT_PATH) in ln or UNIT_NAME in ln]
+    proc = subprocess.run([*cmd, str(target)], capture_output=True, text=True, timeout=30, env=env)
+    output = (proc.stderr + proc.stdout).replace(str(copy), str(shipped))
+    names = (str(shipped), shipped.name, target.name)
+    about_unit = [ln for ln in output.splitlines() if any(name in ln for name in names)]
     return proc.returncode, about_unit, output
 
 
-def test_systemd_analyze_verify(tmp_path: Path) -> None:
-    rc, about_unit, output = _verify(UNIT_PATH.read_text(encoding="utf-8"), tmp_path)
+@pytest.mark.parametrize("shipped", UNIT_PATHS, ids=lambda p: p.name)
+def test_systemd_analyze_verify(tmp_path: Path, shipped: Path) -> None:
+    rc, about_unit, output = _verify(shipped.read_text(encoding="utf-8"), tmp_path, shipped)
     assert rc == 0 and not about_unit, f"systemd-analyze verify (exit {rc}) complained:\n{output}"
 
 
+@pytest.mark.parametrize("shipped", UNIT_PATHS, ids=lambda p: p.name)
 @pytest.mark.parametrize(
     ("old", "new"),
     [
@@ -281,9 +304,74 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
         ("ExecStart=", "ExecStartt="),  # no ExecStart at all: hard error
     ],
 )
-def test_systemd_analyze_verify_catches_breakage(tmp_path: Path, old: str, new: str) -> None:
+def test_systemd_analyze_verify_catches_breakage(tmp_path: Path, shipped: Path, old: str, new: str) -> None:
     """Canary: the verify check above must notice a broken unit on this systemd version."""
-    text = UNIT_PATH.read_text(encoding="utf-8")
+    text = shipped.read_text(encoding="utf-8")
     assert old in text
-    rc, about_unit, output = _verify(text.replace(old, new, 1), tmp_path)
+    rc, about_unit, output = _verify(text.replace(old, new, 1), tmp_path, shipped)
     assert rc != 0 or about_unit, f"breaking {old!r} -> {new!r} went unnoticed:\n{output}"
+
+
+# --------------------------------------------------------------------------- the template
+
+
+def _without_instance(unit: Unit) -> Unit:
+    """The template with its two instance-specific values put back as the single unit has them."""
+    out: Unit = {}
+    for section, items in unit.items():
+        out[section] = [
+            (
+                key,
+                value.replace("instance %i ", "", 1)
+                if key == "Description"
+                else value.replace("/config/%i.toml", "/config/gateway.toml")
+                if key == "ExecStart"
+                else value,
+            )
+            for key, value in items
+        ]
+    return out
+
+
+def test_template_has_the_same_settings_as_the_single_unit() -> None:
+    """Hardening added to one unit and forgotten in the other would leave some instances weaker:
+    apart from the description and the config file, the two must be identical, line for line."""
+    single = parse_unit(UNIT_PATH.read_text(encoding="utf-8"))
+    template = parse_unit(TEMPLATE_PATH.read_text(encoding="utf-8"))
+    assert _without_instance(template) == single
+    assert template != single  # the substitutions above did change something
+
+
+def test_template_names_the_instance_only_in_its_description_and_config() -> None:
+    """%i picks the instance's own config file (its own ports); everything else is shared, so the
+    instance name must not turn up in, say, ReadWritePaths (keys/ must be the same for all)."""
+    template = parse_unit(TEMPLATE_PATH.read_text(encoding="utf-8"))
+    with_instance = [(section, key) for section, items in template.items() for key, value in items if "%i" in value]
+    assert with_instance == [("Unit", "Description"), ("Service", "ExecStart")]
+    text = "\n".join(v for items in template.values() for _, v in items)
+    assert "%I" not in text  # the unescaped name could hold a "/" and leave config/
+    argv = shlex.split(values(template, "Service", "ExecStart")[0])
+    assert argv[-2:] == ["--config", f"{INSTALL_ROOT}/config/%i.toml"]
+
+
+def test_instances_in_config_share_the_home_keys_and_data(tmp_path: Path) -> None:
+    """The template keeps each instance's file in config/ because the gateway's home is the folder
+    above the config's: two instances there load one keys/ and var/, and differ only in ports."""
+    from gateway import config as config_mod
+    from tests.conftest import write_config
+
+    home = tmp_path / "opt"
+    base = write_config(home)
+    loaded = {}
+    for name, smtp_port, http_port in (("north", 8025, 8080), ("south", 8026, 8081)):
+        text = base.read_text(encoding="utf-8")
+        text = text.replace("port = 0", f"port = {smtp_port}", 1).replace("port = 0", f"port = {http_port}", 1)
+        path = home / "config" / f"{name}.toml"
+        path.write_text(text, encoding="utf-8")
+        loaded[name] = config_mod.load(path)
+    north, south = loaded["north"], loaded["south"]
+    assert north.home == south.home == home.resolve()
+    assert north.keys_dir == south.keys_dir == home.resolve() / "keys"
+    assert north.data_dir == south.data_dir
+    assert (north.settings.smtp.port, north.settings.http.port) == (8025, 8080)
+    assert (south.settings.smtp.port, south.settings.http.port) == (8026, 8081)

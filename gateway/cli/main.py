@@ -130,6 +130,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(
         f"smtp: at most {smtp.max_sessions} sessions, {smtp.max_sessions_per_client} per client address; "
         f"idle timeout {_as_written(smtp.idle_timeout)} before DATA, {_as_written(smtp.timeout)} for DATA"
+        # Said out loud: with it on, a sender connecting directly (not through the balancer) is
+        # closed unanswered, which would otherwise look like an outage.
+        + ("; PROXY protocol header required on every connection" if smtp.proxy_protocol else "")
     )
     print(monitoring.where(s))
     monitoring.metrics_token(cfg)  # a missing, short or world-readable token file fails here, as at start

@@ -59,6 +59,11 @@ class SmtpSection(Strict):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     require_starttls: bool | None = None  # None: required unless host is loopback
+    # Behind a TCP load balancer every connection comes from the balancer: with this on, each
+    # connection must start with a PROXY protocol header (v1 or v2) naming the real client, or it
+    # is closed unanswered. Only for a listener nothing but the balancer can reach: anyone else
+    # could name any address. Per-client caps still count the balancer's address.
+    proxy_protocol: bool = False
 
     @model_validator(mode="after")
     def _limits(self) -> SmtpSection:

@@ -16,6 +16,7 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config.sections import SmtpSection
@@ -73,6 +74,10 @@ class ReferralHandler:
         raw: bytes = envelope.original_content or b""
         mail_from = envelope.mail_from or ""
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        if session.proxy_data is not None and session.proxy_data.src_addr is not None:
+            # The client the balancer's PROXY header names, not the balancer (a v1 "UNKNOWN"
+            # header, a balancer's own health check, names none: its peer is kept).
+            peer = str(session.proxy_data.src_addr)
         item = Incoming(
             channel=Channel.EMAIL,
             raw=raw,
@@ -93,6 +98,11 @@ class ReferralHandler:
             " (duplicate of an earlier delivery)" if accepted.duplicate else "",
         )
         return f"250 2.0.0 Accepted: referral {accepted.reference}"
+
+    async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope, proxy_data: ProxyData) -> bool:
+        # aiosmtpd closes a connection whose valid PROXY header no handler accepts; every valid
+        # one is accepted (the listener's firewall decides who may send one).
+        return True
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is "500 Error: (Exc) text": permanent (the referral would be given
@@ -143,6 +153,8 @@ async def start_smtp(
             require_starttls=settings.starttls_required,
             decode_data=False,
             enable_SMTPUTF8=True,
+            # The header is awaited as long as a first command would be.
+            proxy_protocol_timeout=settings.idle_timeout.total_seconds() if settings.proxy_protocol else None,
             loop=loop,
         )
 
