@@ -16,13 +16,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Config
-from gateway.core import db
+from gateway.core import db, keyfiles
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.logs import RateLimitedLog, install_redaction, loop_exception_handler
 from gateway.core.metrics import Counters, Heartbeats
 from gateway.core.reseal import Resealer
 from gateway.core.schema import messages
 from gateway.core.sealed import Sealed
+from gateway.core.sealing import KEY_FILE as SEALING_KEY
 from gateway.core.sealing import Sealer
 from gateway.deliver.sms_status import SmsReconciler
 from gateway.deliver.transports import MaildirTransport, SmtpRelayTransport, Transport
@@ -34,6 +35,7 @@ from gateway.intake.store import IntakeWriter
 from gateway.intake.web_form import ReferralForm
 from gateway.open.identity import load_identity
 from gateway.open.opener import Opener
+from gateway.outbox import token_keys
 from gateway.outbox.alerting import Alerter
 from gateway.outbox.compose import Composer, email_environment
 from gateway.outbox.dispatch import Dispatcher
@@ -134,7 +136,13 @@ class Gateway:
         self.db = db.Database(self.engine, cfg.settings.processing.max_defer)
         async with self.engine.connect() as conn:
             has_data = (await conn.execute(select(messages.c.id).limit(1))).first() is not None
-        self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=not has_data)
+        # On PostgreSQL several instances may start together, each with its own keys/: never make
+        # the keys here, or each would make different ones. `keys init` makes them once.
+        shared = self.engine.dialect.name == "postgresql"
+        if shared:
+            keyfiles.require_made(cfg.keys_dir, (SEALING_KEY, token_keys.KEY_FILE))
+        may_create = not has_data and not shared
+        self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=may_create)
         self.sealed = Sealed(self.sealer)
         rotation = cfg.settings.rotation
         # Settled once two key checks have passed since a change: every instance has looked by then.
@@ -142,7 +150,7 @@ class Gateway:
         self.resealer = Resealer(
             self.db, self.sealer, rotation.reseal_batch, rotation.reseal_pause.total_seconds(), settle
         )
-        self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=not has_data)
+        self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=may_create)
         self.transport = self._transport or make_transport(cfg)
         self.identity = load_identity(cfg, self.clock.now(), self.clock.now)
         self._build_stages(token)

@@ -21,8 +21,10 @@ from sqlalchemy import select
 
 from gateway import config as config_mod
 from gateway.app import Gateway
+from gateway.core import keyfiles, sealing
 from gateway.core.clock import FakeClock
 from gateway.core.schema import referrals
+from gateway.outbox import token_keys
 from tests.postgres import create_database, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,7 +113,18 @@ def write_config(
     (home / "config").mkdir(parents=True, exist_ok=True)
     path = home / "config" / "gateway.toml"
     path.write_text(text)
+    if database_url.startswith("postgresql"):
+        make_shared_keys(path)
     return path
+
+
+def make_shared_keys(config: Path) -> None:
+    """What `referral-gateway keys init` makes of the keys every instance shares: on PostgreSQL the
+    gateway refuses to start without them (it never makes them itself; tests/test_shared_state.py
+    proves the refusal and the command)."""
+    keys_dir = config_mod.load(config).keys_dir
+    for name in (sealing.KEY_FILE, token_keys.KEY_FILE):
+        keyfiles.load_or_create(keys_dir / name)
 
 
 class Sink:

@@ -1,20 +1,75 @@
-"""`referral-gateway keys init`: the gateway's own OpenPGP key and S/MIME identity, for development."""
+"""`referral-gateway keys init`: the gateway's own OpenPGP key and S/MIME identity, for development,
+and the secret keys every instance must share (sealing, acknowledgement links, cookies, address
+hashes). On SQLite the gateway makes the secret keys itself on first start; on PostgreSQL it never
+does (two instances starting together would each make different ones), so this is run once and keys/
+copied to every instance.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from gateway import config as config_mod
+from gateway.cli.database import with_engine
 from gateway.cli.keys_common import KeysError, date, keys_relative, shown, subject, toml_string
+from gateway.config import Config
+from gateway.core import keyfiles, sealing
+from gateway.core.schema import messages
+from gateway.intake import form_tokens
 from gateway.open.crypto import CryptoError
 from gateway.open.crypto.openpgp import OpenPGP, read_keyring
 from gateway.open.crypto.smime import CertInfo
 from gateway.open.dev_keys import DEV_SMIME_CERT, DEV_SMIME_KEY, make_smime_files
+from gateway.outbox import token_keys
+from gateway.staff import throttle
+from gateway.web import session
+
+# The 32-byte secret keys the running gateway reads from keys/, all of which must be the same on
+# every instance: data sealed, links signed, cookies set and addresses hashed by one, read by another.
+SHARED_KEYS = (
+    sealing.KEY_FILE,
+    token_keys.KEY_FILE,
+    form_tokens.KEY_FILE,
+    session.SESSION_KEY_FILE,
+    throttle.KEY_FILE,
+)
+
+
+async def _has_data(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        return (await conn.execute(select(messages.c.id).limit(1))).first() is not None
+
+
+def make_shared_keys(cfg: Config) -> list[Path]:
+    """The shared secret keys that are missing, made (O_EXCL: an existing one is never replaced)."""
+    lost = [cfg.keys_dir / n for n in (sealing.KEY_FILE, token_keys.KEY_FILE) if not (cfg.keys_dir / n).exists()]
+    has_data: bool = bool(lost) and with_engine(cfg, _has_data)
+    if has_data:
+        # As the gateway's own start: with data stored, a missing key is a lost one, and a new one
+        # would hide that until someone needs an old referral.
+        raise KeysError(
+            f"{', '.join(shown(cfg, p) for p in lost)} missing but the database holds referrals: "
+            "restore the keys from backup (data sealed or links signed with them need them); not making new ones"
+        )
+    made = []
+    for name in SHARED_KEYS:
+        path = cfg.keys_dir / name
+        if not path.exists():
+            keyfiles.load_or_create(path)
+            made.append(path)
+    return made
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
+    # First, and even when the OpenPGP and S/MIME keys below exist already: a deployment with its
+    # own production keys still needs these, and making them replaces nothing.
+    for path in make_shared_keys(cfg):
+        print(f"made the secret key {shown(cfg, path)} (mode 0600)")
     configured = cfg.settings.keys
     home = cfg.keys_dir / configured.openpgp_home
     key_path = cfg.keys_dir / (configured.smime_key or DEV_SMIME_KEY)
