@@ -91,6 +91,7 @@ def write_config(
     relay: str = "",
     database_url: str = "",
     all_hours: bool = False,
+    shared_keys: bool = True,
 ) -> Path:
     """A config like the embedded default, in a temp home, listening on free loopback ports.
     `all_hours`: the office schedule is open around the clock, for tests that run on the wall
@@ -113,7 +114,7 @@ def write_config(
     (home / "config").mkdir(parents=True, exist_ok=True)
     path = home / "config" / "gateway.toml"
     path.write_text(text)
-    if database_url.startswith("postgresql"):
+    if database_url.startswith("postgresql") and shared_keys:  # False: keys/ left empty, for a restore
         make_shared_keys(path)
     return path
 

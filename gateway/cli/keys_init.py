@@ -8,6 +8,7 @@ copied to every instance.
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy import select
@@ -47,7 +48,12 @@ async def _has_data(engine: AsyncEngine) -> bool:
 def make_shared_keys(cfg: Config) -> list[Path]:
     """The shared secret keys that are missing, made (O_EXCL: an existing one is never replaced)."""
     lost = [cfg.keys_dir / n for n in (sealing.KEY_FILE, token_keys.KEY_FILE) if not (cfg.keys_dir / n).exists()]
-    has_data: bool = bool(lost) and with_engine(cfg, _has_data)
+    has_data = False
+    if lost:
+        # In a thread of its own: with_engine runs its own event loop, and main() may be called
+        # where one runs already (an embedding program, or the tests).
+        with ThreadPoolExecutor(1) as pool:
+            has_data = pool.submit(with_engine, cfg, _has_data).result()
     if has_data:
         # As the gateway's own start: with data stored, a missing key is a lost one, and a new one
         # would hide that until someone needs an old referral.
