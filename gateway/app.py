@@ -29,6 +29,7 @@ from gateway.deliver.sms_status import SmsReconciler
 from gateway.deliver.transports import MaildirTransport, SmtpRelayTransport, Transport
 from gateway.deliver.twilio import TwilioTransport, auth_token
 from gateway.deliver.worker import Outbox
+from gateway.intake.form_tokens import KEY_FILE as FORM_KEY
 from gateway.intake.sms_webhooks import SmsWebhooks
 from gateway.intake.smtp import start_smtp, tls_context
 from gateway.intake.store import IntakeWriter
@@ -48,6 +49,7 @@ from gateway.report import retention
 from gateway.report.digest import DigestMaker
 from gateway.staff.factors import Factors
 from gateway.staff.sessions import Sessions
+from gateway.staff.throttle import KEY_FILE as THROTTLE_KEY
 from gateway.staff.throttle import AddressThrottle
 from gateway.staff.users import Users
 from gateway.track.acks import Tracker
@@ -59,10 +61,14 @@ from gateway.web.admin_pages import AdminPages
 from gateway.web.dashboard import DashboardPages
 from gateway.web.monitoring import Monitoring, metrics_token
 from gateway.web.report_page import ReportPage
-from gateway.web.session import WebSessions, setup_sessions
+from gateway.web.session import SESSION_KEY_FILE, WebSessions, setup_sessions
 from gateway.web.sign_in_pages import SignInPages
 
 log = logging.getLogger(__name__)
+
+# The secret keys under keys/ every instance must hold the same (sealed data, links, cookies and
+# address hashes made by one are read by another): on PostgreSQL start never makes them.
+SHARED_KEYS = (SEALING_KEY, token_keys.KEY_FILE, FORM_KEY, SESSION_KEY_FILE, THROTTLE_KEY)
 
 # How long stop() lets the worker loops finish the step they are in before cancelling them.
 _STOP_GRACE = 15.0
@@ -140,7 +146,7 @@ class Gateway:
         # the keys here, or each would make different ones. `keys init` makes them once.
         shared = self.engine.dialect.name == "postgresql"
         if shared:
-            keyfiles.require_made(cfg.keys_dir, (SEALING_KEY, token_keys.KEY_FILE))
+            keyfiles.require_made(cfg.keys_dir, SHARED_KEYS)
         may_create = not has_data and not shared
         self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=may_create)
         self.sealed = Sealed(self.sealer)

@@ -20,11 +20,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
 from gateway import config as config_mod
-from gateway.app import Gateway
-from gateway.core import keyfiles, sealing
+from gateway.app import SHARED_KEYS, Gateway
+from gateway.core import keyfiles
 from gateway.core.clock import FakeClock
 from gateway.core.schema import referrals
-from gateway.outbox import token_keys
 from tests.postgres import create_database, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +123,7 @@ def make_shared_keys(config: Path) -> None:
     gateway refuses to start without them (it never makes them itself; tests/test_shared_state.py
     proves the refusal and the command)."""
     keys_dir = config_mod.load(config).keys_dir
-    for name in (sealing.KEY_FILE, token_keys.KEY_FILE):
+    for name in SHARED_KEYS:
         keyfiles.load_or_create(keys_dir / name)
 
 

@@ -18,10 +18,11 @@ from sqlalchemy import select
 
 from gateway import config as config_mod
 from gateway.app import Gateway
+from gateway.cli.main import main
 from gateway.core.clock import FakeClock
 from gateway.core.keyfiles import KeyFileError
-from gateway.core.schema import form_attempts
-from tests.conftest import write_config
+from gateway.core.schema import form_attempts, messages
+from tests.conftest import START, write_config
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 LIMIT = 30  # ReferralForm's default: what from_config, so every instance, uses
@@ -81,7 +82,7 @@ async def test_on_postgresql_start_never_makes_keys_until_keys_init(
         await gw.start()
     await gw.stop()
     message = str(refused.value)
-    assert "data-at-rest.key and ack-signing.key missing" in message
+    assert "data-at-rest.key, ack-signing.key, web-form.key, session.key, throttle.key missing" in message
     assert "Run `referral-gateway keys init` once" in message
     assert not config.keys_dir.exists() or not any(config.keys_dir.rglob("*"))  # nothing made
 
@@ -103,3 +104,27 @@ async def test_on_postgresql_start_never_makes_keys_until_keys_init(
         assert {p.name: p.read_bytes() for p in config.keys_dir.glob("*.key")} == made  # used, not replaced
     finally:
         await gw.stop()
+
+
+async def test_keys_init_never_makes_a_sealing_key_the_stored_referrals_lost(
+    home: Path, clock: FakeClock, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(home, database_url=database_url)
+    config = config_mod.load(path)
+    gw = Gateway(config, clock=clock, workers=False)
+    await gw.start()
+    try:
+        async with gw.db.write() as conn:
+            await conn.execute(
+                messages.insert().values(
+                    id="m" * 32, channel="email", dedupe_key="d", received_at=START, size=1, envelope=b"e", raw=b"r",
+                    attempts=0, next_attempt_at=START,
+                )
+            )  # fmt: skip
+    finally:
+        await gw.stop()
+    (config.keys_dir / "data-at-rest.key").unlink()
+    assert main(["keys", "init", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "keys/data-at-rest.key missing but the database holds referrals: restore the keys from backup" in err
+    assert not (config.keys_dir / "data-at-rest.key").exists()

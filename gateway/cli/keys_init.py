@@ -20,24 +20,11 @@ from gateway.cli.keys_common import KeysError, date, keys_relative, shown, subje
 from gateway.config import Config
 from gateway.core import keyfiles, sealing
 from gateway.core.schema import messages
-from gateway.intake import form_tokens
 from gateway.open.crypto import CryptoError
 from gateway.open.crypto.openpgp import OpenPGP, read_keyring
 from gateway.open.crypto.smime import CertInfo
 from gateway.open.dev_keys import DEV_SMIME_CERT, DEV_SMIME_KEY, make_smime_files
 from gateway.outbox import token_keys
-from gateway.staff import throttle
-from gateway.web import session
-
-# The 32-byte secret keys the running gateway reads from keys/, all of which must be the same on
-# every instance: data sealed, links signed, cookies set and addresses hashed by one, read by another.
-SHARED_KEYS = (
-    sealing.KEY_FILE,
-    token_keys.KEY_FILE,
-    form_tokens.KEY_FILE,
-    session.SESSION_KEY_FILE,
-    throttle.KEY_FILE,
-)
 
 
 async def _has_data(engine: AsyncEngine) -> bool:
@@ -61,6 +48,8 @@ def make_shared_keys(cfg: Config) -> list[Path]:
             f"{', '.join(shown(cfg, p) for p in lost)} missing but the database holds referrals: "
             "restore the keys from backup (data sealed or links signed with them need them); not making new ones"
         )
+    from gateway.app import SHARED_KEYS  # here: importing the servers costs the other commands nothing
+
     made = []
     for name in SHARED_KEYS:
         path = cfg.keys_dir / name

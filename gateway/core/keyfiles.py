@@ -37,7 +37,7 @@ def require_made(keys_dir: Path, names: Sequence[str]) -> None:
     missing = [name for name in names if not (keys_dir / name).exists()]
     if missing:
         raise KeyFileError(
-            f"{keys_dir}: {' and '.join(missing)} missing; with a PostgreSQL database the gateway never makes keys "
+            f"{keys_dir}: {', '.join(missing)} missing; with a PostgreSQL database the gateway never makes keys "
             "at start (instances starting together would each make different ones). Run `referral-gateway keys "
             "init` once, give every instance the same keys/, then start the gateway"
         )
