@@ -16,24 +16,27 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Config
-from gateway.core import db
+from gateway.core import db, keyfiles
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.logs import RateLimitedLog, install_redaction, loop_exception_handler
 from gateway.core.metrics import Counters, Heartbeats
 from gateway.core.reseal import Resealer
 from gateway.core.schema import messages
 from gateway.core.sealed import Sealed
+from gateway.core.sealing import KEY_FILE as SEALING_KEY
 from gateway.core.sealing import Sealer
 from gateway.deliver.sms_status import SmsReconciler
 from gateway.deliver.transports import MaildirTransport, SmtpRelayTransport, Transport
 from gateway.deliver.twilio import TwilioTransport, auth_token
 from gateway.deliver.worker import Outbox
+from gateway.intake.form_tokens import KEY_FILE as FORM_KEY
 from gateway.intake.sms_webhooks import SmsWebhooks
 from gateway.intake.smtp import start_smtp, tls_context
 from gateway.intake.store import IntakeWriter
 from gateway.intake.web_form import ReferralForm
 from gateway.open.identity import load_identity
 from gateway.open.opener import Opener
+from gateway.outbox import token_keys
 from gateway.outbox.alerting import Alerter
 from gateway.outbox.compose import Composer, email_environment
 from gateway.outbox.dispatch import Dispatcher
@@ -46,6 +49,7 @@ from gateway.report import retention
 from gateway.report.digest import DigestMaker
 from gateway.staff.factors import Factors
 from gateway.staff.sessions import Sessions
+from gateway.staff.throttle import KEY_FILE as THROTTLE_KEY
 from gateway.staff.throttle import AddressThrottle
 from gateway.staff.users import Users
 from gateway.track.acks import Tracker
@@ -57,10 +61,14 @@ from gateway.web.admin_pages import AdminPages
 from gateway.web.dashboard import DashboardPages
 from gateway.web.monitoring import Monitoring, metrics_token
 from gateway.web.report_page import ReportPage
-from gateway.web.session import WebSessions, setup_sessions
+from gateway.web.session import SESSION_KEY_FILE, WebSessions, setup_sessions
 from gateway.web.sign_in_pages import SignInPages
 
 log = logging.getLogger(__name__)
+
+# The secret keys under keys/ every instance must hold the same (sealed data, links, cookies and
+# address hashes made by one are read by another): on PostgreSQL start never makes them.
+SHARED_KEYS = (SEALING_KEY, token_keys.KEY_FILE, FORM_KEY, SESSION_KEY_FILE, THROTTLE_KEY)
 
 # How long stop() lets the worker loops finish the step they are in before cancelling them.
 _STOP_GRACE = 15.0
@@ -134,7 +142,13 @@ class Gateway:
         self.db = db.Database(self.engine, cfg.settings.processing.max_defer)
         async with self.engine.connect() as conn:
             has_data = (await conn.execute(select(messages.c.id).limit(1))).first() is not None
-        self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=not has_data)
+        # On PostgreSQL several instances may start together, each with its own keys/: never make
+        # the keys here, or each would make different ones. `keys init` makes them once.
+        shared = self.engine.dialect.name == "postgresql"
+        if shared:
+            keyfiles.require_made(cfg.keys_dir, SHARED_KEYS)
+        may_create = not has_data and not shared
+        self.sealer = Sealer.from_keys_dir(cfg.keys_dir, may_create=may_create)
         self.sealed = Sealed(self.sealer)
         rotation = cfg.settings.rotation
         # Settled once two key checks have passed since a change: every instance has looked by then.
@@ -142,7 +156,7 @@ class Gateway:
         self.resealer = Resealer(
             self.db, self.sealer, rotation.reseal_batch, rotation.reseal_pause.total_seconds(), settle
         )
-        self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=not has_data)
+        self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=may_create)
         self.transport = self._transport or make_transport(cfg)
         self.identity = load_identity(cfg, self.clock.now(), self.clock.now)
         self._build_stages(token)

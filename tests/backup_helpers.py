@@ -72,10 +72,22 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def gateway_home(
-    home: Path, fingerprint: str | None, *, database_url: str = "", ports: tuple[int, int] = (0, 0)
+    home: Path,
+    fingerprint: str | None,
+    *,
+    database_url: str = "",
+    ports: tuple[int, int] = (0, 0),
+    shared_keys: bool = True,
 ) -> Path:
     """A gateway home whose [backup] names the administrator's key, imported with `keys import` as the README says."""
-    config = write_config(home, smtp_port=ports[0], http_port=ports[1], database_url=database_url, all_hours=True)
+    config = write_config(
+        home,
+        smtp_port=ports[0],
+        http_port=ports[1],
+        database_url=database_url,
+        all_hours=True,
+        shared_keys=shared_keys,
+    )
     if fingerprint is not None:
         assert main(["keys", "import", str(home.parent / "admin.asc"), "--config", str(config)]) == 0
         with config.open("a") as handle:

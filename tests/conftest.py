@@ -20,7 +20,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
 from gateway import config as config_mod
-from gateway.app import Gateway
+from gateway.app import SHARED_KEYS, Gateway
+from gateway.core import keyfiles
 from gateway.core.clock import FakeClock
 from gateway.core.schema import referrals
 from tests.postgres import create_database, postgres_server
@@ -89,6 +90,7 @@ def write_config(
     relay: str = "",
     database_url: str = "",
     all_hours: bool = False,
+    shared_keys: bool = True,
 ) -> Path:
     """A config like the embedded default, in a temp home, listening on free loopback ports.
     `all_hours`: the office schedule is open around the clock, for tests that run on the wall
@@ -111,7 +113,18 @@ def write_config(
     (home / "config").mkdir(parents=True, exist_ok=True)
     path = home / "config" / "gateway.toml"
     path.write_text(text)
+    if database_url.startswith("postgresql") and shared_keys:  # False: keys/ left empty, for a restore
+        make_shared_keys(path)
     return path
+
+
+def make_shared_keys(config: Path) -> None:
+    """What `referral-gateway keys init` makes of the keys every instance shares: on PostgreSQL the
+    gateway refuses to start without them (it never makes them itself; tests/test_shared_state.py
+    proves the refusal and the command)."""
+    keys_dir = config_mod.load(config).keys_dir
+    for name in SHARED_KEYS:
+        keyfiles.load_or_create(keys_dir / name)
 
 
 class Sink:

@@ -101,7 +101,7 @@ def test_backup_while_referrals_arrive_restores_into_a_fresh_folder_that_verifie
         process.close()
     assert not senders.failures, senders.failures
     assert len(during) > len(before), "no referral arrived while the backup ran: the test proved nothing"
-    assert done.stdout.startswith(f"backup: OK: {backup_dir}: sqlite database at migration 0007"), done.stdout
+    assert done.stdout.startswith(f"backup: OK: {backup_dir}: sqlite database at migration 0008"), done.stdout
     found = manifest(backup_dir)
     assert sorted(found["files"]) == ["gateway.db", "keys.tar.gpg"]  # type: ignore[call-overload]
     assert found["keys"]["encrypted_to"] == fingerprint  # type: ignore[index]
@@ -175,7 +175,7 @@ async def test_postgresql_backup_while_referrals_arrive_restores_into_an_empty_d
     assert len(during) > len(before), "no referral arrived while the backup ran: the test proved nothing"
     assert sorted(manifest(backup_dir)["files"]) == ["database.pgdump", "keys.tar.gpg"]  # type: ignore[call-overload]
 
-    fresh = gateway_home(short_dir / "new", None, database_url=target)
+    fresh = gateway_home(short_dir / "new", None, database_url=target, shared_keys=False)  # restored, not made
     restored = await asyncio.to_thread(cli, fresh, "restore", "--from", str(backup_dir), "--gnupghome", str(admin_home))
     assert restored.returncode == 0, restored.stdout + restored.stderr
     rows = manifest(backup_dir)["database"]["rows"]  # type: ignore[index]

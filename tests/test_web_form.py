@@ -490,9 +490,13 @@ async def test_too_many_posts_from_one_address_get_429_then_recover(make_site: S
     assert "phone the duty team on 020 7946 0000" in page.text and "999" in page.text
     assert 0 < int(page.headers["Retry-After"]) <= 600
     assert site.count() == 0
+    with sqlite3.connect(site.home / "var" / "gateway.db") as conn:
+        [(client, attempts)] = conn.execute("SELECT client, attempts FROM form_attempts").fetchall()
+    assert attempts == 4 and "127.0.0.1" not in client and len(client) == 64  # a keyed hash, never the address
     site.clock.advance(timedelta(minutes=10))
     assert (await browser.post({**hidden, **GOOD})).status == 200
     assert site.count() == 1
+    assert site.count("form_attempts") == 1  # the past window's row was deleted
 
 
 async def test_csp_has_a_fresh_nonce_for_scripts_and_no_unsafe_inline(site: Site) -> None:

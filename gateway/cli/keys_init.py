@@ -1,20 +1,70 @@
-"""`referral-gateway keys init`: the gateway's own OpenPGP key and S/MIME identity, for development."""
+"""`referral-gateway keys init`: the gateway's own OpenPGP key and S/MIME identity, for development,
+and the secret keys every instance must share (sealing, acknowledgement links, cookies, address
+hashes). On SQLite the gateway makes the secret keys itself on first start; on PostgreSQL it never
+does (two instances starting together would each make different ones), so this is run once and keys/
+copied to every instance.
+"""
 
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from gateway import config as config_mod
+from gateway.cli.database import with_engine
 from gateway.cli.keys_common import KeysError, date, keys_relative, shown, subject, toml_string
+from gateway.config import Config
+from gateway.core import keyfiles, sealing
+from gateway.core.schema import messages
 from gateway.open.crypto import CryptoError
 from gateway.open.crypto.openpgp import OpenPGP, read_keyring
 from gateway.open.crypto.smime import CertInfo
 from gateway.open.dev_keys import DEV_SMIME_CERT, DEV_SMIME_KEY, make_smime_files
+from gateway.outbox import token_keys
+
+
+async def _has_data(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        return (await conn.execute(select(messages.c.id).limit(1))).first() is not None
+
+
+def make_shared_keys(cfg: Config) -> list[Path]:
+    """The shared secret keys that are missing, made (O_EXCL: an existing one is never replaced)."""
+    lost = [cfg.keys_dir / n for n in (sealing.KEY_FILE, token_keys.KEY_FILE) if not (cfg.keys_dir / n).exists()]
+    has_data = False
+    if lost:
+        # In a thread of its own: with_engine runs its own event loop, and main() may be called
+        # where one runs already (an embedding program, or the tests).
+        with ThreadPoolExecutor(1) as pool:
+            has_data = pool.submit(with_engine, cfg, _has_data).result()
+    if has_data:
+        # As the gateway's own start: with data stored, a missing key is a lost one, and a new one
+        # would hide that until someone needs an old referral.
+        raise KeysError(
+            f"{', '.join(shown(cfg, p) for p in lost)} missing but the database holds referrals: "
+            "restore the keys from backup (data sealed or links signed with them need them); not making new ones"
+        )
+    from gateway.app import SHARED_KEYS  # here: importing the servers costs the other commands nothing
+
+    made = []
+    for name in SHARED_KEYS:
+        path = cfg.keys_dir / name
+        if not path.exists():
+            keyfiles.load_or_create(path)
+            made.append(path)
+    return made
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
+    # First, and even when the OpenPGP and S/MIME keys below exist already: a deployment with its
+    # own production keys still needs these, and making them replaces nothing.
+    for path in make_shared_keys(cfg):
+        print(f"made the secret key {shown(cfg, path)} (mode 0600)")
     configured = cfg.settings.keys
     home = cfg.keys_dir / configured.openpgp_home
     key_path = cfg.keys_dir / (configured.smime_key or DEV_SMIME_KEY)

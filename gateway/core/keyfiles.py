@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -28,6 +29,18 @@ def load_or_create(path: Path, size: int = 32) -> bytes:
         handle.flush()
         os.fsync(handle.fileno())
     return load(path, size)
+
+
+def require_made(keys_dir: Path, names: Sequence[str]) -> None:
+    """For a gateway on PostgreSQL, which never makes the keys every instance must share (two
+    starting together would each make different ones): refuse to start until they are made."""
+    missing = [name for name in names if not (keys_dir / name).exists()]
+    if missing:
+        raise KeyFileError(
+            f"{keys_dir}: {', '.join(missing)} missing; with a PostgreSQL database the gateway never makes keys "
+            "at start (instances starting together would each make different ones). Run `referral-gateway keys "
+            "init` once, give every instance the same keys/, then start the gateway"
+        )
 
 
 def load(path: Path, size: int | None = None) -> bytes:

@@ -287,6 +287,18 @@ sign_in_failures = Table(
     Index("ix_sign_in_failures_client_at", "client", "at"),
 )
 
+# The public form's flood guard (issue 13): POSTs counted per client address and fixed window, in
+# the database so that every instance behind a balancer counts against the same limit. The address
+# is only a keyed hash, as in sign_in_failures; rows of past windows are deleted as new ones come.
+form_attempts = Table(
+    "form_attempts",
+    metadata,
+    Column("client", String(64), primary_key=True),
+    Column("window_start", UTCDateTime, primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Index("ix_form_attempts_window_start", "window_start"),
+)
+
 # The daily digest to coordinators (issue 12): one row per Europe/London day, inserted by whichever
 # instance makes that day's digest, in the transaction that queues its deliveries, so it is made
 # exactly once a day across restarts and instances (the primary key refuses a second).

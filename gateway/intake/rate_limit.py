@@ -1,39 +1,79 @@
-"""A limit on events per client, kept in memory: the public form's flood guard.
+"""A limit on POSTs per client: the public form's flood guard, counted in the database.
 
-Per instance and lost on restart, on purpose: enough to blunt a flood, not an accounting, and with
-nothing to store or share. What the form answers over the limit, and the reverse-proxy caveat, are in
-gateway.intake.web_form's decisions.
+Shared, so that N instances behind a balancer give a client the limit once, not N times; and a
+restart forgets nothing. Each client address and fixed window (aligned to the Unix epoch, the same
+on every instance) is one row of form_attempts whose count is raised by one atomic upsert (INSERT ..
+ON CONFLICT DO UPDATE .. RETURNING, on SQLite and PostgreSQL alike), so two instances counting the
+same client at once both see the sum. Fixed windows let a client send up to twice the limit across
+a window's edge: a flood guard needs no finer count, and one row a client keeps the table small.
+
+The address is stored only as the keyed hash the staff sign-in throttle uses
+(gateway.staff.throttle.address_hash): personal data never reaches the table. Rows of past windows
+are deleted as new attempts are counted. What the form answers over the limit, and the
+reverse-proxy caveat, are in gateway.intake.web_form's decisions.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from datetime import timedelta
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.core.clock import Clock
+from gateway.core.db import Database
+from gateway.core.schema import form_attempts
+from gateway.staff.throttle import address_hash
+
+log = logging.getLogger(__name__)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RateLimiter:
-    """At most `limit` events per `window` per client, in memory. Remembers at most `clients`
-    clients (the least recently seen are forgotten), so many addresses cannot exhaust memory."""
+    """At most `limit` events per `window` per client, counted in the database every instance shares."""
 
-    def __init__(self, clock: Clock, limit: int, window: timedelta, clients: int = 10_000) -> None:
+    def __init__(self, db: Database, key: bytes, clock: Clock, limit: int, window: timedelta) -> None:
+        self._db = db
+        self._key = key
         self._clock = clock
         self._limit = limit
-        self._window = window.total_seconds()
-        self._clients = clients
-        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+        self._window = window
 
-    def hit(self, client: str) -> float | None:
-        """Count one event; None if allowed, else the seconds until the next one would be."""
-        now = self._clock.now().timestamp()
-        times = self._seen.pop(client, None) or deque()
-        while times and now - times[0] >= self._window:
-            times.popleft()
-        self._seen[client] = times  # now the most recently seen
-        while len(self._seen) > self._clients:
-            self._seen.popitem(last=False)
-        if len(times) >= self._limit:
-            return max(times[0] + self._window - now, 1.0)
-        times.append(now)
-        return None
+    def _window_start(self, now: datetime) -> datetime:
+        return _EPOCH + ((now - _EPOCH) // self._window) * self._window
+
+    def _upsert(self, dialect: str, client: str, start: datetime) -> Any:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        attempts = form_attempts.c.attempts
+        return (
+            insert(form_attempts)
+            .values(client=client, window_start=start, attempts=1)
+            .on_conflict_do_update(
+                index_elements=[form_attempts.c.client, form_attempts.c.window_start], set_={"attempts": attempts + 1}
+            )
+            .returning(attempts)
+        )
+
+    async def hit(self, client: str) -> float | None:
+        """Count one event; None if allowed, else the seconds until the next one would be.
+
+        Refused events are counted too: it costs nothing more (one statement either way) and the
+        answer is the same, the window's end. With the database locked or gone the event is let
+        through: the referral's own commit then fails and the form keeps every answer (503), where a
+        refusal here would turn away a referrer for a fault of ours."""
+        now = self._clock.now()
+        start = self._window_start(now)
+        hashed = address_hash(self._key, client)
+        try:
+            async with self._db.write() as conn:
+                await conn.execute(delete(form_attempts).where(form_attempts.c.window_start < start))
+                count = (await conn.execute(self._upsert(conn.dialect.name, hashed, start))).scalar_one()
+        except SQLAlchemyError as exc:
+            log.warning("web form rate limit: not counted (%s); let through", type(exc).__name__)
+            return None
+        if int(count) <= self._limit:
+            return None
+        return max((start + self._window - now).total_seconds(), 1.0)

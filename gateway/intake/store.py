@@ -69,6 +69,11 @@ class IntakeWriter:
         self._window = window
         self._writing: list[asyncio.Future[Accepted]] = []  # the batch being committed now
 
+    @property
+    def db(self) -> Database:
+        """The database it writes to (the web form counts its attempts there too)."""
+        return self._db
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="intake-writer")
 

@@ -23,8 +23,8 @@ Decisions, each for a reason:
 - Honeypot: a text field off screen, hidden from screen readers and out of the tab order. Filled
   in, a valid form gets an ordinary-looking receipt with a reference that was never stored;
   nothing is stored (logged as a warning, with no content).
-- Rate limit: POSTs per client address, in memory (per instance, lost on restart: enough to blunt
-  a flood, not an accounting). Behind a reverse proxy every client has the proxy's address: set
+- Rate limit: POSTs per client address, counted in the database (gateway.intake.rate_limit), so
+  every instance behind a balancer shares one limit. Behind a reverse proxy every client has the proxy's address: set
   request.remote from the proxy's header first (aiohttp's `clone(remote=...)` middleware), or
   raise the limit. Over it: 429 with the duty phone number.
 - Size: the body is read here with its own limit (413 above it), whatever the app's
@@ -59,6 +59,7 @@ from gateway.intake import form_model
 from gateway.intake.form_tokens import KEY_FILE, RECEIPT_TTL, FormTokens, csrf_cookie_ok, new_csrf_cookie
 from gateway.intake.rate_limit import RateLimiter
 from gateway.intake.store import Incoming, IntakeWriter
+from gateway.staff import throttle
 from gateway.web.headers import NONCE, new_nonce, page_headers
 from gateway.web.templates import form_environment
 
@@ -92,6 +93,7 @@ class ReferralForm:
         limit: int = 30,
         window: timedelta = timedelta(minutes=15),
         max_body: int = MAX_BODY,
+        address_key: bytes | None = None,
     ) -> None:
         self._tokens = FormTokens(key, clock)  # first: it refuses a short key
         self._writer = writer
@@ -101,7 +103,10 @@ class ReferralForm:
         self._secure = secure
         prefix = "__Host-" if secure else ""  # __Host-: Secure, Path=/, and no subdomain may set it
         self._cookies = _Cookies(csrf=f"{prefix}refer_csrf", receipt=f"{prefix}refer_receipt")
-        self._limiter = RateLimiter(clock, limit, window)
+        # Addresses are hashed with the staff sign-in throttle's key (from_config); without one, with
+        # a key derived from this form's own, so a test's form needs no second key file.
+        hashing = address_key or hashlib.sha256(b"form addresses\0" + key).digest()
+        self._limiter = RateLimiter(writer.db, hashing, clock, limit, window)
         self._max_body = max_body
 
     @classmethod
@@ -117,6 +122,7 @@ class ReferralForm:
             s.gateway.council,
             s.gateway.duty_phone,
             secure=s.http.public_url.startswith("https://"),
+            address_key=throttle.address_key(config.keys_dir),
         )
 
     def routes(self, app: web.Application) -> None:
@@ -238,7 +244,7 @@ class ReferralForm:
 
     async def submit(self, request: web.Request) -> web.Response:
         duty_phone = self._common["duty_phone"]
-        retry = self._limiter.hit(request.remote or "unknown")
+        retry = await self._limiter.hit(request.remote or "unknown")
         if retry is not None:
             response = self._message(
                 request,

@@ -42,6 +42,16 @@ def throttled_message(minutes: int) -> str:
     )
 
 
+def address_key(keys_dir: Path) -> bytes:
+    """The key client addresses are hashed with (here and for the public form's flood guard)."""
+    return keyfiles.load_or_create(keys_dir / KEY_FILE)
+
+
+def address_hash(key: bytes, address: str) -> str:
+    """What is stored instead of a client address: nothing in it identifies anyone without the key."""
+    return hmac.new(key, address.encode(), hashlib.sha256).hexdigest()
+
+
 class AddressThrottle:
     def __init__(
         self, db: Database, key: bytes, limit: int = ADDRESS_FAILURES, window: timedelta = ADDRESS_WINDOW
@@ -53,14 +63,14 @@ class AddressThrottle:
 
     @classmethod
     def from_keys_dir(cls, db: Database, keys_dir: Path) -> AddressThrottle:
-        return cls(db, keyfiles.load_or_create(keys_dir / KEY_FILE))
+        return cls(db, address_key(keys_dir))
 
     @property
     def limit(self) -> int:
         return self._limit
 
     def _client(self, address: str) -> str:
-        return hmac.new(self._key, address.encode(), hashlib.sha256).hexdigest()
+        return address_hash(self._key, address)
 
     async def refused_for(self, address: str, now: datetime) -> int | None:
         """None if `address` may try to sign in now; else the whole minutes until it may."""
