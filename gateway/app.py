@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -63,15 +63,13 @@ from gateway.web.monitoring import Monitoring, metrics_token
 from gateway.web.report_page import ReportPage
 from gateway.web.session import SESSION_KEY_FILE, WebSessions, setup_sessions
 from gateway.web.sign_in_pages import SignInPages
+from gateway.workers import Loops
 
 log = logging.getLogger(__name__)
 
 # The secret keys under keys/ every instance must hold the same (sealed data, links, cookies and
 # address hashes made by one are read by another): on PostgreSQL start never makes them.
 SHARED_KEYS = (SEALING_KEY, token_keys.KEY_FILE, FORM_KEY, SESSION_KEY_FILE, THROTTLE_KEY)
-
-# How long stop() lets the worker loops finish the step they are in before cancelling them.
-_STOP_GRACE = 15.0
 
 
 def make_transport(config: Config) -> Transport:
@@ -106,11 +104,6 @@ class Gateway:
         # Identifies this process's leases; a restarted process is a new owner, and the old
         # one's leases simply run out.
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # < 64 chars
-        self._tasks: list[asyncio.Task[None]] = []
-        # Set by stop(): each loop finishes the step it is in (its transaction commits or rolls
-        # back in the open) and then ends. Cancelling a step mid-transaction could leave an
-        # SQLite connection holding the write lock until the garbage collector found it.
-        self._stopping = asyncio.Event()
         self._wake_processor = asyncio.Event()
         self._wake_outbox = asyncio.Event()
         self._wake_deadlines = asyncio.Event()
@@ -120,6 +113,7 @@ class Gateway:
         # What /metrics counts and /readyz checks: this gateway's own, never a process global.
         self.counters = Counters()
         self.heartbeats = Heartbeats()
+        self.loops = Loops(self.clock, self.heartbeats, self._quiet)
         # aiosmtpd logs every envelope address at INFO: personal data has no place in our logs.
         logging.getLogger("mail.log").setLevel(logging.ERROR)
         # And whatever is still logged by aiohttp, aiosmtpd and asyncio, at any level, carries no
@@ -180,31 +174,20 @@ class Gateway:
             await web.TCPSite(self._metrics_http, m.listen_host, m.listen_port).start()
         if self._workers:
             s = cfg.settings
-            self._tasks = [
-                asyncio.create_task(
-                    self._loop(
-                        "processing",
-                        self._process_step,
-                        self._wake_processor,
-                        s.processing.retry.total_seconds(),
-                    )
-                ),
-                asyncio.create_task(
-                    self._loop("outbox", self.outbox.run_once, self._wake_outbox, s.outbox.poll.total_seconds())
-                ),
-                asyncio.create_task(self._deadline_loop()),
-                # Re-seals blobs under retired keys; idle, it checks every key_check for a rotated key.
-                asyncio.create_task(
-                    self._loop("reseal", self.resealer.run_once, asyncio.Event(), s.rotation.key_check.total_seconds())
-                ),
-            ]
+            run = self.loops.run
+            self.loops.start(
+                run("processing", self._process_step, self._wake_processor, s.processing.retry.total_seconds())
+            )
+            self.loops.start(run("outbox", self.outbox.run_once, self._wake_outbox, s.outbox.poll.total_seconds()))
+            self.loops.start(self._deadline_loop())
+            # Re-seals blobs under retired keys; idle, it checks every key_check for a rotated key.
+            self.loops.start(
+                run("reseal", self.resealer.run_once, asyncio.Event(), s.rotation.key_check.total_seconds())
+            )
             if s.retention.enabled:  # one batch a step; a busy step runs again at once
-                purging = self._loop("retention", self._purge_step, asyncio.Event(), s.retention.every.total_seconds())
-                self._tasks.append(asyncio.create_task(purging))
+                self.loops.start(run("retention", self._purge_step, asyncio.Event(), s.retention.every.total_seconds()))
             if self.reconciler is not None:
-                self._tasks.append(
-                    asyncio.create_task(self._loop("sms-status", self.reconciler.run_once, asyncio.Event(), 60.0))
-                )
+                self.loops.start(run("sms-status", self.reconciler.run_once, asyncio.Event(), 60.0))
         log.info(
             "gateway started: smtp %s:%d, http %s:%d, %s",
             cfg.settings.smtp.host,
@@ -303,14 +286,7 @@ class Gateway:
             self._smtp.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._smtp.wait_closed(), 5)
-        self._stopping.set()
-        if self._tasks:
-            # A step is one batch in one transaction: it ends in well under the grace. One that
-            # does not (a database gone quiet) is cancelled, as before.
-            _, late = await asyncio.wait(self._tasks, timeout=_STOP_GRACE)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.loops.stop()
         if not hasattr(self, "writer"):  # start() failed before anything below was made
             if hasattr(self, "engine"):
                 await self.engine.dispose()
@@ -327,6 +303,10 @@ class Gateway:
         asyncio.get_running_loop().set_exception_handler(self._previous_handler)
         self._loop_errors.close()
 
+    async def _quiet(self) -> None:
+        # Waits out a burst of intake before a worker step, so a 250 is not kept waiting.
+        await self.writer.quiet(self.config.settings.processing.max_defer.total_seconds())
+
     async def _process_step(self) -> int:
         count = await self.processor.run_once()
         if count:
@@ -339,37 +319,9 @@ class Gateway:
             self._wake_outbox.set()
         return 0  # nothing more to do until the next poll, made or not
 
-    async def _loop(self, name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, poll: float) -> None:
-        max_defer = self.config.settings.processing.max_defer.total_seconds()
-        # Every loop run through here is watched by /readyz from its first moment: one that
-        # never finishes a step is as stuck as one that stopped.
-        self.heartbeats.expect(name, self.clock.now(), poll)
-        while not self._stopping.is_set():
-            wake.clear()
-            await self.writer.quiet(max_defer)
-            try:
-                busy = await step()
-                self.heartbeats.beat(name, self.clock.now())
-            except Exception as exc:  # noqa: BLE001
-                # A worker loop must outlive a failed step (database briefly locked or gone);
-                # the rows stay queued and are retried.
-                log.error("%s loop: step failed (%s); retrying in %.0fs", name, type(exc).__name__, poll)
-                busy = 0
-            if not busy:
-                await self._rest(wake, poll)
-
-    async def _rest(self, wake: asyncio.Event, seconds: float) -> None:
-        """Waits until woken, `seconds` pass, or the gateway stops, whichever comes first."""
-        waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(self._stopping.wait())]
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-
     async def _deadline_loop(self) -> None:
         self.heartbeats.expect("deadlines", self.clock.now(), 30.0)
-        while not self._stopping.is_set():
+        while not self.loops.stopping.is_set():
             self._wake_deadlines.clear()
             wait = 30.0
             try:
@@ -388,7 +340,7 @@ class Gateway:
                 await self._digest_step()
             except Exception as exc:  # noqa: BLE001
                 log.error("deadline loop: digest step failed (%s)", type(exc).__name__)
-            await self._rest(self._wake_deadlines, wait)
+            await self.loops.rest(self._wake_deadlines, wait)
 
     # Drain helpers: run a stage until it has nothing ready (tests, and `serve --once` later).
     async def process_all(self) -> int:
