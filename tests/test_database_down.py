@@ -127,6 +127,33 @@ async def test_postgres_stopped_every_channel_says_try_again_and_all_resumes_whe
         await gw.stop()
 
 
+async def test_postgres_hung_answers_451_in_bounded_time_and_the_retry_makes_no_twin(
+    home: Path, clock: FakeClock, postgres: Server
+) -> None:
+    url = create_database(postgres.url, f"t{uuid.uuid4().hex[:16]}")
+    path = write_config(home, database_url=url)
+    path.write_text(path.read_text().replace(f'url = "{url}"', f'url = "{url}"\nbusy_timeout = "1s"', 1))
+    gw = Gateway(config_mod.load(path), clock=clock, workers=False)
+    await gw.start()
+    message = make_message(referral_body(urgency="urgent"), message_id="<hung1@nhs.example>")
+    try:
+        await until_ready(gw)  # a pooled connection is open: the hang is on it, not on connecting
+        postgres.pause()
+        try:
+            # No reply at all would leave the sender's server waiting its 10 minutes, then
+            # retrying; the gateway answers 451 itself, after busy_timeout and the commit's grace.
+            code, text = await smtp_send(gw.smtp_port, message)
+        finally:
+            postgres.resume()
+        assert code == 451 and text.startswith("4.3.0"), (code, text)
+        # The stalled commit may land after the 451: the retry is the same referral, not a twin.
+        code, text = await smtp_send(gw.smtp_port, message)
+        assert code == 250, text
+        assert await count(gw) == 1
+    finally:
+        await gw.stop()
+
+
 HOLD_LOCK = """
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)

@@ -191,7 +191,7 @@ class Database:
         self._writer = engine.execution_options(**{_WRITE: True})
         # PostgreSQL has row locks and many writers; the gate is for SQLite's single write lock.
         self._gate = WriteGate(max_defer) if engine.dialect.name == "sqlite" else None
-        self._busy_timeout = busy_timeout.total_seconds()
+        self.busy_timeout = busy_timeout.total_seconds()
 
     @asynccontextmanager
     async def write(self, urgent: bool = False, since: float | None = None) -> AsyncIterator[AsyncConnection]:
@@ -208,7 +208,7 @@ class Database:
                 yield conn
             return
         loop = asyncio.get_running_loop()
-        deadline = (loop.time() if since is None else since) + self._busy_timeout
+        deadline = (loop.time() if since is None else since) + self.busy_timeout
         async with self._gate.hold(True, deadline):
             left_ms = max(0, int((deadline - loop.time()) * 1000))
             async with self._writer.execution_options(**{_BUSY_MS: left_ms}).begin() as conn:

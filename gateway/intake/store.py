@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 _MAX_BATCH = 256
 BURST_WINDOW = 0.2  # seconds
 BURST_RATE = 100  # messages a second: above it, intake goes before processing
+# A session waits for its commit at most busy_timeout and this (the write and its fsync, once the
+# lock is had). Past it the session answers 451, even if the commit is still in flight: a server
+# that stopped answering (a hung host, a stalled pooled connection) would otherwise hold every
+# sender with no reply at all. Should the commit land after all, the sender's retry has the same
+# dedupe key and gets a 250 for the same referral: never a yes without a commit, and no twin.
+COMMIT_GRACE = 10.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,13 @@ class IntakeWriter:
         await self._queue.put((item, fut, arrived))
         # shield: aiosmtpd cancels the handler when the client hangs up, but the commit must
         # finish or fail as a whole; the writer owns it, not the session.
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self._db.busy_timeout + COMMIT_GRACE)
+        except TimeoutError:
+            # Nobody will read the late outcome: take it, so asyncio does not log it as lost.
+            fut.add_done_callback(lambda done: done.cancelled() or done.exception())
+            log.error("intake commit did not finish in time; answered as failed")
+            raise
 
     async def _run(self) -> None:
         busy = False
