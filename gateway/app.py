@@ -133,7 +133,7 @@ class Gateway:
         token = auth_token(cfg) if cfg.settings.sms.provider == "twilio" else ""
         self.engine: AsyncEngine = db.make_engine(cfg.database_url, cfg.settings.database.busy_timeout)
         await db.upgrade(self.engine)
-        self.db = db.Database(self.engine, cfg.settings.processing.max_defer)
+        self.db = db.Database(self.engine, cfg.settings.processing.max_defer, cfg.settings.database.busy_timeout)
         async with self.engine.connect() as conn:
             has_data = (await conn.execute(select(messages.c.id).limit(1))).first() is not None
         # On PostgreSQL several instances may start together, each with its own keys/: never make

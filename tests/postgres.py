@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -118,6 +119,23 @@ class Server:
             )
             self._server.wait(timeout=30)
             self._server = None
+
+    def _processes(self) -> list[int]:
+        postmaster = int((self.data / "db" / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout
+        return [postmaster, *(int(pid) for pid in children.split())]
+
+    def pause(self) -> None:
+        """SIGSTOP the server and its backends: connections stay open, nothing answers (a hung
+        host, as opposed to a stopped server, which refuses at once)."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        # runuser too: seeing its child stop, it stops itself (as su does, for job control).
+        assert self._server is not None
+        for pid in (self._server.pid, *self._processes()):
+            os.kill(pid, signal.SIGCONT)
 
     def remove(self) -> None:
         self.stop()

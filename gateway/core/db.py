@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,13 +32,24 @@ def _sqlite_pragmas(dbapi_connection: Any, busy_timeout_ms: int) -> None:
 
 
 _WRITE = "gateway_write"
+_BUSY_MS = "gateway_busy_ms"  # this write's own wait for the lock: what is left of its busy_timeout
 
 
-def _sqlite_begin(conn: Connection) -> None:
+def _sqlite_begin(conn: Connection, busy_timeout_ms: int) -> None:
     # A write transaction takes the write lock at BEGIN (IMMEDIATE): a deferred BEGIN that later
     # writes gets "database is locked" without waiting, and two workers could read the same
     # unclaimed row. Reads stay deferred, so they never queue for the write lock.
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+    options = conn.get_execution_options()
+    busy = options.get(_BUSY_MS)
+    if busy is not None:
+        # An intake write has already spent part of its busy_timeout in the gate: SQLite's busy
+        # handler gets only the rest (set back at the end, the connection goes back to the pool).
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={int(busy)}")
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE) else "BEGIN")
+    finally:
+        if busy is not None:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={busy_timeout_ms}")
 
 
 def make_engine(url: str, busy_timeout: timedelta = timedelta(seconds=10)) -> AsyncEngine:
@@ -55,9 +65,18 @@ def make_engine(url: str, busy_timeout: timedelta = timedelta(seconds=10)) -> As
             "connect",
             lambda dbapi_connection, _record: _sqlite_pragmas(dbapi_connection, timeout_ms),
         )
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        event.listen(engine.sync_engine, "begin", lambda conn: _sqlite_begin(conn, timeout_ms))
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True)
+    # timeout: connecting to a server that does not answer (a host gone, packets dropped) fails
+    # within busy_timeout, so a sender hears 451 rather than waiting on asyncpg's 60 s default.
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        hide_parameters=True,
+        connect_args={"timeout": busy_timeout.total_seconds()},
+    )
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:
@@ -106,8 +125,13 @@ class WriteGate:
         self._normal: deque[tuple[float, asyncio.Future[None]]] = deque()
 
     @asynccontextmanager
-    async def hold(self, urgent: bool) -> AsyncIterator[None]:
-        await self._acquire(urgent)
+    async def hold(self, urgent: bool, deadline: float | None = None) -> AsyncIterator[None]:
+        """`deadline` (the loop's time): give up waiting then, with TimeoutError."""
+        if deadline is None:
+            await self._acquire(urgent)
+        else:
+            async with asyncio.timeout_at(deadline):
+                await self._acquire(urgent)
         try:
             yield
         finally:
@@ -157,16 +181,37 @@ class Database:
     """The engine plus the one way to write: `write()` (BEGIN IMMEDIATE on SQLite, through the
     gate) and the way to read: `read()` (no write lock)."""
 
-    def __init__(self, engine: AsyncEngine, max_defer: timedelta = timedelta(seconds=2)) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        max_defer: timedelta = timedelta(seconds=2),
+        busy_timeout: timedelta = timedelta(seconds=10),
+    ) -> None:
         self.engine = engine
         self._writer = engine.execution_options(**{_WRITE: True})
         # PostgreSQL has row locks and many writers; the gate is for SQLite's single write lock.
         self._gate = WriteGate(max_defer) if engine.dialect.name == "sqlite" else None
+        self.busy_timeout = busy_timeout.total_seconds()
 
     @asynccontextmanager
-    async def write(self, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
-        async with self._gate.hold(urgent) if self._gate else contextlib.nullcontext():
+    async def write(self, urgent: bool = False, since: float | None = None) -> AsyncIterator[AsyncConnection]:
+        """An urgent write (intake: a sender waits for its answer) waits for the lock at most
+        busy_timeout from `since` (the loop's time; default now), in the gate and in SQLite's busy
+        handler together. Each waiting in full, a worker holding the gate while it waited for
+        another process's lock made a sender wait two or three busy_timeouts for its 451."""
+        if self._gate is None:
             async with self._writer.begin() as conn:
+                yield conn
+            return
+        if not urgent:
+            async with self._gate.hold(False), self._writer.begin() as conn:
+                yield conn
+            return
+        loop = asyncio.get_running_loop()
+        deadline = (loop.time() if since is None else since) + self.busy_timeout
+        async with self._gate.hold(True, deadline):
+            left_ms = max(0, int((deadline - loop.time()) * 1000))
+            async with self._writer.execution_options(**{_BUSY_MS: left_ms}).begin() as conn:
                 yield conn
 
     def read(self) -> AsyncConnection:

@@ -33,6 +33,12 @@ log = logging.getLogger(__name__)
 _MAX_BATCH = 256
 BURST_WINDOW = 0.2  # seconds
 BURST_RATE = 100  # messages a second: above it, intake goes before processing
+# A session waits for its commit at most busy_timeout and this (the write and its fsync, once the
+# lock is had). Past it the session answers 451, even if the commit is still in flight: a server
+# that stopped answering (a hung host, a stalled pooled connection) would otherwise hold every
+# sender with no reply at all. Should the commit land after all, the sender's retry has the same
+# dedupe key and gets a 250 for the same referral: never a yes without a commit, and no twin.
+COMMIT_GRACE = 10.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,8 @@ class IntakeWriter:
         self._sealed = sealed
         self._clock = clock
         self._on_committed = on_committed
-        self._queue: asyncio.Queue[tuple[Incoming, asyncio.Future[Accepted]]] = asyncio.Queue()
+        # Each with its arrival (the loop's time): its wait for the lock is counted from then.
+        self._queue: asyncio.Queue[tuple[Incoming, asyncio.Future[Accepted], float]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._arrivals: deque[float] = deque()  # arrival times within the last BURST_WINDOW
         self._window = window
@@ -119,12 +126,19 @@ class IntakeWriter:
     async def submit(self, item: Incoming) -> Accepted:
         """Returns once the message and its `received` event are committed; raises if not."""
         loop = asyncio.get_running_loop()
-        self._arrivals.append(loop.time())
+        arrived = loop.time()
+        self._arrivals.append(arrived)
         fut: asyncio.Future[Accepted] = loop.create_future()
-        await self._queue.put((item, fut))
+        await self._queue.put((item, fut, arrived))
         # shield: aiosmtpd cancels the handler when the client hangs up, but the commit must
         # finish or fail as a whole; the writer owns it, not the session.
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self._db.busy_timeout + COMMIT_GRACE)
+        except TimeoutError:
+            # Nobody will read the late outcome: take it, so asyncio does not log it as lost.
+            fut.add_done_callback(lambda done: done.cancelled() or done.exception())
+            log.error("intake commit did not finish in time; answered as failed")
+            raise
 
     async def _run(self) -> None:
         busy = False
@@ -138,15 +152,17 @@ class IntakeWriter:
             while not self._queue.empty() and len(batch) < _MAX_BATCH:
                 batch.append(self._queue.get_nowait())
             busy = len(batch) > 1
-            live = [(item, fut) for item, fut in batch if not fut.cancelled()]
+            live = [(item, fut) for item, fut, _ in batch if not fut.cancelled()]
             self._writing = [fut for _, fut in live]
-            await self._commit(live)
+            # The batch's wait for the lock ends busy_timeout after its first session arrived, so
+            # a sender queued behind a failing commit still hears 451 within one busy_timeout.
+            await self._commit(live, min(arrived for _, _, arrived in batch))
             self._writing = []
 
-    async def _commit(self, live: list[tuple[Incoming, asyncio.Future[Accepted]]]) -> None:
+    async def _commit(self, live: list[tuple[Incoming, asyncio.Future[Accepted]]], since: float) -> None:
         """Write a batch and answer each waiter: its result, or the error (its session says 451)."""
         try:
-            results = await self._write_batch([item for item, _ in live])
+            results = await self._write_batch([item for item, _ in live], since)
         except IntegrityError:
             # A duplicate raced in from another instance, or a reference collided: write each
             # message alone so one conflict cannot fail the others.
@@ -176,9 +192,9 @@ class IntakeWriter:
         if not fut.done():
             fut.set_result(result)
 
-    async def _write_batch(self, items: Sequence[Incoming]) -> list[Accepted]:
+    async def _write_batch(self, items: Sequence[Incoming], since: float | None = None) -> list[Accepted]:
         now = self._clock.now()
-        async with self._db.write(urgent=True) as conn:
+        async with self._db.write(urgent=True, since=since) as conn:
             known = await _existing(conn, {i.dedupe_key for i in items})
             results: list[Accepted] = []
             new_messages: list[dict[str, object]] = []
