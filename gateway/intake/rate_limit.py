@@ -15,6 +15,7 @@ reverse-proxy caveat, are in gateway.intake.web_form's decisions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,14 +67,29 @@ class RateLimiter:
         refusal here would turn away a referrer for a fault of ours."""
         now = self._clock.now()
         start = self._window_start(now)
-        hashed = address_hash(self._key, client)
+        counting = asyncio.ensure_future(self._count(address_hash(self._key, client), start))
         try:
-            async with self._db.write() as conn:
-                await conn.execute(delete(form_attempts).where(form_attempts.c.window_start < start))
-                count = (await conn.execute(self._upsert(conn.dialect.name, hashed, start))).scalar_one()
-        except SQLAlchemyError as exc:
+            # Shielded and bounded as an intake commit is (gateway.intake.store): a database that has
+            # gone quiet costs the referrer one busy_timeout here, not a hang, and the count is never
+            # cancelled mid-transaction (which could leave a connection holding a lock).
+            count = await asyncio.wait_for(asyncio.shield(counting), self._db.busy_timeout)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            # OSError: asyncpg's refused connection reaches us unwrapped.
+            counting.add_done_callback(_forget)
             log.warning("web form rate limit: not counted (%s); let through", type(exc).__name__)
             return None
-        if int(count) <= self._limit:
+        if count <= self._limit:
             return None
         return max((start + self._window - now).total_seconds(), 1.0)
+
+    async def _count(self, hashed: str, start: datetime) -> int:
+        async with self._db.write() as conn:
+            await conn.execute(delete(form_attempts).where(form_attempts.c.window_start < start))
+            return int((await conn.execute(self._upsert(conn.dialect.name, hashed, start))).scalar_one())
+
+
+def _forget(task: asyncio.Future[int]) -> None:
+    # A count that failed or finished late: nothing waits for it; its outcome is retrieved so that
+    # asyncio does not log it as never retrieved.
+    if not task.cancelled():
+        task.exception()
