@@ -24,7 +24,7 @@ from gateway.app import SHARED_KEYS, Gateway
 from gateway.core import keyfiles
 from gateway.core.clock import FakeClock
 from gateway.core.schema import referrals
-from tests.postgres import create_database, postgres_server
+from tests.postgres import Server, create_database, own_server, postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -218,6 +218,13 @@ def home(tmp_path: Path) -> Path:
 def postgres_base_url() -> Iterator[str]:
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Server]:
+    """A server of this test's own: stopping or pausing it must not take the database from other tests."""
+    with own_server() as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite"])

@@ -143,14 +143,21 @@ class Server:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yields a base URL (postgresql+asyncpg://postgres@127.0.0.1:PORT)."""
+def own_server() -> Iterator[Server]:
+    """A started server, removed afterwards: its url is postgresql+asyncpg://postgres@127.0.0.1:PORT."""
     server = Server()
     try:
         server.start()
-        yield server.url
+        yield server
     finally:
         server.remove()
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yields a base URL (postgresql+asyncpg://postgres@127.0.0.1:PORT)."""
+    with own_server() as server:
+        yield server.url
 
 
 def create_database(base_url: str, name: str) -> str:

@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,17 +31,6 @@ from tests.test_readiness import get, until_ready
 from tests.test_sms import IMMEDIATE_TEXT, PAT, SmsWorld, inbound_form, new_sid, put_token, sms_config
 from tests.test_web_form import GOOD, Browser
 from tests.twilio_fake import FakeTwilio
-
-
-@pytest.fixture
-def postgres() -> Iterator[Server]:
-    """A server of this test's own: stopping it must not take the database from other tests."""
-    server = Server()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture
@@ -76,11 +65,11 @@ def no_personal_data(text: str) -> None:
 
 
 async def test_postgres_stopped_every_channel_says_try_again_and_all_resumes_when_it_returns(
-    home: Path, clock: FakeClock, postgres: Server, twilio_api: FakeTwilio, monkeypatch: pytest.MonkeyPatch
+    home: Path, clock: FakeClock, own_postgres: Server, twilio_api: FakeTwilio, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
     put_token(home)
-    url = create_database(postgres.url, f"t{uuid.uuid4().hex[:16]}")
+    url = create_database(own_postgres.url, f"t{uuid.uuid4().hex[:16]}")
     path = write_config(home, sms_config(twilio_api.base_url), database_url=url)
     gw = Gateway(config_mod.load(path), clock=clock, workers=True)
     await gw.start()
@@ -89,7 +78,7 @@ async def test_postgres_stopped_every_channel_says_try_again_and_all_resumes_whe
     try:
         await until_ready(gw)
         _, hidden = await browser.form()  # the form was opened while all was well
-        postgres.stop()
+        own_postgres.stop()
 
         message = make_message(referral_body(urgency="urgent"), message_id="<down1@nhs.example>")
         code, text = await smtp_send(gw.smtp_port, message)
@@ -107,7 +96,7 @@ async def test_postgres_stopped_every_channel_says_try_again_and_all_resumes_whe
         no_personal_data(answer)
 
         assert (await get(gw, "/readyz"))[0] == 503
-        postgres.start()
+        own_postgres.start()
         await until_ready(gw)
 
         # Nothing was stored while it was down: each retry is the first copy.
@@ -128,9 +117,9 @@ async def test_postgres_stopped_every_channel_says_try_again_and_all_resumes_whe
 
 
 async def test_postgres_hung_answers_451_in_bounded_time_and_the_retry_makes_no_twin(
-    home: Path, clock: FakeClock, postgres: Server
+    home: Path, clock: FakeClock, own_postgres: Server
 ) -> None:
-    url = create_database(postgres.url, f"t{uuid.uuid4().hex[:16]}")
+    url = create_database(own_postgres.url, f"t{uuid.uuid4().hex[:16]}")
     path = write_config(home, database_url=url)
     path.write_text(path.read_text().replace(f'url = "{url}"', f'url = "{url}"\nbusy_timeout = "1s"', 1))
     gw = Gateway(config_mod.load(path), clock=clock, workers=False)
@@ -138,13 +127,13 @@ async def test_postgres_hung_answers_451_in_bounded_time_and_the_retry_makes_no_
     message = make_message(referral_body(urgency="urgent"), message_id="<hung1@nhs.example>")
     try:
         await until_ready(gw)  # a pooled connection is open: the hang is on it, not on connecting
-        postgres.pause()
+        own_postgres.pause()
         try:
             # No reply at all would leave the sender's server waiting its 10 minutes, then
             # retrying; the gateway answers 451 itself, after busy_timeout and the commit's grace.
             code, text = await smtp_send(gw.smtp_port, message)
         finally:
-            postgres.resume()
+            own_postgres.resume()
         assert code == 451 and text.startswith("4.3.0"), (code, text)
         # The stalled commit may land after the 451: the retry is the same referral, not a twin.
         code, text = await smtp_send(gw.smtp_port, message)

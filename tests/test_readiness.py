@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from gateway import config as config_mod
 from gateway.app import Gateway
@@ -112,25 +110,14 @@ async def test_processing_lag_over_the_threshold_is_not_ready(home: Path, clock:
         await gw.stop()
 
 
-@pytest.fixture
-def postgres() -> Iterator[Server]:
-    """A server of this test's own: stopping it must not take the database from other tests."""
-    server = Server()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.remove()
-
-
 async def test_a_stopped_database_server_is_not_ready_and_back_when_it_returns(
-    home: Path, clock: FakeClock, postgres: Server
+    home: Path, clock: FakeClock, own_postgres: Server
 ) -> None:
-    url = create_database(postgres.url, f"t{uuid.uuid4().hex[:16]}")
+    url = create_database(own_postgres.url, f"t{uuid.uuid4().hex[:16]}")
     gw = await start(home, clock, workers=True, database_url=url, extra='[metrics]\nlisten = "127.0.0.1:0"\n')
     try:
         await until_ready(gw)
-        postgres.stop()
+        own_postgres.stop()
         # /metrics still answers, from this process: not ready, because of the database.
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{gw.metrics_port}/metrics") as r:
             assert r.status == 200
@@ -145,7 +132,7 @@ async def test_a_stopped_database_server_is_not_ready_and_back_when_it_returns(
         assert "127.0.0.1" not in database["error"] and "postgres" not in database["error"]
         assert body["checks"]["processing_lag"]["ok"] is False
         assert (await get(gw, "/livez"))[0] == 200  # the process answers: a restart would not help
-        postgres.start()
+        own_postgres.start()
         body = await until_ready(gw)
         assert body["checks"]["database"] == {"ok": True}
         # And it works again: a referral is accepted and processed by the running loops.
