@@ -63,7 +63,7 @@ class SmtpSection(Strict):
     # Behind a TCP load balancer every connection comes from the balancer: with this on, each
     # connection must start with a PROXY protocol header (v1 or v2) naming the real client, or it
     # is closed unanswered. Only for a listener nothing but the balancer can reach: anyone else
-    # could name any address. Per-client caps still count the balancer's address.
+    # could name any address. The per-client cap counts the client the header names.
     proxy_protocol: bool = False
 
     @model_validator(mode="after")
