@@ -59,6 +59,7 @@ from gateway.web.account_pages import AccountPages
 from gateway.web.ack_pages import AckPages, make_app, web_environment
 from gateway.web.admin_pages import AdminPages
 from gateway.web.dashboard import DashboardPages
+from gateway.web.forwarded import setup_forwarded
 from gateway.web.monitoring import Monitoring, metrics_token
 from gateway.web.report_page import ReportPage
 from gateway.web.session import SESSION_KEY_FILE, WebSessions, setup_sessions
@@ -232,6 +233,7 @@ class Gateway:
             cfg.settings.gateway.duty_phone,
         )
         app = make_app(pages)
+        setup_forwarded(app, cfg.settings.http.trusted_proxies)
         # After make_app: the form's response hook (a CSP with a nonce for its one module script)
         # must run after the site-wide headers.
         ReferralForm.from_config(cfg, self.writer, self.clock).routes(app)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from gateway.cli.main import main
 from gateway.core.clock import FakeClock
 from gateway.core.schema import messages
 from gateway.core.sealing import sealed_context
-from tests.test_smtp_limits import closed_by_server, command, send_referral, smtp_config
+from tests.test_smtp_limits import REFUSAL, closed_by_server, command, send_referral, smtp_config
 
 # Documentation addresses (RFC 5737): the client the balancer saw, and the balancer's own.
 CLIENT = "198.51.100.7"
@@ -91,6 +92,57 @@ async def test_off_by_default_a_proxy_line_is_not_believed(gateway_with: Gateway
     finally:
         writer.close()
     assert await stored_peers(gateway_with) == ["127.0.0.1"]
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]
+
+
+async def proxied(port: int, client: str, opened: list[asyncio.StreamWriter]) -> Connection:
+    """A connection from the balancer (127.0.0.1) for `client`: its PROXY header, then the first line."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    opened.append(writer)
+    writer.write(f"PROXY TCP4 {client} {BALANCER} 40000 25\r\n".encode())
+    await writer.drain()
+    return reader, writer, await asyncio.wait_for(reader.readline(), 10)
+
+
+@pytest.mark.parametrize(
+    "gateway_with", [{"proxy_protocol": "true", "max_sessions": "8", "max_sessions_per_client": "2"}], indirect=True
+)
+async def test_the_per_client_cap_counts_the_client_the_header_names(
+    gateway_with: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    port = gateway_with.smtp_port
+    opened: list[asyncio.StreamWriter] = []
+    try:
+        held = [await proxied(port, CLIENT, opened) for _ in range(2)]
+        assert all(first.startswith(b"220 ") for _, _, first in held)
+        reader, _, first = await proxied(port, CLIENT, opened)  # a third from the same client
+        assert first.decode() == REFUSAL
+        assert await closed_by_server(reader)
+        # Every connection comes from the balancer's one address, yet other clients are not capped
+        # at two: only the total (8) counts the balancer.
+        others = [await proxied(port, f"198.51.100.{20 + n}", opened) for n in range(6)]
+        assert all(first.startswith(b"220 ") for _, _, first in others)
+        assert (await proxied(port, "198.51.100.99", opened))[2].decode() == REFUSAL  # the ninth: the total
+        for _, w, _ in others:
+            w.close()
+        reply = await send_referral(held[0][0], held[0][1], "capped-1")
+        assert reply.startswith(b"250 2.0.0 Accepted: referral "), reply
+        await command(held[0][0], held[0][1], "QUIT")
+        held[0][1].close()
+        # Its slot is given back: the client may open another (once the server has seen the close).
+        for _ in range(50):
+            first = (await proxied(port, CLIENT, opened))[2]
+            if first.startswith(b"220 "):
+                break
+            await asyncio.sleep(0.1)
+        assert first.startswith(b"220 ")
+    finally:
+        for writer in opened:
+            writer.close()
+    assert not any(CLIENT in r.getMessage() or "198.51.100" in r.getMessage() for r in caplog.records)
 
 
 def test_check_config_says_when_a_proxy_header_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

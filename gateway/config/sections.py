@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as wall_time
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -62,7 +63,7 @@ class SmtpSection(Strict):
     # Behind a TCP load balancer every connection comes from the balancer: with this on, each
     # connection must start with a PROXY protocol header (v1 or v2) naming the real client, or it
     # is closed unanswered. Only for a listener nothing but the balancer can reach: anyone else
-    # could name any address. Per-client caps still count the balancer's address.
+    # could name any address. The per-client cap counts the client the header names.
     proxy_protocol: bool = False
 
     @model_validator(mode="after")
@@ -95,10 +96,27 @@ class SmtpSection(Strict):
         return self.host not in ("127.0.0.1", "::1", "localhost")
 
 
+def _network(value: object) -> IPv4Network | IPv6Network:
+    text = str(value).strip()
+    try:
+        return ip_network(text)  # strict: "10.0.0.1/8" is a typo for a host or for 10.0.0.0/8
+    except ValueError:
+        raise ValueError(
+            f'{text!r} is not an IP network; use one like "10.0.0.0/8", "192.0.2.7/32" or "2001:db8::/32" '
+            "(an address with its prefix length, host bits zero)"
+        ) from None
+
+
+Network = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
+
+
 class HttpSection(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     public_url: str = "http://127.0.0.1:8080"
+    # Reverse proxies whose X-Forwarded-For is believed (gateway.web.forwarded). Empty: nobody's,
+    # every client is the connection's peer. Only networks that nothing but the proxies can send from.
+    trusted_proxies: tuple[Network, ...] = ()
 
     @field_validator("public_url")
     @classmethod

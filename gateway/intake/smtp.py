@@ -13,7 +13,6 @@ import logging
 import re
 import resource
 import ssl
-from collections.abc import Callable
 from pathlib import Path
 
 from aiosmtpd.proxy_protocol import ProxyData
@@ -24,7 +23,7 @@ from gateway.core.logs import RateLimitedLog
 from gateway.core.metrics import Counters
 from gateway.core.model import Channel
 from gateway.core.sealed import EmailEnvelope
-from gateway.intake.smtp_sessions import BoundedSMTP, Gate, SessionLimits
+from gateway.intake.smtp_sessions import BoundedSMTP, Gate, SessionLimits, Slot, client_key
 from gateway.intake.store import Incoming, IntakeWriter
 
 log = logging.getLogger(__name__)
@@ -58,9 +57,11 @@ def dedupe_key(mail_from: str, raw: bytes) -> str:
 
 
 class ReferralHandler:
-    def __init__(self, settings: SmtpSection, writer: IntakeWriter) -> None:
+    def __init__(self, settings: SmtpSection, writer: IntakeWriter, refusals: RateLimitedLog) -> None:
         self._addresses = frozenset(a.lower() for a in settings.referral_addresses)
         self._writer = writer
+        self._hostname = settings.hostname
+        self._refusals = refusals
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -101,8 +102,15 @@ class ReferralHandler:
 
     async def handle_PROXY(self, server: SMTP, session: Session, envelope: Envelope, proxy_data: ProxyData) -> bool:
         # aiosmtpd closes a connection whose valid PROXY header no handler accepts; every valid
-        # one is accepted (the listener's firewall decides who may send one).
-        return True
+        # one is accepted (the listener's firewall decides who may send one), unless the client it
+        # names is at its per-client cap. UNKNOWN (a balancer's health check) names no client.
+        if proxy_data.src_addr is None or not isinstance(server, BoundedSMTP):
+            return True
+        if server.slot.claim(client_key(str(proxy_data.src_addr))):
+            return True
+        await server.push(f"421 4.7.0 {self._hostname} Too many connections, try again later")
+        self._refusals.event("smtp: refused a connection over the per client address cap", kind="per client address")
+        return False
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is "500 Error: (Exc) text": permanent (the referral would be given
@@ -127,9 +135,9 @@ async def start_smtp(
     settings: SmtpSection, writer: IntakeWriter, counters: Counters, tls: ssl.SSLContext | None = None
 ) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    handler = ReferralHandler(settings, writer)
-    limits = SessionLimits(settings.max_sessions, settings.max_sessions_per_client)
     refusals = RateLimitedLog(log)
+    handler = ReferralHandler(settings, writer, refusals)
+    limits = SessionLimits(settings.max_sessions, settings.max_sessions_per_client)
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft != resource.RLIM_INFINITY and soft < settings.max_sessions + FD_HEADROOM:
         log.warning(
@@ -140,14 +148,14 @@ async def start_smtp(
             FD_HEADROOM,
         )
 
-    def smtp(on_close: Callable[[], None]) -> BoundedSMTP:
+    def smtp(slot: Slot) -> BoundedSMTP:
         return BoundedSMTP(
             handler,
             hostname=settings.hostname,  # never socket.getfqdn(): it can block the loop
             data_size_limit=settings.max_message_size,
             timeout=settings.idle_timeout.total_seconds(),
             data_timeout=settings.timeout.total_seconds(),
-            on_close=on_close,
+            slot=slot,
             counters=counters,
             tls_context=tls,
             require_starttls=settings.starttls_required,
@@ -159,6 +167,6 @@ async def start_smtp(
         )
 
     def gate() -> Gate:
-        return Gate(limits, smtp, settings.hostname, refusals, counters)
+        return Gate(limits, smtp, settings.hostname, refusals, counters, settings.proxy_protocol)
 
     return await loop.create_server(gate, host=settings.host, port=settings.port)

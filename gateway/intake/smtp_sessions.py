@@ -52,21 +52,57 @@ class SessionLimits:
     def open(self) -> int:
         return self._count
 
-    def admit(self, key: str) -> str | None:
-        """Take a slot for `key`; or, when a cap is reached, say which (and take nothing)."""
+    def admit(self, key: str | None) -> str | None:
+        """Take a slot for `key` (None: in the total only, client not known yet); or, when a cap is
+        reached, say which (and take nothing)."""
         if self._count >= self.total:
             return "total"
-        if self._open[key] >= self.per_client:
+        if key is not None and self._open[key] >= self.per_client:
             return "per client address"
         self._count += 1
-        self._open[key] += 1
+        if key is not None:
+            self._open[key] += 1
         return None
 
-    def release(self, key: str) -> None:
+    def name(self, key: str) -> bool:
+        """Count a session admitted with no key under `key` as well; False (nothing counted) when
+        `key` is at its cap."""
+        if self._open[key] >= self.per_client:
+            return False
+        self._open[key] += 1
+        return True
+
+    def release(self, key: str | None) -> None:
         self._count -= 1
+        if key is None:
+            return
         self._open[key] -= 1
         if self._open[key] <= 0:
             del self._open[key]
+
+
+class Slot:
+    """One admitted session's place in the limits, given back once when the connection ends.
+    Behind a balancer (smtp.proxy_protocol) the connection's own address is the balancer's, so the
+    session is counted in the total only until its PROXY header names the client (`claim`)."""
+
+    def __init__(self, limits: SessionLimits, key: str | None) -> None:
+        self._limits = limits
+        self._key = key
+        self._held = True
+
+    def claim(self, key: str) -> bool:
+        if self._key is not None or not self._held:
+            return True  # already counted under its connection's address
+        if not self._limits.name(key):
+            return False
+        self._key = key
+        return True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._limits.release(self._key)
 
 
 class BoundedSMTP(SMTP):
@@ -77,13 +113,11 @@ class BoundedSMTP(SMTP):
     slow link may take minutes, but an idle connection before DATA is only holding a slot.
     """
 
-    def __init__(
-        self, *args: Any, data_timeout: float, on_close: Callable[[], None], counters: Counters, **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, data_timeout: float, slot: Slot, counters: Counters, **kwargs: Any) -> None:
         # Any: passed on unchanged to aiosmtpd's SMTP, whose signature types them
         super().__init__(*args, **kwargs)
         self._data_timeout = data_timeout
-        self._on_close: Callable[[], None] | None = on_close
+        self.slot = slot
         self._counters = counters
 
     async def push(self, status: AnyStr) -> None:
@@ -104,10 +138,8 @@ class BoundedSMTP(SMTP):
                 self._reset_timeout()
 
     def connection_lost(self, error: Exception | None) -> None:
-        # Once only: after STARTTLS aiosmtpd sees a second transport, but one connection.
-        if self._on_close is not None:
-            self._on_close()
-            self._on_close = None
+        # Once only (Slot.release): after STARTTLS aiosmtpd sees a second transport, but one connection.
+        self.slot.release()
         super().connection_lost(error)
 
 
@@ -116,17 +148,21 @@ class Gate(asyncio.Protocol):
 
     The peer address is known only in connection_made, so the decision is made there: an admitted
     connection is handed to a new BoundedSMTP (`set_protocol`, as aiosmtpd itself does for
-    STARTTLS, before any data is read); a refused one gets the 421 and is closed.
+    STARTTLS, before any data is read); a refused one gets the 421 and is closed. With `proxied`
+    (smtp.proxy_protocol) the peer is the balancer: only the total is decided here, the per-client
+    cap at the PROXY header (gateway.intake.smtp, handle_PROXY).
     """
 
     def __init__(
         self,
         limits: SessionLimits,
-        make_smtp: Callable[[Callable[[], None]], BoundedSMTP],
+        make_smtp: Callable[[Slot], BoundedSMTP],
         hostname: str,
         refusals: RateLimitedLog,
         counters: Counters,
+        proxied: bool = False,
     ) -> None:
+        self._proxied = proxied  # the peer is the balancer: the client is counted at its PROXY header
         self._counters = counters
         self._limits = limits
         self._make_smtp = make_smtp
@@ -135,7 +171,7 @@ class Gate(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        key = client_key(transport.get_extra_info("peername"))
+        key = None if self._proxied else client_key(transport.get_extra_info("peername"))
         cap = self._limits.admit(key)
         if cap is not None:
             transport.write(f"421 4.7.0 {self._hostname} Too many connections, try again later\r\n".encode())
@@ -146,7 +182,7 @@ class Gate(asyncio.Protocol):
                 f"smtp: refused a connection over the {cap} cap ({self._limits.open} sessions open)", kind=cap
             )
             return
-        smtp = self._make_smtp(lambda: self._limits.release(key))
+        smtp = self._make_smtp(Slot(self._limits, key))
         transport.set_protocol(smtp)
         smtp.connection_made(transport)
 

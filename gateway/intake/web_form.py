@@ -24,9 +24,9 @@ Decisions, each for a reason:
   in, a valid form gets an ordinary-looking receipt with a reference that was never stored;
   nothing is stored (logged as a warning, with no content).
 - Rate limit: POSTs per client address, counted in the database (gateway.intake.rate_limit), so
-  every instance behind a balancer shares one limit. Behind a reverse proxy every client has the proxy's address: set
-  request.remote from the proxy's header first (aiohttp's `clone(remote=...)` middleware), or
-  raise the limit. Over it: 429 with the duty phone number.
+  every instance behind a balancer shares one limit. The address is gateway.web.forwarded's: behind
+  a reverse proxy in `[http] trusted_proxies`, the client's from X-Forwarded-For, not the proxy's.
+  Over it: 429 with the duty phone number.
 - Size: the body is read here with its own limit (413 above it), whatever the app's
   client_max_size, and at most 100 fields are parsed.
 - CSP with a fresh nonce per page: the template's one-line class script and the module script
@@ -60,6 +60,7 @@ from gateway.intake.form_tokens import KEY_FILE, RECEIPT_TTL, FormTokens, csrf_c
 from gateway.intake.rate_limit import RateLimiter
 from gateway.intake.store import Incoming, IntakeWriter
 from gateway.staff import throttle
+from gateway.web.forwarded import client_address
 from gateway.web.headers import NONCE, new_nonce, page_headers
 from gateway.web.templates import form_environment
 
@@ -244,7 +245,7 @@ class ReferralForm:
 
     async def submit(self, request: web.Request) -> web.Response:
         duty_phone = self._common["duty_phone"]
-        retry = await self._limiter.hit(request.remote or "unknown")
+        retry = await self._limiter.hit(client_address(request))
         if retry is not None:
             response = self._message(
                 request,
@@ -292,7 +293,7 @@ class ReferralForm:
         item = Incoming(
             channel=Channel.WEB,
             raw=checked.document,
-            envelope=WebEnvelope(checked.referral.referrer.email, request.remote or ""),
+            envelope=WebEnvelope(checked.referral.referrer.email, client_address(request)),
             dedupe_key=f"web:{token}:{hashlib.sha256(checked.document).hexdigest()[:32]}",
         )
         try:

@@ -11,9 +11,8 @@ balancer see the same count and a restart forgets nothing. The address is stored
 hash (keys/throttle.key): the table holds nothing that identifies anyone. Rows older than the
 window are deleted as new ones are written.
 
-Which address: the peer's (aiohttp's request.remote); the gateway has no trusted-proxy setting yet.
-Behind a reverse proxy every client shares the proxy's address, so set request.remote from the
-proxy's header (aiohttp's clone(remote=...)) there, as for the public form's flood guard.
+Which address: the caller's (gateway.web.forwarded): the peer's, or behind a reverse proxy in
+`[http] trusted_proxies` the client's from X-Forwarded-For, as for the public form's flood guard.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ Decisions, each for a reason:
   in every two-step sign-in); what it does not say is why a code was refused (wrong, already used,
   or the account now locked): one message for all. Wrong codes count towards the account's
   lockout with wrong passwords, so a stolen password still gives only MAX_FAILURES guesses a lock.
-- Failures also count per client address (gateway.staff.throttle): over the limit an address is
-  refused before any check (429, with the minutes to wait), whatever the username.
+- Failures also count per client address (gateway.staff.throttle; behind trusted proxies the one
+  gateway.web.forwarded finds): over the limit an address is refused before any check (429, with
+  the minutes to wait), whatever the username.
 - Every sign-in, refusal, enrolment and use of a recovery code is in the audit chain (no username
   that was refused, no password or code, no address).
 - The sign-in pages take no "next" parameter: every redirect goes to a fixed path.
@@ -37,6 +38,7 @@ from gateway.staff import events, totp
 from gateway.staff.factors import RECOVERY_CODES, AlreadyEnrolled, Factors
 from gateway.staff.throttle import AddressThrottle, throttled_message
 from gateway.staff.users import Refusal, SignInRefused, User, Users
+from gateway.web.forwarded import client_address
 from gateway.web.headers import add_page_headers
 from gateway.web.session import Pending, WebSessions, require_csrf
 from gateway.web.templates import StaffPages
@@ -52,11 +54,6 @@ CODE_REFUSED = (
 ENROL_REFUSED = (
     "The code does not match. Check the app shows an entry for this gateway, then type the 6-digit code it shows now."
 )
-
-
-def client_address(request: web.Request) -> str:
-    """The peer's address (see gateway.staff.throttle on proxies)."""
-    return request.remote or "unknown"
 
 
 def issuer(config: Config) -> str:
