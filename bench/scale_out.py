@@ -41,10 +41,13 @@ if TYPE_CHECKING:
 # transaction open while the gateway does something else (Python work between statements).
 ALERTED = "SELECT count(DISTINCT referral_id) FROM deliveries WHERE kind = 'alert'"
 QUARANTINED = "SELECT count(*) FROM referrals WHERE state = 'quarantined'"
+# For a lock wait, the start of the statement that waits says which lock (SQL with $n parameters:
+# no data).
 ACTIVITY = (
-    "SELECT state, coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity "
+    "SELECT state, coalesce(wait_event_type || ':' || wait_event, 'CPU'), left(query, 60) FROM pg_stat_activity "
     "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle'"
 )
+PHASES = ("sending", "after")  # first send -> last 250, last 250 -> last alert queued
 
 
 # --------------------------------------------------------------------------- CPU figures (Linux /proc)
@@ -68,6 +71,40 @@ def machine_busy() -> float:
     return (sum(fields) - fields[3] - fields[4]) / common.CLK_TCK  # less idle and iowait
 
 
+@dataclass
+class Cpu:
+    """User + system CPU seconds: so far, or (a difference) in a stretch of wall time."""
+
+    wall: float
+    gateways: list[float]  # per instance
+    postgres: float
+    client: float
+    machine: float  # every process on the machine, ours and the others'
+
+    @property
+    def ours(self) -> float:
+        return sum(self.gateways) + self.postgres + self.client
+
+    def __sub__(self, before: Cpu) -> Cpu:
+        return Cpu(
+            self.wall - before.wall,
+            [a - b for a, b in zip(self.gateways, before.gateways, strict=True)],
+            self.postgres - before.postgres,
+            self.client - before.client,
+            self.machine - before.machine,
+        )
+
+
+def cpu_now(gateways: Sequence[common.Server], postgres: Postgres) -> Cpu:
+    return Cpu(
+        time.perf_counter(),
+        [common.proc_cpu(g.pid) for g in gateways],
+        postgres_cpu(postgres),
+        time.process_time(),
+        machine_busy(),
+    )
+
+
 # --------------------------------------------------------------------------- one run
 
 
@@ -76,20 +113,30 @@ class RunResult:
     instances: int
     referrals: int = 0  # accepted (250) in the timed part
     failures: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0  # first send -> every alert queued
-    last_250: float = 0.0  # first send -> last 250
+    alerted_by_last_250: int = 0  # of the timed referrals: how many had their alert queued by then
     alerted: int = 0  # timed referrals with an alert queued (== referrals unless timed out)
     quarantined: int = 0
-    gateway_cpu: list[float] = field(default_factory=list)  # per instance
-    postgres_cpu: float = 0.0
-    client_cpu: float = 0.0
-    machine_cpu: float = 0.0  # every process on the machine, ours and the others'
-    activity: Counter[str] = field(default_factory=Counter)  # pg_stat_activity samples of non-idle sessions
-    polls: int = 0
+    phases: dict[str, Cpu] = field(default_factory=dict)  # PHASES
+    # pg_stat_activity samples of non-idle sessions, and how many samples, per phase
+    activity: dict[str, Counter[str]] = field(default_factory=lambda: {p: Counter() for p in PHASES})
+    polls: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> Cpu:
+        """First send -> every alert queued."""
+        sending, after = self.phases["sending"], self.phases["after"]
+        return Cpu(
+            sending.wall + after.wall,
+            [a + b for a, b in zip(sending.gateways, after.gateways, strict=True)],
+            sending.postgres + after.postgres,
+            sending.client + after.client,
+            sending.machine + after.machine,
+        )
 
     @property
     def rate(self) -> float:
-        return self.alerted / self.seconds if self.seconds else 0.0
+        seconds = self.total.wall
+        return self.alerted / seconds if seconds else 0.0
 
 
 async def count(conn: AsyncConnection, sql: str) -> int:
@@ -119,13 +166,14 @@ async def send_all(ports: Sequence[int], messages: Sequence[bytes], concurrency:
     await asyncio.gather(*(connection(ports[i % len(ports)]) for i in range(min(concurrency, len(messages)))))
 
 
-async def sample(conn: AsyncConnection, result: RunResult) -> None:
+async def sample(conn: AsyncConnection, result: RunResult, phase: str) -> None:
     """One look at what the gateway's PostgreSQL sessions are doing."""
     from sqlalchemy import text
 
-    result.polls += 1
-    for state, wait in (await conn.execute(text(ACTIVITY))).all():
-        result.activity[wait if state == "active" else state] += 1
+    result.polls[phase] += 1
+    for state, wait, query in (await conn.execute(text(ACTIVITY))).all():
+        what = wait if state == "active" else state
+        result.activity[phase][f"{what} ({' '.join(query.split())})" if what.startswith("Lock:") else what] += 1
 
 
 async def wait_alerted(conn: AsyncConnection, expected: int, limit: float, result: RunResult | None) -> int:
@@ -137,7 +185,7 @@ async def wait_alerted(conn: AsyncConnection, expected: int, limit: float, resul
         if seen >= expected or time.perf_counter() > deadline:
             return seen
         if result is not None:
-            await sample(conn, result)
+            await sample(conn, result, "after")
         await asyncio.sleep(0.05)
 
 
@@ -161,21 +209,17 @@ async def measure(
             await send_all(ports, warmup, args.concurrency, None)
             warm = await wait_alerted(conn, len(warmup), args.timeout, None)
             await asyncio.sleep(0.5)  # let the outbox deliver the warm-up's alerts before the clock starts
-            cpu0 = [common.proc_cpu(g.pid) for g in gateways]
-            pg0, client0, machine0 = postgres_cpu(postgres), time.process_time(), machine_busy()
-            start = time.perf_counter()
+            start = cpu_now(gateways, postgres)
             sending = asyncio.create_task(send_all(ports, timed, args.concurrency, result))
             while not sending.done():
-                await sample(conn, result)
+                await sample(conn, result, "sending")
                 await asyncio.wait([sending], timeout=0.05)
-            result.last_250 = time.perf_counter() - start
+            last_250 = cpu_now(gateways, postgres)
             await sending  # its exceptions, if any
+            result.alerted_by_last_250 = await count(conn, ALERTED) - warm
             seen = await wait_alerted(conn, warm + result.referrals, args.timeout, result)
-            result.seconds = time.perf_counter() - start
-            result.gateway_cpu = [common.proc_cpu(g.pid) - c for g, c in zip(gateways, cpu0, strict=True)]
-            result.postgres_cpu = postgres_cpu(postgres) - pg0
-            result.client_cpu = time.process_time() - client0
-            result.machine_cpu = machine_busy() - machine0
+            end = cpu_now(gateways, postgres)
+            result.phases = {"sending": last_250 - start, "after": end - last_250}
             result.alerted = seen - warm
             result.quarantined = await count(conn, QUARANTINED)
     finally:
@@ -223,6 +267,17 @@ async def one_run(
 # --------------------------------------------------------------------------- the report
 
 
+def cpu_line(label: str, cpu: Cpu) -> str:
+    """Wall seconds, then each part's CPU seconds and (in brackets) the cores it kept busy."""
+    wall = cpu.wall or float("nan")
+    gateways = " + ".join(f"{c:.2f}" for c in cpu.gateways)
+    return (
+        f"  {label:<26} {cpu.wall:>7.2f} {gateways:>13} ({sum(cpu.gateways) / wall:.2f}) "
+        f"{cpu.postgres:>6.2f} ({cpu.postgres / wall:.2f}) {cpu.client:>6.2f} ({cpu.client / wall:.2f}) "
+        f"{cpu.ours / wall:>5.2f} {cpu.machine / wall:>8.2f}"
+    )
+
+
 def print_report(args: argparse.Namespace, results: Sequence[RunResult]) -> None:
     print()
     print(
@@ -233,19 +288,16 @@ def print_report(args: argparse.Namespace, results: Sequence[RunResult]) -> None
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs; load average {load:.2f} at the end")
     print()
     header = (
-        f"{'instances':>9} {'referrals':>9} {'failed':>6} {'seconds':>8} {'ref/s':>7} {'last 250':>8} "
-        f"{'gateway CPU':>15} {'PG CPU':>7} {'client':>7} {'ours':>6} {'machine':>7}"
+        f"{'instances':>9} {'referrals':>9} {'failed':>6} {'seconds':>8} {'ref/s':>7}   per referral: gateway CPU ms"
     )
-    print(f"{'':>42}end to end     CPU seconds in the timed part; ours and machine in cores")
+    print(f"{'':>26}end to end (first send -> last alert queued)")
     print(header)
     print("-" * len(header))
     for r in results:
-        ours = sum(r.gateway_cpu) + r.postgres_cpu + r.client_cpu
-        gateway_cpu = " + ".join(f"{c:.2f}" for c in r.gateway_cpu)
+        total = r.total
         print(
-            f"{r.instances:>9} {r.referrals:>9} {sum(r.failures.values()):>6} {r.seconds:>8.2f} {r.rate:>7.1f} "
-            f"{r.last_250:>8.2f} {gateway_cpu:>15} {r.postgres_cpu:>7.2f} {r.client_cpu:>7.2f} "
-            f"{ours / r.seconds:>6.2f} {r.machine_cpu / r.seconds:>7.2f}"
+            f"{r.instances:>9} {r.referrals:>9} {sum(r.failures.values()):>6} {total.wall:>8.2f} {r.rate:>7.1f} "
+            f"{'':>16}{sum(total.gateways) / max(r.alerted, 1) * 1000:>8.2f}"
         )
         for why, times in sorted(r.failures.items()):
             print(f"          failed {times}x: {why}")
@@ -254,23 +306,30 @@ def print_report(args: argparse.Namespace, results: Sequence[RunResult]) -> None
         if r.quarantined:
             print(f"          {r.quarantined} quarantined")
     print()
-    print("per referral (ms of CPU):   gateway   PostgreSQL   client")
+    print("CPU seconds (cores kept busy); 'ours' and 'machine' in cores")
+    print(
+        f"  {'':<26} {'seconds':>7} {'gateway':>13} {'':>6} {'PG':>6} {'':>6} {'client':>6} {'':>6} {'ours':>5} machine"
+    )
     for r in results:
-        n = max(r.alerted, 1)
-        print(
-            f"  {r.instances} instance(s):        {sum(r.gateway_cpu) / n * 1000:>7.2f} "
-            f"{r.postgres_cpu / n * 1000:>12.2f} {r.client_cpu / n * 1000:>8.2f}"
-        )
+        print(f"{r.instances} instance(s): {r.alerted_by_last_250} alerts queued by the last 250")
+        for label, cpu in (
+            ("sending (-> last 250)", r.phases["sending"]),
+            ("after (-> last alert)", r.phases["after"]),
+            ("whole run", r.total),
+        ):
+            print(cpu_line(label, cpu))
     print()
-    print("PostgreSQL sessions not idle, sampled at each poll (mean sessions per sample; CPU = no wait event):")
+    print("PostgreSQL sessions not idle, sampled every 50 ms (mean sessions per sample; CPU = no wait event):")
     for r in results:
-        top = ", ".join(f"{what} {n / max(r.polls, 1):.2f}" for what, n in r.activity.most_common(6))
-        print(f"  {r.instances} instance(s), {r.polls} samples: {top or 'none seen'}")
+        for phase in PHASES:
+            polls = max(r.polls[phase], 1)
+            top = ", ".join(f"{what} {n / polls:.2f}" for what, n in r.activity[phase].most_common(6))
+            print(f"  {r.instances} instance(s), {phase}, {r.polls[phase]} samples: {top or 'none seen'}")
     print()
     print("notes: 'seconds' runs from the first send until every referral accepted has a deliveries row of")
-    print("  kind 'alert' (polled every 50 ms, so at most a poll late); 'last 250' is when the last send")
-    print("  ended. 'ours' is the gateways', PostgreSQL's and this client's CPU over the wall time;")
-    print("  'machine' is every process on the machine (/proc/stat), so machine - ours is what others used.")
+    print("  kind 'alert' (polled every 50 ms, so at most a poll late). 'ours' is the gateways', PostgreSQL's")
+    print("  and this client's CPU over the wall time; 'machine' is every process on the machine")
+    print("  (/proc/stat), so machine - ours is what other programs used.")
     print()
     one, two = results
     ratio = two.rate / one.rate if one.rate else 0.0
