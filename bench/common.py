@@ -50,11 +50,13 @@ def referral_form(rng: random.Random) -> str:
     return referral_body(postcode=rng.choice(POSTCODES), category=rng.choice(CATEGORIES), urgency=rng.choice(URGENCIES))
 
 
-def write_config(home: Path, extra: str = "") -> Path:
-    """The embedded default config plus `extra`, in `home`, on free loopback ports (tests/conftest.py)."""
+def write_config(home: Path, extra: str = "", database_url: str = "") -> Path:
+    """The embedded default config plus `extra`, in `home`, on free loopback ports (tests/conftest.py).
+    `database_url` empty: SQLite under `home`. With a PostgreSQL one the shared keys are not made here:
+    the benchmark runs `python -m gateway keys init`, as an operator would."""
     from tests.conftest import write_config as write
 
-    return write(home, extra)
+    return write(home, extra, database_url=database_url, shared_keys=False)
 
 
 # --------------------------------------------------------------------------- processes (Linux /proc)
