@@ -1,11 +1,11 @@
 """Delivery under faults, end to end through a real Gateway with an injected clock (issue 13, fault 3).
 
-The council's relay is a real aiosmtpd server on 127.0.0.1 that is stopped (connection refused) and
-started again on the same port, or that answers 451 before it takes the mail; Twilio is the fake API
-(tests/twilio_fake.py) answering 500, then hanging past the client's timeout, then accepting. The
-referrals come in by real SMTP. What is checked is what a duty manager would ask afterwards: did
-every alert and receipt arrive, once each; is anything lost or still queued; and when a delivery
-failed for good, is it on the report and did the next escalation step go out at once.
+The council's relay is a real aiosmtpd server on 127.0.0.1, stopped (connection refused) and started
+again on the same port, answering 451 first, or replaced by one that never answers; Twilio is the
+fake API (tests/twilio_fake.py) answering 500, then hanging past the client's timeout, then OK.
+Referrals come in by real SMTP. Checked is what a duty manager would ask: did every alert and
+receipt arrive, once each; is anything lost or still queued; and when a delivery failed for good,
+is it on the report and did the next escalation step go out at once.
 
 tests/test_outbox.py and tests/test_sms_alerts.py prove a single fault once; these hold it through
 several referrals, a relay that comes back, every retry and the step brought forward.
@@ -18,7 +18,6 @@ import contextlib
 import email
 import email.policy
 import json
-import socket
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -36,15 +35,12 @@ from gateway.core.clock import FakeClock
 from gateway.core.schema import deadlines, deliveries, referrals
 from gateway.report import undelivered as report
 from tests.conftest import START, Sink, both_databases, send_referral, write_config
-from tests.test_sms import ASHA, BEN, CHLOE, put_token, sms_config
+from tests.test_sms import ASHA, BEN, CHLOE, free_port, put_token, sms_config
 from tests.twilio_fake import FakeTwilio, Fault
 
 REFERRER = "ann.example@nhs.example"  # conftest's referrer: every receipt goes back to her
 MAILBOX, ASHA_EMAIL, BEN_EMAIL, DEV_EMAIL = (
-    "mash-duty@demo-council.example",
-    "asha.okafor@demo-council.example",
-    "ben.carter@demo-council.example",
-    "dev.malik@demo-council.example",
+    f"{name}@demo-council.example" for name in ("mash-duty", "asha.okafor", "ben.carter", "dev.malik")
 )
 # An urgent referral to MASH on Wednesday 10:00: step 1 emails the mailbox and Asha and Ben (on
 # duty), and the referrer gets a receipt; step 2 (the manager, Dev) waits for the deadline,
@@ -52,12 +48,6 @@ MAILBOX, ASHA_EMAIL, BEN_EMAIL, DEV_EMAIL = (
 STEP_1 = {MAILBOX, ASHA_EMAIL, BEN_EMAIL, REFERRER}
 STEP_2_DUE = START + timedelta(hours=4)
 DEV = "+447700900104"  # MASH's manager
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Relay(Sink):
@@ -229,21 +219,38 @@ async def test_a_relay_answering_451_then_250_takes_each_message_once(
     assert await states(gw, refs) == ["alerted"] * 2
 
 
+async def test_a_relay_that_accepts_and_never_answers_is_given_up_on_and_tried_again(
+    gw: Gateway, clock: FakeClock, relay: Relay
+) -> None:
+    await relay.stop()
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # keeps the connection open and says nothing, not even a greeting
+
+    mute = await asyncio.start_server(silent, "127.0.0.1", relay.port)
+    try:
+        refs = await referrals_in(gw, 1, "mute")
+        # A guard against a hang, not a timing: [mail.relay] timeout (5s) must end each try.
+        await asyncio.wait_for(gw.deliver_all(), timeout=120)
+        rows = await outbox(gw, state="pending")
+        assert len(rows) == len(STEP_1) and {row.attempts for row in rows} == {1}
+        assert {row.last_error for row in rows} == {"relay unreachable (SMTPConnectTimeoutError)"}
+    finally:
+        mute.close()
+        for writer in held:
+            writer.close()
+    await relay.start()
+    clock.advance(timedelta(seconds=30))
+    await gw.deliver_all()
+    assert wire(relay, refs) == Counter({(to, refs[0]): 1 for to in STEP_1})
+
+
 async def report_json(gw: Gateway) -> list[dict[str, Any]]:
     """`referral-gateway report undelivered --format json`, as a coordinator runs it: its own process."""
-    cli = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "report",
-        "undelivered",
-        "--format",
-        "json",
-        "--config",
-        str(gw.config.file),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    args = ["-m", "gateway", "report", "undelivered", "--format", "json", "--config", str(gw.config.file)]
+    pipe = asyncio.subprocess.PIPE
+    cli = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=pipe, stderr=pipe)
     out, err = await cli.communicate()
     assert cli.returncode == 0, err.decode()
     return list(json.loads(out))
@@ -323,9 +330,7 @@ def posts(api: FakeTwilio) -> list[int | None]:
 async def sms_alerts(gw: Gateway, reference: str) -> dict[str, Any]:
     """The referral's first SMS alerts (step 1: Asha and Ben, on duty), by number."""
     rows = [row for row in await outbox(gw, channel="sms", kind="alert") if row.reference == reference]
-    by_number = {
-        number: row for row in rows for number in (ASHA, BEN) if row.recipient_hash == gw.signer.recipient_hash(number)
-    }
+    by_number = {n: r for r in rows for n in (ASHA, BEN) if r.recipient_hash == gw.signer.recipient_hash(n)}
     assert len(by_number) == len(rows) == 2
     return by_number
 
@@ -387,8 +392,7 @@ async def test_an_sms_alert_failing_for_good_brings_the_next_step_forward(
         # Step 2 texts the whole team and the manager at once (the email alerts went: the
         # referral is alerted, not undeliverable, and the dead texts are on the report).
         assert sorted(m.to for m in api.messages.values()) == sorted([ASHA, BEN, CHLOE, DEV])
-        (row,) = [
-            r for r in await report.undelivered(gw.engine, gw.config.settings, clock.now()) if r.reference == reference
-        ]
+        listed = await report.undelivered(gw.engine, gw.config.settings, clock.now())
+        (row,) = [r for r in listed if r.reference == reference]
         assert "failed for good after 3 attempts" in row.reason
         assert await states(gw, [reference]) == ["alerted"]
