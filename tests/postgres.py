@@ -120,6 +120,38 @@ class Server:
             self._server.wait(timeout=30)
             self._server = None
 
+    def restart(self, mode: str) -> None:
+        """`pg_ctl restart -m MODE` under running clients: "fast" ends their sessions and shuts
+        down cleanly, "immediate" kills every process at once (crash recovery on the way up).
+
+        Stopping with pg_ctl and starting again, rather than `pg_ctl restart`: that would leave
+        the new postmaster a daemon of pg_ctl's, outside this object (pause(), stop() and remove()
+        would lose track of it, and its inherited output pipe would hold pg_ctl's caller)."""
+        assert mode in ("smart", "fast", "immediate"), mode
+        assert self._server is not None
+        subprocess.run(
+            _as_postgres_user([str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data / "db"), "-m", mode]),
+            check=True,
+            capture_output=True,
+        )
+        self._server.wait(timeout=30)
+        self._server = None
+        self.start()
+
+    def psql(self, database: str, sql: str) -> list[list[str]]:
+        """Rows of a query, as text, read with psql: for tests that look at a database from a
+        thread or a synchronous test, outside any event loop."""
+        out = subprocess.run(
+            [
+                *(str(self.bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"),
+                *("-d", database, "-X", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return [line.split("\t") for line in out.splitlines() if line]
+
     def _processes(self) -> list[int]:
         postmaster = int((self.data / "db" / "postmaster.pid").read_text().split()[0])
         children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout
