@@ -278,6 +278,21 @@ def transact(conn: smtplib.SMTP, item: Item) -> tuple[int, str]:
     return code, text.decode(errors="replace")
 
 
+def attempt(conn: smtplib.SMTP | None, port: int, item: Item, timeout: float) -> tuple[smtplib.SMTP | None, int, str]:
+    """One try, as an MTA makes it: connect if there is no connection, then MAIL, RCPT and DATA.
+    A connection lost (the gateway killed mid-transaction, or not back yet) is code 0."""
+    try:
+        if conn is None:
+            conn = smtplib.SMTP("127.0.0.1", port, "sender.test", timeout=timeout)
+            conn.ehlo()
+        code, text = transact(conn, item)
+    except smtplib.SMTPResponseException as exc:
+        code, text = exc.smtp_code, exc.smtp_error.decode(errors="replace")
+    except (smtplib.SMTPException, OSError):
+        code, text = 0, "connection lost"
+    return conn, code, text
+
+
 def sender(traffic: Traffic, work: queue.Queue[Item], seed: int) -> None:
     rng = random.Random(seed)
     conn: smtplib.SMTP | None = None
@@ -304,15 +319,7 @@ def sender(traffic: Traffic, work: queue.Queue[Item], seed: int) -> None:
                     break
                 with traffic.lock:
                     traffic.attempts += 1
-                try:
-                    if conn is None:
-                        conn = smtplib.SMTP("127.0.0.1", traffic.port, "sender.test", timeout=15)
-                        conn.ehlo()
-                    code, text = transact(conn, item)
-                except smtplib.SMTPResponseException as exc:
-                    code, text = exc.smtp_code, exc.smtp_error.decode(errors="replace")
-                except (smtplib.SMTPException, OSError):
-                    code, text = 0, "connection lost"  # killed mid-transaction, or not back yet
+                conn, code, text = attempt(conn, traffic.port, item, timeout=15)
                 if code == 250:
                     traffic.on_250(item, text, first_try)
                     break

@@ -37,9 +37,9 @@ from tests.test_crash_recovery import (
     REFERENCE_IN_REPLY,
     GatewayProcess,
     Item,
+    attempt,
     build_items,
     free_ports,
-    transact,
     wait_for,
 )
 
@@ -92,15 +92,7 @@ def send_all(load: Load, work: queue.Queue[Item], seed: int) -> None:
                 return
             time.sleep(rng.uniform(*PAUSE))
             while time.monotonic() < load.deadline:
-                try:
-                    if conn is None:
-                        conn = smtplib.SMTP("127.0.0.1", load.port, "sender.test", timeout=60)
-                        conn.ehlo()
-                    code, text = transact(conn, item)
-                except smtplib.SMTPResponseException as exc:
-                    code, text = exc.smtp_code, exc.smtp_error.decode(errors="replace")
-                except (smtplib.SMTPException, OSError):
-                    code, text = 0, "connection lost"
+                conn, code, text = attempt(conn, load.port, item, timeout=60)
                 load.count(code)
                 if code == 250:
                     match = REFERENCE_IN_REPLY.search(text)
