@@ -4,6 +4,7 @@ text) when the commit fails, and the sender's retry makes no twin."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -104,9 +105,11 @@ async def test_internal_error_in_the_session_answers_451_not_500(gateway: Gatewa
 
 
 async def gateway_handler_exception_reply(gateway: Gateway) -> str:
+    from gateway.core.logs import RateLimitedLog
     from gateway.intake.smtp import ReferralHandler
 
-    handler = ReferralHandler(gateway.config.settings.smtp, gateway.writer)
+    refusals = RateLimitedLog(logging.getLogger("gateway.intake.smtp"))
+    handler = ReferralHandler(gateway.config.settings.smtp, gateway.writer, refusals)
     return await handler.handle_exception(RuntimeError("boom with personal data"))
 
 
