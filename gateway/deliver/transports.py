@@ -13,6 +13,7 @@ text is ours, never the relay's: a relay's reply can quote addresses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -84,20 +85,28 @@ class SmtpRelayTransport:
 
     async def send(self, mail_from: str, to: str, message: bytes) -> None:
         relay = self._relay
+        client = aiosmtplib.SMTP(
+            hostname=relay.host,
+            port=relay.port,
+            start_tls=relay.starttls,
+            use_tls=False,
+            tls_context=self._tls,
+            username=relay.username,
+            password=self._password,
+            timeout=relay.timeout.total_seconds(),
+        )
         try:
-            await aiosmtplib.send(
-                message,
-                sender=mail_from,
-                recipients=[to],
-                hostname=relay.host,
-                port=relay.port,
-                start_tls=relay.starttls,
-                use_tls=False,
-                tls_context=self._tls,
-                username=relay.username,
-                password=self._password,
-                timeout=relay.timeout.total_seconds(),
-            )
+            await client.connect()
+            try:
+                await client.sendmail(mail_from, [to], message)
+            except BaseException:
+                # Not aiosmtplib.send's `async with`: on the way out of anything but a lost
+                # connection it sends QUIT and waits up to the full timeout for the 221, so a send
+                # cancelled at the outbox's bound (half the lease) would go on for another timeout.
+                client.close()
+                raise
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):  # sent: a failed QUIT changes nothing
+                await client.quit()
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = sorted({r.code for r in exc.recipients})
             if all(code >= 500 for code in codes):

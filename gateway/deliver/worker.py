@@ -75,6 +75,7 @@ class Outbox:
         self._sms: Transport = sms_transport or MaildirTransport(config.data_dir / "sms")
         self._clock = clock
         self._owner = owner
+        self._send_bound = self._s.outbox.lease.total_seconds() / 2
 
     async def run_once(self) -> int:
         now = self._clock.now()
@@ -103,7 +104,14 @@ class Outbox:
         try:
             payload = self._sealed.payload(delivery.id, delivery.payload)
             transport = self._sms if delivery.channel == "sms" else self._transport
-            sent = await transport.send(self._s.mail.from_address, payload.to, payload.message)
+            # Every send of the batch must end, and its outcome be recorded, while the lease is
+            # ours: a relay answering each step just inside its own timeout could otherwise hold a
+            # send past the lease, and another instance would claim the row and send it again.
+            async with asyncio.timeout(self._send_bound):
+                sent = await transport.send(self._s.mail.from_address, payload.to, payload.message)
+        except TimeoutError:
+            reason = f"sending took longer than half the outbox lease ({self._send_bound:.0f}s)"
+            return Outcome(delivery, reason, final=final_try)
         except PermanentFailure as exc:
             return Outcome(delivery, str(exc), final=True)
         except TemporaryFailure as exc:
