@@ -9,6 +9,7 @@ import email.policy
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -125,6 +126,25 @@ def make_shared_keys(config: Path) -> None:
     keys_dir = config_mod.load(config).keys_dir
     for name in SHARED_KEYS:
         keyfiles.load_or_create(keys_dir / name)
+
+
+@asynccontextmanager
+async def mute_relay(port: int, greeting: bytes = b"") -> AsyncIterator[None]:
+    """A relay on 127.0.0.1:`port` that keeps every connection open and, after `greeting` (none:
+    not even the 220), says nothing: each of the client's reads waits out its timeout."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        writer.write(greeting)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
 
 
 class Sink:

@@ -34,7 +34,7 @@ from gateway.app import Gateway
 from gateway.core.clock import FakeClock
 from gateway.core.schema import deadlines, deliveries, referrals
 from gateway.report import undelivered as report
-from tests.conftest import START, Sink, both_databases, send_referral, write_config
+from tests.conftest import START, Sink, both_databases, mute_relay, send_referral, write_config
 from tests.test_sms import ASHA, BEN, CHLOE, free_port, put_token, sms_config
 from tests.twilio_fake import FakeTwilio, Fault
 
@@ -223,23 +223,13 @@ async def test_a_relay_that_accepts_and_never_answers_is_given_up_on_and_tried_a
     gw: Gateway, clock: FakeClock, relay: Relay
 ) -> None:
     await relay.stop()
-    held: list[asyncio.StreamWriter] = []
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)  # keeps the connection open and says nothing, not even a greeting
-
-    mute = await asyncio.start_server(silent, "127.0.0.1", relay.port)
-    try:
+    async with mute_relay(relay.port):  # not even a greeting
         refs = await referrals_in(gw, 1, "mute")
         # A guard against a hang, not a timing: [mail.relay] timeout (5s) must end each try.
         await asyncio.wait_for(gw.deliver_all(), timeout=120)
         rows = await outbox(gw, state="pending")
         assert len(rows) == len(STEP_1) and {row.attempts for row in rows} == {1}
         assert {row.last_error for row in rows} == {"relay unreachable (SMTPConnectTimeoutError)"}
-    finally:
-        mute.close()
-        for writer in held:
-            writer.close()
     await relay.start()
     clock.advance(timedelta(seconds=30))
     await gw.deliver_all()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ from gateway.app import Gateway
 from gateway.core.clock import FakeClock
 from gateway.core.schema import deliveries, events, referrals
 from gateway.report import undelivered as report
-from tests.conftest import Sink, both_databases, make_message, referral_body, smtp_send, write_config
+from tests.conftest import Sink, both_databases, make_message, mute_relay, referral_body, smtp_send, write_config
 from tests.tls import make_cert, server_context
 
 MASH = "mash-duty@demo-council.example"
@@ -198,27 +197,18 @@ async def test_a_send_ends_within_half_the_lease_so_no_other_instance_sends_it_a
     """A relay that greets and then says nothing keeps each aiosmtplib step waiting its full
     timeout (30 s here, several steps a send); the worker gives up at half the lease (1 s of 2 s)
     and records the try while the lease is still its own."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def greets_then_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        writer.write(b"220 relay.test ESMTP\r\n")
-
     port = free_port()
-    mute = await asyncio.start_server(greets_then_silent, "127.0.0.1", port)
     relay = f'[mail.relay]\nhost = "127.0.0.1"\nport = {port}\nstarttls = false\ntimeout = "30s"\n'
     path = write_config(home, relay=relay, database_url=database_url)
     path.write_text(path.read_text().replace('lease = "2m"', 'lease = "2s"', 1))
     gw = Gateway(config_mod.load(path), clock=clock, workers=False)
     await gw.start()
     try:
-        reference = await send_one(gw, "<half-the-lease@nhs.example>")
-        await gw.deliver_all()
+        async with mute_relay(port, b"220 relay.test ESMTP\r\n"):
+            reference = await send_one(gw, "<half-the-lease@nhs.example>")
+            await gw.deliver_all()
         _, dels, _ = await rows_for(gw, reference)
         assert [(d["state"], d["attempts"], d["lease_owner"]) for d in dels] == [("pending", 1, None)]
         assert dels[0]["last_error"] == "sending took longer than half the outbox lease (1s)"
     finally:
         await gw.stop()
-        mute.close()
-        for writer in held:
-            writer.close()
