@@ -22,6 +22,9 @@ from gateway.report import undelivered as report
 from gateway.report.timeline import timeline
 from gateway.track.verify import verify
 from tests.conftest import both_databases, maildir_messages, referral_body, smtp_send, write_config
+from tests.test_dashboard import Browser, page, signed_in
+from tests.test_dashboard import accounts as accounts  # the fixtures: staff and a browser on the app
+from tests.test_dashboard import browser as browser
 from tests.test_secure_intake import (
     MASH,
     SENDER,
@@ -255,3 +258,22 @@ async def test_concurrent_replays_on_two_instances_make_one_original(
     finally:
         for gw in gateways:
             await gw.stop()
+
+
+async def test_coordinators_see_the_repeat_and_what_it_repeats(
+    gateway: Gateway, setup: Setup, browser: Browser
+) -> None:
+    body = pgpmime_message(setup, referral_body())
+    first = await send(gateway, outer(body, "web-1"))
+    await settle(gateway)
+    again = await send(gateway, outer(body, "web-2"))
+    await settle(gateway)
+    first_id, again_id = await referral_id(gateway, first), await referral_id(gateway, again)
+    coordinator = await signed_in(browser, "coord")
+    repeat_page = await page(coordinator, f"/referrals/{again_id}")
+    assert f'<a class="govuk-link" href="/referrals/{first_id}">{first}</a>' in repeat_page
+    assert "no second referral was made" in repeat_page and "Sam Testchild" not in repeat_page
+    assert f"Received again as {again} on " in await page(coordinator, f"/referrals/{first_id}")
+    listed = await page(coordinator, "/report?kind=repeat")
+    assert again in listed and f"a repeat of {first}" in listed
+    assert first not in listed.replace(f"a repeat of {first}", "")  # the live one is not a repeat item
