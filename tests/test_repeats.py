@@ -9,6 +9,7 @@ import email
 import email.policy
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from email.message import EmailMessage
 
 import pytest
@@ -17,7 +18,7 @@ from sqlalchemy import func, select
 from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.core.clock import FakeClock
-from gateway.core.schema import ALERT_KINDS, deliveries, events, referrals, signed_content
+from gateway.core.schema import ALERT_KINDS, deliveries, events, messages, referrals, signed_content
 from gateway.report import undelivered as report
 from gateway.report.timeline import timeline
 from gateway.track.verify import verify
@@ -277,3 +278,34 @@ async def test_coordinators_see_the_repeat_and_what_it_repeats(
     listed = await page(coordinator, "/report?kind=repeat")
     assert again in listed and f"a repeat of {first}" in listed
     assert first not in listed.replace(f"a repeat of {first}", "")  # the live one is not a repeat item
+
+
+async def test_a_repeat_is_purged_on_the_retention_clock_and_the_next_copy_is_still_a_repeat(
+    gateway: Gateway, setup: Setup, clock: FakeClock
+) -> None:
+    """A repeat is closed when it is found to be one, so retention removes its copy of the
+    message after closed_after, as for any closed referral; the earlier referral, still open,
+    keeps everything, and content received a third time is a repeat of it all the same."""
+    body = pgpmime_message(setup, referral_body())
+    first = await send(gateway, outer(body, "keep-1"))
+    await settle(gateway)
+    again = await send(gateway, outer(body, "keep-2"))
+    await settle(gateway)
+    clock.advance(gateway.config.settings.retention.closed_after + timedelta(days=1))
+    assert await gateway.purge_all() == 1
+    async with gateway.engine.connect() as conn:
+        rows = {
+            r.reference: r
+            for r in await conn.execute(
+                select(referrals.c.reference, referrals.c.purged_at, func.length(messages.c.raw).label("raw")).join(
+                    messages, messages.c.id == referrals.c.message_id
+                )
+            )
+        }
+    assert rows[again].purged_at is not None and rows[again].raw == 0
+    assert rows[first].purged_at is None and rows[first].raw > 0
+    third = await send(gateway, outer(body, "keep-3"))
+    await settle(gateway)
+    assert (await states(gateway))[third] == "repeat"
+    assert [d["of"] for d in await details(gateway, third, "repeat")] == [first]
+    assert await verify(gateway.engine, clock.now()) == []
