@@ -22,7 +22,9 @@ from gateway.core.schema import ALERT_KINDS, deliveries, events, messages, refer
 from gateway.report import undelivered as report
 from gateway.report.timeline import timeline
 from gateway.track.verify import verify
+from gateway.web.session import CSRF_FIELD
 from tests.conftest import both_databases, maildir_messages, referral_body, smtp_send, write_config
+from tests.staff_auth import csrf_of
 from tests.test_dashboard import Browser, page, signed_in
 from tests.test_dashboard import accounts as accounts  # the fixtures: staff and a browser on the app
 from tests.test_dashboard import browser as browser
@@ -278,6 +280,16 @@ async def test_coordinators_see_the_repeat_and_what_it_repeats(
     listed = await page(coordinator, "/report?kind=repeat")
     assert again in listed and f"a repeat of {first}" in listed
     assert first not in listed.replace(f"a repeat of {first}", "")  # the live one is not a repeat item
+    # Like any item, it leaves the report only by a coordinator's recorded decision.
+    decided = await coordinator.post(
+        "/report/decisions",
+        data={CSRF_FIELD: csrf_of(listed), "item": f"referral:{again_id}", "what": "false_alarm", "note": ""},
+        allow_redirects=False,
+    )
+    assert decided.status == 303, await decided.text()
+    after = await page(coordinator, "/report?kind=repeat")
+    assert f">{again}</th>" in listed and f">{again}</th>" not in after and "off the report" in after
+    assert [d["what"] for d in await details(gateway, again, "decision")] == ["false_alarm"]
 
 
 async def test_a_repeat_is_purged_on_the_retention_clock_and_the_next_copy_is_still_a_repeat(
