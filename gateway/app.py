@@ -42,6 +42,7 @@ from gateway.outbox.compose import Composer, email_environment
 from gateway.outbox.dispatch import Dispatcher
 from gateway.outbox.protect import Protector
 from gateway.outbox.tokens import AckSigner
+from gateway.pipeline import repeats
 from gateway.pipeline.channels import Pipelines
 from gateway.pipeline.driver import Processor
 from gateway.pipeline.write import BatchWriter
@@ -208,7 +209,9 @@ class Gateway:
         self.writer = IntakeWriter(
             self.db, sealed, self.clock, self._wake_processor.set, s.smtp.commit_window.total_seconds()
         )
-        pipelines = Pipelines(s, sealed, Opener(s, self.identity), dispatcher, composer, protector)
+        opener = Opener(s, self.identity)
+        content_key = repeats.content_key(cfg.keys_dir)
+        pipelines = Pipelines(s, sealed, opener, dispatcher, composer, protector, self.db, content_key)
         batch_writer = BatchWriter(s, self.db, sealed, composer, self.owner)
         self.processor = Processor(s, self.db, pipelines, batch_writer, self.clock, self.owner)
         self.sms_transport: TwilioTransport | None = None

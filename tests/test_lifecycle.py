@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gateway.core.lifecycle import TRACKED_OPEN, IllegalTransition, State, apply, derive
 
-MOVES = ("received", "routed", "quarantined", "alerted", "undeliverable", "acknowledged", "closed")
+MOVES = ("received", "routed", "quarantined", "alerted", "undeliverable", "acknowledged", "closed", "repeat")
 INFO = (
     "parsed",
     "processing_failed",
@@ -18,6 +18,7 @@ INFO = (
     "delivery_failed",
     "delivery_dead",
     "overdue",
+    "received_again",
 )
 ALL_KINDS = MOVES + INFO
 
@@ -69,6 +70,20 @@ def test_illegal_moves_raise_naming_the_state_and_the_event(kinds: list[str], st
     assert caught.value.state == state
     assert caught.value.kind == kind
     assert f"'{kind}'" in str(caught.value) and f"'{state}'" in str(caught.value)
+
+
+def test_a_repeat_is_decided_before_routing_and_nothing_moves_it_on() -> None:
+    """A repeat of an earlier referral (gateway.pipeline.repeats) is terminal: never routed,
+    alerted or acknowledged, and not an open state the report would chase."""
+    assert derive(["received", "repeat"]) == State.REPEAT
+    assert State.REPEAT not in TRACKED_OPEN
+    for kind in ("routed", "acknowledged", "closed", "quarantined", "repeat"):
+        with pytest.raises(IllegalTransition):
+            derive(["received", "repeat", kind])
+    with pytest.raises(IllegalTransition):
+        derive(["received", "routed", "repeat"])
+    # The earlier referral hears of it in any state, and stays as it was.
+    assert derive(["received", "routed", "alerted", "acknowledged", "closed", "received_again"]) == State.CLOSED
 
 
 def test_the_first_event_must_be_received() -> None:

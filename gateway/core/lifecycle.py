@@ -18,6 +18,10 @@ class State(StrEnum):
     CLOSED = "closed"
     UNDELIVERABLE = "undeliverable"
     QUARANTINED = "quarantined"
+    # Terminal: the same partner-signed content as an earlier referral, received again (a replay,
+    # or a client sending twice under a new Message-ID). Not routed and nobody alerted: the
+    # earlier referral is the live one, and this one's timeline names it.
+    REPEAT = "repeat"
 
 
 class IllegalTransition(Exception):
@@ -37,6 +41,8 @@ _MOVES: dict[str, tuple[frozenset[State], State]] = {
     "undeliverable": (frozenset({State.ROUTED}), State.UNDELIVERABLE),
     "acknowledged": (frozenset({State.ROUTED, State.ALERTED, State.UNDELIVERABLE}), State.ACKNOWLEDGED),
     "closed": (frozenset({State.ACKNOWLEDGED}), State.CLOSED),
+    # Decided at processing, before routing, so only from RECEIVED (gateway.pipeline.repeats).
+    "repeat": (frozenset({State.RECEIVED}), State.REPEAT),
 }
 
 # Events that record something without moving the referral, allowed in any state except
@@ -67,6 +73,9 @@ _INFO = frozenset(
         "legal_hold",
         "legal_hold_lifted",
         "purged",
+        # On the earlier referral: its signed content was received again, as a repeat (any state:
+        # a replay may come after it was acknowledged or closed).
+        "received_again",
     }
 )
 

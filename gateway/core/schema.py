@@ -311,3 +311,15 @@ digests = Table(
     Column("made_by", String(64), nullable=False),  # the instance
     Column("recipients", Integer, nullable=False),
 )
+
+# Partner-signed content already made into a referral (issue 14): an HMAC-SHA256 of the signer and
+# the exact bytes they signed (gateway.pipeline.repeats), never the content itself. The primary key
+# is what makes a replay under a new Message-ID a repeat: two instances processing the same content
+# at once both insert, and exactly one row (one original referral) results.
+signed_content = Table(
+    "signed_content",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
+    Column("first_seen", UTCDateTime, nullable=False),
+)

@@ -16,9 +16,9 @@ from gateway.core.sealed import ReplyKey
 from gateway.open.crypto import CryptoError, Signature
 from gateway.open.identity import Identity, PartnerTrust
 from gateway.open.mime import Opened, Outer, looks_protected, open_message
-from gateway.open.mimebytes import MimeError
+from gateway.open.mimebytes import MimeError, canonical_crlf
 from gateway.open.policy import judge
-from gateway.open.security import Security
+from gateway.open.security import Security, SignedContent
 from gateway.open.unwrap import Unwrapped, Unwrapper
 
 
@@ -62,8 +62,19 @@ class Opener:
             partner=verdict.partner,
             flags=(*verdict.flags, *unwrapped.notes),
             reply_key=self._reply_key(unwrapped.signatures, trusted),
+            signed=self._signed(verdict.signer, unwrapped),
         )
         return self._read(unwrapped.entity.raw, notify, outer), security
+
+    @staticmethod
+    def _signed(signer: Signature | None, unwrapped: Unwrapped) -> SignedContent | None:
+        """The content the accepted signature covers: the innermost entity, since every signed
+        layer wraps it (text beside an inline PGP block, or an unsigned mixed wrapper, is outside it
+        and so outside the proof). Line endings canonical, as signatures are made over them, so a
+        relay that rewrote them does not make the same content look new."""
+        if signer is None or signer.signer_id is None:
+            return None
+        return SignedContent(f"{signer.kind}:{signer.signer_id}", canonical_crlf(unwrapped.entity.raw))
 
     @staticmethod
     def _read(content: bytes, notify: str | None, outer: Outer) -> Opened:

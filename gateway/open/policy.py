@@ -28,6 +28,7 @@ class Verdict:
     partner: str | None  # the partner whose known key signed it, if any
     flags: tuple[str, ...]  # accepted, but a person should know (shown in the alert and events)
     block: Partner | None = None  # that partner's [[partners]] block (names are for people)
+    signer: Signature | None = None  # the signature that block vouches for (what a repeat is judged by)
 
 
 def home_block(sender: str, partners: Sequence[Partner]) -> Partner | None:
@@ -58,7 +59,8 @@ def judge(
         if not signature.valid and signature.problem in _ALWAYS_QUARANTINE:
             return Verdict(f"{signature.problem} ({signature.kind})", None, ())
     home = home_block(sender, partners)
-    partner = home if home is not None and any(_speaks_for(s, home) for s in signatures) else None
+    signer = next((s for s in signatures if _speaks_for(s, home)), None) if home is not None else None
+    partner = home if signer is not None else None
     ambiguous = sum(1 for p in partners if sender and p.covers(sender)) > 1
     if partner is None and not ambiguous:
         # A known key of some other partner, used from an address that is not theirs.
@@ -80,4 +82,4 @@ def judge(
             why = "; ".join(problems) if problems else "not signed"
             return Verdict(f"no valid signature from a known partner ({why})", None, ())
         flags.append("not signed by a known partner" + (f" ({'; '.join(problems)})" if problems else ""))
-    return Verdict(None, partner.name if partner else None, tuple(flags), partner)
+    return Verdict(None, partner.name if partner else None, tuple(flags), partner, signer)

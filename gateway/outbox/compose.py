@@ -215,11 +215,22 @@ class Composer:
         return self.sms(kind, "alert", to=to, referral_id=facts.referral_id, now=facts.now, context=context)
 
     def receipt(
-        self, *, reference: str, to: str, received_at: datetime, now: datetime, in_reply_to: str | None
+        self,
+        *,
+        reference: str,
+        to: str,
+        received_at: datetime,
+        now: datetime,
+        in_reply_to: str | None,
+        repeat_of: tuple[str, datetime] | None = None,
     ) -> Outgoing:
-        return self._build(
-            "receipt", "email/receipt.txt", to, now, reference, {"received_at": received_at}, in_reply_to
-        )
+        """`repeat_of`: the earlier referral's reference and when it came, for a message holding
+        content received before (gateway.pipeline.repeats): the sender is told which reference is
+        being dealt with, and that no second referral was made. References and times only."""
+        context: dict[str, object] = {"received_at": received_at, "repeat_of": None, "first_received": None}
+        if repeat_of is not None:
+            context |= {"repeat_of": repeat_of[0], "first_received": repeat_of[1]}
+        return self._build("receipt", "email/receipt.txt", to, now, reference, context, in_reply_to)
 
     def quarantine_notice(
         self,

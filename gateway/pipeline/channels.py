@@ -1,7 +1,8 @@
 """The pipelines: for each channel, the handlers a stored message goes through, in order.
 
-    email: open (unseal, decrypt and verify by policy) -> parse (referral.json or body) -> route
-           (route, deadline, first escalation step and its alerts) -> receipt
+    email: open (unseal, decrypt and verify by policy) -> repeat (partner-signed content made into
+           a referral before? then a repeat: not parsed or routed) -> parse (referral.json or body)
+           -> route (route, deadline, first escalation step and its alerts) -> receipt
     web:   open (unseal) -> parse (the form's referral.json) -> route -> receipt (if an address
            was given)
     sms:   open (unseal, a registered number) -> parse (quick referral or free text) -> route
@@ -13,6 +14,7 @@ A new channel is a new list here, not a branch in the driver.
 from __future__ import annotations
 
 from gateway.config import Settings
+from gateway.core.db import Database
 from gateway.core.sealed import Sealed
 from gateway.open.opener import Opener
 from gateway.outbox.compose import Composer
@@ -30,6 +32,11 @@ from gateway.pipeline.handlers import (
     Unseal,
     WebReceipt,
 )
+from gateway.pipeline.repeats import Dedupe
+
+# What a repeat still goes through: it is opened (that is how it is known) and its sender gets a
+# receipt naming the earlier reference; it is never parsed, routed or alerted on.
+REPEAT_STAGES = frozenset({"open", Dedupe.name, "receipt"})
 
 
 class Pipelines:
@@ -41,10 +48,19 @@ class Pipelines:
         dispatcher: Dispatcher,
         composer: Composer,
         protector: Protector,
+        db: Database,
+        content_key: bytes,
     ) -> None:
         unseal, route = Unseal(sealed), Route(dispatcher, sealed)
         self._by_channel: dict[str, tuple[Handler, ...]] = {
-            "email": (unseal, OpenEmail(opener), ParseEmail(), route, EmailReceipt(composer, protector)),
+            "email": (
+                unseal,
+                OpenEmail(opener),
+                Dedupe(db, content_key),
+                ParseEmail(),
+                route,
+                EmailReceipt(composer, protector),
+            ),
             "web": (unseal, ParseWeb(), route, WebReceipt(composer)),
             "sms": (unseal, CheckSender(settings), ParseSms(), route),
         }

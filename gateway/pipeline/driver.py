@@ -21,7 +21,7 @@ from gateway.core.db import Database
 from gateway.core.outcomes import Quarantine, describe
 from gateway.core.queue import claim
 from gateway.core.schema import messages, referrals
-from gateway.pipeline.channels import Pipelines
+from gateway.pipeline.channels import REPEAT_STAGES, Pipelines
 from gateway.pipeline.work import Claimed, Loaded, Prepared, Work
 from gateway.pipeline.write import BatchWriter
 
@@ -94,6 +94,8 @@ class Processor:
 
     async def _run(self, work: Work) -> Prepared:
         for handler in self._pipelines.of(work.message.channel):
+            if work.repeat_of is not None and handler.name not in REPEAT_STAGES:
+                continue
             work.stage = handler.name
             await handler(work)
         return work.prepared()

@@ -177,12 +177,16 @@ class EmailReceipt:
             # RFC 3834: no receipt to a null sender or to automatic mail, or we could loop.
             work.event("receipt_skipped", {"why": "automatic message" if reply_to else "null sender"})
             return
+        original = work.repeat_of
         receipt = self._composer.receipt(
             reference=m.reference,
             to=reply_to,
             received_at=m.received_at,
             now=work.now,
             in_reply_to=work.outer.message_id,
+            # A repeat: the sender is told which reference has it (a partner resending because
+            # they saw no receipt learns the first one arrived).
+            repeat_of=(original.reference, original.received_at) if original is not None else None,
         )
         work.outgoing.append(await self._protector.maybe_protect(work.security.reply_key, receipt))
 

@@ -59,14 +59,26 @@ class Routed:
 
 
 @dataclass(frozen=True)
+class Original:
+    """The earlier referral a repeat's signed content made (gateway.pipeline.repeats)."""
+
+    referral_id: str
+    reference: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
 class Prepared:
-    """Everything one message's processing writes, in the batch's one transaction."""
+    """Everything one message's processing writes, in the batch's one transaction: a routed
+    referral, or (`repeat_of` set, `routed` None) a repeat of an earlier one."""
 
     message: Claimed
-    routed: Routed
+    routed: Routed | None
     events: tuple[audit.Event, ...]
     outgoing: tuple[Outgoing, ...]
     next_step: NextStep | None
+    digest: str | None = None  # of the partner-signed content, when there was any
+    repeat_of: Original | None = None
 
 
 @dataclass
@@ -90,6 +102,8 @@ class Work:
     attachments: tuple[Attachment, ...] = ()
     routed: Routed | None = None
     next_step: NextStep | None = None
+    digest: str | None = None  # the signed content's (gateway.pipeline.repeats)
+    repeat_of: Original | None = None  # set: a repeat, which is neither parsed nor routed
     events: list[audit.Event] = field(default_factory=list)
     outgoing: list[Outgoing] = field(default_factory=list)
 
@@ -101,6 +115,14 @@ class Work:
         self.events.append(audit.Event(self.message.referral_id, self.now, self.actor, kind, detail))
 
     def prepared(self) -> Prepared:
-        if self.routed is None:
+        if self.routed is None and self.repeat_of is None:
             raise RuntimeError("the pipeline ended without routing the referral")
-        return Prepared(self.message, self.routed, tuple(self.events), tuple(self.outgoing), self.next_step)
+        return Prepared(
+            self.message,
+            self.routed,
+            tuple(self.events),
+            tuple(self.outgoing),
+            self.next_step,
+            self.digest,
+            self.repeat_of,
+        )

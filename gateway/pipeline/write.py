@@ -23,6 +23,7 @@ from gateway.core.sealed import Sealed
 from gateway.core.transitions import transition, transitions
 from gateway.outbox.compose import Composer, Outgoing, QuarantineFacts
 from gateway.outbox.enqueue import Row, outbox_row, queue_outgoing, queued_events
+from gateway.pipeline import repeats
 from gateway.pipeline.sender import Sender, sender_of
 from gateway.pipeline.work import Claimed, Prepared
 
@@ -48,7 +49,7 @@ class BatchWriter:
     async def write(self, batch: list[Prepared], now: datetime) -> None:
         try:
             async with self._db.write() as conn:
-                await self._write_many(conn, batch, now)
+                written = await self._write_many(conn, batch, now)
         except LeaseLost:
             # Rare: a lease ran out mid-batch. Write each alone; a lost one is someone else's now.
             for prep in batch:
@@ -58,16 +59,37 @@ class BatchWriter:
                 except LeaseLost:
                     log.warning("processing: lease lost for referral %s; another worker has it", prep.message.reference)
             return
-        for prep in batch:
-            log.info(
-                "processing: referral %s routed to team %s%s",
-                prep.message.reference,
-                prep.routed.team_id,
-                " (incomplete)" if prep.routed.incomplete else "",
-            )
+        for prep in written:
+            if prep.repeat_of is not None:
+                log.info(
+                    "processing: referral %s is a repeat of %s; not routed",
+                    prep.message.reference,
+                    prep.repeat_of.reference,
+                )
+            elif prep.routed is not None:
+                log.info(
+                    "processing: referral %s routed to team %s%s",
+                    prep.message.reference,
+                    prep.routed.team_id,
+                    " (incomplete)" if prep.routed.incomplete else "",
+                )
 
-    async def _write_many(self, conn: AsyncConnection, batch: list[Prepared], now: datetime) -> None:
-        """Everything a batch produced, in one transaction and a handful of statements."""
+    async def _write_many(self, conn: AsyncConnection, batch: list[Prepared], now: datetime) -> list[Prepared]:
+        """Everything a batch produced, in one transaction and a handful of statements; returns
+        what was written (a message that lost its signed content to another is processed again)."""
+        # First: a message whose signed content another referral took meanwhile writes nothing and
+        # is processed again (gateway.pipeline.repeats says why this order).
+        lost = await repeats.claim(conn, batch, now)
+        if lost:
+            await repeats.release(conn, lost, self._owner, now)
+            for prep in batch:
+                if prep.message.message_id in lost:
+                    log.info(
+                        "processing: referral %s: its signed content was just taken; again", prep.message.reference
+                    )
+            batch = [prep for prep in batch if prep.message.message_id not in lost]
+            if not batch:
+                return []
         done = await conn.execute(
             update(messages)
             .where(
@@ -82,11 +104,19 @@ class BatchWriter:
         events: dict[str, list[audit.Event]] = {}
         outbox: list[Row] = []
         due: list[dict[str, object]] = []
+        columns: dict[str, dict[str, object]] = {}
         for prep in batch:
             referral_id = prep.message.referral_id
             rows = [outbox_row(out, referral_id, self._sealed, now) for out in prep.outgoing]
             outbox += rows
             events[referral_id] = [*prep.events, *queued_events(referral_id, rows, now, self._actor)]
+            if prep.routed is None:
+                # A repeat: no deadline, nothing to route; the earlier referral's timeline says it
+                # came again (locked with the rest, in id order, by transitions below).
+                original, again = repeats.events(prep, now, self._actor)
+                events[original] = [*events.get(original, []), *again]
+                continue
+            columns[referral_id] = prep.routed.columns()
             # Every row with the same keys: an executemany insert takes its columns from the first
             # row, and an 'ack' row has no chain or step (they would be dropped from the rest).
             due.append(
@@ -97,9 +127,11 @@ class BatchWriter:
                 due.append(prep.next_step.row(referral_id))
         if outbox:
             await conn.execute(deliveries.insert(), outbox)
-        await conn.execute(deadlines.insert(), due)
+        if due:
+            await conn.execute(deadlines.insert(), due)
         # Last: it locks the referral rows and then the audit chain head (the lock order).
-        await transitions(conn, events, {prep.message.referral_id: prep.routed.columns() for prep in batch})
+        await transitions(conn, events, columns)
+        return batch
 
     async def fail(
         self,

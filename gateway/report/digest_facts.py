@@ -64,7 +64,8 @@ async def gather(engine: AsyncEngine, settings: Settings, day: date, now: dateti
         counted = (
             await conn.execute(
                 select(referrals.c.team_id, referrals.c.state, func.count())
-                .where(referrals.c.state != State.CLOSED.value)
+                # Terminal states are left out: closed, and repeat (its earlier referral is counted).
+                .where(referrals.c.state.not_in((State.CLOSED.value, State.REPEAT.value)))
                 .group_by(referrals.c.team_id, referrals.c.state)
             )
         ).all()

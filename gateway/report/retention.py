@@ -1,14 +1,15 @@
 """Retention: the sealed content of referrals closed long ago is removed; what happened stays.
 
 A referral closed more than `[retention] closed_after` ago (default 90 days; closed = its `closed`
-event) loses everything sealed that belongs to it: its content, its raw message and envelope
-(b"": the columns are NOT NULL, see migration 0007), its deliveries' payloads, its decisions' notes
-and the Twilio webhooks about it. Kept: the referral row's metadata (reference, team, urgency,
-times, state), every event and the audit chain. A `purged` event says what went, with no
-personal data, and `referrals.purged_at` says when.
+event, or for a repeat of an earlier referral its `repeat` event) loses everything sealed that
+belongs to it: its content, its raw message and envelope (b"": the columns are NOT NULL, see
+migration 0007), its deliveries' payloads, its decisions' notes and the Twilio webhooks about it.
+Kept: the referral row's metadata (reference, team, urgency, times, state), every event and the
+audit chain. A `purged` event says what went, with no personal data, and `referrals.purged_at`
+says when.
 
 Never purged, because a person may still need the content:
-- a referral in any state but closed (open, or quarantined: quarantine is never closed);
+- a referral in any state but closed or repeat (open, or quarantined: quarantine is never closed);
 - an undecided one: a delivery of it is dead and no coordinator has recorded a decision
   (it is still on the report, gateway.report.undelivered), or a delivery is still pending;
 - one under a legal hold (gateway.report.holds).
@@ -110,9 +111,11 @@ def _webhooks_of(reference: str, provider_ids: Sequence[str]) -> ColumnElement[b
 
 async def due(conn: AsyncConnection, settings: Settings, now: datetime, limit: int | None = None) -> list[Candidate]:
     """The referrals the policy lets go now, oldest closure first, with what each still holds."""
+    # A repeat (gateway.pipeline.repeats) is closed the moment it is found to be one: its raw
+    # message is a copy of content its earlier referral keeps, so it goes on the same clock.
     closed = (
         select(events.c.referral_id, func.max(events.c.at).label("closed_at"))
-        .where(events.c.kind == "closed")
+        .where(events.c.kind.in_(("closed", "repeat")))
         .group_by(events.c.referral_id)
         .subquery()
     )
@@ -123,7 +126,7 @@ async def due(conn: AsyncConnection, settings: Settings, now: datetime, limit: i
         select(referrals.c.id, referrals.c.reference, referrals.c.message_id, closed.c.closed_at)
         .join(closed, closed.c.referral_id == referrals.c.id)
         .where(
-            referrals.c.state == State.CLOSED.value,
+            referrals.c.state.in_((State.CLOSED.value, State.REPEAT.value)),
             referrals.c.legal_hold.is_(False),
             referrals.c.purged_at.is_(None),
             closed.c.closed_at <= now - settings.retention.closed_after,

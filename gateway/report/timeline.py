@@ -133,6 +133,15 @@ def describe(
             return text + (f"; the sender could not be told ({sender})" if sender else "")
         case "undeliverable":
             return f"Undeliverable{team}: {detail.get('reason', 'every alert failed')}"
+        case "repeat":
+            return f"A repeat of {detail.get('of', '?')}: the same partner-signed content, received before; not routed"
+        case "received_again":
+            when = datetime.fromisoformat(str(detail["received_at"])) if detail.get("received_at") else None
+            return (
+                f"Received again as {detail.get('as', '?')}"
+                + (f" on {uk_time(when)}" if when else "")
+                + (": the same signed content, closed as a repeat")
+            )
         case "receipt_skipped":
             return f"No receipt sent ({detail.get('why', '?')})"
         case "legal_hold":

@@ -31,7 +31,12 @@ KINDS: dict[str, str] = {
     "late": "Not acknowledged in time",
     "failed": "Delivery failed for good",
     "held": "Text held over its rate limit",
+    "repeat": "Repeat of an earlier referral",
 }
+# On the report, though nothing is at risk (the earlier referral is the live one): a partner
+# sending again may not have had the first receipt, and a replay nobody sent is worth a look.
+# Like every item, it stays until a coordinator records a decision.
+SHOWN = frozenset({*TRACKED_OPEN, State.REPEAT})
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
             await conn.execute(
                 select(referrals, messages.c.last_error.label("processing_error"))
                 .outerjoin(messages, messages.c.id == referrals.c.message_id)
-                .where(or_(referrals.c.state.in_([s.value for s in TRACKED_OPEN]), referrals.c.id.in_(dead)))
+                .where(or_(referrals.c.state.in_([s.value for s in SHOWN]), referrals.c.id.in_(dead)))
                 .order_by(referrals.c.received_at)
             )
         ).all()
@@ -94,8 +99,8 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
         ).all()
         quarantine = (
             await conn.execute(
-                select(events.c.referral_id, events.c.detail).where(
-                    events.c.kind == "quarantined", events.c.referral_id.in_(ids)
+                select(events.c.referral_id, events.c.kind, events.c.detail).where(
+                    events.c.kind.in_(("quarantined", "repeat")), events.c.referral_id.in_(ids)
                 )
             )
         ).all()
@@ -121,7 +126,8 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
     dead_by: dict[str, list[Dead]] = {}
     for d in dead_rows:
         dead_by.setdefault(d.referral_id, []).append(Dead(d.kind, d.team_id, d.last_error, d.attempts))
-    quarantined: dict[str, Detail] = {q.referral_id: json.loads(q.detail) for q in quarantine}
+    quarantined: dict[str, Detail] = {q.referral_id: json.loads(q.detail) for q in quarantine if q.kind != "repeat"}
+    repeat_of = {q.referral_id: str(json.loads(q.detail).get("of", "?")) for q in quarantine if q.kind == "repeat"}
     steps_by: dict[str, list[tuple[datetime, Detail]]] = {}
     for step in steps:
         steps_by.setdefault(step.referral_id, []).append((step.at, json.loads(step.detail)))
@@ -134,6 +140,12 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
             q = quarantined.get(r.id, {})
             reasons.append(f"quarantined at stage {q.get('stage', '?')}: {q.get('reason', 'unknown')}")
             kinds.append("quarantined")
+        elif r.state == State.REPEAT:
+            reasons.append(
+                f"a repeat of {repeat_of.get(r.id, '?')}: the same partner-signed content received again, "
+                "so no second referral was made"
+            )
+            kinds.append("repeat")
         elif r.state == State.RECEIVED:
             # The immediate deadline's length (a rule, not a duration: before, this sum raised
             # TypeError and the whole report failed whenever a referral was waiting); "end of the

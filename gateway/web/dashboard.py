@@ -189,6 +189,7 @@ class DashboardPages:
             may_close=row.state == State.ACKNOWLEDGED,
             outcomes=OUTCOMES,
             purged_notice=await data.purged_notice(self._db, row),
+            repeat_of=await data.repeat_of(self._db, row),
             may_hold=user.role is Role.COORDINATOR and row.purged_at is None,
             hold_reasons=holds.REASONS,
             error=request.get(_ERROR),

@@ -223,6 +223,20 @@ async def purged_notice(db: Database, row: ReferralRecord) -> str | None:
     return f"The content of this referral was removed on {day} under the retention policy{why}."
 
 
+async def repeat_of(db: Database, row: ReferralRecord) -> tuple[str, str] | None:
+    """A repeat's earlier referral (id, reference), from its 'repeat' event; None for any other."""
+    if row.state != State.REPEAT:
+        return None
+    async with db.read() as conn:
+        detail = (
+            await conn.execute(
+                select(events.c.detail).where(events.c.referral_id == row.id, events.c.kind == "repeat").limit(1)
+            )
+        ).scalar_one_or_none()
+    found = json.loads(detail) if detail else {}
+    return (str(found["original"]), str(found["of"])) if "original" in found and "of" in found else None
+
+
 # --- earlier referrals about the same child --------------------------------------------------------
 
 
