@@ -184,12 +184,15 @@ async def test_tampering_is_worded_by_openssl(keys: Keys, cipher: str) -> None:
     )
 
 
-async def test_not_for_us_is_decided_in_process_unless_the_serial_matches(keys: Keys) -> None:
+async def test_not_for_us_is_worded_by_openssl_too(keys: Keys) -> None:
+    """Only a message addressed to the exact bytes of our certificate's issuer and serial is opened in process:
+    openssl says whether anything else is not ours or unreadable (it decodes names this reader steps over)."""
     to_partner = encrypt("-aes256", "-recip", str(keys.partner.cert_path))
     assert await both(keys.gateway.key_path, keys.gateway.cert_path, to_partner) == f"DecryptError: {NOT_FOR_US}"
-    assert await outcome(gateway(keys, openssl=NO_OPENSSL), to_partner) == f"DecryptError: {NOT_FOR_US}"
-    # Another CA's certificate with the gateway's serial number: openssl compares names in a canonical
-    # form, so only it may say this is not ours.
+    assert await outcome(gateway(keys, openssl=NO_OPENSSL), to_partner) == (
+        "CryptoError: openssl is not installed or cannot run"
+    )
+    # Another CA's certificate with the gateway's serial number: still not ours, both ways.
     other_ca = issue(keys.tmp, "paths-other-ca", ca=True)
     twin = (
         x509.CertificateBuilder().subject_name(keys.partner.cert.subject).issuer_name(other_ca.cert.subject)
@@ -200,9 +203,6 @@ async def test_not_for_us_is_decided_in_process_unless_the_serial_matches(keys: 
     (keys.tmp / "twin.crt").write_bytes(twin.public_bytes(serialization.Encoding.PEM))
     to_twin = encrypt("-aes256", "-recip", str(keys.tmp / "twin.crt"))
     assert await both(keys.gateway.key_path, keys.gateway.cert_path, to_twin) == f"DecryptError: {NOT_FOR_US}"
-    assert await outcome(gateway(keys, openssl=NO_OPENSSL), to_twin) == (
-        "CryptoError: openssl is not installed or cannot run"
-    )
 
 
 @pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "openssl"])
@@ -230,10 +230,10 @@ async def test_a_key_removed_or_replaced_on_disk(tmp_path: Path, keys: Keys, in_
     with pytest.raises(CryptoKeyError) as caught:
         await smime.decrypt(der)
     assert caught.value.reason == "S/MIME key or certificate is missing or unreadable"
-    write_pem_key(key, keys.partner.key)  # another key under the same name is read again: it opens nothing
-    with pytest.raises(DecryptError) as refused:
-        await smime.decrypt(der)
-    assert refused.value.reason == "damaged or altered"
+    # Another key under the same name is read again: it opens nothing (a wrong RSA key gives a random content
+    # key, both ways, so which refusal, or garbage, is left to chance).
+    write_pem_key(key, keys.partner.key)
+    assert await outcome(smime, der) != REFERRAL
 
 
 # ---------- other implementations' messages: the same outcome both ways ----------

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.open.crypto import CryptoError, CryptoKeyError, DecryptError, Signature, VerifyError
-from gateway.open.crypto.smime_inprocess import NOT_FOR_US, InProcess
+from gateway.open.crypto.smime_inprocess import InProcess
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
 _EMAIL_PROTECTION = ExtendedKeyUsageOID.EMAIL_PROTECTION
@@ -204,10 +204,8 @@ class SMime:
         if self._in_process is not None:
             async with self._slots:  # the same bound as openssl's: as many plaintexts in memory at once
                 opened = await asyncio.to_thread(self._in_process.decrypt, der, key, cert)
-            if isinstance(opened, bytes):
+            if opened is not None:
                 return opened
-            if opened == NOT_FOR_US:
-                raise DecryptError(_NOT_FOR_US)
         # -recip matters: without it openssl tries the key on every recipient and, by design
         # (Bleichenbacher countermeasure), "decrypts" with a random key, giving garbage and rc 4.
         args = ("cms", "-decrypt", "-binary", "-inform", "DER", "-inkey", str(key), "-recip", str(cert))

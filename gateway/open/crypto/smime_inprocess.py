@@ -9,9 +9,10 @@ subject-key-identifier recipient, even beside ours, nor BER (indefinite lengths)
 DER first and picks the path before anything is decrypted, instead of learning it from cryptography's errors.
 
 The reader here only routes: it decides nothing about security. Whatever it sends in process, cryptography parses
-again strictly; whatever it cannot place goes to openssl, which today's reasons come from. A failure in process
-(a tampered key or ciphertext, something cryptography rejects) is not reported from here either: smime.py asks
-openssl for the verdict, so every refusal keeps the reason it has always had.
+again strictly; whatever it cannot place goes to openssl, which today's reasons come from. No refusal is decided
+here, not even "not for us": a failure in process (a tampered key or ciphertext, something cryptography rejects)
+and a message not addressed to these exact certificate bytes go to openssl for the verdict, so every refusal keeps
+the reason it has always had, and only a message that opens is spared the subprocess.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -40,9 +40,6 @@ _KNOWN = {  # named in `Route.why`, for tests and the bench; anything else is "c
     bytes.fromhex("2a864886f70d0307"): "3DES",
     bytes.fromhex("2a864886f70d0302"): "RC2",
 }
-Verdict = Literal["ask openssl", "not for us"]
-ASK_OPENSSL: Verdict = "ask openssl"
-NOT_FOR_US: Verdict = "not for us"
 _OTHER_RECIPIENTS = {0xA1: "key agreement (kari)", 0xA2: "KEK (kekri)", 0xA3: "password (pwri)", 0xA4: "other (ori)"}
 
 
@@ -138,11 +135,6 @@ def _route(der: bytes) -> Route:
     return Route(True, f"RSA PKCS#1 v1.5, {_AES_CBC[cipher_oid]}", frozenset(recipients))
 
 
-def _integer(tlv: bytes) -> int:
-    _, start, end = _tlv(tlv, 0, len(tlv))
-    return int.from_bytes(tlv[start:end], "big", signed=True)
-
-
 def recipient_id(cert: x509.Certificate) -> tuple[bytes, bytes]:
     """(issuer Name, serial INTEGER) DER as in the certificate, to compare with `Route.recipients`."""
     tbs = cert.tbs_certificate_bytes
@@ -186,20 +178,17 @@ class InProcess:
         self._loaded[(key_path, cert_path)] = loaded
         return loaded
 
-    def decrypt(self, der: bytes, key_path: Path, cert_path: Path) -> bytes | Verdict:
-        """The plaintext, NOT_FOR_US when `der` is certainly not for this certificate (no recipient has its
-        serial number, so openssl would find no matching recipient), or ASK_OPENSSL."""
+    def decrypt(self, der: bytes, key_path: Path, cert_path: Path) -> bytes | None:
+        """The plaintext, or None: openssl decides (and words the refusal, if it refuses)."""
         plan = route(der)
         if not plan.in_process:
-            return ASK_OPENSSL
+            return None
         loaded = self._load(key_path, cert_path)
-        if loaded.rid not in plan.recipients:
-            # openssl matches the issuer by its canonical form and the serial by value: only a recipient
-            # with our serial could be ours under another encoding of the same name, so only then ask it.
-            serial = _integer(loaded.rid[1])
-            return ASK_OPENSSL if any(_integer(s) == serial for _, s in plan.recipients) else NOT_FOR_US
-        if loaded.key is None:
-            return ASK_OPENSSL
+        # Not addressed to us by these exact bytes: openssl says so ("no matching recipient"), or that
+        # the message is unreadable (it decodes the names this reader only steps over), or, comparing
+        # names in their canonical form, that it is ours after all. Fuzzed messages showed all three.
+        if loaded.key is None or loaded.rid not in plan.recipients:
+            return None
         try:
             # No options: cryptography returns the content as it is, as `openssl cms -decrypt -binary` does.
             return pkcs7.pkcs7_decrypt_der(der, loaded.cert, loaded.key, [])
@@ -207,4 +196,4 @@ class InProcess:
             # A tampered key or ciphertext (bad padding; with PKCS#1 v1.5 implicit rejection, a random key
             # of the wrong size), or a shape the router let through that cryptography refuses: openssl
             # says which, in today's words.
-            return ASK_OPENSSL
+            return None
