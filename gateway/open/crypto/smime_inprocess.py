@@ -3,7 +3,7 @@ exactly as `openssl cms -decrypt` does; smime.py runs openssl for everything els
 
 What cryptography 50 opens (checked against openssl-made messages, tests/test_smime_paths.py): EnvelopedData
 with key transport (ktri) by issuer and serial number, RSA PKCS#1 v1.5 (rsaEncryption), content AES-128-CBC or
-AES-256-CBC. It refuses RSA-OAEP, AES-192-CBC, 3DES and RC2 (UnsupportedAlgorithm) and AuthEnvelopedData
+AES-256-CBC. It refuses RSA-OAEP, AES-192-CBC, 3DES or any other cipher (UnsupportedAlgorithm) and AuthEnvelopedData
 (AES-GCM, ChaCha20-Poly1305); it cannot parse a message with any key-agreement (ECDH), KEK, password or
 subject-key-identifier recipient, even beside ours, nor BER (indefinite lengths). So `route` reads the outer
 DER first and picks the path before anything is decrypted, instead of learning it from cryptography's errors.
@@ -186,7 +186,7 @@ class InProcess:
         loaded = self._load(key_path, cert_path)
         # Not addressed to us by these exact bytes: openssl says so ("no matching recipient"), or that
         # the message is unreadable (it decodes the names this reader only steps over), or, comparing
-        # names in their canonical form, that it is ours after all. Fuzzed messages showed all three.
+        # names in their canonical form, that it is ours after all. Fuzzed messages showed the first two.
         if loaded.key is None or loaded.rid not in plan.recipients:
             return None
         try:
