@@ -110,6 +110,7 @@ CASES: Sequence[tuple[str, tuple[str, ...], bool, str]] = [
     ("aes256-gcm", ("-aes-256-gcm",), False, "authEnveloped-data"),
     ("rsa-oaep", ("-aes256", "-keyopt", "rsa_padding_mode:oaep"), False, "RSAES-OAEP"),
     ("subject-key-id", ("-aes256", "-keyid"), False, "subject key identifier"),
+    ("ber-stream", ("-aes256", "-stream"), False, "not DER"),  # indefinite lengths, as NSS writes
 ]
 
 
@@ -146,6 +147,16 @@ async def test_other_recipients_beside_the_gateway(keys: Keys) -> None:
         assert not route(der).in_process and why in route(der).why
     for der in (two, kari, kek, pwri):
         assert await both(keys.gateway.key_path, keys.gateway.cert_path, der) == REFERRAL
+
+
+async def test_trailing_or_missing_bytes_go_to_openssl(keys: Keys) -> None:
+    der = encrypt("-aes256", "-recip", str(keys.gateway.cert_path))
+    assert not route(der + b"\x00").in_process  # cryptography refuses what follows; openssl ignores it
+    assert await both(keys.gateway.key_path, keys.gateway.cert_path, der + b"\x00") == REFERRAL
+    for damaged in (der[:-1], der[:40], b""):
+        assert not route(damaged).in_process
+        got = await both(keys.gateway.key_path, keys.gateway.cert_path, damaged)
+        assert isinstance(got, str) and got.startswith("DecryptError: ")
 
 
 async def test_content_comes_back_byte_for_byte(keys: Keys) -> None:
