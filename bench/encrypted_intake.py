@@ -835,6 +835,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="random seed for message contents")
     p.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait for alerts (default 300)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (gateway home, database, log)")
+    p.add_argument("--smime", action="store_true", help="the S/MIME line first (bench/smime_line.py), then this")
     p.add_argument("--baseline-worker", nargs=5, metavar="ARG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.baseline_worker is None and (
@@ -850,7 +851,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         home, blobs, threads, warmup, signer = args.baseline_worker
         baseline_worker(Path(home), Path(blobs), int(threads), int(warmup), signer)
         return 0
-    return common.run_main(run(args))
+    if args.smime:  # its own report, ending `smime ratio: X`; this run's `ratio: X` stays the last line
+        import smime_line
+
+        smime = common.run_main(smime_line.line(args.messages, args.concurrency, args.warmup, args.seed,
+                                                args.build_jobs, args.keep))  # fmt: skip
+    return common.run_main(run(args)) or (smime if args.smime else 0)
 
 
 if __name__ == "__main__":

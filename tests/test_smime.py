@@ -202,8 +202,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
 
 
-def gateway_for(pki: Pki) -> SMime:
-    return SMime(pki.gateway.key_path, pki.gateway.cert_path)
+def gateway_for(pki: Pki, in_process: bool = True) -> SMime:
+    return SMime(pki.gateway.key_path, pki.gateway.cert_path, in_process=in_process)
+
+
+# Decryption runs in process where cryptography can (smime_inprocess), else through openssl: tests that
+# decrypt run both ways (tests/test_smime_paths.py checks which messages take which path).
+BOTH_PATHS = pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "openssl"])
 
 
 def smime_sign_encrypt(signer: Identity, recipient: Path, entity: bytes = REFERRAL, *, cms: bool = False) -> bytes:
@@ -240,10 +245,10 @@ async def test_decrypts_rfc4134_triple_des_with_a_der_pkcs8_key(tmp_path: Path) 
     assert await smime.decrypt((RFC4134 / "5.1.bin").read_bytes()) == SAMPLE
 
 
-@pytest.fixture
-def bob9216(tmp_path: Path) -> SMime:
+@pytest.fixture(params=[True, False], ids=["in-process", "openssl"])
+def bob9216(tmp_path: Path, request: pytest.FixtureRequest) -> SMime:
     key, cert = copy(tmp_path, RFC9216 / "lamps-bob.decrypt.p8.pem", RFC9216 / "lamps-bob.encrypt.crt")
-    return SMime(key, cert)
+    return SMime(key, cert, in_process=request.param)
 
 
 async def test_chacha20_poly1305_is_an_unsupported_cipher(bob9216: SMime) -> None:
@@ -289,9 +294,9 @@ async def test_autocrypt_signed_then_enveloped(tmp_path: Path) -> None:
 # ---------- NSS (Thunderbird's S/MIME library) ----------
 
 
-@pytest.fixture
-def nss_bob(tmp_path: Path) -> SMime:
-    return SMime(*from_p12(NSS / "Bob.p12", b"nss", tmp_path, "bob"))
+@pytest.fixture(params=[True, False], ids=["in-process", "openssl"])
+def nss_bob(tmp_path: Path, request: pytest.FixtureRequest) -> SMime:
+    return SMime(*from_p12(NSS / "Bob.p12", b"nss", tmp_path, "bob"), in_process=request.param)
 
 
 NSS_ALICE_FINGERPRINT = (
@@ -366,9 +371,10 @@ async def test_tampered_ciphertext_is_damaged(bob9216: SMime, name: str) -> None
 # ---------- made here with the real command-line tools ----------
 
 
+@BOTH_PATHS
 @pytest.mark.parametrize("cms", [False, True], ids=["smime-detached", "cms-opaque"])
-async def test_partner_message_made_with_openssl(pki: Pki, cms: bool) -> None:
-    gateway = gateway_for(pki)
+async def test_partner_message_made_with_openssl(pki: Pki, cms: bool, in_process: bool) -> None:
+    gateway = gateway_for(pki, in_process)
     raw = smime_sign_encrypt(pki.partner, pki.gateway.cert_path, cms=cms)
     assert parse(raw).get_content_type() == ("application/pkcs7-mime" if cms else "application/x-pkcs7-mime")
     inner = await gateway.decrypt(pkcs7_body(raw))
@@ -383,13 +389,14 @@ async def test_partner_message_made_with_openssl(pki: Pki, cms: bool) -> None:
     assert crlf(content) == REFERRAL
 
 
-async def test_aes_gcm_auth_enveloped_made_with_openssl(pki: Pki) -> None:
+@BOTH_PATHS
+async def test_aes_gcm_auth_enveloped_made_with_openssl(pki: Pki, in_process: bool) -> None:
     signed = openssl(
         "cms", "-sign", "-signer", str(pki.partner.cert_path), "-inkey", str(pki.partner.key_path), stdin=REFERRAL
     )
     raw = openssl("cms", "-encrypt", "-aes-256-gcm", "-recip", str(pki.gateway.cert_path), stdin=signed.stdout).stdout
     assert parse(raw).get_param("smime-type") == "authEnveloped-data"
-    gateway = gateway_for(pki)
+    gateway = gateway_for(pki, in_process)
     content, signature_der = cut_signed(await gateway.decrypt(pkcs7_body(raw)))
     assert (await gateway.verify_detached(content, signature_der, pki.ca.cert_path)).valid
 
@@ -556,8 +563,9 @@ async def test_development_identity(tmp_path: Path, pki: Pki) -> None:
 # ---------- narrow errors ----------
 
 
-async def test_garbage_raises_narrow_errors(pki: Pki) -> None:
-    gateway = gateway_for(pki)
+@BOTH_PATHS
+async def test_garbage_raises_narrow_errors(pki: Pki, in_process: bool) -> None:
+    gateway = gateway_for(pki, in_process)
     for garbage in (b"", b"not cms at all", bytes(range(256)) * 4):
         with pytest.raises(DecryptError):
             await gateway.decrypt(garbage)
@@ -623,8 +631,9 @@ async def test_temporary_files_are_private_and_removed(
     assert await asyncio.to_thread(os.listdir, tmp_path) == []
 
 
-async def test_many_messages_at_once(pki: Pki) -> None:
-    gateway = SMime(pki.gateway.key_path, pki.gateway.cert_path, concurrency=2)
+@BOTH_PATHS
+async def test_many_messages_at_once(pki: Pki, in_process: bool) -> None:
+    gateway = SMime(pki.gateway.key_path, pki.gateway.cert_path, concurrency=2, in_process=in_process)
     raw = pkcs7_body(smime_sign_encrypt(pki.partner, pki.gateway.cert_path))
     results = await asyncio.gather(*(gateway.decrypt(raw) for _ in range(20)))
     assert len({bytes(r) for r in results}) == 1

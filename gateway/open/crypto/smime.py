@@ -1,9 +1,11 @@
 """S/MIME (RFC 8551) at the crypto edge: decrypt, verify, sign+encrypt, through `openssl cms`.
 
 python-cryptography cannot verify CMS signatures, so each operation runs openssl as an asyncio
-subprocess (the loop never blocks), at most `concurrency` at once. Data goes through pipes; the only
-files are those `openssl cms -verify` insists on (detached content, signer certificate), in a fresh
-mkdtemp() directory (mode 0700) removed afterwards. The output of a failed run is always discarded:
+subprocess (the loop never blocks), at most `concurrency` at once. Decryption runs in process where
+cryptography opens the message as openssl would (smime_inprocess: RSA PKCS#1 v1.5 and AES-CBC, what most
+clients send); openssl decrypts the rest and words every failure. Data goes through pipes; the only files
+are those `openssl cms -verify` insists on (detached content, signer certificate), in a fresh mkdtemp()
+directory (mode 0700) removed afterwards. The output of a failed run is always discarded:
 openssl writes the unauthenticated plaintext of a tampered AES-GCM message before failing.
 
 Callers cut the parts: accept `application/pkcs7-mime` (openssl cms) and `application/x-pkcs7-mime` (openssl
@@ -31,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.open.crypto import CryptoError, CryptoKeyError, DecryptError, Signature, VerifyError
+from gateway.open.crypto.smime_inprocess import InProcess
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
 _EMAIL_PROTECTION = ExtendedKeyUsageOID.EMAIL_PROTECTION
@@ -140,7 +143,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 class SMime:
-    def __init__(self, key_pem: Path, cert_pem: Path, *, openssl: str = "openssl", concurrency: int = 2) -> None:
+    def __init__(
+        self, key_pem: Path, cert_pem: Path, *, openssl: str = "openssl", concurrency: int = 2, in_process: bool = True
+    ) -> None:
         try:
             cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
         except (OSError, ValueError):
@@ -157,6 +162,8 @@ class SMime:
         self.info = _info(cert)
         self._key, self._cert, self._openssl = key_pem, cert_pem, openssl
         self._slots = asyncio.Semaphore(concurrency)
+        # in_process=False: openssl for every message (the tests compare the two paths; the bench, too).
+        self._in_process = InProcess() if in_process else None
         # The gateway's replaced keys (`keys rotate smime`): (key, cert, until), tried when mail is
         # not for the current certificate, each until its overlap ends. `now` is the gateway's clock.
         self.previous: list[tuple[Path, Path, datetime]] = []
@@ -194,6 +201,11 @@ class SMime:
             raise
 
     async def _decrypt(self, der: bytes, key: Path, cert: Path) -> bytes:
+        if self._in_process is not None:
+            async with self._slots:  # the same bound as openssl's: as many plaintexts in memory at once
+                opened = await asyncio.to_thread(self._in_process.decrypt, der, key, cert)
+            if opened is not None:
+                return opened
         # -recip matters: without it openssl tries the key on every recipient and, by design
         # (Bleichenbacher countermeasure), "decrypts" with a random key, giving garbage and rc 4.
         args = ("cms", "-decrypt", "-binary", "-inform", "DER", "-inkey", str(key), "-recip", str(cert))
