@@ -11,7 +11,8 @@ from pathlib import Path
 from gateway import config as config_mod
 from gateway.cli.keys_common import PARTNERS_DIR, TEAMS_DIR, date, expiry_status, shown, subject
 from gateway.core.clock import SystemClock
-from gateway.open.crypto.openpgp import KeyInfo, read_keyring
+from gateway.open.crypto.openpgp import read_keyring
+from gateway.open.crypto.pgp_backend import KeyInfo
 from gateway.open.crypto.smime import certificate_info, load_certificates
 from gateway.open.dev_keys import DEV_SMIME_CERT
 from gateway.open.identity import EXPIRY_WARNING
