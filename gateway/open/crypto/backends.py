@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from gateway.open.crypto.openpgp import OpenPGP
-from gateway.open.crypto.pgp_backend import Backend, OpenPGPBackend
+from gateway.open.crypto.openpgp import OpenPGP, read_keyring
+from gateway.open.crypto.pgp_backend import Backend, KeyInfo, OpenPGPBackend
 from gateway.open.crypto.sequoia import SequoiaPGP
 
 
-def default_home(backend: Backend) -> Path:
-    """Where a backend keeps its keys under keys/ when [keys] openpgp_home is not given."""
-    return Path("openpgp") if backend == "sequoia" else Path("gnupg")
-
-
 def open_backend(backend: Backend, home: Path) -> OpenPGPBackend:
-    """The configured backend over `home`."""
+    """The configured backend over `home` (a GnuPG home, or the folder of key files)."""
     return SequoiaPGP(home) if backend == "sequoia" else OpenPGP(home)
+
+
+@contextmanager
+def opened(backend: Backend, home: Path) -> Iterator[OpenPGPBackend]:
+    """For a short use (a CLI command): closed on the way out (no gpg-agent or worker outlives it)."""
+    pgp = open_backend(backend, home)
+    try:
+        yield pgp
+    finally:
+        pgp.close()
+
+
+def read_keys(backend: Backend, home: Path) -> tuple[list[KeyInfo], list[KeyInfo]]:
+    """(secret, public) keys; empty when `home` does not exist (not created by looking)."""
+    if backend == "gnupg":
+        return read_keyring(home)
+    if not home.is_dir():
+        return [], []
+    with opened(backend, home) as pgp:
+        return pgp.keys(secret=True), pgp.keys()

@@ -174,6 +174,16 @@ class SequoiaPGP:
         async with self._sem:
             return await asyncio.to_thread(work)
 
+    def encrypt_to(self, data: bytes, fingerprint: str) -> bytes:
+        """Encrypted (binary, unsigned) to one held certificate: the backup's keys file."""
+        cert = self._files.cert(check_fpr(fingerprint))
+        if cert is None:
+            raise CryptoKeyError("recipient key unusable")
+        try:
+            return sq.encrypt(data, [cert], armor=False)
+        except Exception:  # noqa: BLE001 - expired, revoked, no encryption subkey
+            raise CryptoKeyError("recipient key unusable") from None
+
     # -- keys ----------------------------------------------------------------------------------------------
 
     def import_keys(self, armoured: bytes) -> list[str]:
