@@ -602,6 +602,7 @@ def print_report(
     baselines: Sequence[BaselineResult],
     runs: Sequence[GatewayRun],
     build_seconds: float,
+    alone: tuple[int, int, float],
 ) -> float:
     from importlib.metadata import version
 
@@ -637,6 +638,11 @@ def print_report(
             f"{ms(max(b.latencies, default=0)):>7}"
             f" {b.cpu_self / n:>6.4f} {b.cpu_children / n:>6.4f} {b.cpu_agent / n:>6.4f} {b.cpu / n:>6.4f}"
         )
+    count, good, seconds = alone
+    print(
+        f"{'sequoia alone (decr.)':<22} {count:>5} {seconds:>8.2f} {count / seconds if seconds else 0:>7.1f}"
+        f"   (SequoiaPGP.decrypt through its 2 workers, no gateway; {good} of {count} verified)"
+    )
     phases = [ph for r in runs for ph in (r.burst, r.paced)]
     for ph in phases:
         n = ph.count or 1
@@ -853,6 +859,10 @@ async def run(args: argparse.Namespace) -> int:
 
         for backend in openpgp_backends.BACKENDS:
             runs.append(await gateway_run(args, work, keys, backend, warm, timed, paced_msgs))
+        print(f"sequoia alone: SequoiaPGP.decrypt of {len(timed)} messages, 2 at a time...", flush=True)
+        alone = await openpgp_backends.sequoia_alone(
+            work / "gw-sequoia" / "keys" / "openpgp", [b.armoured for b in (*warm, *timed)], len(warm), keys.partner_fpr
+        )
 
         print(f"baseline 2: python-gnupg decrypt+verify of {len(timed)} messages, {args.gpg_threads} threads...")
         baselines.append(await run_baseline("baseline 2", work, keys, [*warm, *timed], len(warm), args.gpg_threads))
@@ -869,8 +879,8 @@ async def run(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    print_report(args, built, baselines, runs, build_seconds)
-    good = all(b.good == b.count for b in baselines)
+    print_report(args, built, baselines, runs, build_seconds, alone)
+    good = all(b.good == b.count for b in baselines) and alone[0] == alone[1]
     sent_all = all(r.burst.count == args.messages and r.paced.count == paced_count for r in runs)
     routed = all(r.states.get("quarantined", 0) == 0 and r.burst.complete and r.paced.complete for r in runs)
     return 0 if good and sent_all and routed else 1

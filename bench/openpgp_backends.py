@@ -64,3 +64,25 @@ def worker_memory(gateway_pid: int) -> tuple[int, int, int]:
         if comm.startswith("python"):
             hwm.append(common.proc_hwm_kb(pid))
     return len(hwm), max(hwm, default=0), sum(hwm)
+
+
+async def sequoia_alone(home: Path, blocks: list[bytes], warmup: int, signer: str) -> tuple[int, int, float]:
+    """The sequoia backend's own rate, without the gateway: SequoiaPGP.decrypt of the same armoured blocks,
+    2 at a time (the gateway's bound) through its worker pool. (count, good, seconds)."""
+    import asyncio
+    import time
+
+    from gateway.open.crypto.sequoia import SequoiaPGP
+
+    pgp = SequoiaPGP(home)
+    try:
+        for block in blocks[:warmup]:  # starts the pool, loads the keys in both workers
+            await pgp.decrypt(block)
+        timed = blocks[warmup:]
+        start = time.perf_counter()
+        results = await asyncio.gather(*(pgp.decrypt(b) for b in timed))
+        seconds = time.perf_counter() - start
+    finally:
+        pgp.close()
+    good = sum(1 for plain, sig in results if plain and sig is not None and sig.valid and sig.signer_id == signer)
+    return len(timed), good, seconds
