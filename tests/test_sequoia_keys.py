@@ -21,6 +21,7 @@ from gateway.core.clock import FakeClock
 from gateway.open.crypto import DecryptError
 from gateway.open.crypto.openpgp import OpenPGP
 from gateway.open.crypto.sequoia import SequoiaPGP
+from tests.backup_helpers import admin_key, cli
 from tests.conftest import write_config
 
 BODY = b"Content-Type: text/plain\r\n\r\nReferral: synthetic test concern.\r\n"
@@ -151,6 +152,10 @@ def test_cli_on_the_sequoia_backend(scratch: Path, capsys: pytest.CaptureFixture
     assert fpr in capsys.readouterr().out
     assert main(["check-config", "--config", str(config)]) == 0
     assert f"openpgp: the sequoia backend, keys in {home / 'keys' / 'openpgp'}" in capsys.readouterr().out
+    assert main(["keys", "rotate", "openpgp", "--config", str(config)]) == 0
+    rotated = capsys.readouterr().out
+    secrets = sorted(p.name for p in (home / "keys" / "openpgp").glob("secret-*.asc"))
+    assert len(secrets) == 2 and f"{fpr} still decrypts until" in rotated
 
 
 async def test_development_keys_are_made_by_sequoia(scratch: Path, clock: FakeClock) -> None:
@@ -166,3 +171,28 @@ async def test_development_keys_are_made_by_sequoia(scratch: Path, clock: FakeCl
         await gw.stop()
     (secret,) = (home / "keys" / "openpgp").glob("secret-*.asc")
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and not (home / "keys" / "gnupg").exists()
+
+
+async def test_backup_and_restore_on_the_sequoia_backend(scratch: Path, clock: FakeClock) -> None:
+    # The admin's key is a file in keys/openpgp/certs/; Sequoia encrypts the keys tar to it, and restore
+    # opens it with the admin's own GnuPG home: the key files come back as they were.
+    admin_home, admin = admin_key(scratch)
+    home = scratch / "gw"
+    config = write_config(home, '[keys]\ndevelopment = true\nopenpgp_backend = "sequoia"\n')
+    assert main(["keys", "import", str(scratch / "admin.asc"), "--config", str(config)]) == 0
+    assert (home / "keys" / "openpgp" / "certs" / f"{admin}.asc").is_file()
+    with config.open("a") as handle:
+        handle.write(f'\n[backup]\nadmin_openpgp = "{admin}"\n')
+    gw = Gateway(config_mod.load(config), clock=clock, workers=False)  # makes the database and the keys
+    await gw.start()
+    await gw.stop()
+    (secret,) = (home / "keys" / "openpgp").glob("secret-*.asc")
+    done = cli(config, "backup", "--to", str(scratch / "backup"))
+    assert done.returncode == 0, done.stderr
+    new_config = write_config(scratch / "new", '[keys]\ndevelopment = true\nopenpgp_backend = "sequoia"\n')
+    with new_config.open("a") as handle:
+        handle.write(f'\n[backup]\nadmin_openpgp = "{admin}"\n')
+    restored = cli(new_config, "restore", "--from", str(scratch / "backup"), "--gnupghome", str(admin_home))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    copy = scratch / "new" / "keys" / "openpgp" / secret.name
+    assert copy.read_bytes() == secret.read_bytes() and stat.S_IMODE(copy.stat().st_mode) == 0o600
