@@ -19,8 +19,9 @@ Where pysequoia differs from gpg, and what is done about it:
   "unverifiable signature" (the gnupg backend checks it).
 - pysequoia 0.1.35 is built without bzip2: a bzip2-compressed message cannot be read and is refused as
   "damaged or altered" (gpg reads it).
-- valid_sigs lists only good signatures: a bad one beside a good one is seen by counting what the store was
-  asked for, and gives "bad signature" as gpg's BADSIG does.
+- valid_sigs lists only good signatures: a signer whose key the store held but who is not among them made
+  a bad signature ("bad signature", as gpg's BADSIG beside a GOODSIG); a second, bad signature by the same
+  key as a good one is not seen.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ class _Keys:
         self.secrets = files.secrets()
         self.certs = files.certs()
         self.index = {i: c for c in self.certs.values() for i in key_ids(c)}
+        # Made once per load of the keys, not per message; a key that cannot decrypt (no encryption
+        # subkey, or a passphrase) is left out.
+        self.decryptors = [(fpr, d) for fpr, tsk in self.secrets.items() if (d := _decryptor(tsk)) is not None]
+
+
+def _decryptor(tsk: sq.Tsk) -> sq.PyDecryptor | None:
+    try:
+        return tsk.decryptor()
+    except Exception:  # noqa: BLE001 - pysequoia's text is not ours
+        return None
 
 
 _loaded: dict[Path, _Keys] = {}
@@ -140,10 +151,12 @@ def classify(keys: _Keys, asked: list[str], valid: list[Any], sig_expired: bool 
     if unknown:
         return SigResult(False, unknown[0].upper(), (), "unknown signer")
     good = {str(v.certificate).upper() for v in valid}
+    # By signer, not by id asked: the store may be asked for one signature's key id and fingerprint both.
+    # So a bad signature beside a good one by the same key is not seen (gpg would say BADSIG).
     held = list({keys.index[i].fingerprint.upper(): keys.index[i] for i in asked}.values())
     if not held:
         return SigResult(False, None, (), "unverifiable signature")
-    bad = [c for c in held if c.fingerprint.upper() not in good] or (held if len(valid) < len(set(asked)) else [])
+    bad = [c for c in held if c.fingerprint.upper() not in good]
     if bad:
         problem = "expired key" if sig_expired else None
         result = _signer(keys, bad[0], problem)
@@ -213,15 +226,16 @@ def decrypt(home: Path, stamp: tuple[int, ...], data: bytes, max_plaintext: int)
     if not any(t in _ENCRYPTED or t in _ESK for t in packets):
         return Opened("not encrypted" if any(t in _SIGNED for t in packets) else "not an OpenPGP message")
     body = [t for t in packets if t != Tag.Marker]
-    esks = len([t for t in body if t in _ESK])
     # Session keys, then exactly one encrypted container, then nothing: anything else (an unencrypted
     # literal packet before or after it) would mix unencrypted text into the output.
-    if body[esks:] != [body[-1]] or body[-1] not in _ENCRYPTED or Tag.PKESK not in body:
-        return Opened("not encrypted to this gateway's key" if Tag.PKESK not in body else "damaged or altered")
-    for fpr, tsk in keys.secrets.items():
+    if body[-1] not in _ENCRYPTED or any(t not in _ESK for t in body[:-1]):
+        return Opened("damaged or altered")
+    if Tag.PKESK not in body:
+        return Opened("not encrypted to this gateway's key")  # a password (SKESK) only
+    for fpr, decryptor in keys.decryptors:
         store = _Store(keys)
         try:
-            result = sq.decrypt(data, decryptor=tsk.decryptor(), store=store)
+            result = sq.decrypt(data, decryptor=decryptor, store=store)
         except Exception as exc:  # noqa: BLE001 - mapped to our reasons below, its text never passed on
             text = _text(exc)
             if _NOT_OURS in text:
@@ -229,7 +243,7 @@ def decrypt(home: Path, stamp: tuple[int, ...], data: bytes, max_plaintext: int)
             if _NO_GOOD not in text and _STRUCTURE not in text:
                 return Opened("damaged or altered")
             try:
-                again = sq.decrypt(data, decryptor=tsk.decryptor())
+                again = sq.decrypt(data, decryptor=decryptor)
             except Exception:  # noqa: BLE001
                 return Opened("damaged or altered")
             plaintext = again.bytes or b""
@@ -264,7 +278,7 @@ def verify_inline(home: Path, stamp: tuple[int, ...], data: bytes, max_plaintext
             return Opened("unreadable signature")
         if any(t in _ENCRYPTED or t in _ESK for t in packets):
             return Opened("encrypted, not inline-signed")
-        if packets.count(Tag.Literal) != 1 and Tag.CompressedData not in packets:
+        if packets.count(Tag.Literal) != 1:  # PacketPile lists what compressed data holds, too
             return Opened("unreadable signature")
     store = _Store(keys)
     try:
