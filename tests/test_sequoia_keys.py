@@ -18,7 +18,7 @@ from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.cli.main import main
 from gateway.core.clock import FakeClock
-from gateway.open.crypto import DecryptError
+from gateway.open.crypto import CryptoKeyError, DecryptError
 from gateway.open.crypto.openpgp import OpenPGP
 from gateway.open.crypto.sequoia import SequoiaPGP
 from tests.backup_helpers import admin_key, cli
@@ -77,6 +77,18 @@ async def test_gpg_secret_key_export_imports_and_decrypts(scratch: Path) -> None
         message = gpg(gpg_home, "--trust-model", "always", "-r", fpr, "--encrypt", data=BODY)
         plaintext, sig = await pgp.decrypt(message)
         assert plaintext == BODY and sig is None
+
+
+def test_a_secret_key_with_a_passphrase_is_refused(scratch: Path) -> None:
+    gpg_home = scratch / "gpg"
+    gpg_home.mkdir(mode=0o700)
+    cmd = ["gpg", "--homedir", str(gpg_home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "pw-1"]
+    subprocess.run([*cmd, "--quick-gen-key", "P <p@example.test>", "future-default"], check=True, capture_output=True)
+    secret = subprocess.run([*cmd, "--armor", "--export-secret-keys"], check=True, capture_output=True).stdout
+    with SequoiaPGP.opened(scratch / "openpgp") as pgp:
+        with pytest.raises(CryptoKeyError, match="passphrase"):
+            pgp.import_keys(secret)
+        assert pgp.keys(secret=True) == [] and pgp.keys() == []
 
 
 async def test_generated_keys_import_into_gpg(scratch: Path) -> None:

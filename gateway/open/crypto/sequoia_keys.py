@@ -81,6 +81,18 @@ def key_info(cert: sq.Cert) -> KeyInfo:
     )
 
 
+def _usable(tsk: sq.Tsk) -> None:
+    """The gateway decrypts unattended: a secret key it cannot use without a passphrase is refused at import,
+    not found out at the first message."""
+    try:
+        tsk.decryptor()
+    except Exception:  # noqa: BLE001 - pysequoia's text is not ours
+        raise CryptoKeyError(
+            "the secret key cannot decrypt unattended: it has a passphrase (remove it with gpg --passwd "
+            "before exporting) or no encryption subkey"
+        ) from None
+
+
 class KeyFiles:
     def __init__(self, home: Path) -> None:
         self.home = Path(home)
@@ -123,6 +135,7 @@ class KeyFiles:
                 cert = sq.Cert.from_packets(list(key.packets))
                 if key.secret:
                     tsk = sq.Tsk.from_packets(list(key.packets))
+                    _usable(tsk)
                     self._write(self.home / f"secret-{key.fingerprint}.asc", str(tsk), secret=True)
             except CryptoKeyError:
                 raise
