@@ -262,6 +262,13 @@ async def test_two_signers(gw: OpenPGPBackend, partner: Partner, scratch: Path) 
     gw.import_keys(partner.gpg("--armor", "--export", bea).stdout)
     _, both = await gw.decrypt(message)
     assert both is not None and not both.valid and both.problem == "multiple signers"
+    # One of the two signatures damaged (its last byte, inside the signature value): pysequoia lists only the
+    # good one; both backends say "bad signature", as gpg's BADSIG beside GOODSIG.
+    signed = partner.gpg("-z", "0", "-u", ann, "-u", bea, "--sign", data=BODY).stdout
+    text, good_pair = await gw.verify_inline(signed)
+    assert text == BODY and good_pair.problem == "multiple signers"
+    _, bad = await gw.verify_inline(signed[:-1] + bytes([signed[-1] ^ 0x01]))
+    assert not bad.valid and bad.problem == "bad signature"
 
 
 async def test_unknown_signer(gw: OpenPGPBackend, partner: Partner) -> None:
