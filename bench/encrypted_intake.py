@@ -679,7 +679,7 @@ def print_report(
             f"memory (peak RSS, VmHWM), {r.backend}: gateway process {memory['gateway'] / 1024:.1f} MiB; its "
             f"gpg-agent {memory['agent'] / 1024:.1f} MiB; its gpg children up to {memory['children'] / 1024:.1f} MiB "
             f"(sampled at 4/s: {memory['samples']} seen running); its Python worker processes "
-            f"{memory['workers']} (the sequoia pool's forkserver and workers): largest "
+            f"{memory['workers']} (the sequoia pool: its forkserver, resource tracker and workers): largest "
             f"{memory['worker_max'] / 1024:.1f} MiB, together {memory['worker_sum'] / 1024:.1f} MiB"
         )
     b0 = baselines[0]

@@ -69,10 +69,13 @@ class SequoiaPGP:
         with self._lock:
             if self._pool is None:
                 # forkserver: a worker is forked from a small clean process, not from the gateway with its
-                # event loop, threads and database connections.
+                # event loop, threads and database connections. The server loads the worker's module (and
+                # pysequoia) once, and nothing else: not the gateway's __main__.
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload([worker.__name__])
                 self._pool = ProcessPoolExecutor(
                     max_workers=self._workers,
-                    mp_context=multiprocessing.get_context("forkserver"),
+                    mp_context=context,
                     initializer=worker.init_worker,
                     initargs=(self._data_limit,),
                 )
