@@ -90,7 +90,9 @@ def _import_openpgp(cfg: Config, path: Path, data: bytes, partner: str | None) -
             fingerprints = pgp.import_keys(data)
             public = {k.fingerprint: k for k in pgp.keys()}
     except CryptoError as exc:
-        raise KeysError(f"{path}: gpg could not import it ({exc.reason}); ask the partner to export it again") from None
+        raise KeysError(
+            f"{path}: the OpenPGP key could not be imported ({exc.reason}); ask the partner to export it again"
+        ) from None
     now = SystemClock().now()
     imported = [public[f] for f in fingerprints if f in public]
     print(f"imported {len(imported)} OpenPGP public key(s) from {path} into {shown(cfg, home)}/:")
