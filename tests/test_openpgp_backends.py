@@ -103,7 +103,9 @@ async def test_signed_and_encrypted_referral_is_routed_and_the_receipt_is_for_th
 
         # gpg's default compresses inside the encryption: the gnupg backend checks that signature, the
         # sequoia one cannot (pysequoia 0.1.35) and the policy quarantines the referral instead of trusting it.
-        second = await send_and_process(gw, outer(pgpmime(setup, referral_body(), compress="6"), "p2"))
+        # (Another child: the same signed text again would be a repeat of the first.)
+        body = referral_body(postcode="W1A 2AA")
+        second = await send_and_process(gw, outer(pgpmime(setup, body, compress="6"), "p2"))
         state, detail = await referral(gw, second)
         assert state == ("quarantined" if setup.backend == "sequoia" else "alerted"), detail
     finally:
