@@ -1,4 +1,5 @@
-"""gateway.crypto.openpgp against public vectors and the real `gpg` command line (nothing mocked).
+"""Both OpenPGP backends (gnupg: gateway.open.crypto.openpgp, sequoia: gateway.open.crypto.sequoia) against
+public vectors and messages made by the real `gpg` command line (nothing mocked): every test runs on each.
 
 Every test gets fresh GnuPG homes in short /tmp paths (gpg-agent socket paths are limited to ~100 chars),
 and every home's agent is killed in the fixture finalizer.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -18,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.open.crypto import CryptoKeyError, DecryptError, VerifyError
+from gateway.open.crypto import CryptoKeyError, DecryptError, Signature, VerifyError
 from gateway.open.crypto.openpgp import OpenPGP
+from gateway.open.crypto.pgp_backend import BACKENDS, OpenPGPBackend
+from gateway.open.crypto.sequoia import SequoiaPGP
 
 VECTORS = Path("/work/shared/vectors")
 AUTOCRYPT = VECTORS / "autocrypt-protected-headers"
@@ -63,9 +67,18 @@ def scratch() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def make(backend: str, home: Path, **kwargs: int) -> OpenPGP | SequoiaPGP:
+    return SequoiaPGP(home, **kwargs) if backend == "sequoia" else OpenPGP(home, **kwargs)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def gw(scratch: Path) -> Iterator[OpenPGP]:
-    gateway = OpenPGP(scratch / "gw")
+def gw(scratch: Path, backend: str) -> Iterator[OpenPGPBackend]:
+    gateway = make(backend, scratch / "gw")
     gateway.import_keys((AUTOCRYPT / "bob@openpgp.example.sec.asc").read_bytes())
     gateway.import_keys((AUTOCRYPT / "alice@openpgp.example.pub.asc").read_bytes())
     yield gateway
@@ -123,18 +136,30 @@ def lf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n")
 
 
+def compressed_signature(gw: OpenPGPBackend, sig: Signature | None, signer: str) -> bool:
+    """The one outcome where the backends differ: a signature inside compressed data inside encryption (gpg's
+    default for sign+encrypt). pysequoia 0.1.35 cannot check it (gateway/open/crypto/sequoia_open.py), so the
+    sequoia backend gives it as invalid, "unverifiable signature", naming the held key it claims: the policy
+    quarantines it. True when that is what happened on the sequoia backend."""
+    if not isinstance(gw, SequoiaPGP):
+        return False
+    assert sig is not None and not sig.valid and sig.problem == "unverifiable signature" and sig.signer_id == signer
+    return True
+
+
 # -- public vectors ------------------------------------------------------------------------------------------
 
 
-async def test_autocrypt_sign_and_encrypt_combined(gw: OpenPGP) -> None:
+async def test_autocrypt_sign_and_encrypt_combined(gw: OpenPGPBackend) -> None:
     plaintext, sig = await gw.decrypt(encrypted_part(AUTOCRYPT / "pgpmime-sign+enc.eml"))
     assert lf(plaintext) == lf((AUTOCRYPT / "pgpmime-sign+enc.inner").read_bytes())
-    assert sig is not None and sig.valid and sig.problem is None
-    assert sig.signer_id == ALICE
-    assert sig.signer_addresses == ("alice@openpgp.example",)
+    if not compressed_signature(gw, sig, ALICE):
+        assert sig is not None and sig.valid and sig.problem is None
+        assert sig.signer_id == ALICE
+        assert sig.signer_addresses == ("alice@openpgp.example",)
 
 
-async def test_autocrypt_layered_inner_detached_signature(gw: OpenPGP) -> None:
+async def test_autocrypt_layered_inner_detached_signature(gw: OpenPGPBackend) -> None:
     plaintext, sig = await gw.decrypt(encrypted_part(AUTOCRYPT / "pgpmime-layered.eml"))
     assert sig is None  # the signature is one layer down, in the multipart/signed
     assert lf(plaintext) == lf((AUTOCRYPT / "pgpmime-layered.inner").read_bytes())
@@ -145,13 +170,13 @@ async def test_autocrypt_layered_inner_detached_signature(gw: OpenPGP) -> None:
     assert not bad.valid and bad.problem == "bad signature"
 
 
-async def test_autocrypt_encrypted_unsigned(gw: OpenPGP) -> None:
+async def test_autocrypt_encrypted_unsigned(gw: OpenPGPBackend) -> None:
     plaintext, sig = await gw.decrypt(encrypted_part(AUTOCRYPT / "pgpmime-enc+legacy-disp.eml"))
     assert sig is None
     assert lf(plaintext) == lf((AUTOCRYPT / "pgpmime-enc+legacy-disp.inner").read_bytes())
 
 
-async def test_thunderbird_encrypted_and_signed_nonascii(gw: OpenPGP) -> None:
+async def test_thunderbird_encrypted_and_signed_nonascii(gw: OpenPGPBackend) -> None:
     plaintext, sig = await gw.decrypt(encrypted_part(THUNDERBIRD / "encrypted-and-signed-alice-to-bob-nonascii.eml"))
     assert sig is None
     signed, signature = split_signed(find_signed(plaintext))
@@ -165,7 +190,7 @@ async def test_thunderbird_encrypted_and_signed_nonascii(gw: OpenPGP) -> None:
     assert any(isinstance(t, bytes) and "Detta är krypterat!".encode() in t for t in texts)
 
 
-async def test_thunderbird_damaged_signature_is_unreadable(gw: OpenPGP) -> None:
+async def test_thunderbird_damaged_signature_is_unreadable(gw: OpenPGPBackend) -> None:
     # The signature's armour fails its CRC: gpg reports NODATA and never gets to a signature, so there is
     # nothing to call "bad". VerifyError("unreadable signature") is the honest answer (the caller quarantines).
     gw.import_keys((THUNDERBIRD / "bob@openpgp.example-0xfbfcc82a015e7330-pub.asc").read_bytes())
@@ -176,9 +201,9 @@ async def test_thunderbird_damaged_signature_is_unreadable(gw: OpenPGP) -> None:
     assert err.value.reason == "unreadable signature"
 
 
-async def test_client_generated_combined_and_nested(gw: OpenPGP) -> None:
+async def test_client_generated_combined_and_nested(gw: OpenPGPBackend) -> None:
     _, sig = await gw.decrypt(encrypted_part(CLIENT / "pgpmime-combined.eml"))
-    assert sig is not None and sig.valid and sig.signer_id == ALICE
+    assert compressed_signature(gw, sig, ALICE) or (sig is not None and sig.valid and sig.signer_id == ALICE)
     plaintext, none = await gw.decrypt(encrypted_part(CLIENT / "pgpmime-nested.eml"))
     assert none is None
     signed, signature = split_signed(find_signed(plaintext))
@@ -186,13 +211,13 @@ async def test_client_generated_combined_and_nested(gw: OpenPGP) -> None:
     assert inner.valid and inner.signer_id == ALICE
 
 
-async def test_no_mdc_is_refused(gw: OpenPGP) -> None:
+async def test_no_mdc_is_refused(gw: OpenPGPBackend) -> None:
     with pytest.raises(DecryptError) as err:
         await gw.decrypt(encrypted_part(CLIENT / "negative" / "pgpmime-no-mdc.eml"))
     assert err.value.reason == "no integrity protection"
 
 
-async def test_tampered_ciphertext_gives_no_plaintext(gw: OpenPGP) -> None:
+async def test_tampered_ciphertext_gives_no_plaintext(gw: OpenPGPBackend) -> None:
     good, _ = await gw.decrypt(encrypted_part(CLIENT / "pgpmime-combined.eml"))
     with pytest.raises(DecryptError) as err:
         await gw.decrypt(encrypted_part(CLIENT / "negative" / "pgpmime-tampered-ciphertext.eml"))
@@ -204,18 +229,49 @@ async def test_tampered_ciphertext_gives_no_plaintext(gw: OpenPGP) -> None:
 # -- made here with the gpg command line -----------------------------------------------------------------------
 
 
-async def test_partner_encrypt_sign_round_trip(gw: OpenPGP, partner: Partner) -> None:
+async def test_partner_encrypt_sign_round_trip(gw: OpenPGPBackend, partner: Partner) -> None:
     fpr = partner.generate("Ann Referrer <Ann.Referrer@NHS.example>")
     assert gw.import_keys(partner.export()) == [fpr]
     partner.gpg("--import", data=gw.export_public(BOB))
-    msg = partner.gpg("--armor", "--trust-model", "always", "-u", fpr, "-r", BOB, "--sign", "--encrypt", data=BODY)
-    plaintext, sig = await gw.decrypt(msg.stdout)
-    assert plaintext == BODY
-    assert sig is not None and sig.valid and sig.signer_id == fpr
-    assert sig.signer_addresses == ("ann.referrer@nhs.example",)
+    for compress in ("6", "0"):  # gpg's default (ZLIB) and uncompressed
+        cmd = ("--armor", "--trust-model", "always", "-z", compress, "-u", fpr, "-r", BOB, "--sign", "--encrypt")
+        plaintext, sig = await gw.decrypt(partner.gpg(*cmd, data=BODY).stdout)
+        assert plaintext == BODY
+        if compress == "0" or not compressed_signature(gw, sig, fpr):
+            assert sig is not None and sig.valid and sig.signer_id == fpr
+            assert sig.signer_addresses == ("ann.referrer@nhs.example",)
 
 
-async def test_unknown_signer(gw: OpenPGP, partner: Partner) -> None:
+async def test_two_signers(gw: OpenPGPBackend, partner: Partner, scratch: Path) -> None:
+    # Two good signatures by two held keys: no single signer to judge ("multiple signers"); with one of them
+    # unknown, the unknown one is the problem (gpg: ERRSIG beside GOODSIG; pysequoia lists only the good one).
+    ann = partner.generate("Ann Referrer <ann@nhs.example>")
+    gw.import_keys(partner.export())
+    other = Partner(scratch / "other")
+    try:
+        bea = other.generate("Bea Referrer <bea@nhs.example>")
+        partner.gpg("--import", data=other.gpg("--armor", "--export-secret-keys", bea).stdout)
+    finally:
+        other.close()
+    partner.gpg("--import", data=gw.export_public(BOB))
+    cmd = ("--trust-model", "always", "-z", "0", "-u", ann, "-u", bea, "-r", BOB, "--sign", "--encrypt")
+    message = partner.gpg(*cmd, data=BODY).stdout
+    _, unknown = await gw.decrypt(message)
+    assert unknown is not None and not unknown.valid and unknown.problem == "unknown signer"
+    assert unknown.signer_id == bea
+    gw.import_keys(partner.gpg("--armor", "--export", bea).stdout)
+    _, both = await gw.decrypt(message)
+    assert both is not None and not both.valid and both.problem == "multiple signers"
+    # One of the two signatures damaged (its last byte, inside the signature value): pysequoia lists only the
+    # good one; both backends say "bad signature", as gpg's BADSIG beside GOODSIG.
+    signed = partner.gpg("-z", "0", "-u", ann, "-u", bea, "--sign", data=BODY).stdout
+    text, good_pair = await gw.verify_inline(signed)
+    assert text == BODY and good_pair.problem == "multiple signers"
+    _, bad = await gw.verify_inline(signed[:-1] + bytes([signed[-1] ^ 0x01]))
+    assert not bad.valid and bad.problem == "bad signature"
+
+
+async def test_unknown_signer(gw: OpenPGPBackend, partner: Partner) -> None:
     fpr = partner.generate("Stranger <stranger@example.org>")  # the gateway never imports this key
     partner.gpg("--import", data=gw.export_public(BOB))
     msg = partner.gpg("--armor", "--trust-model", "always", "-u", fpr, "-r", BOB, "--sign", "--encrypt", data=BODY)
@@ -228,7 +284,7 @@ async def test_unknown_signer(gw: OpenPGP, partner: Partner) -> None:
     assert not result.valid and result.problem == "unknown signer"
 
 
-async def test_tampered_detached_body_is_bad_signature(gw: OpenPGP, partner: Partner) -> None:
+async def test_tampered_detached_body_is_bad_signature(gw: OpenPGPBackend, partner: Partner) -> None:
     fpr = partner.generate("Ann Referrer <ann@nhs.example>")
     gw.import_keys(partner.export())
     signature = partner.gpg("--armor", "-u", fpr, "--detach-sign", data=BODY).stdout
@@ -238,7 +294,7 @@ async def test_tampered_detached_body_is_bad_signature(gw: OpenPGP, partner: Par
     assert not bad.valid and bad.problem == "bad signature" and bad.signer_id is not None
 
 
-async def test_expired_key(gw: OpenPGP, partner: Partner) -> None:
+async def test_expired_key(gw: OpenPGPBackend, partner: Partner) -> None:
     # A key made "in 2020" with a 1-day life, and a signature made while it was valid (time frozen with `!`).
     # Verified now, gpg reports EXPKEYSIG (and VALIDSIG, exit 0): the key has expired since.
     fpr = partner.generate("Old Partner <old@partner.example>", expire="1d", faked_time="20200101T000000")
@@ -251,7 +307,7 @@ async def test_expired_key(gw: OpenPGP, partner: Partner) -> None:
     assert key.expires is not None and key.expires.year == 2020 and key.expires.tzinfo is not None
 
 
-async def test_expired_signature(gw: OpenPGP, partner: Partner) -> None:
+async def test_expired_signature(gw: OpenPGPBackend, partner: Partner) -> None:
     # The key is fine; the signature carried a 1-day expiry and was made "in 2020": gpg reports EXPSIG.
     fpr = partner.generate("Ann Referrer <ann@nhs.example>", expire="never", faked_time="20200101T000000")
     gw.import_keys(partner.export())
@@ -261,7 +317,7 @@ async def test_expired_signature(gw: OpenPGP, partner: Partner) -> None:
     assert not result.valid and result.problem == "expired key" and result.signer_id == fpr
 
 
-async def test_revoked_key(gw: OpenPGP, partner: Partner) -> None:
+async def test_revoked_key(gw: OpenPGPBackend, partner: Partner) -> None:
     fpr = partner.generate("Gone Partner <gone@partner.example>")
     signature = partner.gpg("--armor", "-u", fpr, "--detach-sign", data=BODY).stdout
     certificate = (partner.home / "openpgp-revocs.d" / f"{fpr}.rev").read_bytes().replace(b":-----BEGIN", b"-----BEGIN")
@@ -271,7 +327,7 @@ async def test_revoked_key(gw: OpenPGP, partner: Partner) -> None:
     assert not result.valid and result.problem == "revoked key"
 
 
-async def test_not_encrypted_to_gateway(gw: OpenPGP, partner: Partner) -> None:
+async def test_not_encrypted_to_gateway(gw: OpenPGPBackend, partner: Partner) -> None:
     fpr = partner.generate("Ann Referrer <ann@nhs.example>")
     msg = partner.gpg("--armor", "--trust-model", "always", "-r", fpr, "--encrypt", data=BODY).stdout
     with pytest.raises(DecryptError) as err:
@@ -279,7 +335,7 @@ async def test_not_encrypted_to_gateway(gw: OpenPGP, partner: Partner) -> None:
     assert err.value.reason == "not encrypted to this gateway's key"
 
 
-async def test_appended_unencrypted_literal_is_refused(gw: OpenPGP, partner: Partner) -> None:
+async def test_appended_unencrypted_literal_is_refused(gw: OpenPGPBackend, partner: Partner) -> None:
     # An attacker appends (or prepends) an unencrypted literal packet: gpg decrypts the real part with a good
     # MDC, but its output would carry the injected text. Exactly one PLAINTEXT, no ERROR, or nothing.
     fpr = partner.generate("Ann Referrer <ann@nhs.example>")
@@ -295,7 +351,7 @@ async def test_appended_unencrypted_literal_is_refused(gw: OpenPGP, partner: Par
     assert err.value.reason == "not encrypted"
 
 
-async def test_inline_signatures(gw: OpenPGP, partner: Partner) -> None:
+async def test_inline_signatures(gw: OpenPGPBackend, partner: Partner) -> None:
     fpr = partner.generate("Ann Referrer <ann@nhs.example>")
     gw.import_keys(partner.export())
     text = b"Referral: synthetic test concern.\nSecond line.\n"
@@ -313,7 +369,7 @@ async def test_inline_signatures(gw: OpenPGP, partner: Partner) -> None:
     assert not bad.valid and bad.problem == "bad signature"
 
 
-async def test_invalid_utf8_in_signature_does_not_break_status_parsing(gw: OpenPGP, partner: Partner) -> None:
+async def test_invalid_utf8_in_signature_does_not_break_status_parsing(gw: OpenPGPBackend, partner: Partner) -> None:
     # gpg copies the signature's signer-UID subpacket raw into its status output; python-gnupg's reader thread
     # died on invalid UTF-8 (an unhandled thread exception: an error under filterwarnings=error).
     fpr = partner.generate("Ann Referrer <ann@nhs.example>")
@@ -325,8 +381,8 @@ async def test_invalid_utf8_in_signature_does_not_break_status_parsing(gw: OpenP
     assert not sig.valid and sig.problem == "bad signature"
 
 
-async def test_plaintext_limit(scratch: Path, partner: Partner) -> None:
-    small = OpenPGP(scratch / "small", max_plaintext=100_000)
+async def test_plaintext_limit(scratch: Path, partner: Partner, backend: str) -> None:
+    small = make(backend, scratch / "small", max_plaintext=100_000)
     try:
         small.import_keys((AUTOCRYPT / "bob@openpgp.example.sec.asc").read_bytes())
         partner.generate("Stranger <stranger@example.org>")
@@ -342,8 +398,38 @@ async def test_plaintext_limit(scratch: Path, partner: Partner) -> None:
         small.close()
 
 
-async def test_encrypt_and_sign_interop_with_gpg(scratch: Path) -> None:
-    gateway = OpenPGP(scratch / "gw2", concurrency=1)
+@pytest.mark.parametrize("algo", ["zlib", "bzip2"])
+async def test_compression_bomb(scratch: Path, partner: Partner, backend: str, algo: str) -> None:
+    # 256 MiB of zeros, compressed by gpg: under 1 MB on the wire. Neither backend may inflate it in the
+    # gateway's process: gpg stops at --max-output; Sequoia's worker hits its memory limit and dies, and
+    # only this message is refused. The peak RSS of this process shows nothing was inflated here.
+    small = make(backend, scratch / "small", max_plaintext=1_000_000)
+    try:
+        small.import_keys((AUTOCRYPT / "bob@openpgp.example.sec.asc").read_bytes())
+        partner.generate("Stranger <stranger@example.org>")
+        partner.gpg("--import", data=small.export_public(BOB))
+        cmd = ["gpg", "--homedir", str(partner.home), "--batch", "--trust-model", "always", "-r", BOB]
+        cmd += ["--compress-algo", algo, "-z", "9", "--encrypt"]
+        with subprocess.Popen(["head", "-c", str(256 * 1024 * 1024), "/dev/zero"], stdout=subprocess.PIPE) as zeros:
+            bomb = subprocess.run(cmd, stdin=zeros.stdout, capture_output=True, check=True).stdout
+        assert zeros.returncode == 0 and len(bomb) < 1_000_000
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        with pytest.raises(DecryptError) as err:
+            await small.decrypt(bomb)
+        # pysequoia 0.1.35 is built without bzip2: it cannot read any bzip2 message, so refuses it unread.
+        expected = "damaged or altered" if backend == "sequoia" and algo == "bzip2" else "message too large"
+        assert err.value.reason == expected
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before < 128 * 1024 * 1024
+        # The next message is opened as usual (Sequoia: by a new pool of workers).
+        message = partner.gpg("-r", BOB, "--trust-model", "always", "--encrypt", data=BODY).stdout
+        plaintext, sig = await small.decrypt(message)
+        assert plaintext == BODY and sig is None
+    finally:
+        small.close()
+
+
+async def test_encrypt_and_sign_interop_with_gpg(scratch: Path, backend: str) -> None:
+    gateway = make(backend, scratch / "gw2", concurrency=1)
     team = Partner(scratch / "team")
     try:
         gw_fpr = gateway.generate_key("Referral Gateway", "Gateway@Example.TEST", expire="1y")
@@ -356,10 +442,12 @@ async def test_encrypt_and_sign_interop_with_gpg(scratch: Path) -> None:
         alert = await gateway.encrypt_and_sign(BODY, [team_fpr], gw_fpr)
         assert alert.startswith(b"-----BEGIN PGP MESSAGE-----")
         out = team.gpg("--status-fd", "2", "--decrypt", data=alert)
-        status = out.stderr.decode()
+        status = out.stderr.decode("utf-8", "replace")  # Sequoia's signatures carry a binary salt notation
         assert out.stdout == BODY
         assert "[GNUPG:] DECRYPTION_OKAY" in status and "[GNUPG:] GOODMDC" in status
-        assert "[GNUPG:] GOODSIG" in status and f"[GNUPG:] VALIDSIG {gw_fpr}" in status
+        # VALIDSIG's last field is the primary key (Sequoia's keys sign with a subkey, gpg's with the primary).
+        validsig = next(line for line in status.splitlines() if line.startswith("[GNUPG:] VALIDSIG "))
+        assert "[GNUPG:] GOODSIG" in status and validsig.split()[-1] == gw_fpr
         with pytest.raises(CryptoKeyError, match="fingerprint"):  # an address could pick the wrong key
             await gateway.encrypt_and_sign(BODY, ["mash@council.example"], gw_fpr)
         with pytest.raises(CryptoKeyError):
@@ -387,7 +475,7 @@ GARBAGE = [
 
 
 @pytest.mark.parametrize("data", GARBAGE, ids=range(len(GARBAGE)))
-async def test_garbage_raises_only_named_errors(gw: OpenPGP, data: bytes) -> None:
+async def test_garbage_raises_only_named_errors(gw: OpenPGPBackend, data: bytes) -> None:
     with pytest.raises(DecryptError):
         await gw.decrypt(data)
     with pytest.raises(VerifyError):
@@ -396,8 +484,8 @@ async def test_garbage_raises_only_named_errors(gw: OpenPGP, data: bytes) -> Non
         await gw.verify_detached(BODY, data)
 
 
-async def test_concurrent_calls(gw: OpenPGP) -> None:
+async def test_concurrent_calls(gw: OpenPGPBackend) -> None:
     message = encrypted_part(CLIENT / "pgpmime-combined.eml")
     results = await asyncio.gather(*(gw.decrypt(message) for _ in range(6)))
     assert len({r[0] for r in results}) == 1
-    assert all(s is not None and s.valid for _, s in results)
+    assert all(compressed_signature(gw, s, ALICE) or (s is not None and s.valid) for _, s in results)

@@ -23,7 +23,9 @@ from gateway.cli.groups import top_level
 from gateway.cli.restore import cmd_restore
 from gateway.config import Config
 from gateway.core.clock import SystemClock
-from gateway.open.crypto.openpgp import read_keyring
+from gateway.open.crypto import CryptoError
+from gateway.open.crypto.backends import read_keys
+from gateway.open.crypto.sequoia import SequoiaPGP
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -36,7 +38,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     try:
         copy = _copy_database(cfg, folder)
         tar, count = backup_keys.pack(cfg.keys_dir)
-        encrypted = backup_keys.encrypt(cfg.keys_dir / cfg.settings.keys.openpgp_home, fingerprint, tar)
+        encrypted = _encrypt(cfg, fingerprint, tar)
         fd = os.open(folder / backup_keys.KEYS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(encrypted)
@@ -72,6 +74,22 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encrypt(cfg: Config, fingerprint: str, tar: bytes) -> bytes:
+    """The keys tar encrypted to the administrator's key, by gpg or (sequoia backend: its certificate is a
+    file in keys/openpgp/certs/) by Sequoia; either way an OpenPGP message `gpg --decrypt` opens."""
+    home = cfg.keys_dir / cfg.settings.keys.openpgp_dir()
+    if cfg.settings.keys.openpgp_backend == "gnupg":
+        return backup_keys.encrypt(home, fingerprint, tar)
+    with SequoiaPGP.opened(home) as pgp:
+        try:
+            return pgp.encrypt_to(tar, fingerprint)
+        except CryptoError as exc:
+            raise BackupError(
+                f"could not encrypt the keys to [backup] admin_openpgp {fingerprint} ({exc.reason}); import the "
+                "administrator's public key with `referral-gateway keys import FILE`; nothing was written"
+            ) from None
+
+
 def _admin_key(cfg: Config) -> str:
     fingerprint = cfg.settings.backup.admin_openpgp
     if fingerprint is None:
@@ -80,8 +98,8 @@ def _admin_key(cfg: Config) -> str:
             "referral, so a backup holds them only encrypted to an administrator's OpenPGP key: import its public "
             'key with `referral-gateway keys import FILE`, then set admin_openpgp = "<its 40-hex fingerprint>"'
         )
-    home = cfg.keys_dir / cfg.settings.keys.openpgp_home
-    secret, public = read_keyring(home)
+    home = cfg.keys_dir / cfg.settings.keys.openpgp_dir()
+    secret, public = read_keys(cfg.settings.keys.openpgp_backend, home)
     if fingerprint in {key.fingerprint for key in secret}:
         raise BackupError(
             f"[backup] admin_openpgp {fingerprint} is a key the gateway holds the secret half of; a lost gateway "

@@ -1,6 +1,7 @@
 """`referral-gateway keys init|import|list|export`: the gateway's own keys and its partners' public ones.
 
-Private keys live only under keys/ (git-ignored): the gateway's OpenPGP key in keys/gnupg (mode 0700) and its
+Private keys live only under keys/ (git-ignored): the gateway's OpenPGP key in keys/gnupg (mode 0700; the
+sequoia backend: keys/openpgp/secret-<FPR>.asc, mode 0600) and its
 S/MIME key in keys/smime (mode 0600). Partners' certificates go to keys/partners/ and the council's own mailboxes'
 to keys/teams/, both committed: they are public, and the config that names them is reviewed with them. Nothing
 here rewrites the config file: it belongs to the administrators (comments, order, review), so these commands
@@ -20,6 +21,7 @@ from gateway.cli.keys_export import cmd_export
 from gateway.cli.keys_import import cmd_import
 from gateway.cli.keys_init import cmd_init
 from gateway.cli.keys_list import cmd_list
+from gateway.cli.keys_move import cmd_move_from_gnupg
 from gateway.cli.keys_rotate import cmd_retire_unused, cmd_rotate, cmd_rotation_status
 
 
@@ -42,5 +44,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], default_c
     p.add_argument("--import", dest="import_file", type=Path, help="openpgp/smime: use this key instead of making one")
     p.add_argument("--cert", type=Path, help="smime with --import: the certificate of that private key (PEM)")
     p.add_argument("--until", help="openpgp/smime: the old key decrypts until this date (default: 30 days from now)")
+    p = command(
+        "move-from-gnupg", "copy the OpenPGP keys from a GnuPG home to the sequoia backend's files", cmd_move_from_gnupg
+    )
+    p.add_argument("--from", dest="source", type=Path, help="the GnuPG home (default: keys/gnupg)")
     command("rotation-status", "how many sealed blobs remain under each old sealing key", cmd_rotation_status)
     command("retire-unused", "set aside old sealing keys no blob uses, delete expired ack keys", cmd_retire_unused)

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway import config as config_mod
 from gateway.cli.keys_common import KeysError, date, shown, subject
-from gateway.open.crypto.openpgp import OpenPGP, read_keyring
+from gateway.open.crypto.backends import opened, read_keys
 from gateway.open.crypto.smime import certificate_info, load_certificates
 from gateway.open.dev_keys import DEV_SMIME_CERT
 
@@ -17,10 +17,10 @@ from gateway.open.dev_keys import DEV_SMIME_CERT
 def cmd_export(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     keys = cfg.settings.keys
-    home = cfg.keys_dir / keys.openpgp_home
+    home = cfg.keys_dir / keys.openpgp_dir()
     parts: list[str] = []
 
-    secret, _ = read_keyring(home)
+    secret, _ = read_keys(keys.openpgp_backend, home)
     fingerprint = keys.openpgp_fingerprint
     if fingerprint is None and len(secret) == 1:
         fingerprint = secret[0].fingerprint  # made by `keys init`, config not updated yet: still the one key
@@ -37,7 +37,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"the gateway's OpenPGP secret key {fingerprint} is not in {shown(cfg, home)}; restore it from "
                 "backup, or run `referral-gateway keys init` and update [keys]"
             )
-        with OpenPGP.opened(home) as pgp:
+        with opened(keys.openpgp_backend, home) as pgp:
             armoured = pgp.export_public(fingerprint).decode("ascii")  # gpg --export: public packets only
         if "PRIVATE KEY" in armoured:  # belt and braces: this output is meant to be emailed to partners
             raise KeysError(f"refusing to export {fingerprint}: the export contains secret key material")

@@ -38,7 +38,7 @@ from gateway.cli.keys_suggest import (
 from gateway.config import Config
 from gateway.core.clock import SystemClock
 from gateway.open.crypto import CryptoError
-from gateway.open.crypto.openpgp import OpenPGP
+from gateway.open.crypto.backends import opened
 from gateway.open.crypto.openpgp_scan import scan_keys
 from gateway.open.crypto.smime import certificate_info, is_ca_certificate, load_certificates
 
@@ -84,13 +84,15 @@ def _import_openpgp(cfg: Config, path: Path, data: bytes, partner: str | None) -
         )
     if any(k.secret for k in scanned):  # checked before anything reaches the gateway's keyring
         raise KeysError(_secret_refusal(path, "an OpenPGP secret key"))
-    home = cfg.keys_dir / cfg.settings.keys.openpgp_home
+    home = cfg.keys_dir / cfg.settings.keys.openpgp_dir()
     try:
-        with OpenPGP.opened(home) as pgp:
+        with opened(cfg.settings.keys.openpgp_backend, home) as pgp:
             fingerprints = pgp.import_keys(data)
             public = {k.fingerprint: k for k in pgp.keys()}
     except CryptoError as exc:
-        raise KeysError(f"{path}: gpg could not import it ({exc.reason}); ask the partner to export it again") from None
+        raise KeysError(
+            f"{path}: the OpenPGP key could not be imported ({exc.reason}); ask the partner to export it again"
+        ) from None
     now = SystemClock().now()
     imported = [public[f] for f in fingerprints if f in public]
     print(f"imported {len(imported)} OpenPGP public key(s) from {path} into {shown(cfg, home)}/:")

@@ -21,7 +21,7 @@ from gateway.config import Config
 from gateway.core import keyfiles, sealing
 from gateway.core.schema import messages
 from gateway.open.crypto import CryptoError
-from gateway.open.crypto.openpgp import OpenPGP, read_keyring
+from gateway.open.crypto.backends import opened, read_keys
 from gateway.open.crypto.smime import CertInfo
 from gateway.open.dev_keys import DEV_SMIME_CERT, DEV_SMIME_KEY, make_smime_files
 from gateway.outbox import token_keys
@@ -66,7 +66,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     for path in make_shared_keys(cfg):
         print(f"made the secret key {shown(cfg, path)} (mode 0600)")
     configured = cfg.settings.keys
-    home = cfg.keys_dir / configured.openpgp_home
+    home = cfg.keys_dir / configured.openpgp_dir()
+    backend = configured.openpgp_backend
     key_path = cfg.keys_dir / (configured.smime_key or DEV_SMIME_KEY)
     cert_path = cfg.keys_dir / (configured.smime_cert or DEV_SMIME_CERT)
     email = (args.email or cfg.settings.mail.from_address).strip()
@@ -74,7 +75,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     # Every check before anything is made, so a refused init leaves keys/ exactly as it was.
     existing = [shown(cfg, p) for p in (key_path, cert_path) if p.exists()]
-    secret, _ = read_keyring(home)
+    secret, _ = read_keys(backend, home)
     if secret:
         existing.append(f"{shown(cfg, home)} (OpenPGP secret key {', '.join(k.fingerprint for k in secret)})")
     if existing:
@@ -86,7 +87,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     cfg.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        with OpenPGP.opened(home) as pgp:
+        with opened(backend, home) as pgp:
             fingerprint = pgp.generate_key(name, email)
             own = next((k for k in pgp.keys(secret=True) if k.fingerprint == fingerprint), None)
     except CryptoError as exc:
@@ -105,7 +106,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     print("The S/MIME certificate is self-signed, for development: in production use one issued by a CA.")
     print()
     lines = ["[keys]"]
-    if configured.openpgp_home != Path("gnupg"):
+    if backend != "gnupg":
+        lines.append(f"openpgp_backend = {toml_string(backend)}")
+    if configured.openpgp_home is not None:
         lines.append(f"openpgp_home = {toml_string(str(configured.openpgp_home))}")
     lines += [
         f"openpgp_fingerprint = {toml_string(fingerprint)}",

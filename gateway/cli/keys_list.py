@@ -11,7 +11,8 @@ from pathlib import Path
 from gateway import config as config_mod
 from gateway.cli.keys_common import PARTNERS_DIR, TEAMS_DIR, date, expiry_status, shown, subject
 from gateway.core.clock import SystemClock
-from gateway.open.crypto.openpgp import KeyInfo, read_keyring
+from gateway.open.crypto.backends import read_keys
+from gateway.open.crypto.pgp_backend import KeyInfo
 from gateway.open.crypto.smime import certificate_info, load_certificates
 from gateway.open.dev_keys import DEV_SMIME_CERT
 from gateway.open.identity import EXPIRY_WARNING
@@ -31,8 +32,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     now = SystemClock().now()
     keys = cfg.settings.keys
-    home = cfg.keys_dir / keys.openpgp_home
-    secret, public = read_keyring(home)
+    home = cfg.keys_dir / keys.openpgp_dir()
+    secret, public = read_keys(keys.openpgp_backend, home)
     public_by_fpr = {k.fingerprint: k for k in public}
     rows: list[_Row] = []
     notes: list[str] = []

@@ -18,7 +18,7 @@ from gateway.cli.keys_common import KeysError, date, keys_relative, shown, toml_
 from gateway.config import Config
 from gateway.core.clock import SystemClock
 from gateway.open.crypto import CryptoError
-from gateway.open.crypto.openpgp import OpenPGP
+from gateway.open.crypto.backends import opened
 from gateway.open.crypto.smime import SMime
 from gateway.open.dev_keys import make_smime_files
 
@@ -53,9 +53,9 @@ def _rotate_openpgp(cfg: Config, import_file: Path | None, until: datetime) -> i
     old = keys.openpgp_fingerprint
     if old is None:
         raise KeysError(f"{cfg.file} names no OpenPGP key in [keys] to replace; run `referral-gateway keys init`")
-    home = cfg.keys_dir / keys.openpgp_home
+    home = cfg.keys_dir / keys.openpgp_dir()
     try:
-        with OpenPGP.opened(home) as pgp:
+        with opened(keys.openpgp_backend, home) as pgp:
             if import_file is not None:
                 found = pgp.import_keys(import_file.read_bytes())
                 secret = {k.fingerprint for k in pgp.keys(secret=True)}

@@ -135,6 +135,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         + ("; PROXY protocol header required on every connection" if smtp.proxy_protocol else "")
     )
     print(monitoring.where(s))
+    keys = s.keys
+    print(f"openpgp: the {keys.openpgp_backend} backend, keys in {cfg.keys_dir / keys.openpgp_dir()}")
     monitoring.metrics_token(cfg)  # a missing, short or world-readable token file fails here, as at start
     for team in unused:
         print(f"note: team '{team}' is in no route (it receives nothing until a route names it)")

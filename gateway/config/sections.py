@@ -295,10 +295,20 @@ class KeysSection(Strict):
 
     # Development only (the embedded default): make the gateway's keys on first run if missing.
     development: bool = False
-    openpgp_home: Path = Path("gnupg")
+    # "gnupg": gpg through python-gnupg, keys in a GnuPG home (keys/gnupg). "sequoia": pysequoia in worker
+    # processes, keys as armoured files (keys/openpgp). gnupg stays the default: pysequoia 0.1.35 cannot
+    # check a signature inside compressed encrypted data (gpg's default), nor read bzip2 (README).
+    openpgp_backend: Literal["sequoia", "gnupg"] = "gnupg"
+    openpgp_home: Path | None = None  # under keys/; not given: the backend's own folder (above)
     openpgp_fingerprint: Fingerprint | None = None
     smime_key: Path | None = None
     smime_cert: Path | None = None
+
+    def openpgp_dir(self) -> Path:
+        """The OpenPGP keys' folder, relative to keys/ (as written) unless absolute."""
+        if self.openpgp_home is not None:
+            return self.openpgp_home
+        return Path("openpgp") if self.openpgp_backend == "sequoia" else Path("gnupg")
 
 
 class DigestSection(Strict):

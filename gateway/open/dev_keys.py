@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gateway.config import Config
 from gateway.open.crypto import CryptoError, CryptoKeyError
-from gateway.open.crypto.openpgp import OpenPGP
+from gateway.open.crypto.backends import opened
 from gateway.open.crypto.smime import CertInfo, SMime, make_development_identity
 
 # Named as before the move out of identity.py: these lines go to the journal, where filters may name it.
@@ -60,7 +60,8 @@ def development_keys(config: Config) -> tuple[str, Path, Path]:
     if not key_path.exists() and not cert_path.exists():
         make_smime_files(key_path, cert_path, name, email)
         log.warning("made a development S/MIME identity in %s: not for production", cert_path.parent)
-    with OpenPGP.opened(config.keys_dir / keys.openpgp_home) as pgp:
+    # Made by the configured backend: a Sequoia key in keys/openpgp/, or a gpg key in keys/gnupg/.
+    with opened(keys.openpgp_backend, config.keys_dir / keys.openpgp_dir()) as pgp:
         secret = pgp.keys(secret=True)
         if keys.openpgp_fingerprint:
             fingerprint = keys.openpgp_fingerprint

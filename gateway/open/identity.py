@@ -18,7 +18,8 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.config.sections import Partner
 from gateway.open.crypto import CryptoKeyError
-from gateway.open.crypto.openpgp import OpenPGP
+from gateway.open.crypto.backends import open_backend
+from gateway.open.crypto.pgp_backend import OpenPGPBackend
 from gateway.open.crypto.smime import SMime
 from gateway.open.dev_keys import development_keys
 from gateway.open.policy import home_block
@@ -43,7 +44,7 @@ class PartnerTrust:
 
 @dataclass
 class Identity:
-    pgp: OpenPGP | None
+    pgp: OpenPGPBackend | None
     smime: SMime | None
     trust: Trust  # every partner's, together: only to read attachments and to word a refusal
     partners: tuple[PartnerTrust, ...] = ()
@@ -101,13 +102,13 @@ def load_identity(config: Config, now: datetime, clock: Callable[[], datetime] |
         _previous_smime(config, smime, now, clock)
     pgp = None
     if keys.openpgp_fingerprint is not None:
-        pgp = OpenPGP(config.keys_dir / keys.openpgp_home)
+        pgp = open_backend(keys.openpgp_backend, config.keys_dir / keys.openpgp_dir())
         secret = {k.fingerprint: k for k in pgp.keys(secret=True)}
         own = secret.get(keys.openpgp_fingerprint)
         if own is None:
             pgp.close()
             raise CryptoKeyError(
-                f"the OpenPGP secret key {keys.openpgp_fingerprint} is not in {config.keys_dir / keys.openpgp_home}; "
+                f"the OpenPGP secret key {keys.openpgp_fingerprint} is not in {config.keys_dir / keys.openpgp_dir()}; "
                 "run `referral-gateway keys init` or restore the key"
             )
         if own.expires is not None:
@@ -133,7 +134,7 @@ def load_identity(config: Config, now: datetime, clock: Callable[[], datetime] |
 
 
 def _previous_openpgp(
-    config: Config, pgp: OpenPGP, secret: set[str], now: datetime, clock: Callable[[], datetime] | None
+    config: Config, pgp: OpenPGPBackend, secret: set[str], now: datetime, clock: Callable[[], datetime] | None
 ) -> None:
     for previous in config.settings.rotation.previous_openpgp:
         if previous.fingerprint not in secret:

@@ -1,4 +1,5 @@
-"""OpenPGP (RFC 4880, PGP/MIME RFC 3156) through python-gnupg, with our own reading of gpg's status lines.
+"""The `gnupg` OpenPGP backend (RFC 4880, PGP/MIME RFC 3156): gpg through python-gnupg, with our own
+reading of gpg's status lines.
 
 python-gnupg's summary fields (`ok`, `valid`, `status`) are not enough to decide what is safe: it ignores
 GOODMDC/BADMDC, `status` is only the last line, and `fingerprint` is filled from ERRSIG for a signer we do
@@ -12,24 +13,24 @@ import asyncio
 import codecs
 import encodings.utf_8
 import os
-import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, TypeVar
 
 import gnupg  # type: ignore[import-untyped]
 
 from gateway.open.crypto import CryptoKeyError, DecryptError, Signature, VerifyError
+from gateway.open.crypto.pgp_backend import FPR as _FPR
+from gateway.open.crypto.pgp_backend import KeyInfo, check_new_key
+from gateway.open.crypto.pgp_backend import check_fpr as _check_fpr
+from gateway.open.crypto.pgp_backend import emails as _emails
 
 T = TypeVar("T")
-_FPR = re.compile(r"[0-9A-F]{40}|[0-9A-F]{64}")
-_EXPIRE = re.compile(r"0|\d{1,4}[dwmy]?|\d{4}-\d{2}-\d{2}")
 # gpg stops writing at --max-output part-way through a chunk and, when the signer is unknown, the exit code
 # (2) looks the same as for a complete message. So gpg gets this much slack above our limit, and anything
 # longer than our limit is refused: a truncated output is always longer than the limit.
@@ -67,16 +68,6 @@ codecs.register(_find_codec)
 
 
 @dataclass(frozen=True)
-class KeyInfo:
-    fingerprint: str  # primary key, upper-case hex
-    uids: tuple[str, ...]  # user ids as gpg lists them
-    emails: tuple[str, ...]  # lower-case addresses found in the user ids
-    created: datetime  # aware, UTC
-    expires: datetime | None  # aware, UTC; None = does not expire
-    revoked: bool = False
-
-
-@dataclass(frozen=True)
 class _Run:
     rc: int
     status: list[tuple[str, list[str]]]
@@ -107,21 +98,8 @@ def _run_of(result: Any) -> _Run:
     return _Run(rc=rc if isinstance(rc, int) else 2, status=status, data=data if isinstance(data, bytes) else b"")
 
 
-def _emails(uids: Sequence[str]) -> tuple[str, ...]:
-    found = (parseaddr(uid)[1].lower() for uid in uids)
-    return tuple(dict.fromkeys(a for a in found if "@" in a))
-
-
 def _utc(epoch: str) -> datetime | None:
     return datetime.fromtimestamp(int(epoch), tz=UTC) if epoch.isdigit() and int(epoch) > 0 else None
-
-
-def _check_fpr(fingerprint: str) -> str:
-    fpr = fingerprint.replace(" ", "").upper()
-    if not _FPR.fullmatch(fpr):
-        # A short id or an address could select the wrong key: only a full fingerprint names a key.
-        raise CryptoKeyError("not a key fingerprint")
-    return fpr
 
 
 class OpenPGP:
@@ -358,11 +336,7 @@ class OpenPGP:
         return armoured.encode("ascii")
 
     def generate_key(self, name: str, email: str, expire: str = "2y") -> str:
-        # The values go into gpg's parameter file, one per line: a newline would add parameters.
-        if any(not s or any(ord(c) < 32 or c in "<>" for c in s) for s in (name, email)) or "@" not in email:
-            raise CryptoKeyError("invalid name or email for a key")
-        if not _EXPIRE.fullmatch(expire):
-            raise CryptoKeyError("invalid key expiry")
+        check_new_key(name, email, expire)  # the values go into gpg's parameter file, one per line
         params = (
             "Key-Type: EDDSA\nKey-Curve: ed25519\nKey-Usage: sign\n"
             "Subkey-Type: ECDH\nSubkey-Curve: cv25519\nSubkey-Usage: encrypt\n"

@@ -1,0 +1,36 @@
+"""Choosing the OpenPGP backend ([keys] openpgp_backend): apart from pgp_backend.py, which both import."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gateway.open.crypto.openpgp import OpenPGP, read_keyring
+from gateway.open.crypto.pgp_backend import Backend, KeyInfo, OpenPGPBackend
+from gateway.open.crypto.sequoia import SequoiaPGP
+
+
+def open_backend(backend: Backend, home: Path) -> OpenPGPBackend:
+    """The configured backend over `home` (a GnuPG home, or the folder of key files)."""
+    return SequoiaPGP(home) if backend == "sequoia" else OpenPGP(home)
+
+
+@contextmanager
+def opened(backend: Backend, home: Path) -> Iterator[OpenPGPBackend]:
+    """For a short use (a CLI command): closed on the way out (no gpg-agent or worker outlives it)."""
+    pgp = open_backend(backend, home)
+    try:
+        yield pgp
+    finally:
+        pgp.close()
+
+
+def read_keys(backend: Backend, home: Path) -> tuple[list[KeyInfo], list[KeyInfo]]:
+    """(secret, public) keys; empty when `home` does not exist (not created by looking)."""
+    if backend == "gnupg":
+        return read_keyring(home)
+    if not home.is_dir():
+        return [], []
+    with opened(backend, home) as pgp:
+        return pgp.keys(secret=True), pgp.keys()
