@@ -200,6 +200,8 @@ async def run(args: argparse.Namespace) -> int:
         report(args, counts, cpu, wall)
         if args.profile:
             profile(work / "spy", args.top)
+            if args.raw:
+                shutil.copy(work / "spy", args.raw)
     return 0
 
 
@@ -289,6 +291,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the alerts to be sent")
     p.add_argument("--profile", action="store_true", help="sample the gateway with py-spy (pip install py-spy)")
+    p.add_argument("--raw", type=Path, help="with --profile: keep py-spy's collapsed stacks in this file")
     p.add_argument("--top", type=int, default=30, help="functions to list from the profile (default 30)")
     return p.parse_args(argv)
 
