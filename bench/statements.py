@@ -4,7 +4,8 @@
 
 Starts a throwaway PostgreSQL (tests/postgres.py) and one `python -m gateway serve`, run through
 this script (`--hooked-gateway`) with SQLAlchemy event listeners that count, per statement, the
-executions (round trips: an executemany is one) and the rows bound; transactions begun; and pool
+executions (round trips: an executemany is one) and the executions PostgreSQL runs (an executemany
+runs once per row); transactions begun; and pool
 checkouts (each one a pre-ping round trip on PostgreSQL). Each count is filed under the gateway
 functions on the awaiting stack at the time, so a statement is put to its stage (intake commit,
 processing, outbox, tracker) and to the helper that issued it (audit.append, transitions, claim).
@@ -29,8 +30,12 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import common
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 COUNTS_ENV = "BENCH_STATEMENT_COUNTS"  # where the hooked gateway writes its counts on SIGUSR1
 PENDING = "SELECT count(*) FROM deliveries WHERE state = 'pending'"
@@ -81,7 +86,10 @@ def hooked_gateway(argv: list[str]) -> None:
 
     def on_execute(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         add("execute", statement)
-        add("rows", statement, len(parameters) if executemany else 1)
+        # An executemany runs once per row on PostgreSQL; an INSERT of many VALUES (SQLAlchemy's
+        # insertmanyvalues, whose parameters are one flat list) runs once.
+        rows = executemany and parameters and isinstance(parameters[0], (list, tuple, dict))
+        add("rows", statement, len(parameters) if rows else 1)
 
     event.listen(Engine, "before_cursor_execute", on_execute)
     event.listen(Engine, "begin", lambda conn: add("begin", "BEGIN"))
@@ -101,24 +109,27 @@ def hooked_gateway(argv: list[str]) -> None:
 # --------------------------------------------------------------------------- the run
 
 
-async def scalar(url: str, sql: str) -> int:
+async def scalar(conn: AsyncConnection, sql: str) -> int:
     from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return int((await conn.execute(text(sql))).scalar_one())
-    finally:
-        await engine.dispose()
+    return int((await conn.execute(text(sql))).scalar_one())
 
 
 async def wait_sent(url: str, expected: int, limit: float) -> None:
-    deadline = time.perf_counter() + limit
-    while time.perf_counter() < deadline:
-        if await scalar(url, SENT_ALERTS) >= expected and await scalar(url, PENDING) == 0:
-            return
-        await asyncio.sleep(0.1)
+    """Polls, on one connection of its own (a new one each time would fork a backend each time,
+    and count in PostgreSQL's CPU), until `expected` referrals have their alerts sent."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")  # each poll sees the latest commits
+    try:
+        async with engine.connect() as conn:
+            deadline = time.perf_counter() + limit
+            while time.perf_counter() < deadline:
+                if await scalar(conn, SENT_ALERTS) >= expected and await scalar(conn, PENDING) == 0:
+                    return
+                await asyncio.sleep(0.1)
+    finally:
+        await engine.dispose()
     raise RuntimeError(f"not every alert was sent within {limit:.0f} s")
 
 
@@ -143,7 +154,7 @@ def py_spy() -> str | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from scale_out import send_all
+    from scale_out import postgres_cpu, send_all
     from smtp_accept import build_messages
 
     from tests.postgres import Server as PostgresServer
@@ -184,10 +195,11 @@ async def run(args: argparse.Namespace) -> int:
                         stderr=asyncio.subprocess.DEVNULL,
                     )
                     await asyncio.sleep(1.0)  # py-spy attaches
-                cpu0, wall0 = common.proc_cpu(gateway.pid), time.perf_counter()
+                cpu0, pg0, wall0 = common.proc_cpu(gateway.pid), postgres_cpu(postgres), time.perf_counter()
                 await send_all([gateway.port], messages[args.warmup :], args.concurrency, None)
                 await wait_sent(url, args.warmup + args.referrals, args.timeout)
                 cpu, wall = common.proc_cpu(gateway.pid) - cpu0, time.perf_counter() - wall0
+                pg = postgres_cpu(postgres) - pg0
                 counts = await dump_counts(gateway, counts_path)
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)  # py-spy writes its file and exits
@@ -197,7 +209,7 @@ async def run(args: argparse.Namespace) -> int:
             common.print_log_errors(gateway.log)
         finally:
             postgres.remove()
-        report(args, counts, cpu, wall)
+        report(args, counts, cpu, pg, wall)
         if args.profile:
             profile(work / "spy", args.top)
             if args.raw:
@@ -223,7 +235,7 @@ def helper_of(stack: Sequence[str]) -> str:
     return stack[-1] if stack else ""
 
 
-def report(args: argparse.Namespace, counts: dict[str, int], cpu: float, wall: float) -> None:
+def report(args: argparse.Namespace, counts: dict[str, int], cpu: float, pg: float, wall: float) -> None:
     n = args.referrals
     by_stage: dict[str, Counter[str]] = {}
     statements: Counter[tuple[str, str, str]] = Counter()
@@ -236,17 +248,19 @@ def report(args: argparse.Namespace, counts: dict[str, int], cpu: float, wall: f
     print()
     print(f"{n} plain-email referrals over {args.concurrency} connections, one instance on PostgreSQL")
     print(f"gateway CPU: {cpu:.2f} s in {wall:.2f} s: {cpu / n * 1000:.2f} ms per referral ({n / wall:.0f} ref/s)")
+    print(f"PostgreSQL CPU: {pg:.2f} s: {pg / n * 1000:.2f} ms per referral")
+    print("(the gateway's counting listeners and py-spy, if used, add to its CPU; compare runs of this script only)")
     print()
-    print(f"{'per referral':<40} {'statements':>10} {'rows':>7} {'transactions':>12} {'checkouts':>9}")
+    print(f"{'per referral':<40} {'statements':>10} {'PG execs':>8} {'transactions':>12} {'checkouts':>9}")
     total: Counter[str] = Counter()
     for stage, c in sorted(by_stage.items()):
         total += c
         print(
-            f"{stage:<40} {c['execute'] / n:>10.3f} {c['rows'] / n:>7.2f} "
+            f"{stage:<40} {c['execute'] / n:>10.3f} {c['rows'] / n:>8.2f} "
             f"{c['begin'] / n:>12.3f} {c['checkout'] / n:>9.3f}"
         )
     print(
-        f"{'total':<40} {total['execute'] / n:>10.3f} {total['rows'] / n:>7.2f} "
+        f"{'total':<40} {total['execute'] / n:>10.3f} {total['rows'] / n:>8.2f} "
         f"{total['begin'] / n:>12.3f} {total['checkout'] / n:>9.3f}"
     )
     print()
