@@ -32,15 +32,6 @@ Order = ColumnElement[datetime]
 
 
 async def claim(
-    db: Database, table: Table, ready: Ready, order_by: Order, owner: str, now: datetime, leasing: Leasing
-) -> list[str]:
-    """Lease up to `leasing.batch` ready rows to `owner` for `leasing.lease`; returns their ids.
-    Counts an attempt per claim, so a row that crashes its worker every time still reaches its
-    attempt limit."""
-    return [row.id for row in await claim_rows(db, table, ready, order_by, owner, now, leasing, (table.c.id,))]
-
-
-async def claim_rows(
     db: Database,
     table: Table,
     ready: Ready,
@@ -50,9 +41,11 @@ async def claim_rows(
     leasing: Leasing,
     columns: Sequence[ColumnElement[Any]],
 ) -> list[Row[Any]]:
-    """`claim`, returning `columns` of the claimed rows (as they are after the claim: attempts
-    counted) from the claiming statement itself, so no SELECT has to follow it. A scalar
-    subquery among them reads another table (the referral's reference) in the same statement."""
+    """Lease up to `leasing.batch` ready rows to `owner` for `leasing.lease`; returns `columns` of
+    them, as they are after the claim, from the claiming statement itself (RETURNING), so no
+    SELECT has to follow it (a scalar subquery among them can read another table). Counts an
+    attempt per claim, so a row that crashes its worker every time still reaches its attempt
+    limit."""
     lease, limit = leasing.lease, leasing.batch
     free = or_(table.c.lease_until.is_(None), table.c.lease_until < now)
     candidates = select(table.c.id).where(ready, free).order_by(order_by).limit(limit).with_for_update(skip_locked=True)

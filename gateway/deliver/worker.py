@@ -22,7 +22,7 @@ from gateway.core import audit
 from gateway.core.clock import Clock
 from gateway.core.db import Database
 from gateway.core.outcomes import PermanentFailure, TemporaryFailure, describe
-from gateway.core.queue import backoff, claim_rows
+from gateway.core.queue import backoff, claim
 from gateway.core.schema import ALERT_KINDS, deliveries, referrals
 from gateway.core.sealed import Sealed
 from gateway.core.transitions import alert_dead, transitions
@@ -95,9 +95,7 @@ class Outbox:
             d.attempts,
             d.payload,
         )
-        rows = await claim_rows(
-            self._db, deliveries, ready, d.next_attempt_at, self._owner, now, self._s.outbox, columns
-        )
+        rows = await claim(self._db, deliveries, ready, d.next_attempt_at, self._owner, now, self._s.outbox, columns)
         if not rows:
             return 0
         claimed = [Claimed(**row._mapping) for row in rows]
