@@ -178,14 +178,17 @@ async def run(args: argparse.Namespace) -> int:
             )
             if await init.wait() != 0:
                 raise RuntimeError("keys init failed")
-            argv = [common.python(), SCRIPT, "--hooked-gateway", "serve", "--config"]
+            # --cpu-only: the gateway as `serve` runs it, without the listeners (their cost is in its CPU).
+            hook = ["-m", "gateway"] if args.cpu_only else [SCRIPT, "--hooked-gateway"]
+            argv = [common.python(), *hook, "serve", "--config"]
             gateway = common.Server("gateway", [*argv, str(config)], "referral-gateway serving:", work / "gw.log")
             os.environ[COUNTS_ENV] = str(counts_path)
             await gateway.start()
             try:
                 await send_all([gateway.port], messages[: args.warmup], args.concurrency, None)
                 await wait_sent(url, args.warmup, args.timeout)
-                await dump_counts(gateway, counts_path)  # resets the counters
+                if not args.cpu_only:
+                    await dump_counts(gateway, counts_path)  # resets the counters
                 spy = None
                 if args.profile and (tool := py_spy()):
                     spy = await asyncio.create_subprocess_exec(
@@ -200,7 +203,7 @@ async def run(args: argparse.Namespace) -> int:
                 await wait_sent(url, args.warmup + args.referrals, args.timeout)
                 cpu, wall = common.proc_cpu(gateway.pid) - cpu0, time.perf_counter() - wall0
                 pg = postgres_cpu(postgres) - pg0
-                counts = await dump_counts(gateway, counts_path)
+                counts = {} if args.cpu_only else await dump_counts(gateway, counts_path)
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)  # py-spy writes its file and exits
                     await asyncio.wait_for(spy.wait(), 60)
@@ -304,6 +307,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=32, help="untimed warm-up referrals (default 32)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the alerts to be sent")
+    p.add_argument("--cpu-only", action="store_true", help="no statement counting: the gateway's CPU alone")
     p.add_argument("--profile", action="store_true", help="sample the gateway with py-spy (pip install py-spy)")
     p.add_argument("--raw", type=Path, help="with --profile: keep py-spy's collapsed stacks in this file")
     p.add_argument("--top", type=int, default=30, help="functions to list from the profile (default 30)")
