@@ -1,19 +1,21 @@
 """Statements per referral on PostgreSQL, by stage, and where one gateway's CPU goes.
 
-    .venv/bin/python bench/statements.py [--referrals 1000] [--concurrency 16] [--size 6144] [--profile]
+    .venv/bin/python bench/statements.py [--referrals 1000] [--concurrency 16] [--cpu-only] [--profile]
 
 Starts a throwaway PostgreSQL (tests/postgres.py) and one `python -m gateway serve`, run through
 this script (`--hooked-gateway`) with SQLAlchemy event listeners that count, per statement, the
 executions (round trips: an executemany is one) and the executions PostgreSQL runs (an executemany
-runs once per row); transactions begun; and pool
-checkouts (each one a pre-ping round trip on PostgreSQL). Each count is filed under the gateway
+runs once per row); transactions begun; and pool checkouts (each one a pre-ping round trip on
+PostgreSQL). `--cpu-only` runs plain `serve` and counts nothing. Each count is filed under the gateway
 functions on the awaiting stack at the time, so a statement is put to its stage (intake commit,
 processing, outbox, tracker) and to the helper that issued it (audit.append, transitions, claim).
 
 The warm-up referrals go through to their alerts sent; then the counters are reset (SIGUSR1), the
 timed referrals are sent, and the run ends once every one has its alert sent (no delivery pending).
-A second SIGUSR1 writes the counts. With `--profile`, py-spy samples the gateway over the timed part
-and the top functions by own time and by inclusive time (% of samples) are printed.
+A second SIGUSR1 writes the counts. The gateway's and PostgreSQL's CPU seconds over the timed part
+are printed per referral: unlike bench/scale_out.py, which stops at the last alert queued, they
+include sending every alert. With `--profile`, py-spy samples the gateway (the thread holding the
+GIL) over the timed part and the top functions by own and by inclusive time are printed.
 """
 
 from __future__ import annotations
@@ -160,6 +162,9 @@ async def run(args: argparse.Namespace) -> int:
     from tests.postgres import Server as PostgresServer
     from tests.postgres import create_database
 
+    if args.profile and py_spy() is None:
+        print("--profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 2
     messages = build_messages(args.warmup + args.referrals, args.size, args.seed)
     postgres = PostgresServer()
     with tempfile.TemporaryDirectory(prefix="statements-") as tmp:
@@ -190,7 +195,7 @@ async def run(args: argparse.Namespace) -> int:
                 if not args.cpu_only:
                     await dump_counts(gateway, counts_path)  # resets the counters
                 spy = None
-                if args.profile and (tool := py_spy()):
+                if args.profile and (tool := py_spy()) is not None:
                     spy = await asyncio.create_subprocess_exec(
                         *[tool, "record", "--gil", "-p", str(gateway.pid), "-r", "250", "-f", "raw"],
                         *["-o", str(work / "spy")],
