@@ -69,7 +69,7 @@ def make_engine(url: str, busy_timeout: timedelta = timedelta(seconds=10)) -> As
         return engine
     # timeout: connecting to a server that does not answer (a host gone, packets dropped) fails
     # within busy_timeout, so a sender hears 451 rather than waiting on asyncpg's 60 s default.
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=10,
         max_overflow=10,
@@ -77,6 +77,12 @@ def make_engine(url: str, busy_timeout: timedelta = timedelta(seconds=10)) -> As
         hide_parameters=True,
         connect_args={"timeout": busy_timeout.total_seconds()},
     )
+    # An INSERT of many rows (a batch's events, outbox rows, deadlines) as one INSERT ... VALUES
+    # (...), (...) per 1000 rows (SQLAlchemy's "insertmanyvalues", as its psycopg2 dialect does by
+    # default), not asyncpg's executemany: that is one round trip too, but PostgreSQL executes
+    # it row by row, and a referral's dozen-odd event rows were most of its statements there.
+    engine.sync_engine.dialect.use_insertmanyvalues_wo_returning = True
+    return engine
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:

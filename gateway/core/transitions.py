@@ -75,7 +75,8 @@ async def transitions(
     """Apply events to several referrals in the caller's transaction and return their new states.
     Raises IllegalTransition, before writing anything, if one is not allowed."""
     ids = sorted(batch)
-    states = await lock(conn, ids)
+    before = await lock(conn, ids)
+    states = dict(before)
     for referral_id in ids:
         state = states[referral_id]
         for ev in batch[referral_id]:
@@ -85,6 +86,8 @@ async def transitions(
     shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}
     for referral_id in ids:
         extra = (values or {}).get(referral_id, {})
+        if not extra and states[referral_id] == before[referral_id]:
+            continue  # nothing to write (a receipt sent): the row stays as it is, and locked
         params: dict[str, object] = {"b_id": referral_id, "b_state": states[referral_id].value}
         params |= {f"b_{column}": value for column, value in extra.items()}
         shapes.setdefault(tuple(sorted(extra)), []).append(params)

@@ -44,6 +44,9 @@ def _mailbox_name(address: str) -> str:
 class MaildirTransport:
     def __init__(self, root: Path) -> None:
         self._root = root
+        # Mailboxes this process has made (or found) whole: three mkdir calls a message were a
+        # good part of a send.
+        self._made: set[Path] = set()
 
     def mailbox(self, address: str) -> Path:
         return self._root / _mailbox_name(address)
@@ -56,8 +59,23 @@ class MaildirTransport:
 
     def _write(self, to: str, message: bytes) -> None:
         box = self.mailbox(to)
+        if box not in self._made:
+            self._make(box)
+        try:
+            self._deliver(box, message)
+        except FileNotFoundError:
+            # Removed since we made it (a spool cleared by hand): made again, as before the cache.
+            self._made.discard(box)
+            self._make(box)
+            self._deliver(box, message)
+
+    def _make(self, box: Path) -> None:
         for sub in ("tmp", "new", "cur"):
             (box / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._made.add(box)
+
+    @staticmethod
+    def _deliver(box: Path, message: bytes) -> None:
         name = f"{time.time_ns()}.{uuid.uuid4().hex}.{socket.gethostname().replace('/', '_')}"
         tmp = box / "tmp" / name
         with open(tmp, "xb") as handle:

@@ -14,7 +14,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import and_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config import Config
 from gateway.core import audit
@@ -79,25 +80,28 @@ class Outbox:
 
     async def run_once(self) -> int:
         now = self._clock.now()
-        ready = and_(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now)
-        ids = await claim(self._db, deliveries, ready, deliveries.c.next_attempt_at, self._owner, now, self._s.outbox)
-        if not ids:
-            return 0
         d = deliveries.c
-        async with self._db.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(d.id, d.referral_id, referrals.c.reference, d.kind, d.channel, d.team_id, d.attempts)
-                    .add_columns(d.payload)
-                    # Outer: a digest is about no referral, and must be sent all the same.
-                    .outerjoin(referrals, referrals.c.id == d.referral_id)
-                    .where(d.id.in_(ids))
-                )
-            ).all()
-        claimed = [Claimed(*row) for row in rows]
+        ready = and_(d.state == "pending", d.next_attempt_at <= now)
+        # Read by the claim itself (RETURNING), not a SELECT after it; the reference from a scalar
+        # subquery, so a digest (about no referral: None) is claimed and sent all the same.
+        reference = select(referrals.c.reference).where(referrals.c.id == d.referral_id).scalar_subquery()
+        columns = (
+            d.id,
+            d.referral_id,
+            reference.label("reference"),
+            d.kind,
+            d.channel,
+            d.team_id,
+            d.attempts,
+            d.payload,
+        )
+        rows = await claim(self._db, deliveries, ready, d.next_attempt_at, self._owner, now, self._s.outbox, columns)
+        if not rows:
+            return 0
+        claimed = [Claimed(**row._mapping) for row in rows]
         outcomes = await asyncio.gather(*(self._deliver(delivery) for delivery in claimed))
         await self._record(outcomes)
-        return len(ids)
+        return len(rows)
 
     async def _deliver(self, delivery: Claimed) -> Outcome:
         final_try = delivery.attempts >= self._s.outbox.max_attempts
@@ -130,13 +134,10 @@ class Outbox:
         loose: list[audit.Event] = []  # deliveries about no referral: on the chain, no state to change
         early: list[str] = []  # SIDs whose status callbacks may have come before we recorded them
         async with self._db.write() as conn:
+            recorded = await self._mark(conn, outcomes, now)
             for outcome in outcomes:
                 delivery = outcome.delivery
-                values, guard = self._change(outcome, now)
-                done = await conn.execute(
-                    update(deliveries).where(*guard).values(lease_owner=None, lease_until=None, **values)
-                )
-                if done.rowcount != 1:
+                if delivery.id not in recorded:
                     continue  # another worker recorded it first (our lease had run out)
                 if outcome.provider_id is not None and outcome.failure is None:
                     early.append(outcome.provider_id)
@@ -161,8 +162,33 @@ class Outbox:
             for sid in early:  # after the sends are on the record, so the audit reads in order
                 await apply_early_statuses(conn, self._s, self._sealed, sid, now)
 
-    def _change(self, outcome: Outcome, now: datetime) -> tuple[dict[str, object], list[ColumnElement[bool]]]:
-        """(the delivery row's new values, the guard that it is still ours to record)."""
+    async def _mark(self, conn: AsyncConnection, outcomes: list[Outcome], now: datetime) -> set[str]:
+        """Each delivery row's new values, guarded; returns the ids actually changed. Rows whose
+        change is the same (every email sent: state, sent_at) share one UPDATE ... WHERE id IN
+        (...) RETURNING id, not one statement each: a batch of sends is a statement or two."""
+        same: dict[tuple[tuple[tuple[str, object], ...], bool], list[str]] = {}
+        for outcome in outcomes:
+            values, owned = self._change(outcome, now)
+            same.setdefault((tuple(sorted(values.items())), owned), []).append(outcome.delivery.id)
+        recorded: set[str] = set()
+        for (change, owned), ids in same.items():
+            guard = [deliveries.c.id.in_(sorted(ids)), deliveries.c.state == "pending"]
+            if owned:
+                # A failure is ours to record only while the lease is ours: another worker may
+                # have taken the row over and be sending it right now. A success is a fact
+                # whoever holds the lease.
+                guard.append(deliveries.c.lease_owner == self._owner)
+            done = await conn.execute(
+                update(deliveries)
+                .where(*guard)
+                .values(lease_owner=None, lease_until=None, **dict(change))
+                .returning(deliveries.c.id)
+            )
+            recorded.update(row.id for row in done)
+        return recorded
+
+    def _change(self, outcome: Outcome, now: datetime) -> tuple[dict[str, object], bool]:
+        """(the delivery row's new values, whether it is ours to record only while we hold the lease)."""
         delivery = outcome.delivery
         values: dict[str, object]
         if outcome.failure is None:
@@ -174,13 +200,7 @@ class Outbox:
         else:
             delay = backoff(delivery.attempts, self._s.outbox.first_retry, self._s.outbox.max_retry)
             values = {"next_attempt_at": now + delay, "last_error": outcome.failure[:200]}
-        guard = [deliveries.c.id == delivery.id, deliveries.c.state == "pending"]
-        if outcome.failure is not None:
-            # A failure is ours to record only while the lease is ours: another worker may have
-            # taken the row over and be sending it right now. A success is a fact whoever holds
-            # the lease.
-            guard.append(deliveries.c.lease_owner == self._owner)
-        return values, guard
+        return values, outcome.failure is not None
 
     @staticmethod
     def _event(outcome: Outcome, now: datetime, actor: str) -> audit.Event:

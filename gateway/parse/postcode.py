@@ -12,6 +12,7 @@ file, which changes monthly.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -65,6 +66,13 @@ def area(postcode: str) -> str:
     return match.group()
 
 
+@functools.lru_cache(maxsize=1024)
+def _pattern(pattern: str) -> str:
+    """normalise_pattern, remembered: patterns come from config (never personal data), and the
+    same few are matched against every referral."""
+    return normalise_pattern(pattern)
+
+
 def normalise_pattern(pattern: str) -> str:
     """A routing pattern in canonical form (``" sw1 "`` -> ``"SW1"``).
 
@@ -88,13 +96,16 @@ def matches(postcode: str, pattern: str) -> bool:
     when it ends in a digit, that district's lettered sub-districts (``"W1"`` matches W1A and W1B
     but not W10). An invalid postcode matches nothing; an invalid pattern raises ValueError.
     """
-    wanted = normalise_pattern(pattern)
+    wanted = _pattern(pattern)
     normal = normalise_postcode(postcode)
     if normal is None:
         return False
+    # From the normal form directly: district() and area() would normalise it again, and routing
+    # calls this for every pattern of every rule and local authority.
+    outward = normal.split(" ", 1)[0]
     if wanted.isalpha():
-        return area(normal) == wanted
-    outward = district(normal)
+        letters = _AREA_LETTERS.match(outward)
+        return letters is not None and letters.group() == wanted
     if outward == wanted:
         return True
     return (

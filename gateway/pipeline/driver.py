@@ -59,10 +59,13 @@ class Processor:
         """Claim and process one batch; returns how many messages were claimed."""
         now = self._clock.now()
         ready = and_(messages.c.processed_at.is_(None), messages.c.next_attempt_at <= now)
-        ids = await claim(self._db, messages, ready, messages.c.received_at, self._owner, now, self._s.processing)
-        if not ids:
+        leased = (messages.c.id, messages.c.attempts)
+        claimed = await claim(
+            self._db, messages, ready, messages.c.received_at, self._owner, now, self._s.processing, leased
+        )
+        if not claimed:
             return 0
-        ids = await self._quarantine_exhausted(ids, now)
+        ids = await self._quarantine_exhausted([(row.id, row.attempts) for row in claimed], now)
         if not ids:
             return 1
         rows, unloadable = await self._load(ids)
@@ -75,7 +78,7 @@ class Processor:
         prepared = [prep for prep in results if prep is not None]
         if prepared:
             await self._writer.write(prepared, now)
-        return len(ids)
+        return len(claimed)
 
     async def _prepare_or_fail(self, loaded: Loaded, now: datetime) -> Prepared | None:
         work = Work(loaded, now, actor=f"worker:{self._owner}")
@@ -100,17 +103,21 @@ class Processor:
             await handler(work)
         return work.prepared()
 
-    async def _quarantine_exhausted(self, ids: list[str], now: datetime) -> list[str]:
+    async def _quarantine_exhausted(self, claimed: list[tuple[str, int]], now: datetime) -> list[str]:
         """Claims count attempts, so a message that crashed its worker (or failed its batch's
         write) max_attempts times is quarantined here without being opened again; it cannot hold
-        up the queue behind it."""
+        up the queue behind it. `claimed`: (id, attempts) as the claim returned them, so a batch
+        with none over the limit costs no statement here."""
         limit = self._s.processing.max_attempts
+        over = [message_id for message_id, attempts in claimed if attempts > limit]
+        if not over:
+            return [message_id for message_id, _ in claimed]
         async with self._db.read() as conn:
             rows = (
                 await conn.execute(
                     select(*_CLAIMED)
                     .join(referrals, referrals.c.message_id == messages.c.id)
-                    .where(messages.c.id.in_(ids), messages.c.attempts > limit)
+                    .where(messages.c.id.in_(over))
                 )
             ).all()
         exhausted = [Claimed(**row._mapping) for row in rows]
@@ -118,7 +125,7 @@ class Processor:
             why = f"gave up after {limit} attempts that did not finish"
             await self._writer.fail(message, now, "process", why, final=True)
         gone = {message.message_id for message in exhausted}
-        return [message_id for message_id in ids if message_id not in gone]
+        return [message_id for message_id, _ in claimed if message_id not in gone]
 
     async def _load(self, ids: list[str]) -> tuple[list[Loaded], list[Claimed]]:
         """The claimed rows; any that cannot even be read come back apart (id columns only), so
