@@ -76,6 +76,9 @@ _INFO = frozenset(
         # On the earlier referral: its signed content was received again, as a repeat (any state:
         # a replay may come after it was acknowledged or closed).
         "received_again",
+        # Linked history (gateway.history.concern): this referral made several about one child add
+        # up to a cumulative concern; its managers and the coordinators were alerted.
+        "cumulative_concern",
     }
 )
 
