@@ -42,6 +42,7 @@ REQUIRED_TEMPLATES = (
     "email/quarantine_alert.txt",
     "email/alert_secure.txt",
     "email/acknowledged_by.txt",
+    "email/concern_alert.txt",
     "sms/alert.txt",
     "sms/ack_told.txt",
     "sms/ack_notice.txt",
