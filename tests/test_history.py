@@ -141,6 +141,7 @@ async def test_earlier_referrals_by_index_say_what_matched(
     assert earlier_table(await page(client, f"/referrals/{await rid(gateway, other)}")) == {}  # another child
 
 
+@both_databases
 async def test_reindex_builds_the_index_and_a_replaced_key_is_rebuilt(
     browser: Browser, gateway: Gateway, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -188,6 +189,7 @@ async def test_reindex_builds_the_index_and_a_replaced_key_is_rebuilt(
 # --- cumulative concern --------------------------------------------------------------------------
 
 
+@both_databases
 async def test_three_below_urgent_from_two_organisations_alert_managers_and_coordinators(
     browser: Browser, gateway: Gateway, clock: FakeClock, home: Path
 ) -> None:
