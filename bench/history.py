@@ -122,7 +122,8 @@ async def store(database: db.Database, sealed: Sealed, hasher: Hasher, kids: lis
                     "content": sealed.seal_content(referral_id, Content(referral, None)),
                 }
             )
-            index_rows += index.rows(hasher, referral_id, at, child, referral.referrer.organisation)
+            digests = hasher.digests(child).items()
+            index_rows += index.rows(hasher, referral_id, at, digests, referral.referrer.organisation)
             ids.append(referral_id)
         async with database.write() as conn:
             await conn.execute(messages.insert(), message_rows)

@@ -22,7 +22,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.core.db import Database
-from gateway.core.model import Child
 from gateway.core.schema import child_index, child_index_builds, events, referrals
 from gateway.core.sealed import Sealed
 from gateway.core.transitions import lock
@@ -34,9 +33,13 @@ REBUILD_BATCH = 500  # referrals opened and indexed per write transaction
 
 
 def rows(
-    hasher: Hasher, referral_id: str, received_at: datetime, child: Child, organisation: str | None
+    hasher: Hasher,
+    referral_id: str,
+    received_at: datetime,
+    digests: Iterable[tuple[str, str]],
+    organisation: str | None,
 ) -> list[dict[str, object]]:
-    """The index rows of one referral: one per kind of identifier its child's details give."""
+    """The index rows of one referral: one per (kind, digest) its child's details gave."""
     org = hasher.organisation(organisation)
     return [
         {
@@ -47,7 +50,7 @@ def rows(
             "organisation": org,
             "key_id": hasher.key_id,
         }
-        for kind, digest in sorted(hasher.digests(child).items())
+        for kind, digest in sorted(digests)
     ]
 
 
@@ -175,7 +178,7 @@ async def _rebuild_batch(db: Database, sealed: Sealed, hasher: Hasher, after: st
         for row in found:
             referral = sealed.content(row.id, row.content).referral
             organisation = partners.get(row.id) or referral.referrer.organisation
-            new += rows(hasher, row.id, row.received_at, referral.child, organisation)
+            new += rows(hasher, row.id, row.received_at, hasher.digests(referral.child).items(), organisation)
         await conn.execute(
             delete(child_index).where(child_index.c.referral_id.in_(ids), child_index.c.key_id != hasher.key_id)
         )

@@ -48,18 +48,8 @@ class ConcernWriter:
         )
         rows: list[dict[str, object]] = []
         for prep in routed:
-            org = self._hasher.organisation(prep.organisation)
-            for kind, digest in prep.child_digests:
-                rows.append(
-                    {
-                        "kind": kind,
-                        "digest": digest,
-                        "referral_id": prep.message.referral_id,
-                        "received_at": prep.message.received_at,
-                        "organisation": org,
-                        "key_id": self._hasher.key_id,
-                    }
-                )
+            m = prep.message
+            rows += index.rows(self._hasher, m.referral_id, m.received_at, prep.child_digests, prep.organisation)
         await index.insert(conn, rows)
         events: dict[str, list[audit.Event]] = {}
         outgoing: list[tuple[str, Outgoing]] = []
