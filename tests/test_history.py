@@ -14,15 +14,26 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select
 
+from gateway import config as config_mod
 from gateway.app import SHARED_KEYS, Gateway
 from gateway.cli.main import main
+from gateway.config import ConfigError
 from gateway.core.clock import FakeClock
 from gateway.core.model import Child
 from gateway.core.schema import child_index, child_index_builds, deliveries, events, referrals
-from gateway.history import keys
+from gateway.history import concern, keys
 from gateway.history.keys import KEY_FILE, Hasher
 from gateway.report.timeline import timeline
-from tests.conftest import COMPLETE_BODY, both_databases, maildir_messages, make_message, smtp_send, valid_nhs
+from tests.conftest import (
+    COMPLETE_BODY,
+    START,
+    both_databases,
+    maildir_messages,
+    make_message,
+    smtp_send,
+    valid_nhs,
+    write_config,
+)
 from tests.test_dashboard import Browser, page, signed_in
 from tests.test_dashboard import accounts as accounts  # the fixtures: staff and a browser on the app
 from tests.test_dashboard import browser as browser
@@ -258,3 +269,37 @@ async def test_no_concern_from_one_organisation_an_urgent_one_or_outside_the_win
     assert concern_alerts(home, MANAGER) == [] and concern_alerts(home, COORDINATOR) == []
     async with gateway.engine.connect() as conn:
         assert (await conn.execute(select(events).where(events.c.kind == "cumulative_concern"))).all() == []
+
+
+def test_concern_config_is_checked(home: Path) -> None:
+    for extra, words in (
+        ('[concern]\nwindow = "30m"\n', ("concern.window", "use days, like '30d'")),
+        ("[concern]\nreferrals = 2\norganisations = 3\n", ("concern", "make organisations at most referrals")),
+        ("[concern]\nreferrals = 1\n", ("concern.referrals", "2")),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            config_mod.load(write_config(home, extra))
+        text = str(caught.value.issues[0])
+        assert all(w in text for w in words), text
+    assert config_mod.load(write_config(home)).settings.concern.window == timedelta(days=30)
+
+
+def test_what_counts_towards_a_concern() -> None:
+    rule = concern.Rule(timedelta(days=30), referrals=3, organisations=2)
+    at = START
+    trust, health = "t" * 64, "h" * 64
+
+    def member(n: int, urgency: str | None = "standard", org: str | None = trust) -> concern.Member:
+        return concern.Member(f"{n:032x}", f"REF{n}", at + timedelta(days=n), urgency, org)
+
+    new = member(3, org=health)
+    found = concern.decide(new, [member(1), member(2)], rule)
+    assert found is not None and found.members[-1] == new and found.organisations == 2
+    assert found.detail()["linked"] == ["REF1", "REF2"] and found.detail()["window"] == "30 days"
+    assert concern.decide(new, [member(1)], rule) is None  # two referrals
+    assert concern.decide(member(3), [member(1), member(2)], rule) is None  # one organisation
+    # An organisation not known counts as a referral, never as another organisation.
+    assert concern.decide(new, [member(1), member(2, org=None)], rule) is not None
+    assert concern.decide(new, [member(1, org=None), member(2, org=None)], rule) is None
+    assert concern.decide(new, [member(1, "urgent"), member(2)], rule) is None  # escalated on its own
+    assert concern.decide(new, [member(1, None), member(2)], rule) is None  # no urgency: treated as immediate
