@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -90,21 +90,20 @@ async def matches(
     """Referrals other than `exclude` received in [since, until] with a digest in `digests`."""
     if not digests:
         return {}
+    # One statement, an OR of (kind, digest) pairs: each is a range of the primary key, so both
+    # databases read only the matching rows (SQLite's OR optimisation, PostgreSQL's bitmap OR).
+    wanted = [
+        and_(child_index.c.kind == kind, child_index.c.digest == digests[kind]) for kind in KINDS if kind in digests
+    ]
+    query = select(
+        child_index.c.kind, child_index.c.referral_id, child_index.c.received_at, child_index.c.organisation
+    ).where(or_(*wanted), child_index.c.referral_id != exclude, child_index.c.received_at <= until)
+    if since is not None:
+        query = query.where(child_index.c.received_at >= since)
     found: dict[str, Match] = {}
-    for kind in KINDS:  # one indexed look-up per kind: (kind, digest) is the primary key's start
-        if kind not in digests:
-            continue
-        query = select(child_index.c.referral_id, child_index.c.received_at, child_index.c.organisation).where(
-            child_index.c.kind == kind,
-            child_index.c.digest == digests[kind],
-            child_index.c.referral_id != exclude,
-            child_index.c.received_at <= until,
-        )
-        if since is not None:
-            query = query.where(child_index.c.received_at >= since)
-        for row in await conn.execute(query):
-            match = found.setdefault(row.referral_id, Match(row.referral_id, row.received_at, row.organisation))
-            match.kinds.add(kind)
+    for row in await conn.execute(query):
+        match = found.setdefault(row.referral_id, Match(row.referral_id, row.received_at, row.organisation))
+        match.kinds.add(row.kind)
     return found
 
 
