@@ -121,9 +121,8 @@ def describe(
         case "handed_over" if "to" in detail:
             due = datetime.fromisoformat(str(detail["due_at"])) if detail.get("due_at") else None
             alerted = ", ".join(texts(detail, "alerted")) or "nobody"
-            return (
-                f"Handed to {settings.team_name(str(detail['to']))} at office close; alerted {alerted}"
-                + (f"; to be acknowledged by {uk_time(due)}" if due else "")
+            return f"Handed to {settings.team_name(str(detail['to']))} at office close; alerted {alerted}" + (
+                f"; to be acknowledged by {uk_time(due)}" if due else ""
             )
         case "handed_over":
             return f"Not handed over at office close: {detail.get('stopped', '?')}"
