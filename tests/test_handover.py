@@ -20,6 +20,7 @@ from gateway import config as config_mod
 from gateway.app import Gateway
 from gateway.core.clock import FakeClock
 from gateway.core.schema import deadlines, deliveries, events
+from gateway.report import undelivered as report
 from gateway.report.timeline import timeline
 from tests.conftest import (
     both_databases,
@@ -38,6 +39,7 @@ pytestmark = both_databases
 REFERRER = "ann.example@nhs.example"
 MASH_PHONE = "020 7946 0001"
 EDT = "edt@demo-council.example"
+DEV = "dev.malik@demo-council.example"  # MASH manager
 GUS = ("gus.lindqvist@demo-council.example", "+447700900106")  # EDT day shift, 08:00-20:00
 CHILD_DATA = ("Sam Testchild", "W1A", "Example Street", "Zebra-crossing", valid_nhs(), "03/04/2021")
 URGENT_DUE = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)  # MASH: 4 working hours from 10:00 on a Wednesday
@@ -206,13 +208,21 @@ async def test_an_urgent_referral_at_1655_on_christmas_eve_goes_to_the_edt_at_17
     words = [e.what for e in await timeline(gateway.db, gateway.config.settings, row.id, {})]
     assert any(w.startswith("Handed to Emergency Duty Team at office close; alerted ") for w in words), words
 
-    # Missed at 18:00: overdue then, with the referrer's follow-up, and only once.
+    # Missed at 18:00: overdue then, with the referrer's follow-up, and only once; and the chain's
+    # next step (MASH's managers), which waited for the 29 December deadline, comes forward to it.
     clock.set(close + timedelta(hours=1))
-    await gateway.fire_deadlines()
+    assert await gateway.fire_deadlines() == 2
     await gateway.deliver_all()
     kinds = await kinds_of(gateway, row.id)
     assert kinds.count("overdue") == 1 and kinds.count("referrer_followed_up") == 1
     assert len(follow_ups(home)) == 1
+    (reminder,) = maildir_messages(home, DEV)
+    assert reference in str(reminder["Subject"])
+    (late,) = await report.undelivered(gateway.engine, gateway.config.settings, clock.now())
+    assert late.reference == reference
+    assert late.reason.startswith(
+        "not acknowledged within 1 hour of the hand-over to Emergency Duty Team at office close"
+    )
     clock.set(datetime(2026, 12, 29, 13, 0, tzinfo=UTC))
     await gateway.fire_deadlines()
     assert (await kinds_of(gateway, row.id)).count("overdue") == 1  # the 29 December deadline is gone

@@ -238,7 +238,21 @@ class Deadlines:
 
     async def _move_deadline(self, conn: AsyncConnection, referral_id: str, due: datetime, now: datetime) -> None:
         """The acknowledgement deadline comes forward: the unfired ack row is replaced by one at
-        `due` (a deadline already missed stays missed, and is not moved)."""
+        `due` (a deadline already missed stays missed, and is not moved), and escalation steps due
+        after it come forward to it: a step that waits for the deadline, or for working time in an
+        office now closed, would otherwise leave a referral the out-of-hours team missed unchased
+        until the office reopens."""
+        await conn.execute(
+            update(deadlines)
+            .where(
+                deadlines.c.referral_id == referral_id,
+                deadlines.c.kind == "step",
+                deadlines.c.fired_at.is_(None),
+                deadlines.c.cancelled_at.is_(None),
+                deadlines.c.due_at > due,
+            )
+            .values(due_at=due)
+        )
         cancelled = await conn.execute(
             update(deadlines)
             .where(
