@@ -9,6 +9,7 @@ the SMS spool and the durable rows; time moves only by the FakeClock.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -127,6 +128,24 @@ async def test_the_referrer_is_told_once_when_the_deadline_is_missed_also_after_
         assert len(follow_ups(home)) == 1
     finally:
         await again.stop()
+
+
+async def test_two_instances_firing_the_same_deadline_tell_the_referrer_once(
+    gateway: Gateway, home: Path, clock: FakeClock
+) -> None:
+    reference = await send_referral(gateway, "f4", urgency="urgent")
+    await gateway.process_all()
+    other = Gateway(config_mod.load(home / "config" / "gateway.toml"), clock=clock, workers=False)
+    await other.start()
+    try:
+        clock.set(URGENT_DUE)
+        await asyncio.gather(gateway.fire_deadlines(), other.fire_deadlines())
+        await asyncio.gather(gateway.deliver_all(), other.deliver_all())
+        rid = (await referral_row(gateway, reference)).id
+        assert (await kinds_of(gateway, rid)).count("referrer_followed_up") == 1
+        assert await deliveries_of(gateway, rid, "follow_up") == 1 and len(follow_ups(home)) == 1
+    finally:
+        await other.stop()
 
 
 async def test_nobody_is_told_when_no_receipt_went_out(gateway: Gateway, home: Path, clock: FakeClock) -> None:
