@@ -35,6 +35,7 @@ from gateway.config.sections import (
     PathsSection,
     ProcessingSection,
     Professional,
+    ReferrerSection,
     RetentionSection,
     RotationSection,
     SecuritySection,
@@ -58,6 +59,7 @@ class Settings(Strict):
     processing: ProcessingSection = ProcessingSection()
     deadlines: DeadlinesSection = DeadlinesSection()
     ack: AckSection = AckSection()
+    referrer: ReferrerSection = ReferrerSection()
     retention: RetentionSection = RetentionSection()
     teams: tuple[Team, ...] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)
