@@ -230,8 +230,9 @@ class Gateway:
         if s.sms.provider == "twilio":
             self.sms_transport = TwilioTransport(s.sms, token, f"{s.http.public_url}/sms/status")
         self.outbox = Outbox(cfg, self.db, sealed, self.transport, self.clock, self.owner, self.sms_transport)
-        self.tracker = Tracker(cfg, self.db, sealed, composer, self.clock, Referrers(sealed, composer, protector))
-        self.deadlines = Deadlines(s, self.db, sealed, self.clock, dispatcher, self.counters)
+        referrers = Referrers(sealed, composer, protector)
+        self.tracker = Tracker(cfg, self.db, sealed, composer, self.clock, referrers)
+        self.deadlines = Deadlines(s, self.db, sealed, self.clock, dispatcher, self.counters, referrers)
         self.reconciler = SmsReconciler(s, self.db, self.sms_transport, self.clock) if self.sms_transport else None
         self.digest = DigestMaker(cfg, self.db, sealed, composer, protector, self.identity, self.clock, self.owner)
 

@@ -27,6 +27,7 @@ from gateway.open.mimebytes import MimeError
 from gateway.parse.referral import parse_email, parse_json, parse_text
 from gateway.report import undelivered as report
 from gateway.route.coverage import calendar_warnings, gaps
+from gateway.route.deadline_reach import long_deadlines
 from gateway.route.explain import explain
 from gateway.route.rules import Facts
 from gateway.track.verify import verify
@@ -146,6 +147,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     start = _at(args.start) if args.start else SystemClock().now()
     for warning in calendar_warnings(s, start):
         print(f"warning: {warning}")
+    for long in long_deadlines(s, start):
+        print(f"warning: {long.text()}")
     found = gaps(s, start, args.days)
     for gap in found:
         for line in gap.lines():

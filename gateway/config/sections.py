@@ -202,12 +202,23 @@ class DeadlinesSection(Strict):
     immediate: Deadline = parse_deadline("15m")
     urgent: Deadline = parse_deadline("1h")
     standard: Deadline = parse_deadline("24h")
+    # check-config warns when a deadline can take longer than this in clock hours for a referral
+    # received in the next 28 days (a working-time deadline over a bank holiday weekend); unset: no check.
+    warn_clock_hours: int | None = Field(default=None, ge=1, le=24 * 28)
 
     def for_urgency(self, urgency: Urgency | str | None) -> DeadlineRule:
         # A referral whose urgency is missing is treated as the most urgent: guessing low is
         # the mistake that costs a child; guessing high costs a duty worker a minute.
         level = Urgency(urgency) if urgency else Urgency.IMMEDIATE
         return {Urgency.IMMEDIATE: self.immediate, Urgency.URGENT: self.urgent, Urgency.STANDARD: self.standard}[level]
+
+
+class ReferrerSection(Strict):
+    """What the referrer is told beyond the receipt, acknowledgement and outcome."""
+
+    # When a referral misses its first acknowledgement deadline, tell the referrer once that no
+    # named worker has it yet and which number to call (gateway.track.follow_up).
+    follow_up: bool = True
 
 
 class AckSection(Strict):

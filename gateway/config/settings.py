@@ -36,6 +36,7 @@ from gateway.config.sections import (
     PathsSection,
     ProcessingSection,
     Professional,
+    ReferrerSection,
     RetentionSection,
     RotationSection,
     SecuritySection,
@@ -59,6 +60,7 @@ class Settings(Strict):
     processing: ProcessingSection = ProcessingSection()
     deadlines: DeadlinesSection = DeadlinesSection()
     ack: AckSection = AckSection()
+    referrer: ReferrerSection = ReferrerSection()
     retention: RetentionSection = RetentionSection()
     concern: ConcernSection = ConcernSection()
     teams: tuple[Team, ...] = Field(min_length=1)

@@ -178,7 +178,8 @@ deadlines = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
-    # ack: the acknowledgement deadline (overdue when missed); step: an escalation step falls due
+    # ack: the acknowledgement deadline (overdue when missed); step: an escalation step falls due;
+    # handover: the office closes and the referral goes to the out-of-hours team (gateway.route.handover)
     Column("kind", String(16), nullable=False),
     Column("due_at", UTCDateTime, nullable=False),
     Column("fired_at", UTCDateTime),

@@ -57,6 +57,7 @@ _DELIVERY_WORDS = {
     "quarantine": "quarantine alert",
     "concern": "cumulative concern alert",
     "outcome_notice": "outcome notice to the referrer",
+    "follow_up": "follow-up notice to the referrer",
 }
 
 
@@ -119,6 +120,16 @@ def describe(
             return f"Escalation: {detail.get('stopped') or detail.get('failed') or 'no step'}"
         case "overdue":
             return "Not acknowledged by its deadline"
+        case "handed_over" if "to" in detail:
+            due = datetime.fromisoformat(str(detail["due_at"])) if detail.get("due_at") else None
+            alerted = ", ".join(texts(detail, "alerted")) or "nobody"
+            return f"Handed to {settings.team_name(str(detail['to']))} at office close; alerted {alerted}" + (
+                f"; to be acknowledged by {uk_time(due)}" if due else ""
+            )
+        case "handed_over":
+            return f"Not handed over at office close: {detail.get('stopped', '?')}"
+        case "referrer_followed_up":
+            return "The referrer was told it has not yet been picked up, and which number to call"
         case "acknowledged":
             return f"Acknowledged by {by}" + (f" ({detail['via']})" if detail.get("via") else "")
         case "closed":
