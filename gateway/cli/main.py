@@ -43,6 +43,7 @@ REQUIRED_TEMPLATES = (
     "email/quarantine_alert.txt",
     "email/alert_secure.txt",
     "email/acknowledged_by.txt",
+    "email/concern_alert.txt",
     "sms/alert.txt",
     "sms/ack_told.txt",
     "sms/ack_notice.txt",
@@ -258,9 +259,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=report.FORMATS, default="table")
     p.set_defaults(func=cmd_report)
     command("verify", "check that every accepted referral is tracked").set_defaults(func=cmd_verify)
-    # `backup`, `restore`, `purge`, `hold`, `keys ...`, `users ...`: their own modules
+    # `backup`, `restore`, `purge`, `hold`, `reindex`, `keys ...`, `users ...`: their own modules
     from gateway.cli import backup as backup_cli
     from gateway.cli import keys as keys_cli
+    from gateway.cli import reindex as reindex_cli
     from gateway.cli import retention as retention_cli
     from gateway.cli import users as users_cli
 
@@ -268,6 +270,7 @@ def parser() -> argparse.ArgumentParser:
     users_cli.register(sub, DEFAULT_CONFIG)
     backup_cli.register(sub, DEFAULT_CONFIG)
     retention_cli.register(sub, DEFAULT_CONFIG)
+    reindex_cli.register(sub, DEFAULT_CONFIG)
     return top
 
 

@@ -23,6 +23,7 @@ from gateway.config.monitoring import HealthSection, LoggingSection, MetricsSect
 from gateway.config.sections import (
     AckSection,
     BackupSection,
+    ConcernSection,
     DatabaseSection,
     DeadlinesSection,
     DigestSection,
@@ -61,6 +62,7 @@ class Settings(Strict):
     ack: AckSection = AckSection()
     referrer: ReferrerSection = ReferrerSection()
     retention: RetentionSection = RetentionSection()
+    concern: ConcernSection = ConcernSection()
     teams: tuple[Team, ...] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)
     security: SecuritySection = SecuritySection()

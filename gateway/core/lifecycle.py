@@ -80,6 +80,9 @@ _INFO = frozenset(
         # referrer told once that nobody named has it yet. The referral is still not acknowledged.
         "handed_over",
         "referrer_followed_up",
+        # Linked history (gateway.history.concern): this referral made several about one child add
+        # up to a cumulative concern; its managers and the coordinators were alerted.
+        "cumulative_concern",
     }
 )
 

@@ -24,6 +24,7 @@ from gateway.core.transitions import transition, transitions
 from gateway.outbox.compose import Composer, Outgoing, QuarantineFacts
 from gateway.outbox.enqueue import Row, outbox_row, queue_outgoing, queued_events
 from gateway.pipeline import repeats
+from gateway.pipeline.concern import ConcernWriter
 from gateway.pipeline.sender import Sender, sender_of
 from gateway.pipeline.work import Claimed, Prepared
 from gateway.route import handover
@@ -39,8 +40,11 @@ class LeaseLost(Exception):
 
 
 class BatchWriter:
-    def __init__(self, settings: Settings, db: Database, sealed: Sealed, composer: Composer, owner: str) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, sealed: Sealed, composer: Composer, owner: str, concerns: ConcernWriter
+    ) -> None:
         self._s = settings
+        self._concerns = concerns
         self._db = db
         self._sealed = sealed
         self._composer = composer
@@ -134,6 +138,14 @@ class BatchWriter:
                 due.append(prep.next_step.row(referral_id))
             if (close := self._hand_over_at(prep)) is not None:
                 due.append({"referral_id": referral_id, "kind": "handover", "due_at": close} | no_step)
+        # The child index rows with the content they index (one transaction: never one without the
+        # other), then any cumulative concern they complete, with its alerts.
+        raised, alerts = await self._concerns.write(conn, batch, now, self._actor)
+        for referral_id, more in raised.items():
+            rows = [outbox_row(out, rid, self._sealed, now) for rid, out in alerts if rid == referral_id]
+            outbox += rows
+            queued = queued_events(referral_id, rows, now, self._actor)
+            events[referral_id] = [*events.get(referral_id, []), *more, *queued]
         if outbox:
             await conn.execute(deliveries.insert(), outbox)
         if due:

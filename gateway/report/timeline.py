@@ -15,6 +15,7 @@ from gateway.core.clock import uk_time
 from gateway.core.db import Database
 from gateway.core.model import OUTCOMES
 from gateway.core.schema import deliveries, events
+from gateway.history.concern import text as concern_text
 from gateway.report.holds import REASONS
 from gateway.report.retention import period_in_words
 
@@ -54,6 +55,7 @@ _DELIVERY_WORDS = {
     "ack_told": "stand-down notice",
     "notice": "notice to the sender",
     "quarantine": "quarantine alert",
+    "concern": "cumulative concern alert",
     "outcome_notice": "outcome notice to the referrer",
     "follow_up": "follow-up notice to the referrer",
 }
@@ -160,6 +162,14 @@ def describe(
             return f"Legal hold set by {by}: {REASONS.get(str(detail.get('reason')), 'reason not recorded')}{matter}"
         case "legal_hold_lifted":
             return f"Legal hold lifted by {by}"
+        case "cumulative_concern":
+            told = (
+                f"; {detail['alerted']} manager(s) and coordinator(s) alerted"
+                if detail.get("alerted")
+                else "; nobody had an email address to alert"
+            )
+            words = concern_text(detail)
+            return words[:1].upper() + words[1:] + told
         case "purged":
             period = period_in_words(str(detail.get("closed_after", "?")))
             return f"Content removed under the retention policy (closed more than {period})"
