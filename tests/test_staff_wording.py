@@ -133,6 +133,51 @@ async def test_a_message_too_deep_to_list_still_shows_its_sender_and_text(gatewa
     assert "Envelope sender (SMTP MAIL FROM)" in words and "Its readable text" in words
 
 
+PDF_ONLY = (
+    f"From: Ann Example <{SENDER}>\r\nTo: {REFERRAL_ADDRESS}\r\nSubject: referral attached\r\n"
+    'Message-ID: <pdf-1@nhs.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+    '--B\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename="referral.pdf"\r\n'
+    "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJcfsj6IK\r\n--B--\r\n"
+).encode()
+NO_BOUNDARY = (
+    f"From: Ann Example <{SENDER}>\r\nTo: {REFERRAL_ADDRESS}\r\nSubject: scanned\r\n"
+    'Message-ID: <nob-1@nhs.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="nope"\r\n\r\n'
+    "Worried about a child, please phone me.\r\n--wrong\r\n"
+).encode()
+
+
+async def test_an_email_with_nothing_read_as_a_referral_shows_what_was_sent(gateway: Gateway, browser: Browser) -> None:
+    """Garbage MIME, or a form sent only as a PDF: read, routed to triage as incomplete, and on its
+    page every field said "Not given", with neither the sender nor what came."""
+    refs = []
+    for raw in (PDF_ONLY, NO_BOUNDARY):
+        code, reply = await smtp_send(gateway.smtp_port, raw, sender=SENDER)
+        assert code == 250, reply
+        refs.append(reply.split()[-1])
+    await gateway.process_all()
+    await gateway.deliver_all()
+    client = await signed_in(browser, "triage.worker")
+    pdf, no_boundary = [await referral_id(gateway, ref) for ref in refs]
+    words = text_of(await page(client, f"/referrals/{pdf}"))
+    content = words.split("Content", 1)[1].split("Earlier referrals")[0]
+    assert "Not given" not in content
+    assert "The referral could not be read: no field of the referral form and no text were found in it" in content
+    assert "It went to Front door triage team as an incomplete referral" in content
+    assert f"Envelope sender (SMTP MAIL FROM) {SENDER}" in content and "Subject referral attached" in content
+    assert "1 application/pdf referral.pdf 15" in content  # in the parts...
+    assert "Attachments referral.pdf ( application/pdf , 15 bytes)" in content  # ...and openable
+    assert "Urgency Not given \N{EM DASH} treated as immediate" in words  # it was routed, so it was
+    assert (await client.get(f"/referrals/{pdf}/raw")).status == 200
+    words = text_of(await page(client, f"/referrals/{no_boundary}"))
+    assert "Worried about a child, please phone me." in words.split("Its readable text")[1]
+    # A note with text is read (its details), so its page shows the fields as usual.
+    code, reply = await smtp_send(gateway.smtp_port, make_message(INCOMPLETE, message_id="<inc-2@nhs.example>"))
+    await gateway.process_all()
+    note = await referral_id(gateway, reply.split()[-1])
+    assert "could not be read" not in await page(client, f"/referrals/{note}")
+    assert (await client.get(f"/referrals/{note}/raw", allow_redirects=False)).status == 403
+
+
 async def test_dashboard_words_a_new_duty_worker_reads(gateway: Gateway, browser: Browser, clock: FakeClock) -> None:
     code, reply = await smtp_send(gateway.smtp_port, make_message(INCOMPLETE, message_id="<inc-1@nhs.example>"))
     assert code == 250

@@ -27,7 +27,9 @@ PART_LIMIT = 200  # parts listed; a message with more is described as "and N mor
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # Parts whose bytes are text a person can read: text/*, and the ASCII armour of OpenPGP and
 # S/MIME (showing it tells the reader "this is encrypted" at a glance; it is not plaintext).
-_READABLE = re.compile(r"^text/|^application/(pgp-encrypted|pgp-signature|pgp-keys)$")
+# A leaf that claims to be multipart/* or message/* is one the parser could not split (a missing
+# or wrong boundary): its body is the sender's text as it came.
+_READABLE = re.compile(r"^text/|^multipart/|^message/|^application/(pgp-encrypted|pgp-signature|pgp-keys)$")
 _ARMOUR = re.compile(rb"-----BEGIN PGP [A-Z ]+-----")
 
 

@@ -163,8 +163,8 @@ class DashboardPages:
         await data.record(self._db, row.id, user, now, "viewed")
         log.info("dashboard: user %s viewed referral %s", user.id, row.reference)
         content = data.open_content(self._sealed, row.id, row.content)
-        unread = await unreadable(self._db, self._sealed, row)
-        if unread is None:
+        unread = await unreadable(self._db, self._sealed, row, content)
+        if unread is None or not unread.quarantined:
             files, files_note = await data.attachments(self._db, self._sealed, self._identity, row)
         else:  # its parts are listed under "What was sent": none could be opened as a file
             files, files_note = (), "None could be opened: the parts of the message are listed above."
@@ -228,10 +228,11 @@ class DashboardPages:
 
     async def raw(self, request: web.Request, user: User) -> web.StreamResponse:
         """The stored message of a referral that could not be read, as it came, for a person to
-        open in a mail client or pass on. Only for a quarantined referral: a readable one's
+        open in a mail client or pass on. Only for one that could not be read: a readable one's
         content is on its page. Audited before it is sent, like every view of content."""
         row = await self._visible(request, user)
-        if row is None or row.state != State.QUARANTINED:
+        content = data.open_content(self._sealed, row.id, row.content) if row is not None else None
+        if row is None or await unreadable(self._db, self._sealed, row, content) is None:
             return await self._forbidden(request, user)
         raw = await raw_message(self._db, self._sealed, row)
         if raw is None:
