@@ -42,6 +42,7 @@ from gateway.open.identity import Identity
 from gateway.outbox.compose import triage_team
 from gateway.outbox.tokens import AckSigner
 from gateway.report import holds
+from gateway.report.plain_words import state_words
 from gateway.report.timeline import timeline
 from gateway.staff.users import Role, User, Users
 from gateway.track.acks import Tracker
@@ -257,7 +258,9 @@ class DashboardPages:
         if row is None or user.role is Role.ADMIN:
             return await self._forbidden(request, user)
         if row.state not in data.ACKNOWLEDGEABLE:
-            return await self._again(request, user, "This referral cannot be acknowledged now: it is " + row.state)
+            return await self._again(
+                request, user, f"This referral cannot be acknowledged now. Its state: {state_words(row.state)}."
+            )
         try:
             await self._tracker.acknowledge(
                 row.id, self._signer.recipient_hash("user:" + user.id), user.display_name, via="dashboard"
