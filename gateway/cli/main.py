@@ -205,7 +205,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     async def undelivered(engine: AsyncEngine) -> str:
         rows = await report.undelivered(engine, cfg.settings, SystemClock().now())
-        return report.render(rows, args.format)
+        return report.render(rows, args.format, wide=args.wide)
 
     print(with_engine(cfg, undelivered), end="")
     return 0
@@ -257,6 +257,9 @@ def parser() -> argparse.ArgumentParser:
     p = command("report", "reports for coordinators")
     p.add_argument("which", choices=["undelivered"])
     p.add_argument("--format", choices=report.FORMATS, default="table")
+    p.add_argument(
+        "--wide", action="store_true", help="a table: one line per item with every column in full (else 100 columns)"
+    )
     p.set_defaults(func=cmd_report)
     command("verify", "check that every accepted referral is tracked").set_defaults(func=cmd_verify)
     # `backup`, `restore`, `purge`, `hold`, `reindex`, `keys ...`, `users ...`: their own modules

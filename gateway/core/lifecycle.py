@@ -67,6 +67,8 @@ _INFO = frozenset(
         # attachment. Every view of content is audited, in any state.
         "viewed",
         "attachment_opened",
+        # The stored message of a referral that could not be read, downloaded (gateway.web.unreadable).
+        "raw_message_opened",
         # Retention (gateway.report.retention): a coordinator set or lifted a legal hold, and the
         # content of a closed referral was removed. Only a closed referral is purged, but a hold may
         # be set in any state (it is known before the referral is closed).

@@ -81,6 +81,15 @@ def raw_header(part: Message, name: str) -> str | None:
     return None
 
 
+def decoded_header(part: Message, name: str) -> str | None:
+    """The first `name` header as a person reads it: RFC 2047 words decoded (a Subject, a From
+    display name); the raw value when the modern parser cannot read it."""
+    value = raw_header(part, name)
+    if value is None:
+        return None
+    return _safe(lambda: str(_HEADERS.header_factory(name, value)), value)
+
+
 def _structured(part: Message, name: str) -> ParameterizedMIMEHeader | None:
     value = raw_header(part, name)
     if value is None:

@@ -18,6 +18,7 @@ from gateway.core.schema import deliveries, events
 from gateway.history.concern import text as concern_text
 from gateway.report.holds import REASONS
 from gateway.report.retention import period_in_words
+from gateway.report.timeline_steps import group
 
 Detail = Mapping[str, object]  # an event's detail, as json.loads gives it back
 
@@ -45,6 +46,7 @@ class Sent:
 class Entry:
     at: datetime
     what: str
+    details: tuple[str, ...] = ()  # the lines an alert step's line stands for (timeline_steps)
 
 
 _DELIVERY_WORDS = {
@@ -138,6 +140,8 @@ def describe(
             return f"Viewed by {by}"
         case "attachment_opened":
             return f"Attachment {detail.get('index', '?')} opened by {by}"
+        case "raw_message_opened":
+            return f"The message as it was sent downloaded by {by}"
         case "quarantined":
             text = f"Quarantined at stage {detail.get('stage', '?')}: {detail.get('reason', '?')}"
             sender = detail.get("sender")  # absent on quarantines recorded before senders were always considered
@@ -189,4 +193,9 @@ async def timeline(db: Database, settings: Settings, referral_id: str, names: Ma
                 )
             )
         }
-    return [Entry(r.at, describe(r.kind, r.actor, json.loads(r.detail), settings, names, sent)) for r in rows]
+    lines = []
+    for r in rows:
+        detail = json.loads(r.detail)
+        lines.append((r.at, r.kind, detail, describe(r.kind, r.actor, detail, settings, names, sent)))
+    grouped = group(lines, {delivery_id: s.channel for delivery_id, s in sent.items()})
+    return [Entry(g.at, g.what, tuple(g.details)) for g in grouped]

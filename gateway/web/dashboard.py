@@ -1,7 +1,8 @@
 """The staff web pages: the duty dashboard, a referral, acknowledge and close (signing in and out
 is gateway.web.sign_in_pages').
 
-GET /dashboard, GET /referrals/{id}, GET /referrals/{id}/attachments/{n},
+GET /dashboard, GET /referrals/{id}, GET /referrals/{id}/attachments/{n}, GET /referrals/{id}/raw
+(the stored message of one that could not be read, gateway.web.unreadable),
 POST /referrals/{id}/acknowledge, POST /referrals/{id}/close, POST /referrals/{id}/hold and
 POST /referrals/{id}/hold/lift (coordinators: a legal hold, gateway.report.holds).
 
@@ -14,8 +15,8 @@ Decisions, each for a reason:
   takes no "next" parameter (no open redirect, nothing to leak).
 - A referral the user may not see and one that does not exist get the same 403 page: the answer
   does not tell a duty worker that a referral exists in another team.
-- Every view of content is an audited event ("viewed", "attachment_opened"), written before the
-  content is sent: if the audit cannot be written the content is not shown.
+- Every view of content is an audited event ("viewed", "attachment_opened", "raw_message_opened"),
+  written before the content is sent: if the audit cannot be written the content is not shown.
 - Every value from a referral is escaped by Jinja's autoescape and wrapped in <bdi>, so a
   right-to-left override in a name cannot reorder the words around it.
 - The pages reuse the public form's layout (templates/web/form/base.html) and Jinja environment,
@@ -42,6 +43,7 @@ from gateway.open.identity import Identity
 from gateway.outbox.compose import triage_team
 from gateway.outbox.tokens import AckSigner
 from gateway.report import holds
+from gateway.report.plain_words import state_words
 from gateway.report.timeline import timeline
 from gateway.staff.users import Role, User, Users
 from gateway.track.acks import Tracker
@@ -50,6 +52,7 @@ from gateway.web import dashboard_data as data
 from gateway.web.headers import page_headers
 from gateway.web.session import WebSessions, require_csrf
 from gateway.web.templates import StaffPages
+from gateway.web.unreadable import raw_message, unreadable
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,7 @@ class DashboardPages:
         app.router.add_get("/dashboard", self._signed_in(self.dashboard))
         app.router.add_get("/referrals/{referral_id}", self._signed_in(self.referral))
         app.router.add_get("/referrals/{referral_id}/attachments/{index}", self._signed_in(self.attachment))
+        app.router.add_get("/referrals/{referral_id}/raw", self._signed_in(self.raw))
         app.router.add_post("/referrals/{referral_id}/acknowledge", self._posted(self.acknowledge))
         app.router.add_post("/referrals/{referral_id}/close", self._posted(self.close))
         app.router.add_post("/referrals/{referral_id}/hold", self._posted(self.hold))
@@ -162,7 +166,11 @@ class DashboardPages:
         await data.record(self._db, row.id, user, now, "viewed")
         log.info("dashboard: user %s viewed referral %s", user.id, row.reference)
         content = data.open_content(self._sealed, row.id, row.content)
-        files, files_note = await data.attachments(self._db, self._sealed, self._identity, row)
+        unread = await unreadable(self._db, self._sealed, row, content)
+        if unread is None or not unread.quarantined:
+            files, files_note = await data.attachments(self._db, self._sealed, self._identity, row)
+        else:  # its parts are listed under "What was sent": none could be opened as a file
+            files, files_note = (), "None could be opened: the parts of the message are listed above."
         names = {u.id: u.display_name for u in await self._users.all()}
         earlier = []
         if content:
@@ -185,6 +193,7 @@ class DashboardPages:
                 "",
             ),
             content=content,
+            unreadable=unread,
             files=files,
             files_note=files_note,
             timeline=await timeline(self._db, self._s, row.id, names),
@@ -223,6 +232,30 @@ class DashboardPages:
             },
         )
 
+    async def raw(self, request: web.Request, user: User) -> web.StreamResponse:
+        """The stored message of a referral that could not be read, as it came, for a person to
+        open in a mail client or pass on. Only for one that could not be read: a readable one's
+        content is on its page. Audited before it is sent, like every view of content."""
+        row = await self._visible(request, user)
+        content = data.open_content(self._sealed, row.id, row.content) if row is not None else None
+        if row is None or await unreadable(self._db, self._sealed, row, content) is None:
+            return await self._forbidden(request, user)
+        raw = await raw_message(self._db, self._sealed, row)
+        if raw is None:
+            return await self._forbidden(request, user)
+        await data.record(self._db, row.id, user, self._clock.now(), "raw_message_opened", size=len(raw))
+        log.info("dashboard: user %s downloaded the stored message of referral %s", user.id, row.reference)
+        request[_DOWNLOAD] = True
+        return web.Response(
+            body=raw,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'attachment; filename="referral-{row.reference}.eml"',
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
     # --- acknowledge and close -----------------------------------------------------------------
 
     async def acknowledge(self, request: web.Request, user: User) -> web.StreamResponse:
@@ -230,7 +263,9 @@ class DashboardPages:
         if row is None or user.role is Role.ADMIN:
             return await self._forbidden(request, user)
         if row.state not in data.ACKNOWLEDGEABLE:
-            return await self._again(request, user, "This referral cannot be acknowledged now: it is " + row.state)
+            return await self._again(
+                request, user, f"This referral cannot be acknowledged now. Its state: {state_words(row.state)}."
+            )
         try:
             await self._tracker.acknowledge(
                 row.id, self._signer.recipient_hash("user:" + user.id), user.display_name, via="dashboard"

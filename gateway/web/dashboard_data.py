@@ -37,6 +37,7 @@ from gateway.history.keys import KINDS, WHY, Hasher, identifiers
 from gateway.open.attachments import read_attachments
 from gateway.open.identity import Identity
 from gateway.open.mime import Attachment
+from gateway.report.plain_words import state_words, urgency_words
 from gateway.report.retention import period_in_words
 from gateway.report.timeline import step_text
 from gateway.report.undelivered import human
@@ -84,7 +85,18 @@ class QueueRow:
     def time_left(self) -> str:
         if self.left is None:
             return "no deadline"
+        # Under a minute, human() says "00m": "late by 00m" read as "not late" to a duty worker.
+        if abs(self.left) < timedelta(minutes=1):
+            return "late by less than a minute" if self.late else "less than a minute left"
         return f"late by {human(-self.left)}" if self.late else f"{human(self.left)} left"
+
+    @property
+    def urgency_words(self) -> str:
+        return urgency_words(self.urgency)
+
+    @property
+    def state_words(self) -> str:
+        return state_words(self.state)
 
 
 @dataclass

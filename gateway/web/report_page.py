@@ -38,6 +38,7 @@ from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
 from gateway.report import decisions
 from gateway.report import undelivered as report
+from gateway.report.plain_words import state_words
 from gateway.staff.users import Role, User
 from gateway.web.headers import add_page_headers
 from gateway.web.session import WebSessions, get_session, require_csrf
@@ -197,7 +198,7 @@ class ReportPage:
             filters=query,
             csv_url="/report.csv" + (f"?{urlencode(query)}" if query else ""),
             team_items=_options([("", "All teams"), *((t.id, t.name) for t in self._settings.teams)], filters.team),
-            state_items=_options([("", "All states"), *((s, s) for s in STATES)], filters.state),
+            state_items=_options([("", "All states"), *((s, state_words(s)) for s in STATES)], filters.state),
             kind_items=_options([("", "All reasons"), *report.KINDS.items()], filters.kind),
             what_items=list(decisions.WHAT.items()),
             max_note=decisions.MAX_NOTE,
