@@ -154,7 +154,7 @@ class Gateway:
         )
         self.signer = AckSigner.from_keys_dir(cfg.keys_dir, may_create=may_create)
         self.transport = self._transport or make_transport(cfg)
-        self.identity = load_identity(cfg, self.clock.now(), self.clock.now)
+        self.identity = load_identity(cfg, self.clock.now(), self.clock.now, self.counters.openpgp_fallback)
         self._build_stages(token)
         self.writer.start()
         smtp = cfg.settings.smtp

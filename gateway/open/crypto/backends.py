@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,9 +11,21 @@ from gateway.open.crypto.pgp_backend import Backend, KeyInfo, OpenPGPBackend
 from gateway.open.crypto.sequoia import SequoiaPGP
 
 
-def open_backend(backend: Backend, home: Path) -> OpenPGPBackend:
-    """The configured backend over `home` (a GnuPG home, or the folder of key files)."""
-    return SequoiaPGP(home) if backend == "sequoia" else OpenPGP(home)
+def open_backend(
+    backend: Backend,
+    home: Path,
+    fallback_home: Path | None = None,
+    on_fallback: Callable[[str], None] | None = None,
+) -> OpenPGPBackend:
+    """The configured backend over `home` (a GnuPG home, or the folder of key files). For sequoia,
+    `fallback_home` is the private GnuPG home for what pysequoia cannot decide (gpg_fallback.py), and
+    `on_fallback(reason)` counts each message sent there."""
+    if backend == "gnupg":
+        return OpenPGP(home)
+    pgp = SequoiaPGP(home, fallback_home=fallback_home)
+    if on_fallback is not None:
+        pgp.on_fallback = on_fallback
+    return pgp
 
 
 @contextmanager
