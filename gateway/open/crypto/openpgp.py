@@ -74,6 +74,9 @@ class _Run:
     status: list[tuple[str, list[str]]]
     data: bytes
     uids: dict[str, list[str]] = field(default_factory=dict)  # primary fingerprint -> user ids, for signers we hold
+    # A bad signature's key id (BADSIG names no fingerprint) -> the primary fingerprint of the held key, so the
+    # Signature names the signer as the sequoia backend does.
+    primaries: dict[str, str] = field(default_factory=dict)
 
     def has(self, keyword: str) -> bool:
         return any(k == keyword for k, _ in self.status)
@@ -225,16 +228,26 @@ class OpenPGP:
         # them is a gpg process of its own, so they are cached until the keyring file changes
         # (`keys import` changes it, and the next message sees the new key).
         fprs = {v[-1] for k, v in run.status if k == "VALIDSIG" and len(v) >= 10}
-        if not fprs:
+        bad_ids = sorted({v[0].upper() for k, v in run.status if k == "BADSIG" and v})
+        if not fprs and not bad_ids:
             return run
         stamp = self._keyring_stamp()
         if stamp != self._uid_stamp:
             self._uid_cache, self._uid_stamp = {}, stamp
+        primaries: dict[str, str] = {}
+        for k in self._gpg.list_keys(keys=bad_ids) if bad_ids else []:
+            primary = str(k["fingerprint"]).upper()
+            self._uid_cache[primary] = [str(u) for u in k.get("uids", [])]
+            for key_id in [k.get("keyid"), *(sub[0] for sub in k.get("subkeys", []))]:
+                if str(key_id).upper() in bad_ids:
+                    primaries[str(key_id).upper()] = primary
+        fprs |= set(primaries.values())
         missing = sorted(f for f in fprs if f not in self._uid_cache)
         if missing:
             for k in self._gpg.list_keys(keys=missing):
                 self._uid_cache[str(k["fingerprint"]).upper()] = [str(u) for u in k.get("uids", [])]
-        return replace(run, uids={f: self._uid_cache[f] for f in fprs if f in self._uid_cache})
+        uids = {f: self._uid_cache[f] for f in fprs if f in self._uid_cache}
+        return replace(run, uids=uids, primaries=primaries)
 
     def _keyring_stamp(self) -> tuple[int, int, int]:
         for name in ("pubring.kbx", "pubring.gpg"):
@@ -252,7 +265,7 @@ class OpenPGP:
                 blocks.append([])
             elif blocks:
                 blocks[-1].append((keyword, values))
-        sigs = [self._one_signature(block, run.uids) for block in blocks]
+        sigs = [self._one_signature(block, run.uids, run.primaries) for block in blocks]
         bad = [s for s in sigs if not s.valid]
         if bad:
             return bad[0]
@@ -261,11 +274,15 @@ class OpenPGP:
         return sigs[0]
 
     @staticmethod
-    def _one_signature(block: list[tuple[str, list[str]]], uids: dict[str, list[str]]) -> Signature:
+    def _one_signature(
+        block: list[tuple[str, list[str]]], uids: dict[str, list[str]], primaries: dict[str, str]
+    ) -> Signature:
         found = {k: v for k, v in reversed(block)}  # first occurrence of each keyword wins
         validsig = found.get("VALIDSIG")
         # VALIDSIG's last field is the primary key's fingerprint, also when a subkey made the signature.
         primary = validsig[-1].upper() if validsig and len(validsig) >= 10 else None
+        if primary is None and found.get("BADSIG"):
+            primary = primaries.get(found["BADSIG"][0].upper())
         addresses = _emails(uids.get(primary or "", []))
         if "GOODSIG" in found and primary and not (_NOT_GOOD & found.keys()):
             return Signature(kind="openpgp", valid=True, signer_id=primary, signer_addresses=addresses)
