@@ -186,3 +186,28 @@ async def test_gateway_key_prefers_uncompressed(scratch: Path, backend: str, cou
     finally:
         gw.close()
         team.close()
+
+
+@pytest.mark.parametrize("compression", [("-z", "0"), ("--compress-algo", "zlib")], ids=["uncompressed", "zlib"])
+async def test_expired_key_inside_encryption(
+    gw: OpenPGPBackend, scratch: Path, counters: Counters, backend: str, compression: tuple[str, str]
+) -> None:
+    # A key made "in 2020" with a 1-day life signed (time frozen with `!`) while it was valid; opened now.
+    # gpg says EXPKEYSIG; pysequoia gives no good signature, and the backend checks the key's expiry itself
+    # (uncompressed) or hands the message to gpg (compressed): "expired key" either way.
+    old = Partner(scratch / "old")
+    try:
+        fpr = old.generate("Old Partner <old@partner.example>", expire="1d", faked_time="20200101T000000")
+        gw.import_keys(old.export())
+        old.gpg("--import", data=gw.export_public(BOB))
+        when = ("--faked-system-time", "20200101T120000!")
+        message = old.gpg(
+            *when, "--trust-model", "always", *compression, "-u", fpr, "-r", BOB, "--sign", "--encrypt", data=BODY
+        )
+    finally:
+        old.close()
+    plaintext, sig = await gw.decrypt(message.stdout)
+    assert plaintext == BODY
+    assert sig is not None and not sig.valid and sig.problem == "expired key" and sig.signer_id == fpr
+    expected = 1.0 if backend == "sequoia" and compression[1] == "zlib" else 0.0
+    assert count(counters, "compressed signature") == expected
