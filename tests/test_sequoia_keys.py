@@ -172,7 +172,7 @@ def test_cli_on_the_sequoia_backend(scratch: Path, capsys: pytest.CaptureFixture
 
 async def test_development_keys_are_made_by_sequoia(scratch: Path, clock: FakeClock) -> None:
     home = scratch / "gw"
-    path = write_config(home, '[keys]\ndevelopment = true\nopenpgp_backend = "sequoia"\n')
+    path = write_config(home, "[keys]\ndevelopment = true\n")  # the embedded default: sequoia
     gw = Gateway(config_mod.load(path), clock=clock, workers=False)
     await gw.start()
     try:
