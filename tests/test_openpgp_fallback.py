@@ -211,3 +211,23 @@ async def test_expired_key_inside_encryption(
     assert sig is not None and not sig.valid and sig.problem == "expired key" and sig.signer_id == fpr
     expected = 1.0 if backend == "sequoia" and compression[1] == "zlib" else 0.0
     assert count(counters, "compressed signature") == expected
+
+
+async def test_without_a_fallback_home_an_undecidable_message_is_refused(
+    scratch: Path, counters: Counters, partner: Partner
+) -> None:
+    # The `keys` commands open the backend without one: nothing they do reads mail, and nothing half-checked
+    # may come out of it.
+    pgp = SequoiaPGP(scratch / "gw")
+    pgp.on_fallback = counters.openpgp_fallback
+    try:
+        pgp.import_keys((AUTOCRYPT / "bob@openpgp.example.sec.asc").read_bytes())
+        partner.generate("Ann Referrer <ann@nhs.example>")
+        pgp.import_keys(partner.export())
+        partner.gpg("--import", data=pgp.export_public(BOB))
+        with pytest.raises(DecryptError) as err:
+            await pgp.decrypt(signed_and_encrypted(partner, "--compress-algo", "zlib"))
+        assert err.value.reason == "damaged or altered"
+        assert count(counters, "compressed signature") == 1.0
+    finally:
+        pgp.close()

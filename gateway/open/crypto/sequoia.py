@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.open.crypto import CryptoKeyError, DecryptError, Signature, VerifyError
+from gateway.open.crypto import CryptoError, CryptoKeyError, DecryptError, Signature, VerifyError
 from gateway.open.crypto import sequoia_open as worker
 from gateway.open.crypto.gpg_fallback import GpgFallback
 from gateway.open.crypto.pgp_backend import KeyInfo, check_fpr
@@ -121,17 +121,18 @@ class SequoiaPGP:
 
     # -- incoming ------------------------------------------------------------------------------------------
 
-    def _gpg(self, reason: str, refusal: str) -> GpgFallback:
-        """The fallback for a message pysequoia cannot decide, counted; without one, the message is refused."""
+    def _gpg(self, reason: str, refusal: CryptoError) -> GpgFallback:
+        """The fallback for a message pysequoia cannot decide, counted; without one, `refusal` is raised."""
         self.on_fallback(reason)
         if self._fallback is None:
-            raise (DecryptError if refusal == "damaged or altered" else VerifyError)(refusal)
+            raise refusal
         return self._fallback
 
     async def decrypt(self, data: bytes) -> tuple[bytes, Signature | None]:
         opened = await self._in_worker(worker.decrypt, data)
         if opened.fallback is not None:
-            return await self._gpg(opened.fallback, "damaged or altered").decrypt(data, self.retired, self.now)
+            gpg = self._gpg(opened.fallback, DecryptError("damaged or altered"))
+            return await gpg.decrypt(data, self.retired, self.now)
         reason = opened.reason
         if reason is None and opened.key in self.retired and self.now() >= self.retired[opened.key]:
             reason = "encrypted to a replaced key of this gateway whose overlap has ended"
@@ -142,7 +143,7 @@ class SequoiaPGP:
     async def verify_inline(self, data: bytes) -> tuple[bytes, Signature]:
         opened = await self._in_worker(worker.verify_inline, data)
         if opened.fallback is not None:
-            return await self._gpg(opened.fallback, "unreadable signature").verify_inline(data)
+            return await self._gpg(opened.fallback, VerifyError("unreadable signature")).verify_inline(data)
         if opened.reason is not None or opened.signature is None:
             raise VerifyError(opened.reason or "unreadable signature")
         return opened.plaintext, _signature(opened.signature)
@@ -172,7 +173,8 @@ class SequoiaPGP:
         async with self._sem:
             result = await asyncio.to_thread(work)
         if result is None:
-            return await self._gpg("unreadable signature", "unreadable signature").verify_detached(signed, signature)
+            gpg = self._gpg("unreadable signature", VerifyError("unreadable signature"))
+            return await gpg.verify_detached(signed, signature)
         return _signature(result)
 
     def _keys(self) -> worker._Keys:
