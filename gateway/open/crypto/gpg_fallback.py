@@ -5,19 +5,24 @@ sign+encrypt), cannot read bzip2, and cannot parse some structures gpg reads. Qu
 the outcome depend on the backend; so the sequoia backend hands exactly those messages to the gnupg backend
 (gateway.open.crypto.openpgp), over a GnuPG home of its own, and gives gpg's outcome and reason.
 
-The home (`data_dir/gpg-fallback`, mode 0700) is a copy of keys/openpgp: the gateway's secret keys and every
-certificate. It is rebuilt whenever the key files change (their directories' stamp, kept in the home), so a
-certificate removed from keys/openpgp is gone from it too. Several processes may share it: a lock file
-beside it serialises the rebuilding.
+The fallback's folder (`data_dir/gpg-fallback`, mode 0700) holds one GnuPG home per version of the key
+files (named by a digest of keys/openpgp's stamp), each a copy of keys/openpgp: the gateway's secret keys and
+every certificate. When the key files change, a new home is built beside the old one and used from the next
+message; so a certificate removed from keys/openpgp is gone from it, and instances sharing var/ (several on
+one host) never see a home half-built or pulled from under a call still running: a lock file serialises
+the building, the rename into place is atomic, and a home is removed only once it has been replaced for
+`_GRACE` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -28,6 +33,7 @@ from gateway.open.crypto.openpgp import OpenPGP, stop_components
 from gateway.open.crypto.sequoia_keys import KeyFiles
 
 _STAMP = ".synced-from"
+_GRACE = 600  # seconds a replaced home is kept: far longer than any call that may still be using it
 
 
 class GpgFallback:
@@ -37,16 +43,14 @@ class GpgFallback:
         self._max = max_plaintext
         self._concurrency = concurrency
         self._pgp: OpenPGP | None = None
-        self._stamp = ""
+        self._current = ""
         self._lock = threading.Lock()
-
-    def _wanted(self) -> str:
-        return " ".join(str(x) for x in self._keys.stamp())
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
-        self.home.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.home.with_name(self.home.name + ".lock"), "a") as lock:
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)  # whatever the umask: it holds copies of the gateway's secret keys
+        with open(self.home / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -54,39 +58,53 @@ class GpgFallback:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def synced(self) -> OpenPGP:
-        """The gnupg backend over a home that holds exactly the current key files (rebuilt if not)."""
-        wanted = self._wanted()
+        """The gnupg backend over a home that holds exactly the current key files (built if there is none)."""
+        wanted = " ".join(str(x) for x in self._keys.stamp())
+        name = hashlib.sha256(wanted.encode()).hexdigest()[:16]
         with self._lock:
-            if self._pgp is not None and self._stamp == wanted:
+            if self._pgp is not None and self._current == name:
                 return self._pgp
             with self._exclusive():
-                stamp_file = self.home / _STAMP
-                current = stamp_file.read_text() if stamp_file.is_file() else ""
-                if current != wanted:
-                    self._rebuild(wanted)
-                if self._pgp is None:
-                    self._pgp = OpenPGP(self.home, concurrency=self._concurrency, max_plaintext=self._max)
-                self._stamp = wanted
-                return self._pgp
+                target = self.home / name
+                if not (target / _STAMP).is_file():
+                    self._build(target, wanted)
+                self._remove_replaced(keep=name)
+            if self._pgp is not None:
+                self._pgp.close()  # its agent; its home stays for _GRACE (another instance may use it)
+            self._pgp = OpenPGP(target, concurrency=self._concurrency, max_plaintext=self._max)
+            self._current = name
+            return self._pgp
 
-    def _rebuild(self, wanted: str) -> None:
-        # Started again from empty, not imported over: gpg's import only adds, and a key taken out of
-        # keys/openpgp must not stay usable here.
-        if self._pgp is not None:
-            self._pgp.close()
-            self._pgp = None
-        stop_components(self.home)
-        shutil.rmtree(self.home, ignore_errors=True)
-        self.home.mkdir(mode=0o700, parents=True)
-        os.chmod(self.home, 0o700)  # whatever the umask: gpg warns about (and we refuse) a readable home
-        pgp = OpenPGP(self.home, concurrency=self._concurrency, max_plaintext=self._max)
-        secrets = b"".join(p.read_bytes() for p in self._keys.secret_paths())
-        certs = b"".join(p.read_bytes() for p in sorted(self._keys.certs_dir.glob("*.asc")))
-        for block in (secrets, certs):
-            if block.strip():
-                pgp.import_keys(block)
-        (self.home / _STAMP).write_text(wanted)
-        self._pgp = pgp
+    def _build(self, target: Path, wanted: str) -> None:
+        # From empty, not imported over an older home: gpg's import only adds, and a key taken out of
+        # keys/openpgp must not stay usable. Built aside and renamed into place whole.
+        building = self.home / f".build-{os.getpid()}-{threading.get_ident()}"
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(mode=0o700)
+        pgp = OpenPGP(building, concurrency=self._concurrency, max_plaintext=self._max)
+        try:
+            secrets = b"".join(p.read_bytes() for p in self._keys.secret_paths())
+            certs = b"".join(p.read_bytes() for p in sorted(self._keys.certs_dir.glob("*.asc")))
+            for block in (secrets, certs):
+                if block.strip():
+                    pgp.import_keys(block)
+            (building / _STAMP).write_text(wanted)
+        finally:
+            pgp.close()  # the agent started on the building path: the home is used under its final name
+        shutil.rmtree(target, ignore_errors=True)  # a half-built one from a crash (no stamp file)
+        os.rename(building, target)
+
+    def _remove_replaced(self, keep: str) -> None:
+        now = time.time()
+        for old in self.home.iterdir():
+            if old.name == keep or old.name.startswith(".") or not old.is_dir():
+                continue
+            marker = old / ".replaced"
+            if not marker.exists():
+                marker.touch()  # replaced from now: removed once _GRACE has passed
+            elif now - marker.stat().st_mtime > _GRACE:
+                stop_components(old)
+                shutil.rmtree(old, ignore_errors=True)
 
     async def decrypt(
         self, data: bytes, retired: dict[str, datetime], now: Callable[[], datetime]
