@@ -165,7 +165,7 @@ class Gateway:
                 "history: the child index is not built for the current index key; run `referral-gateway reindex`"
             )
         self.transport = self._transport or make_transport(cfg)
-        self.identity = load_identity(cfg, self.clock.now(), self.clock.now)
+        self.identity = load_identity(cfg, self.clock.now(), self.clock.now, self.counters.openpgp_fallback)
         self._build_stages(token)
         self.writer.start()
         smtp = cfg.settings.smtp

@@ -22,6 +22,8 @@ from gateway.core import log_format
 from gateway.core.clock import LONDON, SystemClock, uk_time
 from gateway.core.keyfiles import KeyFileError
 from gateway.open.crypto import CryptoError
+from gateway.open.crypto.backends import preference_lines, read_keys
+from gateway.open.dev_keys import refuse_gnupg_only
 from gateway.open.mime import open_message
 from gateway.open.mimebytes import MimeError
 from gateway.parse.referral import parse_email, parse_json, parse_text
@@ -138,7 +140,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     print(monitoring.where(s))
     keys = s.keys
-    print(f"openpgp: the {keys.openpgp_backend} backend, keys in {cfg.keys_dir / keys.openpgp_dir()}")
+    refuse_gnupg_only(cfg)  # as `serve` does: keys only in keys/gnupg while the backend is sequoia
+    home = cfg.keys_dir / keys.openpgp_dir()
+    print(f"openpgp: the {keys.openpgp_backend} backend, keys in {home}")
+    own = (
+        [keys.openpgp_fingerprint]
+        if keys.openpgp_fingerprint
+        else [k.fingerprint for k in read_keys(keys.openpgp_backend, home)[0]]
+    )
+    notes, warnings = preference_lines(keys.openpgp_backend, home, own)
+    for note in notes:
+        print(f"openpgp: {note}")
+    for warning in warnings:
+        print(f"warning: {warning}")
     monitoring.metrics_token(cfg)  # a missing, short or world-readable token file fails here, as at start
     for team in unused:
         print(f"note: team '{team}' is in no route (it receives nothing until a route names it)")

@@ -333,10 +333,10 @@ class KeysSection(Strict):
 
     # Development only (the embedded default): make the gateway's keys on first run if missing.
     development: bool = False
-    # "gnupg": gpg through python-gnupg, keys in a GnuPG home (keys/gnupg). "sequoia": pysequoia in worker
-    # processes, keys as armoured files (keys/openpgp). gnupg stays the default: pysequoia 0.1.35 cannot
-    # check a signature inside compressed encrypted data (gpg's default), nor read bzip2 (README).
-    openpgp_backend: Literal["sequoia", "gnupg"] = "gnupg"
+    # "sequoia" (the default): pysequoia in worker processes, keys as armoured files (keys/openpgp), and gpg
+    # over a private home (data_dir/gpg-fallback) for the few messages pysequoia cannot check (README).
+    # "gnupg": gpg through python-gnupg, keys in a GnuPG home (keys/gnupg).
+    openpgp_backend: Literal["sequoia", "gnupg"] = "sequoia"
     openpgp_home: Path | None = None  # under keys/; not given: the backend's own folder (above)
     openpgp_fingerprint: Fingerprint | None = None
     smime_key: Path | None = None
