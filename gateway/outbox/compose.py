@@ -291,6 +291,25 @@ class Composer:
             return self.sms(kind, kind, to=to, referral_id=None, now=now, context={"reference": reference, **context})
         return self._build(kind, f"email/{kind}.txt", to, now, reference, context)
 
+    def answer_mail(
+        self, kind: str, template: str, to: str, now: datetime, reference: str, context: Context
+    ) -> Outgoing:
+        """An email about a structured answer (gateway.track.answers: a forward's notice, a team
+        told of more information) with no personal data, from templates/email/<template>.txt."""
+        return self._build(kind, f"email/{template}.txt", to, now, reference, context)
+
+    def answer_secure_parts(
+        self, template: str, to: str, now: datetime, reference: str, context: Context
+    ) -> tuple[bytes, bytes]:
+        """(outer headers, inner entity) of an answer message that holds personal data (a forward's
+        content, a request's reason): the caller encrypts the entity or does not send it."""
+        subject, body = self._render(f"email/{template}.txt", {"now": now, "reference": reference, **context})
+        outer = Message()
+        self._headers(outer, to, subject, now, reference, None)
+        outer["MIME-Version"] = "1.0"
+        head = outer.as_bytes(policy=_CRLF).split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        return head, MIMEText(body, "plain", "utf-8").as_bytes(policy=_CRLF)
+
     def acknowledged_by(self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime) -> Outgoing:
         """To everyone already alerted: somebody has it, stand down."""
         context = {"team": team, "by": by, "at": at}
