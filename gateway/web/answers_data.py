@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from aiohttp import web
 from sqlalchemy import select
 
 from gateway.config import Settings
@@ -21,6 +22,9 @@ from gateway.core.sealed import Sealed
 from gateway.pipeline.replies import additional_info_context
 from gateway.staff.users import Role, User
 from gateway.track.answers import ANSWERABLE, KINDS, answer_reason_context
+
+# Which answer form a refused answer came from, so the page shows the error beside it.
+ANSWER_FORM: web.RequestKey[str] = web.RequestKey("answer_form", str)
 
 
 @dataclass(frozen=True)
