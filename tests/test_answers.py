@@ -29,8 +29,8 @@ from gateway.app import Gateway
 from gateway.config import ConfigError
 from gateway.core.clock import FakeClock
 from gateway.core.reference import new_reference
-from gateway.duty.deadline_rules import due_at
 from gateway.core.schema import additional_info, answers, deadlines, deliveries, events, referrals
+from gateway.duty.deadline_rules import due_at
 from gateway.open.crypto.openpgp import OpenPGP
 from gateway.report import undelivered as report
 from gateway.staff.users import Role, Users
