@@ -478,3 +478,28 @@ def test_check_config_refuses_a_neighbour_at_our_own_mailbox(home: Path) -> None
     with pytest.raises(ConfigError) as caught:
         config_mod.load(path)
     assert "neighbours[0].address" in str(caught.value) and "our own teams' mailboxes" in str(caught.value)
+
+
+# --- counted in the report and the daily digest ----------------------------------------------------
+
+
+async def test_each_answer_is_counted_on_the_report_page_and_in_the_digest(
+    gateway: Gateway, clients: dict[str, Client], relay: Relay
+) -> None:
+    worker = clients["mash.worker"]
+    first_ref, first_id = await arrived(gateway, "count1")
+    _, second_id = await arrived(gateway, "count2")
+    _, third_id = await arrived(gateway, "count3")
+    assert "answered not ours: 0, more information: 0, duplicate: 0" in await page(clients["coord"], "/report")
+    assert (await answer(worker, second_id, "duplicate", {"of": first_ref, "reason": "the same"}))[0] == 303
+    await acknowledge(worker, third_id)
+    assert (await answer(worker, third_id, "more-info", {"reason": "school?"}))[0] == 303
+    assert (await answer(worker, first_id, "not-ours", {"destination": "team:triage", "reason": "older child"}))[
+        0
+    ] == 303
+    counted = "answered not ours: 1, more information: 1, duplicate: 1"
+    assert counted in await page(clients["coord"], "/report")
+    assert await gateway.make_digest() == 1
+    await gateway.deliver_all()
+    (digest,) = [m for m in relay.to("iris.novak@demo-council.example") if "daily digest" in str(m["Subject"])]
+    assert f"Answered in the last 24 hours: {counted}" in text_of(digest)

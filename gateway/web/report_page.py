@@ -38,6 +38,7 @@ from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
 from gateway.report import decisions
 from gateway.report import undelivered as report
+from gateway.report.answer_counts import answer_counts
 from gateway.staff.users import Role, User
 from gateway.web.headers import add_page_headers
 from gateway.web.session import WebSessions, get_session, require_csrf
@@ -129,6 +130,11 @@ class ReportPage:
             kind=kind if kind in report.KINDS else "",
         )
 
+    async def _answered(self) -> str:
+        """Structured answers given in the last 7 days, as counts (gateway.report.answer_counts)."""
+        async with self._db.read() as conn:
+            return (await answer_counts(conn, self._clock.now() - RECENT)).words()
+
     async def _rows(self, filters: Filters) -> list[report.Row]:
         rows = await report.undelivered(self._db.engine, self._settings, self._clock.now())
         return [r for r in rows if filters.keep(r)]
@@ -200,6 +206,7 @@ class ReportPage:
             state_items=_options([("", "All states"), *((s, s) for s in STATES)], filters.state),
             kind_items=_options([("", "All reasons"), *report.KINDS.items()], filters.kind),
             what_items=list(decisions.WHAT.items()),
+            answered=await self._answered(),
             max_note=decisions.MAX_NOTE,
             recent=[
                 {
