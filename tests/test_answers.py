@@ -503,3 +503,21 @@ async def test_each_answer_is_counted_on_the_report_page_and_in_the_digest(
     await gateway.deliver_all()
     (digest,) = [m for m in relay.to("iris.novak@demo-council.example") if "daily digest" in str(m["Subject"])]
     assert f"Answered in the last 24 hours: {counted}" in text_of(digest)
+
+
+async def test_retention_removes_an_answered_referrals_reason_and_keeps_what_happened(
+    gateway: Gateway, clients: dict[str, Client], clock: FakeClock
+) -> None:
+    first_ref, _ = await arrived(gateway, "keep1")
+    second_ref, second_id = await arrived(gateway, "keep2")
+    assert (await answer(clients["mash.worker"], second_id, "duplicate", {"of": first_ref, "reason": REASON}))[0] == 303
+    await gateway.deliver_all()
+    clock.advance(gateway.config.settings.retention.closed_after + timedelta(days=1))
+    await gateway.purge_all()
+    row = await referral_row(gateway, second_ref)
+    assert row.purged_at is not None and row.content is None
+    async with gateway.engine.connect() as conn:
+        (kept,) = (await conn.execute(select(answers).where(answers.c.referral_id == second_id))).all()
+    assert kept.reason is None and kept.kind == "duplicate"  # the answer stays, its reason goes
+    assert "duplicate" in await kinds(gateway, second_id) and "purged" in await kinds(gateway, second_id)
+    assert (await referral_row(gateway, first_ref)).purged_at is None  # the live one is not closed
