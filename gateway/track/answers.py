@@ -74,7 +74,12 @@ MAX_REASON = 2000  # characters: a reason, not a case note
 
 
 class AnswerError(Exception):
-    """Bad input or a referral that moved on: the message says what to do; nothing was written."""
+    """Bad input or a referral that moved on: the message says what to do; nothing was written.
+    `field`: the form field at fault ("reason", "destination", "of"), or "" for the referral."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def answer_reason_context(answer_id: str) -> str:
@@ -84,9 +89,9 @@ def answer_reason_context(answer_id: str) -> str:
 def _reason(text: str) -> str:
     reason = text.strip()
     if not reason:
-        raise AnswerError("Give a reason: say why, so the next person to read the referral knows")
+        raise AnswerError("Give a reason: say why, so the next person to read the referral knows", "reason")
     if len(reason) > MAX_REASON:
-        raise AnswerError(f"The reason is {len(reason)} characters; keep it under {MAX_REASON}")
+        raise AnswerError(f"The reason is {len(reason)} characters; keep it under {MAX_REASON}", "reason")
     return reason
 
 
@@ -182,10 +187,10 @@ class Answers:
         reason = _reason(reason_text)
         team = self._s.find_team(team_id)
         if team is None:
-            raise AnswerError("Choose the team it should go to from the list")
+            raise AnswerError("Choose the team it should go to from the list", "destination")
         row = await self._read(referral_id, ANSWERABLE)
         if team.id == row.team_id:
-            raise AnswerError(f"It is already with {team.name}: choose another team")
+            raise AnswerError(f"It is already with {team.name}: choose another team", "destination")
         now = self._clock.now()
         assert row.content is not None
         content = self._sealed.content(row.id, row.content)
@@ -260,7 +265,9 @@ class Answers:
         reason = _reason(reason_text)
         neighbour = find_neighbour(self._s.neighbours, name)
         if neighbour is None:
-            raise AnswerError("Choose the authority it should go to from the list of neighbouring authorities")
+            raise AnswerError(
+                "Choose the authority it should go to from the list of neighbouring authorities", "destination"
+            )
         row = await self._read(referral_id, ANSWERABLE)
         now = self._clock.now()
         forward, encrypted = await self._forward(row, neighbour, by, reason, now)
@@ -371,7 +378,7 @@ class Answers:
         try:
             reference = normalise_reference(typed)
         except InvalidReference as exc:
-            raise AnswerError(f"Give the reference of the referral this one duplicates. {exc}") from None
+            raise AnswerError(f"Give the reference of the referral this one duplicates. {exc}", "of") from None
         async with self._db.read() as conn:
             other = (
                 await conn.execute(
@@ -379,9 +386,9 @@ class Answers:
                 )
             ).first()
         if other is None or not may_see(other.team_id):
-            raise AnswerError(f"There is no referral {reference} that you may see: check the reference")
+            raise AnswerError(f"There is no referral {reference} that you may see: check the reference", "of")
         if other.id == referral_id:
-            raise AnswerError("A referral cannot be a duplicate of itself: give the other referral's reference")
+            raise AnswerError("A referral cannot be a duplicate of itself: give the other referral's reference", "of")
         now = self._clock.now()
         actor = f"user:{user_id}"
         async with self._db.write() as conn:
@@ -392,7 +399,8 @@ class Answers:
             assert original is not None
             if original.state in (State.DUPLICATE, State.REPEAT, State.REPLY):
                 raise AnswerError(
-                    f"{reference} is itself {original.state}: give the reference of the referral being dealt with"
+                    f"{reference} is itself {original.state}: give the reference of the referral being dealt with",
+                    "of",
                 )
             answer_id = await self._record(conn, row, "duplicate", user_id, reason, now, target=original.id)
             await self._stop_deadlines(conn, row.id, now)

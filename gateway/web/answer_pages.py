@@ -52,7 +52,8 @@ class AnswerPages:
             try:
                 await answer(user, row.id, self._dashboard.form(request))
             except AnswerError as exc:
-                request[ANSWER_FORM] = form_name
+                # The page shows the error beside the field at fault, and the summary links to it.
+                request[ANSWER_FORM] = f"{form_name}-{exc.field}" if exc.field else form_name
                 return await self._dashboard.again(request, user, str(exc))
             log.info("dashboard: user %s answered referral %s (%s)", user.id, row.reference, form_name)
             raise web.HTTPSeeOther(f"/referrals/{row.id}")
@@ -66,7 +67,9 @@ class AnswerPages:
             return await self._answers.to_team(user.id, referral_id, target, reason)
         if kind == "neighbour":
             return await self._answers.to_neighbour(user.id, user.display_name, referral_id, target, reason)
-        raise AnswerError("Choose where the referral should go: another of our teams, or a neighbouring authority")
+        raise AnswerError(
+            "Choose where the referral should go: another of our teams, or a neighbouring authority", "destination"
+        )
 
     async def _more(self, user: User, referral_id: str, form: dict[str, str]) -> object:
         return await self._answers.more_information(user.id, referral_id, form.get("reason", ""))
