@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 
 from gateway import config as config_mod
 from gateway.app import Gateway
+from gateway.cli.main import main
 from gateway.config import ConfigError
 from gateway.core.clock import FakeClock
 from gateway.core.reference import new_reference
@@ -521,3 +522,13 @@ async def test_retention_removes_an_answered_referrals_reason_and_keeps_what_hap
     assert kept.reason is None and kept.kind == "duplicate"  # the answer stays, its reason goes
     assert "duplicate" in await kinds(gateway, second_id) and "purged" in await kinds(gateway, second_id)
     assert (await referral_row(gateway, first_ref)).purged_at is None  # the live one is not closed
+
+
+def test_check_config_says_what_a_forward_to_each_neighbour_carries(
+    home: Path, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(home, neighbours_config(keys), all_hours=True)
+    main(["check-config", "--config", str(path)])  # the exit code is about rota coverage, not this
+    out = capsys.readouterr().out
+    assert f"neighbour: 'Borsetshire Council' at {KEYED}: a forward carries the referral, encrypted" in out
+    assert f"neighbour: 'Felpersham Council' at {UNKEYED}: a forward carries a notice with no personal data" in out
