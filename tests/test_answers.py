@@ -35,6 +35,7 @@ from gateway.duty.deadline_rules import due_at
 from gateway.open.crypto.openpgp import OpenPGP
 from gateway.report import undelivered as report
 from gateway.staff.users import Role, Users
+from gateway.track.acks import NotFound
 from gateway.web.session import CSRF_FIELD
 from tests.conftest import Sink, make_message, referral_row, send_referral, smtp_send, valid_nhs, write_config
 from tests.staff_auth import TestApps
@@ -213,6 +214,7 @@ async def test_not_ours_to_another_team_alerts_it_afresh_and_tells_the_referrer(
     before = await referral_row(gateway, reference)
     assert before.team_id == "mash" and before.state == "alerted"
     assert [m for m in relay.to(TRIAGE) if reference in str(m["Subject"])] == []
+    await gateway.tracker.lookup(rid, gateway.signer.recipient_hash(MASH))  # MASH's ack link works now
     clock.advance(timedelta(minutes=10))  # within the sessions' idle timeout
     status, _ = await answer(clients["mash.worker"], rid, "not-ours", {"destination": "team:triage", "reason": REASON})
     assert status == 303
@@ -238,7 +240,10 @@ async def test_not_ours_to_another_team_alerts_it_afresh_and_tells_the_referrer(
     told = [m for m in relay.to(REFERRER) if "passed to" in str(m["Subject"])]
     assert len(told) == 1 and "Front door triage team" in text_of(told[0])
     assert REASON not in text_of(told[0]) and valid_nhs() not in text_of(told[0])
-    # The old team no longer sees it; the new one acknowledges it as any new referral.
+    # The old team no longer sees it, nor can its alert's link acknowledge it; the new team
+    # acknowledges it as any new referral.
+    with pytest.raises(NotFound):
+        await gateway.tracker.lookup(rid, gateway.signer.recipient_hash(MASH))
     await page(clients["mash.worker"], f"/referrals/{rid}", 403)
     await acknowledge(clients["triage.worker"], rid)
     assert (await referral_row(gateway, reference)).state == "acknowledged"

@@ -66,6 +66,9 @@ class Tracker:
                         deliveries.c.referral_id == referral_id,
                         deliveries.c.recipient_hash == recipient_hash,
                         deliveries.c.kind.in_(ALERT_KINDS),
+                        # An alert for the team that has it now: after "not ours, another team"
+                        # (gateway.track.answers) the first team's links no longer acknowledge it.
+                        deliveries.c.team_id == row.team_id,
                     )
                     .limit(1)
                 )
@@ -84,6 +87,7 @@ class Tracker:
                 deliveries.c.recipient_hash == recipient_hash,
                 deliveries.c.kind.in_(ALERT_KINDS),
                 deliveries.c.state == "sent",  # a pending or dead alert never reached the phone
+                deliveries.c.team_id == referrals.c.team_id,  # not an alert from before a re-route
             )
             .order_by(deliveries.c.created_at.desc(), deliveries.c.id)
             .limit(1)
