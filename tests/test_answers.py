@@ -368,6 +368,8 @@ async def test_more_information_asks_without_the_reason_in_clear_and_a_reply_thr
     await gateway.deliver_all()
     assert (await referral_row(gateway, stranger_ref)).state in ("routed", "alerted")
     assert (await referral_row(gateway, reply_ref)).state == "reply"  # not a new referral
+    reply_page = await page(clients["coord"], f"/referrals/{(await referral_row(gateway, reply_ref)).id}")
+    assert f'href="/referrals/{rid}">{reference}</a>' in reply_page
     assert (await referral_row(gateway, reference)).state == "acknowledged"
     async with gateway.engine.connect() as conn:
         (item,) = (await conn.execute(select(additional_info))).all()

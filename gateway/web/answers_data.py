@@ -70,6 +70,15 @@ async def view(
                 .order_by(additional_info.c.received_at)
             )
         ).all()
+        reply = (
+            (
+                await conn.execute(
+                    select(events.c.detail).where(events.c.referral_id == row.id, events.c.kind == "reply").limit(1)
+                )
+            ).scalar_one_or_none()
+            if row.state == State.REPLY
+            else None
+        )
         marks = (
             await conn.execute(
                 select(events.c.kind, events.c.at)
@@ -100,7 +109,10 @@ async def view(
     ]
     additional = [_item(sealed, i.id, i.received_at, i.content) for i in items]
     may_answer = user.role is not Role.ADMIN and row.state in ANSWERABLE
+    reply_of = json.loads(reply) if reply else None
     return {
+        # A reply threaded onto another referral: which one (its text is shown there).
+        "reply_of": (str(reply_of.get("original", "")), str(reply_of.get("to", "?"))) if reply_of else None,
         "answers_given": answered,
         "additional": additional,
         "waiting_since": waiting_since([(m.kind, m.at) for m in marks]) if row.state == State.ACKNOWLEDGED else None,
