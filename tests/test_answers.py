@@ -33,6 +33,7 @@ from gateway.core.reference import new_reference
 from gateway.core.schema import additional_info, answers, deadlines, deliveries, events, referrals
 from gateway.duty.deadline_rules import due_at
 from gateway.open.crypto.openpgp import OpenPGP
+from gateway.pipeline.replies import references_in_body, references_in_subject, subject_of
 from gateway.report import undelivered as report
 from gateway.staff.users import Role, Users
 from gateway.track.acks import NotFound
@@ -539,3 +540,17 @@ def test_check_config_says_what_a_forward_to_each_neighbour_carries(
     out = capsys.readouterr().out
     assert f"neighbour: 'Borsetshire Council' at {KEYED}: a forward carries the referral, encrypted" in out
     assert f"neighbour: 'Felpersham Council' at {UNKEYED}: a forward carries a notice with no personal data" in out
+
+
+def test_references_are_found_in_a_subject_as_typed_and_in_a_body_as_printed() -> None:
+    ref = new_reference(lambda bits: 98765)
+    compact = ref.replace("-", "")
+    assert references_in_subject(f"Re: More information needed: referral {ref.lower()}") == [ref]
+    assert references_in_subject(f"RE: {compact} and again {ref[:4]} {ref[5:]}") == [ref]
+    assert references_in_subject("Re: REFERRAL for SAFEGUARDING") == []  # eight-letter words fail the check
+    assert references_in_body(f"> Please reply quoting {ref}.\n> referral {NOWHERE}") == [ref, NOWHERE]
+    assert references_in_body(f"x{ref} {ref}y {compact} {ref.lower()}") == []  # only as our mails print it
+    folded = (
+        f"Subject: =?utf-8?q?Re=3A_Mwy_o_wybodaeth?=\r\n =?utf-8?q?_{ref}?=\r\nFrom: a@b.example\r\n\r\nbody".encode()
+    )
+    assert references_in_subject(subject_of(folded)) == [ref]

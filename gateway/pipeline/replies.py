@@ -20,11 +20,10 @@ from __future__ import annotations
 import base64
 import email.errors
 import email.header
-import email.parser
-import email.policy
 import json
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -33,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.config import Settings
 from gateway.core.db import Database
 from gateway.core.lifecycle import State
-from gateway.core.reference import is_valid_reference, normalise_reference
+from gateway.core.reference import is_valid_reference
 from gateway.core.schema import events, messages, referrals
 from gateway.core.sealed import EmailEnvelope, Sealed, WebEnvelope
 from gateway.core.sealing import sealed_context
@@ -41,32 +40,61 @@ from gateway.outbox.compose import Composer
 from gateway.pipeline.work import Reply, Work
 
 STAGE = "reply"  # the handler's stage, as the report names it if it fails
-_REFERENCE = re.compile(r"(?<![0-9A-Z])([2-9A-HJ-NP-Z]{4})[ -]?([2-9A-HJ-NP-Z]{4})(?![0-9A-Z])")
+# In a subject, as a person may retype it (any case, a space or no dash); in a body, only as our
+# mails print it (7KM4-Q9XC): a body is long, and every eight-letter word would otherwise be a
+# candidate to check. The check symbol weeds out the words that match by chance.
+_IN_SUBJECT = re.compile(r"(?<![0-9A-Z])([2-9A-HJ-NP-Z]{4})[ -]?([2-9A-HJ-NP-Z]{4})(?![0-9A-Z])")
+# A body is searched from each dash (a literal the regex engine finds fast), and the four symbols
+# before it checked by hand: a pattern that begins with a look-behind tries every position of the text.
+_DASH_THEN_FOUR = re.compile(r"-([2-9A-HJ-NP-Z]{4})(?![0-9A-Za-z])")
+_FOUR = re.compile(r"[2-9A-HJ-NP-Z]{4}")
+_SUBJECT = re.compile(rb"^Subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
 def additional_info_context(item_id: str) -> str:
     return sealed_context("additional_info", item_id)
 
 
-def references_in(text: str) -> list[str]:
-    """Every valid reference in a text, in order, each once (the check symbol weeds out words)."""
+def references_in_subject(subject: str) -> list[str]:
+    """Every valid reference in a subject, in order, each once."""
+    return _valid(f"{first}-{second}" for first, second in _IN_SUBJECT.findall(subject.upper()))
+
+
+def references_in_body(text: str) -> list[str]:
+    """Every valid reference printed as ours are (7KM4-Q9XC) in a body, in order, each once."""
+    candidates = []
+    for match in _DASH_THEN_FOUR.finditer(text):
+        start = match.start()
+        before = text[start - 4 : start] if start >= 4 else ""
+        if _FOUR.fullmatch(before) and (start == 4 or not text[start - 5].isalnum()):
+            candidates.append(f"{before}-{match.group(1)}")
+    return _valid(candidates)
+
+
+def _valid(candidates: Iterable[str]) -> list[str]:
+    # The check symbol weeds out the words that match by chance.
     found: list[str] = []
-    for first, second in _REFERENCE.findall(text.upper()):
-        candidate = f"{first}-{second}"
-        if is_valid_reference(candidate):
-            reference = normalise_reference(candidate)
-            if reference not in found:
-                found.append(reference)
+    for candidate in candidates:
+        if candidate not in found and is_valid_reference(candidate):
+            found.append(candidate)
     return found
 
 
 def subject_of(raw: bytes) -> str:
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw, headersonly=True)
-    value = headers.get("Subject") or ""
+    """The outer Subject, read straight from the header block (a whole header parse of every
+    incoming message cost more than parsing the referral)."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    match = _SUBJECT.search(head)
+    if match is None:
+        return ""
+    value = match.group(1).decode("ascii", "replace")
+    value = re.sub(r"\r?\n[ \t]", " ", value)
+    if "=?" not in value:
+        return value
     try:
-        return str(email.header.make_header(email.header.decode_header(str(value))))
+        return str(email.header.make_header(email.header.decode_header(value)))
     except (UnicodeError, LookupError, email.errors.HeaderParseError):
-        return str(value)
+        return value
 
 
 class ThreadReply:
@@ -85,7 +113,7 @@ class ThreadReply:
         assert isinstance(envelope, EmailEnvelope) and opened is not None and security is not None
         if work.outer is None or work.outer.automatic or not envelope.mail_from:
             return  # an out-of-office or a bounce is nobody's answer
-        candidates = references_in(subject_of(work.raw)) + references_in(opened.text)
+        candidates = references_in_subject(subject_of(work.raw)) + references_in_body(opened.text)
         if not candidates:
             return
         async with self._db.read() as conn:

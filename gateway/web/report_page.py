@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 
 _FLASH = "report_flash"
 RECENT = timedelta(days=7)  # decisions listed under the report this long
-STATES = (*(s.value for s in State if s not in (State.ACKNOWLEDGED, State.CLOSED)), "held")
+# The states an item on the report can be in (the answers' ends, like closed, never are).
+_NEVER_ON_IT = (State.ACKNOWLEDGED, State.CLOSED, State.FORWARDED, State.DUPLICATE, State.REPLY)
+STATES = (*(s.value for s in State if s not in _NEVER_ON_IT), "held")
 
 
 @dataclass(frozen=True)
