@@ -38,7 +38,16 @@ from gateway.report import undelivered as report
 from gateway.staff.users import Role, Users
 from gateway.track.acks import NotFound
 from gateway.web.session import CSRF_FIELD
-from tests.conftest import Sink, make_message, referral_row, send_referral, smtp_send, valid_nhs, write_config
+from tests.conftest import (
+    Sink,
+    both_databases,
+    make_message,
+    referral_row,
+    send_referral,
+    smtp_send,
+    valid_nhs,
+    write_config,
+)
 from tests.staff_auth import TestApps
 from tests.staff_auth import sign_in as staff_sign_in
 
@@ -118,9 +127,9 @@ async def relay() -> AsyncIterator[Relay]:
 
 
 @pytest.fixture
-async def gateway(home: Path, clock: FakeClock, keys: Keys, relay: Relay) -> AsyncIterator[Gateway]:
+async def gateway(home: Path, clock: FakeClock, keys: Keys, relay: Relay, database_url: str) -> AsyncIterator[Gateway]:
     relay_config = f'[mail.relay]\nhost = "127.0.0.1"\nport = {relay.port}\nstarttls = false\ntimeout = "5s"\n'
-    path = write_config(home, neighbours_config(keys), relay=relay_config)
+    path = write_config(home, neighbours_config(keys), relay=relay_config, database_url=database_url)
     gw = Gateway(config_mod.load(path), clock=clock, workers=False)
     await gw.start()
     yield gw
@@ -208,6 +217,7 @@ def text_of(msg: EmailMessage) -> str:
 # --- not ours: another team ------------------------------------------------------------------------
 
 
+@both_databases
 async def test_not_ours_to_another_team_alerts_it_afresh_and_tells_the_referrer(
     gateway: Gateway, clients: dict[str, Client], relay: Relay, clock: FakeClock
 ) -> None:
@@ -261,6 +271,7 @@ async def test_not_ours_to_another_team_alerts_it_afresh_and_tells_the_referrer(
 # --- not ours: another authority -------------------------------------------------------------------
 
 
+@both_databases
 async def test_a_forward_to_a_neighbour_with_a_key_is_encrypted_and_ends_ours_once_delivered(
     gateway: Gateway, clients: dict[str, Client], relay: Relay, keys: Keys
 ) -> None:
@@ -293,6 +304,7 @@ async def test_a_forward_to_a_neighbour_with_a_key_is_encrypted_and_ends_ours_on
     assert "Not ours: forwarded to Borsetshire Council" in html and "Delivered to the neighbouring authority" in html
 
 
+@both_databases
 async def test_without_a_key_only_a_notice_goes_and_a_forward_that_dies_comes_back_to_us(
     gateway: Gateway, clients: dict[str, Client], relay: Relay
 ) -> None:
@@ -329,6 +341,7 @@ async def test_without_a_key_only_a_notice_goes_and_a_forward_that_dies_comes_ba
 # --- more information needed -----------------------------------------------------------------------
 
 
+@both_databases
 async def test_more_information_asks_without_the_reason_in_clear_and_a_reply_threads_back(
     gateway: Gateway, clients: dict[str, Client], relay: Relay
 ) -> None:
@@ -387,6 +400,7 @@ async def test_more_information_asks_without_the_reason_in_clear_and_a_reply_thr
 # --- duplicate -------------------------------------------------------------------------------------
 
 
+@both_databases
 async def test_duplicate_links_both_and_ends_this_one(
     gateway: Gateway, clients: dict[str, Client], relay: Relay
 ) -> None:
@@ -421,6 +435,7 @@ async def test_duplicate_links_both_and_ends_this_one(
 # --- bad input ---------------------------------------------------------------------------------------
 
 
+@both_databases
 async def test_bad_answers_are_refused_with_a_clear_message_and_change_nothing(
     gateway: Gateway, clients: dict[str, Client]
 ) -> None:
@@ -492,6 +507,7 @@ def test_check_config_refuses_a_neighbour_at_our_own_mailbox(home: Path) -> None
 # --- counted in the report and the daily digest ----------------------------------------------------
 
 
+@both_databases
 async def test_each_answer_is_counted_on_the_report_page_and_in_the_digest(
     gateway: Gateway, clients: dict[str, Client], relay: Relay
 ) -> None:
@@ -514,6 +530,7 @@ async def test_each_answer_is_counted_on_the_report_page_and_in_the_digest(
     assert f"Answered in the last 24 hours: {counted}" in text_of(digest)
 
 
+@both_databases
 async def test_retention_removes_an_answered_referrals_reason_and_keeps_what_happened(
     gateway: Gateway, clients: dict[str, Client], clock: FakeClock
 ) -> None:
