@@ -37,6 +37,7 @@ from gateway.pipeline.replies import references_in_body, references_in_subject, 
 from gateway.report import undelivered as report
 from gateway.staff.users import Role, Users
 from gateway.track.acks import NotFound
+from gateway.track.verify import verify
 from gateway.web.session import CSRF_FIELD
 from tests.conftest import (
     Sink,
@@ -266,6 +267,7 @@ async def test_not_ours_to_another_team_alerts_it_afresh_and_tells_the_referrer(
     async with gateway.engine.connect() as conn:
         sealed = (await conn.execute(select(answers.c.reason))).scalar_one()
     assert REASON.encode() not in sealed
+    assert await verify(gateway.engine, gateway.clock.now()) == []  # the invariants hold
 
 
 # --- not ours: another authority -------------------------------------------------------------------
@@ -336,6 +338,7 @@ async def test_without_a_key_only_a_notice_goes_and_a_forward_that_dies_comes_ba
     assert dead_ref in await page(clients["mash.worker"], "/dashboard")
     await acknowledge(clients["mash.worker"], dead_id)  # a person takes it up again
     assert (await referral_row(gateway, dead_ref)).state == "acknowledged"
+    assert await verify(gateway.engine, gateway.clock.now()) == []  # the invariants hold
 
 
 # --- more information needed -----------------------------------------------------------------------
@@ -395,6 +398,7 @@ async def test_more_information_asks_without_the_reason_in_clear_and_a_reply_thr
     assert len(told) == 1 and "Ambridge" not in text_of(told[0])  # the team alerted, nothing personal
     assert "information_received" in await kinds(gateway, rid)
     assert "Which school" not in await all_event_details(gateway)
+    assert await verify(gateway.engine, gateway.clock.now()) == []  # the invariants hold
 
 
 # --- duplicate -------------------------------------------------------------------------------------
@@ -528,6 +532,7 @@ async def test_each_answer_is_counted_on_the_report_page_and_in_the_digest(
     await gateway.deliver_all()
     (digest,) = [m for m in relay.to("iris.novak@demo-council.example") if "daily digest" in str(m["Subject"])]
     assert f"Answered in the last 24 hours: {counted}" in text_of(digest)
+    assert await verify(gateway.engine, gateway.clock.now()) == []  # the invariants hold
 
 
 @both_databases
@@ -547,6 +552,7 @@ async def test_retention_removes_an_answered_referrals_reason_and_keeps_what_hap
     assert kept.reason is None and kept.kind == "duplicate"  # the answer stays, its reason goes
     assert "duplicate" in await kinds(gateway, second_id) and "purged" in await kinds(gateway, second_id)
     assert (await referral_row(gateway, first_ref)).purged_at is None  # the live one is not closed
+    assert await verify(gateway.engine, gateway.clock.now()) == []  # the invariants hold
 
 
 def test_check_config_says_what_a_forward_to_each_neighbour_carries(
