@@ -506,6 +506,15 @@ def test_check_config_refuses_a_neighbour_at_our_own_mailbox(home: Path) -> None
     with pytest.raises(ConfigError) as caught:
         config_mod.load(path)
     assert "neighbours[0].address" in str(caught.value) and "our own teams' mailboxes" in str(caught.value)
+    path = write_config(
+        home,
+        '[[neighbours]]\nname = "A"\naddress = "a@a.example"\nsmime_cert = "keys/none.pem"\n'
+        '[[neighbours]]\nname = "a"\naddress = "b@a.example"\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        config_mod.load(path)
+    assert "neighbours[0].smime_cert" in str(caught.value) and "does not exist" in str(caught.value)
+    assert "neighbours[1].name" in str(caught.value) and "keep one [[neighbours]] block" in str(caught.value)
 
 
 # --- counted in the report and the daily digest ----------------------------------------------------

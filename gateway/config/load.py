@@ -149,7 +149,8 @@ def load(file: Path) -> Config:
     issues += _cross_checks(raw, file)
     if settings is not None:
         issues += duty_checks(settings, file)
-        issues += neighbour_checks(settings.neighbours, {t.email.lower() for t in settings.teams}, file)
+        home = file.resolve().parent.parent  # as Config.home below: relative paths start there
+        issues += neighbour_checks(settings.neighbours, {t.email.lower() for t in settings.teams}, file, home)
     if issues or settings is None:
         raise ConfigError(issues)
     home = file.resolve().parent.parent

@@ -23,8 +23,11 @@ class Neighbour(Strict):
     smime_cert: Path | None = None
 
 
-def neighbour_checks(neighbours: tuple[Neighbour, ...], team_addresses: set[str], file: Path) -> list[ConfigIssue]:
-    """Each neighbour once, and none at one of our own teams' mailboxes (a forward would come back)."""
+def neighbour_checks(
+    neighbours: tuple[Neighbour, ...], team_addresses: set[str], file: Path, home: Path
+) -> list[ConfigIssue]:
+    """Each neighbour once, none at one of our own teams' mailboxes (a forward would come back), and
+    its certificate present. An OpenPGP key's import is checked at start, as for teams' keys."""
     issues: list[ConfigIssue] = []
     seen: dict[str, int] = {}
     for index, n in enumerate(neighbours):
@@ -49,6 +52,15 @@ def neighbour_checks(neighbours: tuple[Neighbour, ...], team_addresses: set[str]
                     f"{n.address} is one of our own teams' mailboxes",
                     "use the neighbouring authority's referral address; to pass a referral to another of our "
                     "teams, answer 'not ours' with that team",
+                )
+            )
+        if n.smime_cert and not (home / n.smime_cert).is_file():
+            issues.append(
+                ConfigIssue(
+                    file,
+                    f"neighbours[{index}].smime_cert",
+                    f"{home / n.smime_cert} does not exist",
+                    "put the neighbour's S/MIME certificate (PEM) there, or remove smime_cert",
                 )
             )
     return issues
