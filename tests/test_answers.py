@@ -360,6 +360,7 @@ async def test_more_information_asks_without_the_reason_in_clear_and_a_reply_thr
     await gateway.deliver_all()
     (request,) = [m for m in relay.to(REFERRER) if "More information needed" in str(m["Subject"])]
     assert reference in str(request["Subject"]) and "020 7946" in text_of(request)
+    assert request["Reply-To"] == "referrals@demo-council.example"  # a referral address: the reply comes in
     assert "school" not in text_of(request).lower()  # the reason only ever in encrypted mail
 
     # A reply from someone else quoting the reference is a new referral, as today.

@@ -350,13 +350,15 @@ class Answers:
     ) -> tuple[Outgoing, bool]:
         """The request: with the reason only when encrypted to the referrer's own key; otherwise the
         reference, that more is needed, and the duty phone (the reason may be personal data)."""
-        clear = self._composer.referrer_notice("info_request", channel, to, now, row.reference, {})
+        # Replies come to a referral address (the intake accepts no other), whatever mail.from_address is.
+        reply_to = self._s.smtp.referral_addresses[0]
+        clear = self._composer.referrer_notice("info_request", channel, to, now, row.reference, {}, reply_to)
         assert row.content is not None
         key = self._sealed.content(row.id, row.content).reply_key
         if channel != "email" or key is None:
             return clear, False
         head, entity = self._composer.answer_secure_parts(
-            "info_request_secure", to, now, row.reference, {"reason": reason}
+            "info_request_secure", to, now, row.reference, {"reason": reason}, reply_to
         )
         try:
             message = await self._protector.protect_to(key, head, entity)
