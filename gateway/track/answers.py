@@ -42,7 +42,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config import Config
-from gateway.config.neighbours import Neighbour, find_neighbour
+from gateway.config.neighbours import find_neighbour
 from gateway.core import audit
 from gateway.core.clock import Clock
 from gateway.core.db import Database
@@ -53,12 +53,12 @@ from gateway.core.schema import answers, deadlines, referrals
 from gateway.core.sealed import RoutedAtIntake, Sealed
 from gateway.core.sealing import sealed_context
 from gateway.core.transitions import lock, transition, transitions
-from gateway.open.crypto import CryptoError
-from gateway.outbox.compose import AlertContent, Composer, Outgoing
+from gateway.outbox.compose import AlertContent, Composer
 from gateway.outbox.dispatch import Dispatched, Dispatcher
 from gateway.outbox.enqueue import queue_outgoing
 from gateway.outbox.protect import Protector
 from gateway.route.rules import Facts
+from gateway.track.answer_mail import AnswerMail
 from gateway.track.referrer import Referrers
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class Answers:
         self._dispatcher = dispatcher
         self._referrers = referrers
         self._clock = clock
+        self._mail = AnswerMail(config.settings, sealed, composer, protector)
 
     # --- shared --------------------------------------------------------------------------------
 
@@ -270,7 +271,7 @@ class Answers:
             )
         row = await self._read(referral_id, ANSWERABLE)
         now = self._clock.now()
-        forward, encrypted = await self._forward(row, neighbour, by, reason, now)
+        forward, encrypted = await self._mail.forward(row, neighbour, by, reason, now)
         actor = f"user:{user_id}"
         async with self._db.write() as conn:
             await self._locked(conn, referral_id, ANSWERABLE)
@@ -288,28 +289,6 @@ class Answers:
         log.info("answers: referral %s forwarded to a neighbouring authority (encrypted: %s)", row.reference, encrypted)
         return Answered(row.reference, "not_ours_authority", neighbour.name)
 
-    async def _forward(
-        self, row: ReferralRecord, neighbour: Neighbour, by: str, reason: str, now: datetime
-    ) -> tuple[Outgoing, bool]:
-        """The forward: the content encrypted to the neighbour's key, or, without a key (or if it
-        fails), the notice with no personal data. Never content in clear mail."""
-        notice = self._composer.answer_mail("forward", "forward_notice", neighbour.address, now, row.reference, {})
-        if not self._protector.can_protect(neighbour):
-            return notice, False
-        assert row.content is not None
-        referral = self._sealed.content(row.id, row.content).referral
-        context = {"referral": referral, "neighbour": neighbour, "by": by, "reason": reason}
-        context |= {"received_at": row.received_at}
-        head, entity = self._composer.answer_secure_parts(
-            "forward_secure", neighbour.address, now, row.reference, context
-        )
-        try:
-            message = await self._protector.protect(neighbour, head, entity)
-        except CryptoError as exc:
-            log.warning("answers: forward of %s not encrypted (%s); the notice goes instead", row.reference, exc.reason)
-            return notice, False
-        return Outgoing("forward", neighbour.address, message, notice.recipient_hash), True
-
     # --- more information needed ---------------------------------------------------------------
 
     async def more_information(self, user_id: str, referral_id: str, reason_text: str) -> Answered:
@@ -326,7 +305,7 @@ class Answers:
             raise AnswerError(
                 "The gateway has no address for this referrer (no receipt went to them): phone them instead"
             )
-        request, encrypted = await self._request(row, channel, to, reason, now)
+        request, encrypted = await self._mail.request(row, channel, to, reason, now)
         actor = f"user:{user_id}"
         async with self._db.write() as conn:
             await self._locked(conn, referral_id, acknowledged)
@@ -344,30 +323,6 @@ class Answers:
             await transition(conn, row.id, batch)
         log.info("answers: more information requested for referral %s (encrypted: %s)", row.reference, encrypted)
         return Answered(row.reference, "more_info", channel)
-
-    async def _request(
-        self, row: ReferralRecord, channel: str, to: str, reason: str, now: datetime
-    ) -> tuple[Outgoing, bool]:
-        """The request: with the reason only when encrypted to the referrer's own key; otherwise the
-        reference, that more is needed, and the duty phone (the reason may be personal data)."""
-        # Replies come to a referral address (the intake accepts no other), whatever mail.from_address is.
-        reply_to = self._s.smtp.referral_addresses[0]
-        clear = self._composer.referrer_notice("info_request", channel, to, now, row.reference, {}, reply_to)
-        assert row.content is not None
-        key = self._sealed.content(row.id, row.content).reply_key
-        if channel != "email" or key is None:
-            return clear, False
-        head, entity = self._composer.answer_secure_parts(
-            "info_request_secure", to, now, row.reference, {"reason": reason}, reply_to
-        )
-        try:
-            message = await self._protector.protect_to(key, head, entity)
-        except CryptoError as exc:
-            log.warning(
-                "answers: request for %s not encrypted (%s); sent without the reason", row.reference, exc.reason
-            )
-            return clear, False
-        return Outgoing("info_request", to, message, clear.recipient_hash), True
 
     # --- duplicate of REF ----------------------------------------------------------------------
 
