@@ -195,6 +195,26 @@ BROKEN: dict[str, tuple[Callable[[str], str], str, tuple[str, ...], tuple[str, .
         ("'NW1 2AB' is not a postcode area",),
         ("district",),
     ),
+    "hand-over at close on a team that never closes": (
+        lambda t: edited(
+            t,
+            "around the clock.\n",
+            'around the clock.\nhand_over_at_close = ["urgent"]\n',
+        ),
+        "teams[2].hand_over_at_close",
+        ("team 'edt' has no schedule", "nothing is handed over"),
+        ("give the team a schedule",),
+    ),
+    "hand-over at close with no out-of-hours team to take it": (
+        lambda t: edited(
+            t,
+            'local_authority = ["E09000999"]\nteam = "mash"\nout_of_hours = "edt"',
+            'local_authority = ["E09000999"]\nteam = "mash"',
+        ),
+        "teams[0].hand_over_at_close",
+        ("route 'borough-postcodes' sends to 'mash' with no out_of_hours team",),
+        ("give route 'borough-postcodes' an out_of_hours team",),
+    ),
     "default route with conditions": (
         lambda t: edited(t, LAST_ROUTE, LAST_ROUTE + '\nurgency = ["standard"]'),
         "routes[4]",
@@ -279,3 +299,31 @@ def test_a_field_error_and_a_route_error_are_reported_together(
     lines = errors(err)
     assert any(": deadlines.immediate: " in line for line in lines), err
     assert any(": routes[1].team: unknown team 'mahs'" in line for line in lines), err
+
+
+CHRISTMAS = ["--from", "2026-12-01T00:00", "--days", "28"]  # 28 days over Christmas and Boxing Day
+
+
+def test_the_shipped_config_has_no_deadline_longer_than_24_clock_hours(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(SHIPPED), *CHRISTMAS]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("warning:")] == []
+
+
+def test_a_working_time_deadline_over_christmas_without_a_hand_over_is_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = edited(shipped_text(), 'hand_over_at_close = ["immediate", "urgent"]\n', "")
+    path = write(tmp_path, text)
+    assert main(["check-config", "--config", str(path), *CHRISTMAS]) == 0  # a warning, not an error
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    # 16:55 on Thursday 24 December: 5 working minutes that day, then Christmas Day, the weekend
+    # and Boxing Day (observed Monday 28th) are closed; the rest runs out at 12:55 on the 29th.
+    assert warnings == [
+        "warning: urgent on team mash: a referral at 16:55 on 24 Dec is due 29 Dec 12:55, 116 clock hours "
+        "(over 24); add a hand-over at close (hand_over_at_close on the team) or give it a shorter deadline"
+    ]
+    # Without the setting nothing is checked.
+    write(tmp_path, text.replace("warn_clock_hours = 24 ", "# warn_clock_hours = 24 "))
+    assert main(["check-config", "--config", str(path), *CHRISTMAS]) == 0
+    assert "warning:" not in capsys.readouterr().out

@@ -209,6 +209,18 @@ def test_explain_in_summer_shows_british_summer_time(capsys: pytest.CaptureFixtu
     assert "acknowledge within 4 working hours: by Wednesday 01 July 2026, 14:00 BST" in out
 
 
+def test_explain_at_1655_on_christmas_eve_shows_the_hand_over_at_close(capsys: pytest.CaptureFixture[str]) -> None:
+    out = explain(capsys, EXAMPLES / "complete-referral.json", at="2026-12-24T16:55:00+00:00")
+    assert "acknowledge within 4 working hours: by Tuesday 29 December 2026, 12:55 GMT" in out
+    assert (
+        "hand-over at close: at Thursday 24 December 2026, 17:00 GMT to Emergency Duty Team (alerted then); "
+        "acknowledge by Thursday 24 December 2026, 18:00 GMT from then, and steps due later come forward to that"
+    ) in out
+    # The managers' step waited for 29 December; from the hand-over it comes at the EDT's deadline.
+    assert "  step 2 at Thursday 24 December 2026, 18:00 GMT: managers by email, sms" in out
+    assert "  step 3 at Thursday 24 December 2026, 19:00 GMT: coordinators by email, sms" in out
+
+
 def test_explain_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nothing.json"
     code = main(["route", "--explain", str(missing), "--config", str(ROOT / "config" / "gateway.toml")])

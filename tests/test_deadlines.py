@@ -55,10 +55,10 @@ async def events_of(gateway: Gateway, referral_id: str, kind: str) -> list[tuple
 async def test_deadline_follows_the_team_and_the_urgency(gateway: Gateway, clock: FakeClock) -> None:
     # Received Wednesday 25 November 2026, 10:00 UTC (10:00 in London, in office hours).
     cases = [
-        # MASH sets its own: 15 minutes; 4 working hours; the end of the next working day (17:00).
+        # MASH sets its own (red and amber): 15 minutes; 4 working hours; 24 hours on the clock.
         ("immediate", IN_BOROUGH, "mash", "15 minutes", START + timedelta(minutes=15)),
         ("urgent", IN_BOROUGH, "mash", "4 working hours", datetime(2026, 11, 25, 14, 0, tzinfo=UTC)),
-        ("standard", IN_BOROUGH, "mash", "end of the next working day", datetime(2026, 11, 26, 17, 0, tzinfo=UTC)),
+        ("standard", IN_BOROUGH, "mash", "1 day", START + timedelta(hours=24)),
         # Triage sets none: the gateway-wide [deadlines], in clock time.
         ("urgent", OUT_OF_AREA, "triage", "1 hour", START + timedelta(hours=1)),
         ("standard", OUT_OF_AREA, "triage", "1 day", START + timedelta(hours=24)),
@@ -80,11 +80,11 @@ async def test_deadline_follows_the_team_and_the_urgency(gateway: Gateway, clock
     assert late.due_at is None  # not processed yet
     await gateway.process_all()
     assert (await referral(gateway, late.reference)).due_at == datetime(2026, 11, 26, 11, 0, tzinfo=UTC)
-    # On a Friday afternoon the next working day is Monday.
+    # Amber is 24 hours on the clock, over a weekend too (the report shows it late on Saturday).
     clock.set(datetime(2026, 11, 27, 15, 0, tzinfo=UTC))
     friday = await send(gateway, "d-friday", urgency="standard")
     await gateway.process_all()
-    assert (await referral(gateway, friday)).due_at == datetime(2026, 11, 30, 17, 0, tzinfo=UTC)
+    assert (await referral(gateway, friday)).due_at == datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
 
 
 async def test_a_missed_deadline_fires_once_as_overdue_and_is_on_the_report(gateway: Gateway, clock: FakeClock) -> None:
@@ -116,7 +116,9 @@ async def test_a_missed_deadline_fires_once_as_overdue_and_is_on_the_report(gate
 
     # Still once after more time, more escalation steps and more calls.
     clock.set(due + timedelta(hours=5))
-    assert await gateway.fire_deadlines() == 1  # step 3 (the coordinators), not the deadline again
+    # Step 3 (the coordinators) and the hand-over at 17:00 close (MASH hands urgent ones to the
+    # EDT), not the deadline again.
+    assert await gateway.fire_deadlines() == 2
     assert await gateway.fire_deadlines() == 0
     assert len(await events_of(gateway, rid, "overdue")) == 1
 
@@ -148,12 +150,13 @@ async def test_acknowledgement_cancels_every_deadline_and_step_still_to_come(
     assert [(r.kind, r.due_at - START) for r in fired] == [("step", timedelta(minutes=10))]
     assert sorted((r.kind, r.due_at - START) for r in unfired) == [
         ("ack", timedelta(minutes=15)),
+        ("handover", timedelta(hours=7)),  # 17:00, when MASH closes
         ("step", timedelta(minutes=25)),
     ]
     assert all(r.cancelled_at == clock.now() for r in unfired)  # in the acknowledgement's transaction
     assert all(r.cancelled_at is None for r in fired)
     # The other referral's chain goes on.
-    assert [r.cancelled_at for r in await rows_of(gateway, other_id)] == [None, None, None]
+    assert [r.cancelled_at for r in await rows_of(gateway, other_id)] == [None, None, None, None]
 
     async with gateway.engine.connect() as conn:
         queued_before = (await conn.execute(select(deliveries.c.id).where(deliveries.c.referral_id == rid))).all()

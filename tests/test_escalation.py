@@ -206,10 +206,10 @@ async def test_immediate_chain_alerts_each_step_on_time_by_email_and_sms(
     # "team": the mailbox and every member; "managers": Dev (already in the team: once each).
     assert second == Counter({("reminder", who): 1 for who in both("mash", "asha", "ben", "chloe", "dev")})
 
-    # +15m: the acknowledgement deadline is missed (an event, no message of its own).
+    # +15m: the acknowledgement deadline is missed (an event; no alert, only the referrer's follow-up).
     clock.set(START + timedelta(minutes=15))
     assert await gateway.fire_deadlines() == 1
-    assert await queued(gateway, rid, since=clock.now()) == Counter()
+    assert await queued(gateway, rid, since=clock.now()) == Counter({("follow_up", "referrer email"): 1})
 
     # Step 3 at +25m: the out-of-hours team's member on duty (Gus, EDT day shift) and Iris.
     clock.set(START + timedelta(minutes=24, seconds=59))
@@ -293,6 +293,7 @@ async def test_acknowledgement_stops_the_chain_and_tells_everyone_already_alerte
     # The next step (+25m) and the acknowledgement deadline (+15m), cancelled with the acknowledgement.
     assert sorted((r.kind, r.due_at - START) for r in unfired) == [
         ("ack", timedelta(minutes=15)),
+        ("handover", timedelta(hours=7)),  # 17:00, when MASH closes
         ("step", timedelta(minutes=25)),
     ]
     assert all(r.cancelled_at == row.acknowledged_at for r in unfired)
@@ -534,7 +535,8 @@ async def test_a_referral_arriving_during_a_wait_starts_its_own_chain(gateway: G
     assert alerted(await queued(gateway, second_id, since=clock.now()), "reminder") == both(
         "mash", "asha", "ben", "chloe", "dev"
     )
-    assert await queued(gateway, first_id, since=clock.now()) == Counter()
+    # The first one's referrer is told it has not been picked up yet (no alert to anyone).
+    assert await queued(gateway, first_id, since=clock.now()) == Counter({("follow_up", "referrer email"): 1})
     assert [(r.step, r.due_at - START) for r in await step_rows(gateway, first_id)] == [
         (1, timedelta(minutes=10)),
         (2, timedelta(minutes=25)),
@@ -610,7 +612,10 @@ async def test_a_restart_mid_chain_neither_repeats_nor_misses_a_step(
         # Exactly one row per step, kind and recipient: step 1, step 2 once each, step 3 once.
         assert all(n == 1 for n in after.values()), after
         added = after - before
-        assert added == Counter({("reminder", who): 1 for who in both("gus", "iris")})
+        # Step 3's reminders, and the referrer's one follow-up for the missed deadline.
+        assert added == Counter({("reminder", who): 1 for who in both("gus", "iris")}) + Counter(
+            {("follow_up", "referrer email"): 1}
+        )
         assert [(d["step"], d["round"]) for _, d in await step_events(restarted, rid)] == [(1, 0), (2, 0), (3, 0)]
         rows = await step_rows(restarted, rid)
         assert [(r.step, r.round, r.fired_at and r.fired_at - START) for r in rows] == [

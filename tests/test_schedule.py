@@ -18,6 +18,7 @@ from gateway.duty.schedule import (
     add_working_time,
     bank_holidays,
     calendar_warning,
+    close_of_day,
     end_of_next_working_day,
     holiday_data_end,
     is_open,
@@ -405,3 +406,21 @@ def test_end_of_next_working_day_is_a_later_working_days_close(schedule: Schedul
     while between < day:
         assert open_intervals(schedule, local_to_utc(between, time(0)), local_to_utc(between, time(23, 59))) == []
         between += timedelta(days=1)
+
+
+def test_close_of_day_is_the_end_of_the_last_period_not_a_lunch_break() -> None:
+    lunch = Schedule(
+        Nation.ENGLAND, dict.fromkeys(range(5), (Period(time(9), time(12, 30)), Period(time(13, 30), time(17))))
+    )
+    assert close_of_day(lunch, london(2026, 12, 24, 16, 55)) == london(2026, 12, 24, 17)
+    assert close_of_day(lunch, london(2026, 12, 24, 12, 45)) == london(2026, 12, 24, 17)  # in the break
+    assert close_of_day(office(), london(2026, 7, 1, 10)) == utc(2026, 7, 1, 16)  # 17:00 BST
+    # Already closed for the day, shut all day (Christmas, a Saturday), or never closing: none.
+    assert close_of_day(office(), london(2026, 12, 24, 17)) is None
+    assert close_of_day(office(), london(2026, 12, 24, 8, 59)) is None
+    assert close_of_day(office(), london(2026, 12, 25, 12)) is None
+    assert close_of_day(office(), london(2026, 12, 26, 12)) is None
+    assert close_of_day(Schedule(Nation.ENGLAND, {}, always_open=True), london(2026, 12, 24, 12)) is None
+    # Hours to 24:00 that run on into the next day's: the close is where the open run ends.
+    late = Schedule(Nation.ENGLAND, {0: (Period(time(18), None),), 1: (Period(time(0), time(2)),)})
+    assert close_of_day(late, london(2026, 11, 23, 20)) == london(2026, 11, 24, 2)

@@ -265,6 +265,27 @@ async def test_immediate_quick_referral_gets_reference_999_and_the_teams_duty_ph
     assert DUTY_PHONE not in reply.text
 
 
+async def test_a_missed_deadline_texts_the_referrer_once_with_the_teams_phone(sms: SmsWorld) -> None:
+    reference = reference_in((await sms.text(PAT, IMMEDIATE_TEXT)).text)
+    await sms.gw.process_all()
+    await sms.gw.deliver_all()
+    assert sms.texts_to(PAT) == []  # the webhook's reply was the receipt
+
+    sms.clock.set(START + timedelta(minutes=15))  # triage's immediate deadline (the gateway-wide 15m)
+    await sms.gw.fire_deadlines()
+    await sms.gw.deliver_all()
+    (follow_up,) = sms.texts_to(PAT)
+    assert f"your referral {reference} has not yet been picked up by a named worker" in follow_up
+    assert f"call {TRIAGE_PHONE} now" in follow_up
+    assert not [d for d in (CHILD_NAME, CHILD_DETAILS, CHILD_NHS, CHILD_POSTCODE) if d in follow_up]
+    sms.clock.set(START + timedelta(hours=3))  # more escalation steps: still one text
+    await sms.gw.fire_deadlines()
+    await sms.gw.deliver_all()
+    assert len(sms.texts_to(PAT)) == 1
+    row = await referral_row(sms.gw, reference)
+    assert (await event_kinds(sms.gw, row.id)).count("referrer_followed_up") == 1
+
+
 async def test_out_of_hours_the_reply_gives_the_emergency_duty_teams_phone(sms: SmsWorld) -> None:
     sms.clock.set(START.replace(hour=22))  # Wednesday 22:00 (GMT): triage is closed
     reply = await sms.text(PAT, "REF NW1 4NP imm child alone at home")

@@ -27,6 +27,7 @@ from gateway.open.mimebytes import MimeError
 from gateway.parse.referral import parse_email, parse_json, parse_text
 from gateway.report import undelivered as report
 from gateway.route.coverage import calendar_warnings, gaps
+from gateway.route.deadline_reach import long_deadlines
 from gateway.route.explain import explain
 from gateway.route.rules import Facts
 from gateway.track.verify import verify
@@ -42,6 +43,7 @@ REQUIRED_TEMPLATES = (
     "email/quarantine_alert.txt",
     "email/alert_secure.txt",
     "email/acknowledged_by.txt",
+    "email/concern_alert.txt",
     "sms/alert.txt",
     "sms/ack_told.txt",
     "sms/ack_notice.txt",
@@ -152,6 +154,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     start = _at(args.start) if args.start else SystemClock().now()
     for warning in calendar_warnings(s, start):
         print(f"warning: {warning}")
+    for long in long_deadlines(s, start):
+        print(f"warning: {long.text()}")
     found = gaps(s, start, args.days)
     for gap in found:
         for line in gap.lines():
@@ -262,9 +266,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=report.FORMATS, default="table")
     p.set_defaults(func=cmd_report)
     command("verify", "check that every accepted referral is tracked").set_defaults(func=cmd_verify)
-    # `backup`, `restore`, `purge`, `hold`, `keys ...`, `users ...`: their own modules
+    # `backup`, `restore`, `purge`, `hold`, `reindex`, `keys ...`, `users ...`: their own modules
     from gateway.cli import backup as backup_cli
     from gateway.cli import keys as keys_cli
+    from gateway.cli import reindex as reindex_cli
     from gateway.cli import retention as retention_cli
     from gateway.cli import users as users_cli
 
@@ -272,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
     users_cli.register(sub, DEFAULT_CONFIG)
     backup_cli.register(sub, DEFAULT_CONFIG)
     retention_cli.register(sub, DEFAULT_CONFIG)
+    reindex_cli.register(sub, DEFAULT_CONFIG)
     return top
 
 

@@ -84,6 +84,21 @@ def _team_checks(
                 f"overlaps overrides[{first}] (both say who is on duty for the same time)",
                 "make overrides end before the next starts, or merge them into one",
             )
+    if team.hand_over_at_close:
+        if team.schedule is None:
+            add(
+                ".hand_over_at_close",
+                f"team '{team.id}' has no schedule, so its office never closes and nothing is handed over",
+                "give the team a schedule, or remove hand_over_at_close",
+            )
+        for route in settings.routes:
+            if route.team == team.id and route.out_of_hours is None:
+                add(
+                    ".hand_over_at_close",
+                    f"route '{route.name}' sends to '{team.id}' with no out_of_hours team, so its referrals "
+                    "would stay in a closed office",
+                    f"give route '{route.name}' an out_of_hours team to hand over to",
+                )
     wanted = team.escalation.values() if isinstance(team.escalation, dict) else [team.escalation]
     for chain in wanted:
         if chain is not None and chain not in {e.id for e in settings.escalations}:

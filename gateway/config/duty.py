@@ -232,6 +232,10 @@ class Team(Strict):
     deadlines: TeamDeadlines = TeamDeadlines()  # per urgency; unset ones come from [deadlines]
     # An [[escalations]] id for every urgency, or a table urgency -> id; none: the built-in chain.
     escalation: str | dict[Urgency, str] | None = None
+    # Referrals of these urgencies still open (not acknowledged) when the office closes for the day
+    # are handed to the route's out_of_hours team then (gateway.route.handover), instead of waiting
+    # in a closed office for working time to run out.
+    hand_over_at_close: tuple[Urgency, ...] = ()
 
     def member(self, member_id: str) -> Person | None:
         return next((m for m in self.members if m.id == member_id), None)

@@ -202,12 +202,23 @@ class DeadlinesSection(Strict):
     immediate: Deadline = parse_deadline("15m")
     urgent: Deadline = parse_deadline("1h")
     standard: Deadline = parse_deadline("24h")
+    # check-config warns when a deadline can take longer than this in clock hours for a referral
+    # received in the next 28 days (a working-time deadline over a bank holiday weekend); unset: no check.
+    warn_clock_hours: int | None = Field(default=None, ge=1, le=24 * 28)
 
     def for_urgency(self, urgency: Urgency | str | None) -> DeadlineRule:
         # A referral whose urgency is missing is treated as the most urgent: guessing low is
         # the mistake that costs a child; guessing high costs a duty worker a minute.
         level = Urgency(urgency) if urgency else Urgency.IMMEDIATE
         return {Urgency.IMMEDIATE: self.immediate, Urgency.URGENT: self.urgent, Urgency.STANDARD: self.standard}[level]
+
+
+class ReferrerSection(Strict):
+    """What the referrer is told beyond the receipt, acknowledgement and outcome."""
+
+    # When a referral misses its first acknowledgement deadline, tell the referrer once that no
+    # named worker has it yet and which number to call (gateway.track.follow_up).
+    follow_up: bool = True
 
 
 class AckSection(Strict):
@@ -237,6 +248,33 @@ class RetentionSection(Strict):
         if value < timedelta(minutes=1):
             raise ValueError("under a minute would keep the database busy; use one like '1h'")
         return value
+
+
+class ConcernSection(Strict):
+    """Cumulative concern (gateway.history.concern): `referrals` referrals about one child within
+    `window`, from at least `organisations` different organisations, none of them urgent, alert the
+    team's managers and the coordinators."""
+
+    enabled: bool = True
+    window: Duration = timedelta(days=30)
+    referrals: int = Field(default=3, ge=2)
+    organisations: int = Field(default=2, ge=1)
+
+    @field_validator("window")
+    @classmethod
+    def _at_least_a_day(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=1):
+            raise ValueError("under a day is surely a typo ('30m' for '30d'); use days, like '30d'")
+        return value
+
+    @model_validator(mode="after")
+    def _organisations_fit(self) -> ConcernSection:
+        if self.organisations > self.referrals:
+            raise ValueError(
+                "organisations is more than referrals, so a concern could never be raised; "
+                "make organisations at most referrals"
+            )
+        return self
 
 
 def _sender_pattern(value: str) -> str:

@@ -24,6 +24,7 @@ from gateway.config.neighbours import Neighbour
 from gateway.config.sections import (
     AckSection,
     BackupSection,
+    ConcernSection,
     DatabaseSection,
     DeadlinesSection,
     DigestSection,
@@ -36,6 +37,7 @@ from gateway.config.sections import (
     PathsSection,
     ProcessingSection,
     Professional,
+    ReferrerSection,
     RetentionSection,
     RotationSection,
     SecuritySection,
@@ -59,7 +61,9 @@ class Settings(Strict):
     processing: ProcessingSection = ProcessingSection()
     deadlines: DeadlinesSection = DeadlinesSection()
     ack: AckSection = AckSection()
+    referrer: ReferrerSection = ReferrerSection()
     retention: RetentionSection = RetentionSection()
+    concern: ConcernSection = ConcernSection()
     teams: tuple[Team, ...] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)
     security: SecuritySection = SecuritySection()

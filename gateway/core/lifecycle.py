@@ -98,6 +98,13 @@ _INFO = frozenset(
         # On the earlier referral: its signed content was received again, as a repeat (any state:
         # a replay may come after it was acknowledged or closed).
         "received_again",
+        # Track (gateway.track.deadlines): handed to the out-of-hours team at office close, and the
+        # referrer told once that nobody named has it yet. The referral is still not acknowledged.
+        "handed_over",
+        "referrer_followed_up",
+        # Linked history (gateway.history.concern): this referral made several about one child add
+        # up to a cumulative concern; its managers and the coordinators were alerted.
+        "cumulative_concern",
         # Structured answers: the duty team asked the referrer for more information (the referral
         # stays acknowledged, waiting), the referrer's reply was threaded on, and, on the other
         # referral of a duplicate, that this one was linked to it.

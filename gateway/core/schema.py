@@ -178,7 +178,8 @@ deadlines = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
-    # ack: the acknowledgement deadline (overdue when missed); step: an escalation step falls due
+    # ack: the acknowledgement deadline (overdue when missed); step: an escalation step falls due;
+    # handover: the office closes and the referral goes to the out-of-hours team (gateway.route.handover)
     Column("kind", String(16), nullable=False),
     Column("due_at", UTCDateTime, nullable=False),
     Column("fired_at", UTCDateTime),
@@ -322,6 +323,34 @@ signed_content = Table(
     Column("digest", String(64), primary_key=True),
     Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
     Column("first_seen", UTCDateTime, nullable=False),
+)
+
+# Linked history (issue 15): keyed hashes of what identifies a child (gateway.history.keys), one row
+# per kind a referral's content gives, written in the transaction that seals its content and deleted
+# when retention purges it. The primary key's first two columns are the look-up index. `organisation`
+# is a keyed hash too (counted for a cumulative concern, never shown); `key_id` names the index key the
+# digest was made with, so that rows made with a replaced key are found and rebuilt.
+child_index = Table(
+    "child_index",
+    metadata,
+    Column("kind", String(16), primary_key=True),  # nhs | name_dob | dob_postcode
+    Column("digest", String(64), primary_key=True),
+    Column("referral_id", String(32), ForeignKey("referrals.id"), primary_key=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("organisation", String(64)),
+    Column("key_id", String(16), nullable=False),
+    Index("ix_child_index_referral_id", "referral_id"),
+)
+
+# Which index keys `referral-gateway reindex` has built the index for: with a row for the current
+# key every referral stored before it is in the index (later ones are indexed as they are written);
+# without one the referral page falls back to opening every older referral (gateway.history.index).
+child_index_builds = Table(
+    "child_index_builds",
+    metadata,
+    Column("key_id", String(16), primary_key=True),
+    Column("built_at", UTCDateTime, nullable=False),
+    Column("referrals", Integer, nullable=False),
 )
 
 # A duty worker's structured answer to a referral (issue 15, gateway.track.answers): "not ours"

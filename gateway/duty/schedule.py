@@ -310,3 +310,19 @@ def end_of_next_working_day(schedule: Schedule, at: datetime) -> datetime:
         f"no working day within {SEARCH_LIMIT_DAYS} days after {today.isoformat()}; "
         "give the schedule opening hours on at least one weekday"
     )
+
+
+def close_of_day(schedule: Schedule, at: datetime) -> datetime | None:
+    """When the office closes for the day it is open at `at`: the end of the day's last open period
+    (lunch breaks are not a close), followed across midnight into open time that touches it. None
+    when the office has closed for the day already, is shut all day, or never closes (24/7)."""
+    at = _aware(at, "at")
+    if schedule.always_open or not _has_hours(schedule):
+        return None
+    day = local_date(at)
+    # Yesterday's hours can run into today only through a 24:00 end; then today is part of that run.
+    for d in (day - _DAY, day):
+        intervals = _day_intervals(schedule, d)
+        if intervals and intervals[0][0] <= at < intervals[-1][1]:
+            return next_change(schedule, max(at, intervals[-1][0]))
+    return None

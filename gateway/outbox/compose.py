@@ -292,6 +292,22 @@ class Composer:
             "quarantine", "email/quarantine_alert.txt", team.email, now, q.reference, context, team_id=team.id
         )
 
+    def concern_alert(
+        self, *, to: str, team: Team, referral_id: str, reference: str, detail: Context, now: datetime
+    ) -> Outgoing:
+        """To a manager or coordinator: referrals about one child, none urgent alone, add up to a
+        cumulative concern (gateway.history.concern). References and counts only, never content."""
+        url = self._s.http.public_url
+        context = {
+            "team": team,
+            "count": detail["referrals"],
+            "organisations": detail["organisations"],
+            "window": detail["window"],
+            "linked": detail["linked"],
+            "referral_url": f"{url}/referrals/{referral_id}",
+        }
+        return self._build("concern", "email/concern_alert.txt", to, now, reference, context, team_id=team.id)
+
     def referrer_notice(
         self, kind: str, channel: str, to: str, now: datetime, reference: str, context: Context, reply_to: str = ""
     ) -> Outgoing:

@@ -21,7 +21,7 @@ from gateway.duty.schedule import Schedule
 from gateway.open.security import Security
 from gateway.outbox.alerting import Alerter
 from gateway.outbox.compose import AlertContent, AlertFacts, Outgoing
-from gateway.route import escalate
+from gateway.route import escalate, handover
 from gateway.route.escalate import NextStep
 from gateway.route.rules import Decision, Facts, route
 
@@ -133,6 +133,29 @@ class Dispatcher:
         alert = AlertFacts(referral_id, reference, team, route_name, urgency, problems, received_at, due_at, now)
         await self._fire(out, chain, (step, position[1]), alert, ooh, self._s.schedule_for(team), None)
         return out
+
+    async def hand_over(
+        self, *, alert: AlertFacts, out_of_hours: Team, urgency: Urgency | None
+    ) -> tuple[Dispatched, datetime]:
+        """At office close: alert the out-of-hours team (its members on duty and its mailbox) and
+        say the deadline it has, the earlier of its own from now and the referral's original one."""
+        due = min(alert.due_at, handover.deadline_after(self._s, out_of_hours, urgency, alert.now))
+        why = "out-of-hours (hand-over at close)"
+        facts = dataclasses.replace(alert, team=out_of_hours, due_at=due, step_notify=why)
+        sends = handover.recipients(self._s, alert.team, out_of_hours, alert.now)
+        out = Dispatched(team=alert.team, due_at=due)
+        out.outgoing, out.encryption_failed = await self._alerter.alerts("alert", sends, facts, None)
+        rule = self._s.deadline_rule(out_of_hours, handover.level(urgency))
+        detail: Detail = {
+            "to": out_of_hours.id,
+            "from": alert.team.id,
+            "alerted": sorted({f"{s.recipient.name} ({s.channel})" for s in sends}),
+            "deadline": rule.describe(),
+            "due_at": due.isoformat(),
+            "was_due_at": alert.due_at.isoformat(),
+        }
+        out.events.append(("handed_over", detail))
+        return out, due
 
     def _out_of_hours(self, decision: Decision) -> Team | None:
         ooh = decision.route.out_of_hours

@@ -3,8 +3,8 @@
     email: open (unseal, decrypt and verify by policy) -> repeat (partner-signed content made into
            a referral before? then a repeat: not parsed or routed) -> reply (the referrer's answer
            to a request for more information? threaded onto that referral, nothing after) -> parse
-           (referral.json or body)
-           -> route (route, deadline, first escalation step and its alerts) -> receipt
+           (referral.json or body) -> route (route, deadline, first escalation step and its alerts;
+           the child's keyed hashes for the linked history) -> receipt
     web:   open (unseal) -> parse (the form's referral.json) -> route -> receipt (if an address
            was given)
     sms:   open (unseal, a registered number) -> parse (quick referral or free text) -> route
@@ -18,6 +18,7 @@ from __future__ import annotations
 from gateway.config import Settings
 from gateway.core.db import Database
 from gateway.core.sealed import Sealed
+from gateway.history.keys import Hasher
 from gateway.open.opener import Opener
 from gateway.outbox.compose import Composer
 from gateway.outbox.dispatch import Dispatcher
@@ -26,6 +27,7 @@ from gateway.pipeline.handlers import (
     CheckSender,
     EmailReceipt,
     Handler,
+    IndexChild,
     OpenEmail,
     ParseEmail,
     ParseSms,
@@ -53,8 +55,9 @@ class Pipelines:
         protector: Protector,
         db: Database,
         content_key: bytes,
+        hasher: Hasher,
     ) -> None:
-        unseal, route = Unseal(sealed), Route(dispatcher, sealed)
+        unseal, route, index = Unseal(sealed), Route(dispatcher, sealed), IndexChild(hasher)
         self._by_channel: dict[str, tuple[Handler, ...]] = {
             "email": (
                 unseal,
@@ -63,10 +66,11 @@ class Pipelines:
                 ThreadReply(settings, db, sealed, composer),
                 ParseEmail(),
                 route,
+                index,
                 EmailReceipt(composer, protector),
             ),
-            "web": (unseal, ParseWeb(), route, WebReceipt(composer)),
-            "sms": (unseal, CheckSender(settings), ParseSms(), route),
+            "web": (unseal, ParseWeb(), route, index, WebReceipt(composer)),
+            "sms": (unseal, CheckSender(settings), ParseSms(), route, index),
         }
 
     def of(self, channel: str) -> tuple[Handler, ...]:

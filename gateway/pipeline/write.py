@@ -24,8 +24,10 @@ from gateway.core.transitions import transition, transitions
 from gateway.outbox.compose import Composer, Outgoing, QuarantineFacts
 from gateway.outbox.enqueue import Row, outbox_row, queue_outgoing, queued_events
 from gateway.pipeline import repeats
+from gateway.pipeline.concern import ConcernWriter
 from gateway.pipeline.sender import Sender, sender_of
 from gateway.pipeline.work import Claimed, Prepared
+from gateway.route import handover
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +40,24 @@ class LeaseLost(Exception):
 
 
 class BatchWriter:
-    def __init__(self, settings: Settings, db: Database, sealed: Sealed, composer: Composer, owner: str) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, sealed: Sealed, composer: Composer, owner: str, concerns: ConcernWriter
+    ) -> None:
         self._s = settings
+        self._concerns = concerns
         self._db = db
         self._sealed = sealed
         self._composer = composer
         self._owner = owner
         self._actor = f"worker:{owner}"
+
+    def _hand_over_at(self, prep: Prepared) -> datetime | None:
+        """When the referral goes to the out-of-hours team at office close, if its team does that."""
+        routed = prep.routed
+        team = self._s.find_team(routed.team_id) if routed else None
+        if routed is None or team is None:
+            return None
+        return handover.hand_over_at(self._s, team, routed.route_name, routed.urgency, prep.message.received_at)
 
     async def write(self, batch: list[Prepared], now: datetime) -> None:
         try:
@@ -140,12 +153,20 @@ class BatchWriter:
             columns[referral_id] = prep.routed.columns()
             # Every row with the same keys: an executemany insert takes its columns from the first
             # row, and an 'ack' row has no chain or step (they would be dropped from the rest).
-            due.append(
-                {"referral_id": referral_id, "kind": "ack", "due_at": prep.routed.due_at}
-                | {"chain": None, "step": None, "round": None}
-            )
+            no_step: dict[str, object] = {"chain": None, "step": None, "round": None}
+            due.append({"referral_id": referral_id, "kind": "ack", "due_at": prep.routed.due_at} | no_step)
             if prep.next_step is not None:
                 due.append(prep.next_step.row(referral_id))
+            if (close := self._hand_over_at(prep)) is not None:
+                due.append({"referral_id": referral_id, "kind": "handover", "due_at": close} | no_step)
+        # The child index rows with the content they index (one transaction: never one without the
+        # other), then any cumulative concern they complete, with its alerts.
+        raised, alerts = await self._concerns.write(conn, batch, now, self._actor)
+        for referral_id, more in raised.items():
+            rows = [outbox_row(out, rid, self._sealed, now) for rid, out in alerts if rid == referral_id]
+            outbox += rows
+            queued = queued_events(referral_id, rows, now, self._actor)
+            events[referral_id] = [*events.get(referral_id, []), *more, *queued]
         if outbox:
             await conn.execute(deliveries.insert(), outbox)
         if due:

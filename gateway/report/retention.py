@@ -3,7 +3,8 @@
 A referral closed more than `[retention] closed_after` ago (default 90 days; closed = its `closed`
 event, or for a repeat of an earlier referral its `repeat` event) loses everything sealed that
 belongs to it: its content, its raw message and envelope (b"": the columns are NOT NULL, see
-migration 0007), its deliveries' payloads, its decisions' notes and the Twilio webhooks about it.
+migration 0007), its deliveries' payloads, its decisions' notes, the Twilio webhooks about it and
+its rows in the child index (gateway.history.index: so nothing links the purged child).
 Kept: the referral row's metadata (reference, team, urgency, times, state), every event and the
 audit chain. A `purged` event says what went, with no personal data, and `referrals.purged_at`
 says when.
@@ -50,6 +51,7 @@ from gateway.core.schema import (
     sms_webhooks,
 )
 from gateway.core.transitions import lock, transitions
+from gateway.history import index as child_index
 from gateway.report.decisions import covered, referral_key
 
 log = logging.getLogger(__name__)
@@ -224,6 +226,8 @@ async def _remove(conn: AsyncConnection, item: Candidate) -> None:
     ]
     await conn.execute(update(deliveries).where(deliveries.c.referral_id == item.id).values(payload=None))
     await conn.execute(update(decisions).where(decisions.c.referral_id == item.id).values(note=None))
+    # The child index goes with the content: nothing may link a purged child to a later referral.
+    await child_index.remove(conn, [item.id])
     # Structured answers' reasons, and more information threaded onto it (issue 15).
     await conn.execute(update(answers).where(answers.c.referral_id == item.id).values(reason=None))
     await conn.execute(update(additional_info).where(additional_info.c.referral_id == item.id).values(content=None))

@@ -15,6 +15,7 @@ from gateway.core.clock import uk_time
 from gateway.core.db import Database
 from gateway.core.model import OUTCOMES
 from gateway.core.schema import deliveries, events
+from gateway.history.concern import text as concern_text
 from gateway.report.holds import REASONS
 from gateway.report.retention import period_in_words
 
@@ -54,7 +55,9 @@ _DELIVERY_WORDS = {
     "ack_told": "stand-down notice",
     "notice": "notice to the sender",
     "quarantine": "quarantine alert",
+    "concern": "cumulative concern alert",
     "outcome_notice": "outcome notice to the referrer",
+    "follow_up": "follow-up notice to the referrer",
     # Structured answers (gateway.track.answers)
     "forward": "forward to the neighbouring authority",
     "not_ours_notice": "notice to the referrer of where it went",
@@ -123,6 +126,16 @@ def describe(
             return f"Escalation: {detail.get('stopped') or detail.get('failed') or 'no step'}"
         case "overdue":
             return "Not acknowledged by its deadline"
+        case "handed_over" if "to" in detail:
+            due = datetime.fromisoformat(str(detail["due_at"])) if detail.get("due_at") else None
+            alerted = ", ".join(texts(detail, "alerted")) or "nobody"
+            return f"Handed to {settings.team_name(str(detail['to']))} at office close; alerted {alerted}" + (
+                f"; to be acknowledged by {uk_time(due)}" if due else ""
+            )
+        case "handed_over":
+            return f"Not handed over at office close: {detail.get('stopped', '?')}"
+        case "referrer_followed_up":
+            return "The referrer was told it has not yet been picked up, and which number to call"
         case "acknowledged":
             return f"Acknowledged by {by}" + (f" ({detail['via']})" if detail.get("via") else "")
         case "closed":
@@ -155,6 +168,14 @@ def describe(
             return f"Legal hold set by {by}: {REASONS.get(str(detail.get('reason')), 'reason not recorded')}{matter}"
         case "legal_hold_lifted":
             return f"Legal hold lifted by {by}"
+        case "cumulative_concern":
+            told = (
+                f"; {detail['alerted']} manager(s) and coordinator(s) alerted"
+                if detail.get("alerted")
+                else "; nobody had an email address to alert"
+            )
+            words = concern_text(detail)
+            return words[:1].upper() + words[1:] + told
         # Structured answers (gateway.track.answers): the reasons are sealed, shown apart on the page.
         case "rerouted":
             was = f" (was {settings.team_name(str(detail['from_team']))})" if detail.get("from_team") else ""

@@ -124,6 +124,15 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
                 .order_by(events.c.id)
             )
         ).all()
+        handovers = (
+            await conn.execute(
+                select(events.c.referral_id, events.c.detail)
+                .where(events.c.kind == "handed_over", events.c.referral_id.in_(ids))
+                .order_by(events.c.id)
+            )
+        ).all()
+    # After a hand-over at close the deadline is the out-of-hours team's (gateway.route.handover).
+    handed: dict[str, Detail] = {h.referral_id: d for h in handovers if "to" in (d := json.loads(h.detail))}
     dead_by: dict[str, list[Dead]] = {}
     for d in dead_rows:
         dead_by.setdefault(d.referral_id, []).append(Dead(d.kind, d.team_id, d.last_error, d.attempts))
@@ -165,6 +174,9 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
         if r.state in (State.ROUTED, State.ALERTED, State.UNDELIVERABLE) and r.due_at and now >= r.due_at:
             found = settings.find_team(r.team_id) if r.team_id else None
             allowed = settings.deadline_rule(found, r.urgency).describe() if found else "its deadline"
+            if r.id in handed:
+                to = settings.team_name(str(handed[r.id]["to"]))
+                allowed = f"{handed[r.id].get('deadline', 'its deadline')} of the hand-over to {to} at office close"
             reasons.append(f"not acknowledged within {allowed} (overdue by {human(now - r.due_at)})")
             kinds.append("late")
         for failed in dead_by.get(r.id, ()):

@@ -9,7 +9,7 @@ from gateway.config import Settings
 from gateway.core.clock import uk_time
 from gateway.core.model import Referral
 from gateway.duty.deadline_rules import due_at
-from gateway.route import escalate
+from gateway.route import escalate, handover
 from gateway.route.rules import Facts, age_band_of, local_authority_of, route
 
 
@@ -47,6 +47,16 @@ def explain(referral: Referral, settings: Settings, facts: Facts) -> list[str]:
     rule = settings.deadline_rule(team, referral.urgency)
     due = due_at(rule, at, schedule)
     lines.append(f"acknowledge within {rule.describe()}: by {uk_time(due)}")
+    close = handover.hand_over_at(settings, team, decision.route.name, referral.urgency, at)
+    taker = handover.out_of_hours_team(settings, decision.route.name)
+    handed: tuple[datetime, datetime] | None = None  # (close, the deadline from then), as the tracker does
+    if close is not None and taker is not None:
+        then = handover.deadline_after(settings, taker, referral.urgency, close)
+        text = f"hand-over at close: at {uk_time(close)} to {taker.name} (alerted then)"
+        if then < due:
+            handed = (close, then)
+            text += f"; acknowledge by {uk_time(then)} from then, and steps due later come forward to that"
+        lines.append(text)
     chain = settings.escalation_of(team, referral.urgency)
     ooh = settings.find_team(decision.route.out_of_hours) if decision.route.out_of_hours else None
     lines.append(f"escalation chain '{chain.id}' if nobody acknowledges:")
@@ -55,7 +65,8 @@ def explain(referral: Referral, settings: Settings, facts: Facts) -> list[str]:
     shown = 0
     limit = sum(step.repeat + 1 for step in chain.steps) + 1  # the whole chain, one repeat of the last
     while position is not None and shown < limit:
-        planned = escalate.plan(settings, chain, team, ooh, position, when, due, schedule)
+        deadline = handed[1] if handed and when >= handed[0] else due
+        planned = escalate.plan(settings, chain, team, ooh, position, when, deadline, schedule)
         for fired in planned.fired:
             step = chain.steps[fired.step]
             repeat = f" (repeat {fired.round})" if fired.round else ""
@@ -67,7 +78,9 @@ def explain(referral: Referral, settings: Settings, facts: Facts) -> list[str]:
         if planned.next_step is None:
             lines.append("  then the chain ends; the referral stays on the coordinators' report until acknowledged")
             break
-        when = planned.next_step.due_at
+        # A step row written before the close and due after the hand-over's deadline comes forward to it.
+        moved = handed and when < handed[0] and planned.next_step.due_at > handed[1]
+        when = handed[1] if handed and moved else planned.next_step.due_at
         position = (planned.next_step.step, planned.next_step.round)
     else:
         if position is not None:

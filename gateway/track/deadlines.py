@@ -1,6 +1,8 @@
 """Deadlines: fire what has fallen due, once. A missed acknowledgement deadline is an `overdue`
-event (the referral is late on the report); an escalation step sends its alerts and writes the
-next step's row. One loop (gateway.app) wakes for the earliest due row.
+event (the referral is late on the report) and, the first time, a follow-up to the referrer
+(gateway.track.follow_up); an escalation step sends its alerts and writes the next step's row; a
+hand-over (gateway.route.handover) alerts the out-of-hours team at office close and brings the
+acknowledgement deadline forward to theirs. One loop (gateway.app) wakes for the earliest due row.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config import Settings
+from gateway.config.duty import Team
 from gateway.core import audit
 from gateway.core.clock import Clock
 from gateway.core.db import Database
@@ -22,9 +26,12 @@ from gateway.core.model import Urgency
 from gateway.core.outcomes import describe
 from gateway.core.schema import deadlines, referrals
 from gateway.core.sealed import Sealed
-from gateway.outbox.compose import Outgoing
+from gateway.outbox.compose import AlertFacts, Outgoing
 from gateway.outbox.dispatch import Detail, Dispatcher
 from gateway.outbox.enqueue import queue_outgoing
+from gateway.route import handover
+from gateway.track.follow_up import follow_up
+from gateway.track.referrer import Referrers
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,7 @@ class Due:
     """A deadline row that has fallen due, with what firing it needs from its referral."""
 
     id: int
-    kind: str  # ack | step
+    kind: str  # ack | step | handover
     due_at: datetime
     chain: str | None
     step: int | None
@@ -60,6 +67,7 @@ class Firing:
     outgoing: list[Outgoing] = field(default_factory=list)
     detail: list[Detail] | Detail | None = None  # kept on the row: what it did, or why it did not
     next_row: dict[str, object] | None = None  # the deadlines row to write next (the next step, or a retry)
+    new_due: datetime | None = None  # a hand-over: the acknowledgement deadline moves (earlier) to this
 
 
 class Deadlines:
@@ -71,7 +79,9 @@ class Deadlines:
         clock: Clock,
         dispatcher: Dispatcher,
         counters: Counters | None = None,
+        referrers: Referrers | None = None,
     ) -> None:
+        self._referrers = referrers  # None: nobody is told of a missed deadline (no follow-up)
         self._counters = counters or Counters()  # a gateway passes its own, served on /metrics
         self._s = settings
         self._db = db
@@ -157,7 +167,11 @@ class Deadlines:
                 return False  # acknowledged, or fired by another instance, since we read it
             if firing.next_row is not None:
                 await conn.execute(deadlines.insert(), [firing.next_row])
+            if firing.new_due is not None:
+                await self._move_deadline(conn, row.referral_id, firing.new_due, now)
             events = firing.events
+            if row.kind == "ack" and self._referrers is not None:
+                events += await follow_up(conn, self._s, self._referrers, row.referral_id, now)
             events += await queue_outgoing(conn, self._sealed, row.referral_id, firing.outgoing, now, "gateway")
             await audit.append(conn, events)
         return True
@@ -168,6 +182,8 @@ class Deadlines:
             log.warning("track: referral %s not acknowledged by its deadline", row.reference)
             detail = {"due_at": row.due_at.isoformat(), "state": row.state}
             return Firing([audit.Event(row.referral_id, now, "gateway", "overdue", detail)])
+        if row.kind == "handover":
+            return await self._hand_over(row, team, now)
         if team is None or row.state not in (State.ROUTED, State.ALERTED, State.UNDELIVERABLE):
             # The team was renamed or removed from config since routing: the referral stays on
             # the report (it is late), and nobody is alerted by a name that is gone.
@@ -193,6 +209,65 @@ class Deadlines:
         log.warning("track: referral %s escalated (steps %s)", row.reference, [f["step"] for f in dispatched.fired])
         following = dispatched.next_step.row(row.referral_id) if dispatched.next_step else None
         return Firing(events, dispatched.outgoing, dispatched.fired, following)
+
+    async def _hand_over(self, row: Due, team: Team | None, now: datetime) -> Firing:
+        ooh = handover.out_of_hours_team(self._s, row.route_name)
+        if team is None or ooh is None or row.state not in (State.ROUTED, State.ALERTED, State.UNDELIVERABLE):
+            # Config changed since routing (no team, or no out-of-hours team on the route now): the
+            # referral stays with its team and its deadline, on the report when late.
+            why = f"team '{row.team_id}' is no longer in the config" if team is None else "no out-of-hours team"
+            why = why if row.state in (State.ROUTED, State.ALERTED, State.UNDELIVERABLE) else f"state {row.state}"
+            event = audit.Event(row.referral_id, now, "gateway", "handed_over", {"stopped": why})
+            return Firing([event], [], {"stopped": why})
+        alert = AlertFacts(
+            row.referral_id,
+            row.reference,
+            team,
+            row.route_name or "",
+            Urgency(row.urgency) if row.urgency else None,
+            (),
+            row.received_at,
+            row.ack_due_at or now,
+            now,
+        )
+        out, due = await self._dispatcher.hand_over(alert=alert, out_of_hours=ooh, urgency=alert.urgency)
+        events = [audit.Event(row.referral_id, now, "gateway", kind, detail) for kind, detail in out.events]
+        log.warning("track: referral %s handed to team %s at office close", row.reference, ooh.id)
+        moved = due if row.ack_due_at is None or due < row.ack_due_at else None
+        return Firing(events, out.outgoing, out.events[0][1], None, moved)
+
+    async def _move_deadline(self, conn: AsyncConnection, referral_id: str, due: datetime, now: datetime) -> None:
+        """The acknowledgement deadline comes forward: the unfired ack row is replaced by one at
+        `due` (a deadline already missed stays missed, and is not moved), and escalation steps due
+        after it come forward to it: a step that waits for the deadline, or for working time in an
+        office now closed, would otherwise leave a referral the out-of-hours team missed unchased
+        until the office reopens."""
+        await conn.execute(
+            update(deadlines)
+            .where(
+                deadlines.c.referral_id == referral_id,
+                deadlines.c.kind == "step",
+                deadlines.c.fired_at.is_(None),
+                deadlines.c.cancelled_at.is_(None),
+                deadlines.c.due_at > due,
+            )
+            .values(due_at=due)
+        )
+        cancelled = await conn.execute(
+            update(deadlines)
+            .where(
+                deadlines.c.referral_id == referral_id,
+                deadlines.c.kind == "ack",
+                deadlines.c.fired_at.is_(None),
+                deadlines.c.cancelled_at.is_(None),
+            )
+            .values(cancelled_at=now)
+        )
+        if cancelled.rowcount:
+            row = {"referral_id": referral_id, "kind": "ack", "due_at": due, "chain": None, "step": None, "round": None}
+            await conn.execute(deadlines.insert(), [row])
+            # A column that mirrors the deadline (the report, the dashboard), not a state: no transition.
+            await conn.execute(update(referrals).where(referrals.c.id == referral_id).values(due_at=due))
 
     async def next_due(self) -> datetime | None:
         async with self._db.read() as conn:

@@ -38,6 +38,7 @@ from gateway.core.lifecycle import IllegalTransition, State
 from gateway.core.model import OUTCOMES
 from gateway.core.records import ReferralRecord
 from gateway.core.sealed import Sealed
+from gateway.history.keys import Hasher, load_key
 from gateway.open.identity import Identity
 from gateway.outbox.compose import triage_team
 from gateway.outbox.tokens import AckSigner
@@ -84,6 +85,7 @@ class DashboardPages:
         self._identity = identity
         self._users = users
         self._clock = clock
+        self._hasher = Hasher(load_key(config.keys_dir))
         self._sessions = sessions
         self._pages = StaffPages(config)
 
@@ -164,7 +166,9 @@ class DashboardPages:
         content = data.open_content(self._sealed, row.id, row.content)
         files, files_note = await data.attachments(self._db, self._sealed, self._identity, row)
         names = {u.id: u.display_name for u in await self._users.all()}
-        earlier = await data.earlier(self._db, self._sealed, self._s, user, row, content.child) if content else []
+        earlier = []
+        if content:
+            earlier = await data.earlier(self._db, self._sealed, self._s, user, row, content.child, self._hasher)
         return await self._page(
             request,
             "referral.html",
@@ -187,6 +191,7 @@ class DashboardPages:
             files_note=files_note,
             timeline=await timeline(self._db, self._s, row.id, names),
             earlier=earlier,
+            concern=await data.concern_banner(self._db, row),
             may_acknowledge=row.state in data.ACKNOWLEDGEABLE and user.role is not Role.ADMIN,
             may_close=row.state == State.ACKNOWLEDGED,
             outcomes=OUTCOMES,

@@ -2,7 +2,7 @@
 referrer sends back (issue 15)
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-04 19:00:00
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"  # re-chained onto main's 0010 (linked history) when main was merged in
 branch_labels = None
 depends_on = None
 
