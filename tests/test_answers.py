@@ -227,6 +227,7 @@ async def test_not_ours_to_another_team_alerts_it_afresh_and_tells_the_referrer(
     assert before.team_id == "mash" and before.state == "alerted"
     assert [m for m in relay.to(TRIAGE) if reference in str(m["Subject"])] == []
     await gateway.tracker.lookup(rid, gateway.signer.recipient_hash(MASH))  # MASH's ack link works now
+    assert (await gateway.tracker.alert_sent_to(gateway.signer.recipient_hash(MASH), reference))[1] == reference
     clock.advance(timedelta(minutes=10))  # within the sessions' idle timeout
     status, _ = await answer(clients["mash.worker"], rid, "not-ours", {"destination": "team:triage", "reason": REASON})
     assert status == 303
@@ -256,6 +257,8 @@ async def test_not_ours_to_another_team_alerts_it_afresh_and_tells_the_referrer(
     # acknowledges it as any new referral.
     with pytest.raises(NotFound):
         await gateway.tracker.lookup(rid, gateway.signer.recipient_hash(MASH))
+    with pytest.raises(NotFound):  # nor a reply to its alert (as an SMS acknowledgement is found)
+        await gateway.tracker.alert_sent_to(gateway.signer.recipient_hash(MASH), reference)
     await page(clients["mash.worker"], f"/referrals/{rid}", 403)
     await acknowledge(clients["triage.worker"], rid)
     assert (await referral_row(gateway, reference)).state == "acknowledged"
