@@ -58,11 +58,13 @@ from gateway.staff.throttle import KEY_FILE as THROTTLE_KEY
 from gateway.staff.throttle import AddressThrottle
 from gateway.staff.users import Users
 from gateway.track.acks import Tracker
+from gateway.track.answers import Answers
 from gateway.track.deadlines import Deadlines
 from gateway.track.referrer import Referrers
 from gateway.web.account_pages import AccountPages
 from gateway.web.ack_pages import AckPages, make_app, web_environment
 from gateway.web.admin_pages import AdminPages
+from gateway.web.answer_pages import AnswerPages
 from gateway.web.dashboard import DashboardPages
 from gateway.web.forwarded import setup_forwarded
 from gateway.web.monitoring import Monitoring, metrics_token
@@ -232,6 +234,7 @@ class Gateway:
         self.outbox = Outbox(cfg, self.db, sealed, self.transport, self.clock, self.owner, self.sms_transport)
         referrers = Referrers(sealed, composer, protector)
         self.tracker = Tracker(cfg, self.db, sealed, composer, self.clock, referrers)
+        self.answers = Answers(cfg, self.db, sealed, composer, protector, dispatcher, referrers, self.clock)
         self.deadlines = Deadlines(s, self.db, sealed, self.clock, dispatcher, self.counters, referrers)
         self.reconciler = SmsReconciler(s, self.db, self.sms_transport, self.clock) if self.sms_transport else None
         self.digest = DigestMaker(cfg, self.db, sealed, composer, protector, self.identity, self.clock, self.owner)
@@ -261,9 +264,11 @@ class Gateway:
         throttle = AddressThrottle.from_keys_dir(self.db, cfg.keys_dir)
         SignInPages(cfg, self.db, accounts, factors, throttle, sessions, self.clock).routes(app)
         AccountPages(cfg, self.db, accounts, factors, sessions, self.clock).routes(app)
-        DashboardPages(
+        dashboard = DashboardPages(
             cfg, self.db, self.sealed, self.signer, self.tracker, self.identity, accounts, sessions, self.clock
-        ).routes(app)
+        )
+        dashboard.routes(app)
+        AnswerPages(dashboard, self.answers).routes(app)  # structured answers (issue 15)
         ReportPage(cfg, self.db, self.sealer, sessions, self.clock).routes(app)
         AdminPages(cfg, self.db, accounts, factors, sessions, self.clock).routes(app)
         if self.sms_transport is not None:

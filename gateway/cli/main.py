@@ -158,6 +158,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"note: team '{team}' is in no route (it receives nothing until a route names it)")
     for note in partner_notes(s):
         print(f"note: {note}")
+    for neighbour in s.neighbours:  # structured answers: "not ours, another authority" (README: "Safeguarding")
+        how = (
+            "the referral, encrypted to its key"
+            if neighbour.openpgp or neighbour.smime_cert
+            else "a notice with no personal data (no key: they must call us)"
+        )
+        print(f"neighbour: '{neighbour.name}' at {neighbour.address}: a forward carries {how}")
     start = _at(args.start) if args.start else SystemClock().now()
     for warning in calendar_warnings(s, start):
         print(f"warning: {warning}")

@@ -20,6 +20,7 @@ from gateway.config.duty import (
 )
 from gateway.config.fields import Strict
 from gateway.config.monitoring import HealthSection, LoggingSection, MetricsSection
+from gateway.config.neighbours import Neighbour
 from gateway.config.sections import (
     AckSection,
     BackupSection,
@@ -70,6 +71,7 @@ class Settings(Strict):
     backup: BackupSection = BackupSection()
     rotation: RotationSection = RotationSection()
     partners: tuple[Partner, ...] = ()
+    neighbours: tuple[Neighbour, ...] = ()  # other authorities a referral may be forwarded to
     schedules: tuple[ScheduleConfig, ...] = ()
     escalations: tuple[Escalation, ...] = ()
     coordinators: tuple[Person, ...] = ()

@@ -1,9 +1,10 @@
 """The pipelines: for each channel, the handlers a stored message goes through, in order.
 
     email: open (unseal, decrypt and verify by policy) -> repeat (partner-signed content made into
-           a referral before? then a repeat: not parsed or routed) -> parse (referral.json or body)
-           -> route (route, deadline, first escalation step and its alerts; the child's keyed
-           hashes for the linked history) -> receipt
+           a referral before? then a repeat: not parsed or routed) -> reply (the referrer's answer
+           to a request for more information? threaded onto that referral, nothing after) -> parse
+           (referral.json or body) -> route (route, deadline, first escalation step and its alerts;
+           the child's keyed hashes for the linked history) -> receipt
     web:   open (unseal) -> parse (the form's referral.json) -> route -> receipt (if an address
            was given)
     sms:   open (unseal, a registered number) -> parse (quick referral or free text) -> route
@@ -36,6 +37,7 @@ from gateway.pipeline.handlers import (
     WebReceipt,
 )
 from gateway.pipeline.repeats import Dedupe
+from gateway.pipeline.replies import ThreadReply
 
 # What a repeat still goes through: it is opened (that is how it is known) and its sender gets a
 # receipt naming the earlier reference; it is never parsed, routed or alerted on.
@@ -61,6 +63,7 @@ class Pipelines:
                 unseal,
                 OpenEmail(opener),
                 Dedupe(db, content_key),
+                ThreadReply(settings, db, sealed, composer),
                 ParseEmail(),
                 route,
                 index,

@@ -99,6 +99,8 @@ class Processor:
         for handler in self._pipelines.of(work.message.channel):
             if work.repeat_of is not None and handler.name not in REPEAT_STAGES:
                 continue
+            if work.reply is not None:
+                break  # threaded onto a waiting referral (gateway.pipeline.replies): nothing more to do
             work.stage = handler.name
             await handler(work)
         return work.prepared()

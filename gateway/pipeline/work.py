@@ -68,6 +68,18 @@ class Original:
 
 
 @dataclass(frozen=True)
+class Reply:
+    """A referrer's reply threaded onto the referral waiting for it (gateway.pipeline.replies):
+    the additional-information item (sealed) and the team's notice, written with the batch."""
+
+    referral_id: str
+    reference: str
+    item_id: str
+    content: bytes  # sealed JSON, context "additional_info:<item_id>"
+    outgoing: tuple[Outgoing, ...]
+
+
+@dataclass(frozen=True)
 class Prepared:
     """Everything one message's processing writes, in the batch's one transaction: a routed
     referral, or (`repeat_of` set, `routed` None) a repeat of an earlier one."""
@@ -81,6 +93,7 @@ class Prepared:
     repeat_of: Original | None = None
     child_digests: tuple[tuple[str, str], ...] = ()  # (kind, keyed hash): gateway.history.keys
     organisation: str | None = None  # the referrer's, as the gateway knows it (gateway.history.concern)
+    reply: Reply | None = None
 
 
 @dataclass
@@ -107,6 +120,7 @@ class Work:
     digest: str | None = None  # the signed content's (gateway.pipeline.repeats)
     repeat_of: Original | None = None  # set: a repeat, which is neither parsed nor routed
     child_digests: tuple[tuple[str, str], ...] = ()  # set by IndexChild, written with the content
+    reply: Reply | None = None  # set: a reply threaded onto a waiting referral, neither parsed nor routed
     events: list[audit.Event] = field(default_factory=list)
     outgoing: list[Outgoing] = field(default_factory=list)
 
@@ -118,7 +132,7 @@ class Work:
         self.events.append(audit.Event(self.message.referral_id, self.now, self.actor, kind, detail))
 
     def prepared(self) -> Prepared:
-        if self.routed is None and self.repeat_of is None:
+        if self.routed is None and self.repeat_of is None and self.reply is None:
             raise RuntimeError("the pipeline ended without routing the referral")
         return Prepared(
             self.message,
@@ -130,6 +144,7 @@ class Work:
             self.repeat_of,
             self.child_digests,
             self.known_organisation(),
+            self.reply,
         )
 
     def known_organisation(self) -> str | None:

@@ -60,6 +60,12 @@ _DELIVERY_WORDS = {
     "concern": "cumulative concern alert",
     "outcome_notice": "outcome notice to the referrer",
     "follow_up": "follow-up notice to the referrer",
+    # Structured answers (gateway.track.answers)
+    "forward": "forward to the neighbouring authority",
+    "not_ours_notice": "notice to the referrer of where it went",
+    "info_request": "request for more information to the referrer",
+    "duplicate_notice": "duplicate notice to the referrer",
+    "info_received": "notice of more information",
 }
 
 
@@ -174,6 +180,30 @@ def describe(
             )
             words = concern_text(detail)
             return words[:1].upper() + words[1:] + told
+        # Structured answers (gateway.track.answers): the reasons are sealed, shown apart on the page.
+        case "rerouted":
+            was = f" (was {settings.team_name(str(detail['from_team']))})" if detail.get("from_team") else ""
+            return (
+                f"Not ours: routed afresh{team}{was} by {by}; to be acknowledged within {detail.get('deadline', '?')}"
+            )
+        case "forwarding":
+            how = "the referral, encrypted" if detail.get("encrypted") else "a notice with no personal data (no key)"
+            return f"Not ours: forwarded to {detail.get('neighbour', '?')} by {by} ({how}); ours until delivered"
+        case "forwarded":
+            return "Delivered to the neighbouring authority: no longer ours"
+        case "forward_dead":
+            return "The forward to the neighbouring authority failed for good: back with the duty team"
+        case "information_requested":
+            how = "encrypted, with what is missing" if detail.get("encrypted") else "asked to call, no details in clear"
+            return f"More information requested from the referrer by {by} ({detail.get('by', '?')}, {how})"
+        case "information_received":
+            return f"More information received from the referrer (as {detail.get('reply', '?')})"
+        case "reply":
+            return f"A reply to {detail.get('to', '?')}'s request for more information: added to it, not routed"
+        case "duplicate":
+            return f"Duplicate of {detail.get('of', '?')}, marked by {by}: closed here"
+        case "duplicate_linked":
+            return f"{detail.get('duplicate', '?')} was linked to it as a duplicate by {by}"
         case "purged":
             period = period_in_words(str(detail.get("closed_after", "?")))
             return f"Content removed under the retention policy (closed more than {period})"

@@ -33,6 +33,7 @@ KINDS: dict[str, str] = {
     "failed": "Delivery failed for good",
     "held": "Text held over its rate limit",
     "repeat": "Repeat of an earlier referral",
+    "forwarding": "Forwarded, not yet delivered",
 }
 # On the report, though nothing is at risk (the earlier referral is the live one): a partner
 # sending again may not have had the first receipt, and a replay nobody sent is worth a look.
@@ -156,6 +157,11 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
                 "so no second referral was made"
             )
             kinds.append("repeat")
+        elif r.state == State.FORWARDING:
+            reasons.append(
+                "not ours: forwarded to a neighbouring authority, not yet delivered (still ours until it is)"
+            )
+            kinds.append("forwarding")
         elif r.state == State.RECEIVED:
             # The immediate deadline's length (a rule, not a duration: before, this sum raised
             # TypeError and the whole report failed whenever a referral was waiting); "end of the
@@ -176,6 +182,8 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
             kinds.append("late")
         for failed in dead_by.get(r.id, ()):
             who = f"to {settings.team_name(failed.team_id)}" if failed.team_id else "to the referrer"
+            if failed.kind == "forward":
+                who = "to a neighbouring authority"
             reasons.append(f"{failed.kind} {who} failed for good after {failed.attempts} attempts: {failed.last_error}")
             if "failed" not in kinds:
                 kinds.append("failed")

@@ -4,7 +4,8 @@ is gateway.web.sign_in_pages').
 GET /dashboard, GET /referrals/{id}, GET /referrals/{id}/attachments/{n}, GET /referrals/{id}/raw
 (the stored message of one that could not be read, gateway.web.unreadable),
 POST /referrals/{id}/acknowledge, POST /referrals/{id}/close, POST /referrals/{id}/hold and
-POST /referrals/{id}/hold/lift (coordinators: a legal hold, gateway.report.holds).
+POST /referrals/{id}/hold/lift (coordinators: a legal hold, gateway.report.holds); the structured
+answers' POSTs are gateway.web.answer_pages', on the same plumbing.
 
 Decisions, each for a reason:
 - Sessions, expiry and CSRF are gateway.web.session's: every POST checks the token first, before
@@ -48,6 +49,7 @@ from gateway.report.timeline import timeline
 from gateway.staff.users import Role, User, Users
 from gateway.track.acks import Tracker
 from gateway.track.close import NotAcknowledged, close
+from gateway.web import answers_data
 from gateway.web import dashboard_data as data
 from gateway.web.headers import page_headers
 from gateway.web.session import WebSessions, require_csrf
@@ -207,6 +209,9 @@ class DashboardPages:
             may_hold=user.role is Role.COORDINATOR and row.purged_at is None,
             hold_reasons=holds.REASONS,
             error=request.get(_ERROR),
+            # Structured answers (gateway.web.answer_pages): the forms, the answers given, replies.
+            answer_form=request.get(answers_data.ANSWER_FORM, ""),
+            answers=await answers_data.view(self._db, self._sealed, self._s, row, user, names),
         )
 
     async def attachment(self, request: web.Request, user: User) -> web.StreamResponse:
@@ -315,6 +320,28 @@ class DashboardPages:
             return await self._again(request, user, str(exc))
         log.info("dashboard: legal hold lifted on referral %s by user %s", row.reference, user.id)
         raise web.HTTPSeeOther(f"/referrals/{row.id}")
+
+    # --- for the answer pages (gateway.web.answer_pages), which share this plumbing --------------
+
+    def posted(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        return self._posted(handler)
+
+    async def visible(self, request: web.Request, user: User) -> ReferralRecord | None:
+        return await self._visible(request, user)
+
+    async def forbidden(self, request: web.Request, user: User) -> web.Response:
+        return await self._forbidden(request, user)
+
+    async def again(self, request: web.Request, user: User, error: str) -> web.StreamResponse:
+        return await self._again(request, user, error)
+
+    @staticmethod
+    def form(request: web.Request) -> dict[str, str]:
+        return request[_FORM]
+
+    @property
+    def triage_id(self) -> str:
+        return triage_team(self._s).id
 
     async def _again(self, request: web.Request, user: User, error: str) -> web.StreamResponse:
         """The referral page again with an error (status 400), after the usual audited view."""
