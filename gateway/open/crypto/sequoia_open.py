@@ -10,7 +10,8 @@ mapped here to the reason strings of the gnupg backend. The text is only compare
 
 Where pysequoia cannot decide, the worker says so (`Opened.fallback`, with the reason counted) and the
 caller hands that one message to gpg (gateway.open.crypto.gpg_fallback); a message pysequoia decides (a bad
-signature, an unknown signer, no integrity protection) is never retried there.
+signature, an unknown signer, no integrity protection) is never retried there; only the reason for a bad
+signature is asked of gpg (see the last point below).
 
 Where pysequoia differs from gpg, and what is done about it:
 - Given a `store`, pysequoia's decrypt checks the message structure and fails the whole decryption unless a
@@ -26,6 +27,8 @@ Where pysequoia differs from gpg, and what is done about it:
 - valid_sigs lists only good signatures: a signer whose key the store held but who is not among them made
   a bad signature ("bad signature", as gpg's BADSIG beside a GOODSIG); a second, bad signature by the same
   key as a good one is not seen.
+- decrypt shows no signature packet, so a signature past its own expiry (gpg's EXPSIG) is "bad signature"
+  here too; the caller (gateway.open.crypto.sequoia) asks gpg for the reason of that refusal only.
 """
 
 from __future__ import annotations
