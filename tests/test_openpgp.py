@@ -307,6 +307,21 @@ async def test_expired_signature(gw: OpenPGPBackend, partner: Partner) -> None:
     assert not result.valid and result.problem == "expired key" and result.signer_id == fpr
 
 
+async def test_expired_inline_signature(gw: OpenPGPBackend, partner: Partner) -> None:
+    # The same expired signature inline: uncompressed, compressed and cleartext, "expired key" on both; one
+    # tampered whose expiry has not passed stays "bad signature".
+    fpr = partner.generate("Ann Referrer <ann@nhs.example>", expire="never", faked_time="20200101T000000")
+    gw.import_keys(partner.export())
+    when = ("--faked-system-time", "20200101T120000!", "--default-sig-expire", "1d")
+    text = b"Referral: synthetic test concern.\n"
+    for shape in (("-z", "0", "--sign"), ("--sign",), ("--clearsign",)):
+        signed, sig = await gw.verify_inline(partner.gpg(*when, "-u", fpr, *shape, data=text).stdout)
+        assert signed == text and not sig.valid and sig.problem == "expired key" and sig.signer_id == fpr, shape
+    clear = partner.gpg("--default-sig-expire", "1y", "-u", fpr, "--clearsign", data=text).stdout
+    _, bad = await gw.verify_inline(clear.replace(b"synthetic", b"synthetiC"))
+    assert not bad.valid and bad.problem == "bad signature"
+
+
 async def test_expired_signature_inside_encryption(gw: OpenPGPBackend, partner: Partner) -> None:
     # Sign+encrypt, uncompressed (what a partner's gpg sends to the gateway's key, which prefers no
     # compression), the signature carrying a 1-day expiry and made "in 2020": "expired key" on both, as
