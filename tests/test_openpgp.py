@@ -307,6 +307,55 @@ async def test_expired_signature(gw: OpenPGPBackend, partner: Partner) -> None:
     assert not result.valid and result.problem == "expired key" and result.signer_id == fpr
 
 
+async def test_expired_inline_signature(gw: OpenPGPBackend, partner: Partner) -> None:
+    # The same expired signature inline: uncompressed, compressed and cleartext, "expired key" on both; one
+    # tampered whose expiry has not passed stays "bad signature".
+    fpr = partner.generate("Ann Referrer <ann@nhs.example>", expire="never", faked_time="20200101T000000")
+    gw.import_keys(partner.export())
+    when = ("--faked-system-time", "20200101T120000!", "--default-sig-expire", "1d")
+    text = b"Referral: synthetic test concern.\n"
+    for shape in (("-z", "0", "--sign"), ("--sign",), ("--clearsign",)):
+        signed, sig = await gw.verify_inline(partner.gpg(*when, "-u", fpr, *shape, data=text).stdout)
+        assert signed == text and not sig.valid and sig.problem == "expired key" and sig.signer_id == fpr, shape
+    clear = partner.gpg("--default-sig-expire", "1y", "-u", fpr, "--clearsign", data=text).stdout
+    _, bad = await gw.verify_inline(clear.replace(b"synthetic", b"synthetiC"))
+    assert not bad.valid and bad.problem == "bad signature"
+
+
+async def test_expired_signature_inside_encryption(gw: OpenPGPBackend, partner: Partner) -> None:
+    # Sign+encrypt, uncompressed (what a partner's gpg sends to the gateway's key, which prefers no
+    # compression), the signature carrying a 1-day expiry and made "in 2020": "expired key" on both, as
+    # gpg's EXPSIG, and refused (not valid) on both. pysequoia shows only a signature that is not good.
+    fpr = partner.generate("Ann Referrer <ann@nhs.example>", expire="never", faked_time="20200101T000000")
+    gw.import_keys(partner.export())
+    partner.gpg("--import", data=gw.export_public(BOB))
+    when = ("--faked-system-time", "20200101T120000!", "--default-sig-expire", "1d")
+    cmd = ("--trust-model", "always", "-z", "0", "-u", fpr, "-r", BOB, "--sign", "--encrypt")
+    plaintext, sig = await gw.decrypt(partner.gpg(*when, *cmd, data=BODY).stdout)
+    assert plaintext == BODY
+    assert sig is not None and not sig.valid and sig.problem == "expired key" and sig.signer_id == fpr
+    # The same signature made without an expiry is good: the expiry, not the faked clock, is what failed.
+    _, fresh = await gw.decrypt(partner.gpg("--faked-system-time", "20200101T120000!", *cmd, data=BODY).stdout)
+    assert fresh is not None and fresh.valid and fresh.signer_id == fpr
+
+
+async def test_tampered_signature_inside_encryption_is_bad_signature(gw: OpenPGPBackend, partner: Partner) -> None:
+    # A signature whose value was altered before encryption (its last byte, inside the MPI), with and without
+    # an expiry that has not passed: still "bad signature" on both, never turned into acceptance. gpg's
+    # --no-literal encrypts the signed packets as they are (one-pass signature, literal, signature).
+    fpr = partner.generate("Ann Referrer <ann@nhs.example>")
+    gw.import_keys(partner.export())
+    partner.gpg("--import", data=gw.export_public(BOB))
+    for expiry in ((), ("--default-sig-expire", "1y")):
+        signed = partner.gpg(*expiry, "-z", "0", "-u", fpr, "--sign", data=BODY).stdout
+        tampered = signed[:-1] + bytes([signed[-1] ^ 0x01])
+        cmd = ("--trust-model", "always", "-z", "0", "--no-literal", "-r", BOB, "--encrypt")
+        plaintext, good = await gw.decrypt(partner.gpg(*cmd, data=signed).stdout)
+        assert plaintext == BODY and good is not None and good.valid  # the same shape, untampered
+        _, sig = await gw.decrypt(partner.gpg(*cmd, data=tampered).stdout)
+        assert sig is not None and not sig.valid and sig.problem == "bad signature" and sig.signer_id == fpr
+
+
 async def test_revoked_key(gw: OpenPGPBackend, partner: Partner) -> None:
     fpr = partner.generate("Gone Partner <gone@partner.example>")
     signature = partner.gpg("--armor", "-u", fpr, "--detach-sign", data=BODY).stdout

@@ -106,9 +106,11 @@ async def test_bad_signature_inside_compressed_data(gw: OpenPGPBackend, partner:
 
 
 async def test_what_pysequoia_decides_is_not_retried(
-    gw: OpenPGPBackend, partner: Partner, counters: Counters, scratch: Path
+    gw: OpenPGPBackend, partner: Partner, counters: Counters, scratch: Path, backend: str
 ) -> None:
-    # Uncompressed: a good signature, an unknown signer, a tampered text; and no integrity protection.
+    # Uncompressed: a good signature, an unknown signer, a tampered text; and no integrity protection. Only
+    # the tampered one is shown to gpg, for the reason alone (an expired signature looks the same to
+    # pysequoia); it stays "bad signature".
     _, good = await gw.decrypt(signed_and_encrypted(partner, "-z", "0"))
     assert good is not None and good.valid
     stranger = Partner(scratch / "stranger")
@@ -128,6 +130,23 @@ async def test_what_pysequoia_decides_is_not_retried(
     assert err.value.reason == "no integrity protection"
     assert counters.registry.get_sample_value(FALLBACK, {"reason": "compressed signature"}) is None
     assert counters.registry.get_sample_value(FALLBACK, {"reason": "unreadable structure"}) is None
+    assert count(counters, "bad signature reason") == (1.0 if backend == "sequoia" else 0.0)
+
+
+async def test_expired_signature_inside_encryption_is_counted(
+    gw: OpenPGPBackend, partner: Partner, counters: Counters, backend: str
+) -> None:
+    # A signature past its own expiry, inside uncompressed encryption: pysequoia finds it not good, gpg says
+    # why (EXPSIG), and the message is still refused. Counted once, under its own reason.
+    fpr = partner.generate("Old Referrer <old@nhs.example>", expire="never", faked_time="20200101T000000")
+    gw.import_keys(partner.export())
+    when = ("--faked-system-time", "20200101T120000!", "--default-sig-expire", "1d")
+    cmd = ("--trust-model", "always", "-z", "0", "-u", fpr, "-r", BOB, "--sign", "--encrypt")
+    plaintext, sig = await gw.decrypt(partner.gpg(*when, *cmd, data=BODY).stdout)
+    assert plaintext == BODY
+    assert sig is not None and not sig.valid and sig.problem == "expired key" and sig.signer_id == fpr
+    assert count(counters, "bad signature reason") == (1.0 if backend == "sequoia" else 0.0)
+    assert count(counters, "compressed signature") == 0.0
 
 
 async def test_fallback_home_is_private_and_follows_the_key_files(

@@ -42,7 +42,8 @@ class Counters:
         self.openpgp_fallbacks = Counter(
             "gateway_openpgp_fallback",
             "Messages the sequoia OpenPGP backend could not decide and handed to its gpg fallback, by reason "
-            "(compressed signature, unreadable structure, unreadable signature)",
+            "(compressed signature, unreadable structure, unreadable signature; bad signature reason: a "
+            "signature pysequoia refused, shown to gpg only to tell an expired one from a bad one)",
             ["reason"],
             registry=self.registry,
         )

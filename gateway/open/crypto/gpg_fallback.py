@@ -3,7 +3,9 @@
 pysequoia 0.1.35 cannot check a signature inside compressed data inside the encryption (gpg's default for
 sign+encrypt), cannot read bzip2, and cannot parse some structures gpg reads. Quarantining those would make
 the outcome depend on the backend; so the sequoia backend hands exactly those messages to the gnupg backend
-(gateway.open.crypto.openpgp), over a GnuPG home of its own, and gives gpg's outcome and reason.
+(gateway.open.crypto.openpgp), over a GnuPG home of its own, and gives gpg's outcome and reason. It is also
+asked why a signature inside the encryption that pysequoia refused is not good (expired or bad): there only
+the reason is taken from gpg, never the outcome.
 
 The fallback's folder (`data_dir/gpg-fallback`, mode 0700) holds one GnuPG home per version of the key
 files (named by a digest of keys/openpgp's stamp), each a copy of keys/openpgp: the gateway's secret keys and

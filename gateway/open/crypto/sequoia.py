@@ -8,12 +8,15 @@ our own outgoing sign+encrypt and key operations run in this process.
 Same decisions and reason strings as the gnupg backend (gateway.open.crypto.openpgp). The few messages
 pysequoia cannot decide (a signature inside compressed data, bzip2, a structure it cannot parse, a detached
 signature it cannot read) go to gpg over a private home kept in sync (gateway.open.crypto.gpg_fallback), and
-`on_fallback(reason)` counts each.
+`on_fallback(reason)` counts each. A signature inside the encryption that pysequoia refuses is also shown to
+gpg, for the reason only ("expired key" for one past its own expiry, which pysequoia cannot see, else "bad
+signature"): it stays refused whatever gpg says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import os
 import threading
@@ -138,7 +141,31 @@ class SequoiaPGP:
             reason = "encrypted to a replaced key of this gateway whose overlap has ended"
         if reason is not None:
             raise DecryptError(reason)
-        return opened.plaintext, (_signature(opened.signature) if opened.signature is not None else None)
+        signature = opened.signature
+        if signature is not None and signature.problem == "bad signature":
+            signature = await self._why_bad(data, signature)
+        return opened.plaintext, (_signature(signature) if signature is not None else None)
+
+    async def _why_bad(self, data: bytes, bad: worker.SigResult) -> worker.SigResult:
+        """The reason for a signature inside the encryption that pysequoia found not good, asked of gpg.
+
+        pysequoia 0.1.35's decrypt shows neither the signature packet nor its times, so a signature past its
+        own expiry (gpg's EXPSIG) looks the same as a tampered one; nor does it hand back the decrypted
+        packets to read them here. Only the reason may change: the signature stays refused whatever gpg says
+        (it becomes "expired key" only when gpg says so for the same signer, and stays "bad signature" if gpg
+        refuses the message or, wrongly, finds it good), and pysequoia's plaintext is the one returned.
+        """
+        if self._fallback is None:
+            return bad
+        self.on_fallback("bad signature reason")
+        try:
+            _, theirs = await self._fallback.decrypt(data, self.retired, self.now)
+        except CryptoError:
+            return bad
+        expired = theirs is not None and not theirs.valid and theirs.problem == "expired key"
+        if expired and theirs is not None and theirs.signer_id == bad.signer_id:
+            return dataclasses.replace(bad, problem="expired key")
+        return bad
 
     async def verify_inline(self, data: bytes) -> tuple[bytes, Signature]:
         opened = await self._in_worker(worker.verify_inline, data)

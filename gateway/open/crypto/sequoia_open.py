@@ -10,7 +10,8 @@ mapped here to the reason strings of the gnupg backend. The text is only compare
 
 Where pysequoia cannot decide, the worker says so (`Opened.fallback`, with the reason counted) and the
 caller hands that one message to gpg (gateway.open.crypto.gpg_fallback); a message pysequoia decides (a bad
-signature, an unknown signer, no integrity protection) is never retried there.
+signature, an unknown signer, no integrity protection) is never retried there; only the reason for a bad
+signature is asked of gpg (see the last point below).
 
 Where pysequoia differs from gpg, and what is done about it:
 - Given a `store`, pysequoia's decrypt checks the message structure and fails the whole decryption unless a
@@ -26,6 +27,10 @@ Where pysequoia differs from gpg, and what is done about it:
 - valid_sigs lists only good signatures: a signer whose key the store held but who is not among them made
   a bad signature ("bad signature", as gpg's BADSIG beside a GOODSIG); a second, bad signature by the same
   key as a good one is not seen.
+- A signature past its own expiry (gpg's EXPSIG) is only "not good" to pysequoia. Inline, its packet is
+  read here (verify_inline) and the refusal is worded "expired key"; decrypt shows no signature packet and
+  hands back no decrypted packets, so there it stays "bad signature" and the caller
+  (gateway.open.crypto.sequoia) asks gpg for the reason of that refusal only.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ _STRUCTURE = "Unexpected message structure"
 _NOT_OURS = "No key to decrypt message"
 _MALFORMED = "Malformed Message"  # not "Malformed packet" (truncated, tampered): bzip2, or a structure it lacks
 _ARMOUR = re.compile(rb"-----BEGIN PGP (MESSAGE|SIGNATURE)-----\r?\n(.*?)-----END PGP \1-----", re.DOTALL)
+_SIGNATURE_BLOCK = re.compile(rb"-----BEGIN PGP SIGNATURE-----\r?\n.*?-----END PGP SIGNATURE-----", re.DOTALL)
 _CLEAR = re.compile(
     rb"-----BEGIN PGP SIGNED MESSAGE-----\r?\n(?:[^\r\n]+\r?\n)*\r?\n(.*?)\r?\n-----BEGIN PGP SIGNATURE", re.DOTALL
 )
@@ -282,11 +288,13 @@ def verify_inline(home: Path, stamp: tuple[int, ...], data: bytes, max_plaintext
         # Several signed blocks (or signed and unsigned ones): they cannot be returned as one signed text.
         return Opened("unreadable signature")
     clear = b"-----BEGIN PGP SIGNED MESSAGE-----" in data
+    pile: list[Any] = []
     if not clear:
         try:
-            packets = [p.tag for p in PacketPile.from_bytes(data)]
+            pile = list(PacketPile.from_bytes(data))
         except Exception:  # noqa: BLE001
             return Opened("unreadable signature")
+        packets = [p.tag for p in pile]
         if any(t in _ENCRYPTED or t in _ESK for t in packets):
             return Opened("encrypted, not inline-signed")
         if Tag.CompressedData in packets and Tag.Literal not in packets:
@@ -310,4 +318,25 @@ def verify_inline(home: Path, stamp: tuple[int, ...], data: bytes, max_plaintext
         plaintext += b"\n"  # gpg prints the cleartext with its last line ending; Sequoia drops it
     if len(plaintext) > max_plaintext:
         return Opened("message too large")
-    return Opened(None, plaintext, classify(keys, store.asked, valid))
+    expired = _expired([p for p in pile if p.tag == Tag.Signature] if not clear else _clear_signatures(data))
+    return Opened(None, plaintext, classify(keys, store.asked, valid, sig_expired=expired))
+
+
+def _clear_signatures(data: bytes) -> list[Any]:
+    """The signature packets of a cleartext-signed message's armoured block (none if it cannot be read)."""
+    match = _SIGNATURE_BLOCK.search(data)
+    try:
+        return list(PacketPile.from_bytes(match.group(0))) if match is not None else []
+    except Exception:  # noqa: BLE001 - unreadable: no expiry to report, the refusal stays "bad signature"
+        return []
+
+
+def _expired(signatures: list[Any]) -> bool:
+    """Whether the one signature has passed its own expiry (RFC 9580 5.2.3.18), as gpg's EXPSIG. pysequoia's
+    verify says only "not good" for it; read from the packet it was given. Only the reason of a refusal
+    follows from this (classify uses it for a signature that did not verify); with several signatures it is
+    not told which one expired, so it says nothing."""
+    if len(signatures) != 1:
+        return False
+    expires = signatures[0].signature_expiration_time
+    return expires is not None and expires <= datetime.now(UTC)
