@@ -85,7 +85,7 @@ class QueueRow:
     def time_left(self) -> str:
         if self.left is None:
             return "no deadline"
-        # Under a minute, human() says "00m": "late by 00m" read as "not late" to a duty worker.
+        # Under a minute, in words: "late by <1m" is terse for a duty worker's page.
         if abs(self.left) < timedelta(minutes=1):
             return "late by less than a minute" if self.late else "less than a minute left"
         return f"late by {human(-self.left)}" if self.late else f"{human(self.left)} left"
