@@ -229,9 +229,17 @@ async def test_three_below_urgent_from_two_organisations_alert_managers_and_coor
     banner = html.split('id="cumulative-concern"')[1].split("govuk-caption-l")[0]
     assert "Cumulative concern: 3 referrals in 30 days from 2 organisations" in banner and first in banner
     assert "none was urgent on its own" in banner
-    assert 'id="cumulative-concern"' not in await page(
-        await signed_in(browser, "coord"), f"/referrals/{await rid(gateway, first)}"
-    )
+    # The earlier referrals of the set say so too, and which referral raised it.
+    for earlier in (first, second):
+        html = await page(await signed_in(browser, "coord"), f"/referrals/{await rid(gateway, earlier)}")
+        banner = html.split('id="cumulative-concern"')[1].split("govuk-caption-l")[0]
+        assert f"This referral is part of a cumulative concern raised on {third}: 3 referrals in 30 days" in banner
+        assert f'href="/referrals/{third_id}"' in banner and "none was urgent on its own" in banner
+    # A referral about another child, stored meanwhile, has no banner.
+    unrelated = await send(gateway, "c0", body(name="Kim Unrelated", nhs="", postcode="EC1A 1BB"))
+    await settle(gateway)
+    html = await page(await signed_in(browser, "coord"), f"/referrals/{await rid(gateway, unrelated)}")
+    assert 'id="cumulative-concern"' not in html
 
     # A fourth about the same child: the managers know already; not raised again for that set.
     clock.advance(timedelta(days=1))
