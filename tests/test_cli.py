@@ -387,6 +387,43 @@ def test_report_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert late["escalation"].startswith("step 1 (on-duty, mailbox) at ")
 
 
+async def just_late_store(home: Path) -> tuple[Path, str]:
+    """An incomplete referral received 15 minutes and 20 seconds ago: past its 15-minute triage
+    deadline by seconds when the report runs."""
+    path = write_config(home, all_hours=True)
+    clock = FakeClock(datetime.now(UTC) - timedelta(minutes=15, seconds=20))
+    gw = Gateway(config_mod.load(path), clock=clock, workers=False)
+    await gw.start()
+    try:
+        body = "Referrer name: Ann Example\nChild name: Sam Testchild\nDetails:\nWorried.\n"
+        code, text = await smtp_send(gw.smtp_port, make_message(body, message_id="<just@nhs.example>"))
+        assert code == 250
+        assert await gw.process_all() == 1
+    finally:
+        await gw.stop()
+    return path, text.split()[-1]
+
+
+def test_report_says_under_a_minute_not_00m(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.report.undelivered import Row, render
+
+    path, reference = asyncio.run(just_late_store(tmp_path / "gw"))
+    (line,) = [line for line in report(capsys, path, "table", "--wide").splitlines() if reference in line]
+    assert "overdue by <1m" in line and "00m" not in line  # "overdue by 00m" read as not overdue
+    # The age column of a referral in for less than a minute (one quarantined on arrival, say).
+    row = Row(
+        reference="7KM4-Q9XC",
+        team="Front door triage team",
+        state="quarantined",
+        received_at=datetime(2026, 11, 25, 10, 0, tzinfo=UTC),
+        age=timedelta(seconds=40),
+        reason="could not be opened",
+    )
+    (item_line,) = [line for line in render([row], "table").splitlines() if line.startswith("7KM4-Q9XC")]
+    assert "<1m" in item_line.split() and "00m" not in item_line
+    assert [json.loads(render([row], "json"))[0]["age"]] == ["<1m"]
+
+
 def test_report_on_an_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path / "gw")
     assert report(capsys, path, "table") == "No undelivered, late or quarantined referrals.\n"

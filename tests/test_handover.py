@@ -215,9 +215,15 @@ async def test_an_urgent_referral_at_1655_on_christmas_eve_goes_to_the_edt_at_17
     for address in (EDT, GUS[0]):
         (alert,) = maildir_messages(home, address)
         assert reference in str(alert["Subject"]) and "Emergency Duty Team" in str(alert["Subject"])
-        assert "Acknowledge by: Thursday 24 December 2026, 18:00" in alert.get_content()
+        body = alert.get_content()
+        assert "Acknowledge by: Thursday 24 December 2026, 18:00" in body
+        # It says it was handed over, and from whom, so the EDT knows it is MASH's day referral.
+        assert "handed over from MASH duty team at office close" in " ".join(body.split())
+        assert "A new safeguarding referral" not in body
+        assert not [d for d in CHILD_DATA if d in body]
     (text,) = sms_spool(home, GUS[1])
     assert reference in text and not [d for d in CHILD_DATA if d in text]
+    assert "handed over from MASH duty team at office close" in text and "Emergency Duty Team" in text
 
     # While out of hours the deadline is the EDT's own (1 hour on the clock), not 29 December.
     row = await referral_row(gateway, reference)

@@ -34,7 +34,7 @@ from tests.conftest import (
     valid_nhs,
     write_config,
 )
-from tests.test_dashboard import Browser, page, signed_in
+from tests.test_dashboard import Browser, page, post, signed_in
 from tests.test_dashboard import accounts as accounts  # the fixtures: staff and a browser on the app
 from tests.test_dashboard import browser as browser
 
@@ -229,9 +229,17 @@ async def test_three_below_urgent_from_two_organisations_alert_managers_and_coor
     banner = html.split('id="cumulative-concern"')[1].split("govuk-caption-l")[0]
     assert "Cumulative concern: 3 referrals in 30 days from 2 organisations" in banner and first in banner
     assert "none was urgent on its own" in banner
-    assert 'id="cumulative-concern"' not in await page(
-        await signed_in(browser, "coord"), f"/referrals/{await rid(gateway, first)}"
-    )
+    # The earlier referrals of the set say so too, and which referral raised it.
+    for earlier in (first, second):
+        html = await page(await signed_in(browser, "coord"), f"/referrals/{await rid(gateway, earlier)}")
+        banner = html.split('id="cumulative-concern"')[1].split("govuk-caption-l")[0]
+        assert f"This referral is part of a cumulative concern raised on {third}: 3 referrals in 30 days" in banner
+        assert f'href="/referrals/{third_id}"' in banner and "none was urgent on its own" in banner
+    # A referral about another child, stored meanwhile, has no banner.
+    unrelated = await send(gateway, "c0", body(name="Kim Unrelated", nhs="", postcode="EC1A 1BB"))
+    await settle(gateway)
+    html = await page(await signed_in(browser, "coord"), f"/referrals/{await rid(gateway, unrelated)}")
+    assert 'id="cumulative-concern"' not in html
 
     # A fourth about the same child: the managers know already; not raised again for that set.
     clock.advance(timedelta(days=1))
@@ -242,6 +250,70 @@ async def test_three_below_urgent_from_two_organisations_alert_managers_and_coor
         raised = (await conn.execute(select(events.c.detail).where(events.c.kind == "cumulative_concern"))).all()
         kinds = {r.kind for r in await conn.execute(select(deliveries.c.kind))}
     assert len(raised) == 1 and json.loads(raised[0].detail)["referrals"] == 3 and "concern" in kinds
+
+
+async def mark_duplicate(browser: Browser, copy_id: str, of: str) -> None:
+    """A duty worker answers 'duplicate of' on the copy's page, as they would."""
+    client = await signed_in(browser, "mash.worker")
+    answered = await post(
+        client,
+        f"/referrals/{copy_id}/answer/duplicate",
+        {"of": of, "reason": "The same referral sent twice"},
+        f"/referrals/{copy_id}",
+    )
+    assert answered.status == 303, await answered.text()
+
+
+@both_databases
+async def test_a_copy_marked_duplicate_does_not_count_towards_a_concern(
+    browser: Browser, gateway: Gateway, clock: FakeClock, home: Path
+) -> None:
+    # One referral sent twice by the trust, then one from another organisation: two referrals, not three.
+    first = await send(gateway, "d1", body())
+    copy = await send(gateway, "d2", body())
+    await settle(gateway)
+    await mark_duplicate(browser, await rid(gateway, copy), first)
+    clock.advance(timedelta(days=1))
+    other = await send(gateway, "d3", body(organisation=HEALTH[1]), sender=HEALTH[0])
+    await settle(gateway)
+    assert concern_alerts(home, MANAGER) == [] and concern_alerts(home, COORDINATOR) == []
+    html = await page(await signed_in(browser, "coord"), f"/referrals/{await rid(gateway, other)}")
+    assert 'id="cumulative-concern"' not in html
+    # A third referral in its own right completes the set, as usual; the copy is not in it.
+    clock.advance(timedelta(days=1))
+    third = await send(gateway, "d4", body())
+    await settle(gateway)
+    (alert,) = concern_alerts(home, MANAGER)
+    assert first in alert and other in alert and third in alert and copy not in alert
+
+
+@both_databases
+async def test_a_concern_raised_before_a_copy_was_marked_duplicate_is_kept(
+    browser: Browser, gateway: Gateway, home: Path
+) -> None:
+    first = await send(gateway, "k1", body())
+    copy = await send(gateway, "k2", body())
+    await settle(gateway)
+    third = await send(gateway, "k3", body(organisation=HEALTH[1]), sender=HEALTH[0])
+    await settle(gateway)
+    assert len(concern_alerts(home, MANAGER)) == 1  # three, as far as anyone knew then
+    await mark_duplicate(browser, await rid(gateway, copy), first)
+    html = await page(await signed_in(browser, "coord"), f"/referrals/{await rid(gateway, third)}")
+    assert 'id="cumulative-concern"' in html  # sent, so never withdrawn silently
+    assert len(concern_alerts(home, MANAGER)) == 1
+
+
+@both_databases
+async def test_a_set_stored_in_one_batch_raises_one_concern(gateway: Gateway, home: Path) -> None:
+    # Stored in one instant, each of the three completes the set: the managers hear of it once.
+    await send(gateway, "b1", body())
+    await send(gateway, "b2", body())
+    await send(gateway, "b3", body(organisation=HEALTH[1]), sender=HEALTH[0])
+    await settle(gateway)
+    assert len(concern_alerts(home, MANAGER)) == 1 and len(concern_alerts(home, COORDINATOR)) == 1
+    async with gateway.engine.connect() as conn:
+        raised = (await conn.execute(select(events).where(events.c.kind == "cumulative_concern"))).all()
+    assert len(raised) == 1
 
 
 async def test_no_concern_from_one_organisation_an_urgent_one_or_outside_the_window(

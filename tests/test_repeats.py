@@ -17,17 +17,20 @@ from sqlalchemy import func, select
 
 from gateway import config as config_mod
 from gateway.app import Gateway
+from gateway.cli.main import main
 from gateway.core.clock import FakeClock
 from gateway.core.schema import ALERT_KINDS, deliveries, events, messages, referrals, signed_content
 from gateway.report import undelivered as report
 from gateway.report.timeline import timeline
 from gateway.track.verify import verify
 from gateway.web.session import CSRF_FIELD
-from tests.conftest import both_databases, maildir_messages, referral_body, smtp_send, write_config
+from tests.conftest import both_databases, maildir_messages, make_message, referral_body, smtp_send, write_config
 from tests.staff_auth import csrf_of
 from tests.test_dashboard import Browser, page, signed_in
 from tests.test_dashboard import accounts as accounts  # the fixtures: staff and a browser on the app
 from tests.test_dashboard import browser as browser
+from tests.test_history import COORDINATOR, HEALTH, MANAGER, concern_alerts
+from tests.test_history import body as history_body
 from tests.test_secure_intake import (
     MASH,
     SENDER,
@@ -321,3 +324,33 @@ async def test_a_repeat_is_purged_on_the_retention_clock_and_the_next_copy_is_st
     assert (await states(gateway))[third] == "repeat"
     assert [d["of"] for d in await details(gateway, third, "repeat")] == [first]
     assert await verify(gateway.engine, clock.now()) == []
+
+
+async def test_a_repeat_does_not_count_towards_a_cumulative_concern(
+    setup: Setup, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One referral replayed is one referral: the partner's copy and its repeat, and one from
+    another organisation, are two referrals about the child, not the three a concern needs; also
+    after `reindex`, which indexes every stored referral."""
+    gw = Gateway(gateway_config(setup, "", strict=False), clock=clock, workers=False)
+    await gw.start()
+    try:
+        signed = pgpmime_message(setup, referral_body(urgency="standard"))
+        first = await send(gw, outer(signed, "cc-1"))
+        await settle(gw)
+        again = await send(gw, outer(signed, "cc-2"))
+        await settle(gw)
+        assert (await states(gw))[again] == "repeat"
+        assert await asyncio.to_thread(main, ["reindex", "--config", str(gw.config.file)]) == 0
+        assert "reindex: OK" in capsys.readouterr().out
+        clock.advance(timedelta(days=1))
+        other = make_message(history_body(organisation=HEALTH[1]), sender=HEALTH[0], message_id="<cc-3@x.example>")
+        code, text = await smtp_send(gw.smtp_port, other)
+        assert code == 250, text
+        await settle(gw)
+        assert len(await states(gw)) == 3 and first in await states(gw)
+        assert concern_alerts(setup.home, MANAGER) == [] and concern_alerts(setup.home, COORDINATOR) == []
+        async with gw.engine.connect() as conn:
+            assert (await conn.execute(select(events).where(events.c.kind == "cumulative_concern"))).all() == []
+    finally:
+        await gw.stop()

@@ -11,6 +11,11 @@ again: the managers know of that child already, and every new referral is alerte
 An organisation is the referrer's as the gateway knows it (the verified partner, else the one the
 referrer gave, else the sender's mail domain), compared as a keyed hash; a referral with none known
 counts towards the number of referrals but not of organisations.
+
+One referral sent twice is one referral: a referral answered "duplicate of REF"
+(gateway.track.answers) or closed as a repeat of signed content (gateway.pipeline.repeats) does not
+count. A concern already raised before a copy was marked duplicate is kept: one that was sent is
+never withdrawn silently, and the managers read the referrals behind it.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.core.lifecycle import State
 from gateway.core.model import Urgency
 from gateway.core.schema import events, referrals
 from gateway.history import index
 
 EVENT = "cumulative_concern"
+# Copies of another referral, not referrals of their own. A repeat has no content and so is never
+# in the index; it is named here as well so that nothing that ever indexes one makes it count.
+NOT_COUNTED = frozenset({State.DUPLICATE.value, State.REPEAT.value})
 
 
 @dataclass(frozen=True)
@@ -127,7 +136,9 @@ async def check(
     stored = {
         row.id: row
         for row in await conn.execute(
-            select(referrals.c.id, referrals.c.reference, referrals.c.urgency).where(referrals.c.id.in_(sorted(linked)))
+            select(referrals.c.id, referrals.c.reference, referrals.c.urgency).where(
+                referrals.c.id.in_(sorted(linked)), referrals.c.state.not_in(sorted(NOT_COUNTED))
+            )
         )
     }
     others = []

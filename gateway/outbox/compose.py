@@ -80,6 +80,7 @@ class AlertFacts:
     now: datetime
     security: Security | None = None  # how an email referral was sent; None for web and SMS
     step_notify: str = ""  # "managers, coordinators": why an escalation reached this recipient
+    handed_over_from: str = ""  # the day team's name, in a hand-over's alert to the out-of-hours team
 
 
 Context = Mapping[str, object]  # a template's values
@@ -233,11 +234,17 @@ class Composer:
             **self._ack_link(facts.referral_id, to, facts.now),
             "security": facts.security,
             "step_notify": facts.step_notify,
+            "handed_over_from": facts.handed_over_from,
         }
         return self._build(kind, f"email/{kind}.txt", to, facts.now, facts.reference, context, team_id=facts.team.id)
 
     def alert_sms(self, kind: str, to: str, facts: AlertFacts) -> Outgoing:
-        context = {"reference": facts.reference, "urgency": facts.urgency, "team": facts.team}
+        context = {
+            "reference": facts.reference,
+            "urgency": facts.urgency,
+            "team": facts.team,
+            "handed_over_from": facts.handed_over_from,
+        }
         return self.sms(kind, "alert", to=to, referral_id=facts.referral_id, now=facts.now, context=context)
 
     def receipt(

@@ -141,7 +141,9 @@ class Dispatcher:
         say the deadline it has, the earlier of its own from now and the referral's original one."""
         due = min(alert.due_at, handover.deadline_after(self._s, out_of_hours, urgency, alert.now))
         why = "out-of-hours (hand-over at close)"
-        facts = dataclasses.replace(alert, team=out_of_hours, due_at=due, step_notify=why)
+        facts = dataclasses.replace(
+            alert, team=out_of_hours, due_at=due, step_notify=why, handed_over_from=alert.team.name
+        )
         sends = handover.recipients(self._s, alert.team, out_of_hours, alert.now)
         out = Dispatched(team=alert.team, due_at=due)
         out.outgoing, out.encryption_failed = await self._alerter.alerts("alert", sends, facts, None)

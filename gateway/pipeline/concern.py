@@ -56,13 +56,17 @@ class ConcernWriter:
         if not self._s.concern.enabled:
             return events, outgoing
         pending = {p.message.referral_id: self._member(p) for p in routed}
+        # Referrals in a concern raised earlier in this batch: its event is not written yet, so
+        # concern.check cannot see it, and copies arriving in one instant would each raise one.
+        held: set[str] = set()
         for prep in routed:
             if not prep.child_digests:
                 continue
             new = pending[prep.message.referral_id]
             found = await concern.check(conn, new, dict(prep.child_digests), self._rule, pending)
-            if found is None:
+            if found is None or held & {m.referral_id for m in found.members}:
                 continue
+            held |= {m.referral_id for m in found.members}
             assert prep.routed is not None
             sent = self._alerts(prep, found, now)
             outgoing += [(new.referral_id, out) for out in sent]

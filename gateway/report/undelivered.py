@@ -66,6 +66,10 @@ class Dead:
 
 
 def human(delta: timedelta) -> str:
+    """'2d 0h 30m', '6h 05m', '15m'; under a minute '<1m', since '00m' reads as nothing at all
+    (a referral just in, or only just late, is exactly one a coordinator must not pass over)."""
+    if delta < timedelta(minutes=1):
+        return "<1m"
     minutes = int(delta.total_seconds() // 60)
     days, rest = divmod(minutes, 24 * 60)
     hours, mins = divmod(rest, 60)

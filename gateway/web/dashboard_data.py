@@ -85,7 +85,7 @@ class QueueRow:
     def time_left(self) -> str:
         if self.left is None:
             return "no deadline"
-        # Under a minute, human() says "00m": "late by 00m" read as "not late" to a duty worker.
+        # Under a minute, in words: "late by <1m" is terse for a duty worker's page.
         if abs(self.left) < timedelta(minutes=1):
             return "late by less than a minute" if self.late else "less than a minute left"
         return f"late by {human(-self.left)}" if self.late else f"{human(self.left)} left"
@@ -320,8 +320,20 @@ async def earlier(
     return found
 
 
-async def concern_banner(db: Database, row: ReferralRecord) -> str | None:
-    """Why this referral raised a cumulative concern (gateway.history.concern), or None."""
+@dataclass(frozen=True)
+class ConcernBanner:
+    """The banner of a referral in a cumulative concern: what was raised, and where, when this
+    referral is one of the earlier ones in the set (None: this referral raised it)."""
+
+    text: str
+    raised_on: str | None = None  # the reference of the referral that raised it
+    raised_on_id: str | None = None
+
+
+async def concern_banner(db: Database, row: ReferralRecord) -> ConcernBanner | None:
+    """The cumulative concern (gateway.history.concern) this referral raised, or else the latest
+    one it is an earlier referral of, or None."""
+    told = "none was urgent on its own. The team's managers and the coordinators were alerted."
     async with db.read() as conn:
         detail = (
             await conn.execute(
@@ -331,8 +343,20 @@ async def concern_banner(db: Database, row: ReferralRecord) -> str | None:
                 .limit(1)
             )
         ).scalar_one_or_none()
-    if detail is None:
-        return None
-    words = concern.text(json.loads(detail))
-    told = "none was urgent on its own. The team's managers and the coordinators were alerted."
-    return f"{words[:1].upper()}{words[1:]}: {told}"
+        if detail is not None:
+            words = concern.text(json.loads(detail))
+            return ConcernBanner(f"{words[:1].upper()}{words[1:]}: {told}")
+        # An earlier referral of a set: named in the event's linked ids (a hex id, so the pattern
+        # matches only itself; the detail is read to make sure). Concerns are few: no index needed.
+        raised = await conn.execute(
+            select(events.c.referral_id, events.c.detail, referrals.c.reference)
+            .join(referrals, referrals.c.id == events.c.referral_id)
+            .where(events.c.kind == concern.EVENT, events.c.detail.contains(f'"{row.id}"'))
+            .order_by(events.c.id.desc())
+        )
+        for found in raised:
+            if row.id in json.loads(found.detail).get("linked_ids", []):
+                words = concern.text(json.loads(found.detail)).removeprefix("cumulative concern: ")
+                text = f"This referral is part of a cumulative concern raised on {found.reference}: {words}; {told}"
+                return ConcernBanner(text, found.reference, found.referral_id)
+    return None

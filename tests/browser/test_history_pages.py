@@ -1,6 +1,7 @@
 """Issue 15 in real headless Chromium, with JavaScript and without: the referral page of a referral
 that raised a cumulative concern shows the banner saying why, and its earlier referrals about the
-same child say which identifier matched. axe finds no WCAG 2.2 AA violation on it.
+same child say which identifier matched; an earlier referral's page says it is part of that concern
+and links to the one that raised it. axe finds no WCAG 2.2 AA violation on either page.
 
 Three below-urgent referrals about one synthetic child arrive by real SMTP from two organisations
 (tests/test_history.py sends them the same way); a coordinator signs in through every step."""
@@ -55,4 +56,12 @@ async def test_referral_page_with_a_cumulative_concern_and_what_matched(
     await expect(page.locator("#timeline")).to_contain_text("Cumulative concern: 3 referrals in 30 days")
     await later.check(page)
     await screenshot(page, f"staff-referral-concern-{tab.variant}")
+
+    # An earlier referral of the set says it is part of the concern, and leads to the one that raised it.
+    await page.goto(f"/referrals/{await rid(gateway, first)}")
+    banner = page.get_by_role("region", name="Cumulative concern")
+    await expect(banner).to_contain_text(f"This referral is part of a cumulative concern raised on {third}")
+    await later.check(page)
+    await banner.get_by_role("link", name=f"Open {third}, the referral that raised it").click()
+    await expect(page.get_by_role("heading", name=f"Referral {third}", level=1)).to_be_visible()
     later.assert_none()
