@@ -1,7 +1,8 @@
 """Structured answers (issue 15) end to end: referrals arrive by real SMTP into a real Gateway
 (workers=False, FakeClock), staff sign in to its own aiohttp app and answer with the CSRF token,
 and everything the gateway sends goes through a real aiosmtpd relay. Keys are real: the gateway's
-and a neighbouring authority's in GnuPG homes of their own, and the forward is decrypted with gpg."""
+in the default (sequoia) backend's key files, a neighbouring authority's in a GnuPG home of its own, and
+the forward is decrypted with gpg."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from gateway.core.clock import FakeClock
 from gateway.core.reference import new_reference
 from gateway.core.schema import additional_info, answers, deadlines, deliveries, events, referrals
 from gateway.duty.deadline_rules import due_at
-from gateway.open.crypto.openpgp import OpenPGP
+from gateway.open.crypto.backends import open_backend
 from gateway.pipeline.replies import references_in_body, references_in_subject, subject_of
 from gateway.report import undelivered as report
 from gateway.staff.users import Role, Users
@@ -93,7 +94,8 @@ def gpg(home: Path, *args: str, data: bytes = b"") -> bytes:
 @pytest.fixture
 def keys(home: Path) -> Iterator[Keys]:
     short = Path(tempfile.mkdtemp(prefix="gpg"))  # gpg-agent socket paths must be short
-    gateway_pgp = OpenPGP(home / "keys" / "gnupg")
+    # The default backend's key files (keys/openpgp), as a fresh install has them.
+    gateway_pgp = open_backend("sequoia", home / "keys" / "openpgp")
     gateway_fpr = gateway_pgp.generate_key("Demo gateway", "referrals@demo-council.example")
     neighbour = short / "borsetshire"
     neighbour.mkdir(mode=0o700)
@@ -104,8 +106,7 @@ def keys(home: Path) -> Iterator[Keys]:
     gpg(neighbour, "--import", data=gateway_pgp.export_public(gateway_fpr))
     gateway_pgp.close()
     yield Keys(neighbour, fpr, gateway_fpr)
-    for gnupghome in (neighbour, home / "keys" / "gnupg"):
-        subprocess.run(["gpgconf", "--homedir", str(gnupghome), "--kill", "gpg-agent"], check=False)
+    subprocess.run(["gpgconf", "--homedir", str(neighbour), "--kill", "gpg-agent"], check=False)
     shutil.rmtree(short, ignore_errors=True)
 
 
