@@ -54,6 +54,15 @@ def test_canonical_crlf() -> None:
     assert canonical_crlf(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
 
 
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"\r\r\n", b"\n\r", b"x"]), max_size=30))
+def test_canonical_crlf_gives_the_bytes_the_rfc_regex_gives(pieces: list[bytes]) -> None:
+    """The signed bytes (and a repeat's digest) are made from this: byte for byte what
+    re.sub(rb"\r?\n", b"\r\n") made before it was two bytes.replace."""
+    data = b"".join(pieces)
+    assert canonical_crlf(data) == re.sub(rb"\r?\n", b"\r\n", data)
+
+
 @settings(max_examples=300)
 @given(st.binary(max_size=2000))
 def test_junk_never_raises_anything_but_mime_error(data: bytes) -> None:

@@ -136,4 +136,6 @@ def _delimiters(body: bytes, dash_boundary: bytes) -> Iterator[tuple[int, int, b
 def canonical_crlf(data: bytes) -> bytes:
     """Line endings as CRLF, the canonical form that MIME signatures are made over (RFC 3156 §5,
     RFC 8551 §3.1.1), for parts that a mail system stored with bare LF."""
-    return re.sub(rb"\r?\n", b"\r\n", data)
+    # Two bytes.replace, not re.sub(rb"\r?\n", b"\r\n"): the same bytes (every LF, with the CR
+    # before it if there was one, becomes CRLF; a lone CR stays), at a tenth of the cost.
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
