@@ -10,10 +10,11 @@ Everything runs on loopback in a temp dir, in one go:
    (ed25519 sign + cv25519 encr) made with the gpg command line in a GnuPG home of its own, each side's public
    key imported into the other, as in tests/test_secure_intake.py;
 2. messages, built before any timing: referral forms (tests.conftest.referral_body plus narrative padding, 3-6
-   KB of text), each signed and encrypted in one pass by the partner (`gpg --sign --encrypt -z 0`, a few gpg
-   processes in parallel) and wrapped as RFC 3156 PGP/MIME with a unique Message-ID. Uncompressed inside
-   the encryption: pysequoia 0.1.35 cannot check a signature inside compressed data (gpg's default), so
-   with compression every referral would be quarantined on the sequoia backend;
+   KB of text), each signed and encrypted in one pass by the partner (`gpg --sign --encrypt` with gpg's own
+   choice of compression, a few gpg processes in parallel) and wrapped as RFC 3156 PGP/MIME with a unique
+   Message-ID. The gateway's key prefers Uncompressed (gateway/open/crypto/pgp_keygen.py), so gpg sends them
+   uncompressed; `--compressed P` forces zlib on P per cent of them, which pysequoia 0.1.35 cannot check
+   and the sequoia backend hands to its gpg fallback (counted from the gateway's /metrics);
 3. the baseline: the bare rate of the same gpg calls without the gateway. A process of its own (this script
    with `--baseline-worker`) decrypts and verifies the same armoured blocks through python-gnupg, with the
    options and the concurrency bound the gateway uses (2 threads), in a copy of the gateway's GnuPG home
@@ -31,7 +32,7 @@ Everything runs on loopback in a temp dir, in one go:
 committed (the database is polled read-only every 20 ms; the row was committed between two polls) minus the
 time the client got the 250 (whose text carries the referral's reference). The gateway's own timestamps
 (deliveries.created_at - referrals.received_at) are printed too; both are taken at the start of a batch, so
-they understate. The last line is `ratio: X.XX`: the default backend's (gnupg) burst rate over the
+they understate. The last line is `ratio: X.XX`: the default backend's (sequoia) burst rate over the
 baseline's; the sequoia backend's is printed on the line before. The targets are a ratio >= 0.70 and a
 paced p99 under 1 s.
 """
@@ -47,6 +48,7 @@ import platform
 import random
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -151,8 +153,9 @@ def make_keys(work: Path) -> Keys:
     return Keys(home, gateway_gnupg, gateway_fpr, partner, partner_fpr)
 
 
-def gateway_extra(keys: Keys, backend: str) -> str:
+def gateway_extra(keys: Keys, backend: str, metrics_port: int) -> str:
     return (
+        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n\n'  # the fallback counter is read from it
         "[security]\nrequire_encryption = true\nrequire_signature = true\n\n"
         f'[keys]\nopenpgp_backend = "{backend}"\nopenpgp_fingerprint = "{keys.gateway_fpr}"\n\n'
         f'[[partners]]\nname = "{PARTNER}"\naddresses = ["@nhs.example"]\nopenpgp = ["{keys.partner_fpr}"]\n'
@@ -215,18 +218,21 @@ def pgp_mime(armoured: bytes, message_id: str) -> bytes:
     return head.encode() + armoured.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n--pgp-bench-42--\r\n"
 
 
-def build_messages(keys: Keys, count: int, seed: int, jobs: int) -> list[Built]:
-    """Signed and encrypted by the partner, `jobs` gpg processes at a time (each takes a few ms of CPU)."""
+def build_messages(keys: Keys, count: int, seed: int, jobs: int, compressed: float = 0.0) -> list[Built]:
+    """Signed and encrypted by the partner, `jobs` gpg processes at a time (each takes a few ms of CPU);
+    `compressed` per cent of them (spread evenly) with zlib forced, the rest as gpg chooses."""
     rng = random.Random(seed)
     run = uuid.UUID(int=rng.getrandbits(128)).hex[:12]
     entities = [inner_entity(rng) for _ in range(count)]
     sign_encrypt = (
-        "--armor", "--trust-model", "always", "-z", "0", "--sign", "--encrypt",
+        "--armor", "--trust-model", "always", "--sign", "--encrypt",
         "--local-user", keys.partner_fpr, "--recipient", keys.gateway_fpr,
     )  # fmt: skip
+    every = round(100 / compressed) if compressed > 0 else 0
 
     def one(index: int) -> Built:
-        armoured = gpg(keys.partner_gnupg, *sign_encrypt, stdin=entities[index])
+        forced = ("--compress-algo", "zlib") if every and index % every == every - 1 else ()
+        armoured = gpg(keys.partner_gnupg, *sign_encrypt, *forced, stdin=entities[index])
         return Built(pgp_mime(armoured, f"bench-{run}-{index}"), armoured, len(entities[index]))
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -590,6 +596,7 @@ class GatewayRun:
     paced: Phase
     memory: dict[str, int]
     states: dict[str, int]
+    fallbacks: dict[str, float]  # gateway_openpgp_fallback_total by reason, from the gateway's /metrics
 
 
 def ms(value: float) -> str:
@@ -694,6 +701,8 @@ def print_report(
             + ", ".join(f"{k} {v}" for k, v in sorted(r.states.items()))
             + f"; quarantined: {r.states.get('quarantined', 0)} of {total}"
         )
+        shown = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.fallbacks.items())) or "none"
+        print(f"gpg fallbacks (warm-up, burst and paced), {r.backend}: {shown}")
     print()
     print("notes: CPU 'proc' is the gateway's (or baseline worker's) own utime+stime; 'gpg' the gpg processes it")
     print("  waited for (cutime+cstime); 'agent' the gpg-agent daemon of its GnuPG home (not a child: /proc/PID/")
@@ -751,6 +760,27 @@ async def gateway_phase(
     )
 
 
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def fallback_counts(port: int) -> dict[str, float]:
+    """gateway_openpgp_fallback_total by reason, read from the gateway's metrics listener."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    await writer.drain()
+    text = (await reader.read()).decode("utf-8", "replace")
+    writer.close()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("gateway_openpgp_fallback_total{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('reason="', 1)[1].split('"', 1)[0]] = float(value)
+    return found
+
+
 async def gateway_run(
     args: argparse.Namespace,
     work: Path,
@@ -767,7 +797,8 @@ async def gateway_run(
     watcher: Watcher | None = None
     clients: list[Client] = []
     try:
-        config = common.write_config(home, gateway_extra(keys, backend))
+        metrics_port = free_port()
+        config = common.write_config(home, gateway_extra(keys, backend, metrics_port))
         gw = common.gateway_server(config, log, args.checkout)
         await gw.start()
         db_path = home / "var" / "gateway.db"
@@ -808,6 +839,7 @@ async def gateway_run(
         print(f"{backend} gateway paced: p99 250 -> alert queued {p99 * 1000:.0f} ms", flush=True)
         await wait_outbox(db_path, args.drain_timeout)
         states, _ = db_counts(db_path, [s.reference for s in (*burst.sending.sent, *paced.sending.sent)])
+        fallbacks = await fallback_counts(metrics_port)
         workers, worker_max, worker_sum = openpgp_backends.worker_memory(gw.pid)
         memory = {
             "workers": workers,
@@ -824,7 +856,7 @@ async def gateway_run(
         await watcher.stop()
         await gw.stop()
         common.print_log_errors(log)
-        return GatewayRun(backend, burst, paced, memory, states)
+        return GatewayRun(backend, burst, paced, memory, states, fallbacks)
     finally:
         for client in clients:
             await client.close()
@@ -844,7 +876,7 @@ async def run(args: argparse.Namespace) -> int:
         keys = make_keys(work)
         print(f"building {total} PGP/MIME referrals with {args.build_jobs} gpg processes at a time...", flush=True)
         start = time.perf_counter()
-        built = build_messages(keys, total, args.seed, args.build_jobs)
+        built = build_messages(keys, total, args.seed, args.build_jobs, args.compressed)
         build_seconds = time.perf_counter() - start
         kill_agent(keys.partner_gnupg)
         warm = built[: args.warmup]
@@ -876,7 +908,14 @@ async def run(args: argparse.Namespace) -> int:
         print(f"baseline 2: {baselines[-1].rate:.1f} decrypts/s", flush=True)
     finally:
         if keys is not None:
-            for home in (keys.partner_gnupg, keys.gateway_gnupg, work / "gw-gnupg" / "keys" / "gnupg"):
+            sequoia_var = work / "gw-sequoia" / "var"  # the gpg fallback homes (the gateway's and sequoia alone's)
+            for home in (
+                keys.partner_gnupg,
+                keys.gateway_gnupg,
+                work / "gw-gnupg" / "keys" / "gnupg",
+                sequoia_var / "gpg-fallback",
+                sequoia_var / "gpg-fallback-alone",
+            ):
                 kill_agent(home)
         for slug in ("baseline-1", "baseline-2"):
             if (work / f"{slug}-gnupg").exists():
@@ -903,6 +942,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=16, help="untimed warm-up referrals (default 16)")
     p.add_argument("--build-jobs", type=int, default=4, help="gpg processes building messages (default 4)")
     p.add_argument("--seed", type=int, default=1, help="random seed for message contents")
+    p.add_argument("--compressed", type=float, default=0.0, help="per cent of referrals with zlib forced (default 0)")
     p.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait for alerts (default 300)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (gateway home, database, log)")
     p.add_argument(

@@ -82,6 +82,8 @@ def gateway_home(
     """A gateway home whose [backup] names the administrator's key, imported with `keys import` as the README says."""
     config = write_config(
         home,
+        # These tests look into keys/gnupg; test_sequoia_keys.py backs up and restores the sequoia default.
+        '[keys]\nopenpgp_backend = "gnupg"\n',
         smtp_port=ports[0],
         http_port=ports[1],
         database_url=database_url,

@@ -41,7 +41,7 @@ Client = TestClient[web.Request, web.Application]
 # Script, quotes, an ampersand, a right-to-left override, and 500 characters.
 HOSTILE = ('<script>alert(\'x\')</script>" onmouseover="alert(1)" &amp; \u202eevil ' + "W" * 500)[:500]
 ALLOWED_URL = re.compile(
-    r"(/assets/[\w.-]+|/dashboard|/sign-in|/sign-out|/refer|/report|/admin/users|/admin/config|/account"
+    r"(/assets/[\w.-]+|/favicon\.ico|/dashboard|/sign-in|/sign-out|/refer|/report|/admin/users|/admin/config|/account"
     r"|/admin/users/[0-9a-f]{32}/(disable|reset-password|reset-factor|end-sessions)|#[\w-]+)"
 )
 TWILIO_SID = "AC" + "5e" * 16

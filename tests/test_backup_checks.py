@@ -103,7 +103,7 @@ def test_a_damaged_backup_is_refused_whole(short_dir: Path, capsys: pytest.Captu
     restore = ("restore", "--from", str(backup_dir), "--gnupghome", str(admin_home), "--config", str(fresh))
     written = (backup_dir / "manifest.json").read_text()
     (backup_dir / "manifest.json").write_text(
-        written.replace('"migration_revision": "0009"', '"migration_revision": "0099"')
+        written.replace('"migration_revision": "0011"', '"migration_revision": "0099"')
     )
     code, _, err = run(capsys, *restore)
     assert code == 2 and "at migration 0099, which this version does not know" in err

@@ -276,18 +276,68 @@ async def build_store(home: Path) -> tuple[Path, dict[str, str]]:
     return path, refs
 
 
-def report(capsys: pytest.CaptureFixture[str], path: Path, fmt: str) -> str:
-    code = main(["report", "undelivered", "--format", fmt, "--config", str(path)])
+def report(capsys: pytest.CaptureFixture[str], path: Path, fmt: str, *more: str) -> str:
+    code = main(["report", "undelivered", "--format", fmt, *more, "--config", str(path)])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert err == ""
     return out
 
 
-def test_report_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def item(lines: list[str], reference: str) -> list[str]:
+    """An item of the 100-column table: its first line and the indented reason lines under it."""
+    start = next(n for n, line in enumerate(lines) if line.startswith(reference))
+    end = next((n for n in range(start + 1, len(lines)) if not lines[n].startswith(" ")), len(lines))
+    return lines[start:end]
+
+
+def test_report_table_fits_100_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, refs = asyncio.run(build_store(tmp_path / "gw"))
     out = report(capsys, path, "table")
     lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 100, out
+    assert lines[0].split() == ["reference", "state", "received", "age", "team"]
+    assert lines[-1] == "2 referral(s) need attention."
+    late = item(lines, refs["late"])
+    assert late[0].split()[:2] == [refs["late"], "alerted"] and "2d 0h 30m" in late[0] and "MASH duty team" in late[0]
+    received = (datetime.now(UTC) - timedelta(days=2, minutes=30)).strftime("%Y-%m-%d")
+    assert received in late[0]
+    reason = " ".join(line.strip() for line in late[1:])
+    assert reason == "not acknowledged within 4 working hours (overdue by 1d 20h 30m)"
+    incomplete = item(lines, refs["incomplete"])
+    assert "Front door triage team" in incomplete[0]
+    assert "not acknowledged within 15 minutes (overdue by 2d 0h 15m)" in " ".join(incomplete[1:])
+    assert refs["acknowledged"] not in out
+
+
+def test_report_table_cuts_a_long_reason_and_team_to_100_columns() -> None:
+    from gateway.report.undelivered import Row, render
+
+    # A dead delivery's reason carries the provider's error (up to 200 characters) and a step's
+    # everyone-alerted list runs long: realistic worst cases, synthetic names.
+    error = "550 5.1.1 <duty@mash.demo-council.example>: Recipient address rejected: " + "x" * 120
+    row = Row(
+        reference="7KM4-Q9XC",
+        team="Multi-Agency Safeguarding Hub duty team (north locality)",
+        state="undeliverable",
+        received_at=datetime(2026, 11, 25, 10, 0, tzinfo=UTC),
+        age=timedelta(days=12, hours=23, minutes=59),
+        reason="; ".join([f"alert to MASH duty team failed for good after 8 attempts: {error}"] * 3),
+        escalation="step 3 (coordinators) at 2026-11-25 10:25 UTC; alerted: " + ", ".join(["Asha Okafor (sms)"] * 20),
+    )
+    out = render([row], "table")
+    assert max(len(line) for line in out.splitlines()) <= 100, out
+    assert len(out.splitlines()) == 1 + 1 + 3 + 1  # header, the item, 3 reason lines, the count
+    assert out.splitlines()[-2].endswith("...")  # cut, and says so
+    assert out.splitlines()[1].endswith("  Multi-Agency Safeguarding H...")  # the team, cut to 30
+    wide = render([row], "table", wide=True)
+    assert row.reason in wide and row.escalation in wide and row.team in wide  # in full
+    assert max(len(line) for line in wide.splitlines()) > 200
+
+
+def test_report_table_wide(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, refs = asyncio.run(build_store(tmp_path / "gw"))
+    lines = report(capsys, path, "table", "--wide").splitlines()
     assert lines[0].split() == ["reference", "team", "state", "received", "age", "escalation", "reason"]
     assert lines[-1] == "2 referral(s) need attention."
     (late,) = [line for line in lines if refs["late"] in line]
@@ -299,9 +349,7 @@ def test_report_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     (incomplete,) = [line for line in lines if refs["incomplete"] in line]
     assert "Front door triage team" in incomplete
     assert "not acknowledged within 15 minutes (overdue by 2d 0h 15m)" in incomplete
-    received = (datetime.now(UTC) - timedelta(days=2, minutes=30)).strftime("%Y-%m-%d")
-    assert received in late
-    assert refs["acknowledged"] not in out
+    assert refs["acknowledged"] not in "\n".join(lines)
 
 
 def test_report_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

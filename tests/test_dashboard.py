@@ -48,8 +48,8 @@ class Browser:
 HOSTILE_NAME = '<script>alert("x")</script>\u202eevil\'"&'
 HOSTILE_STAFF = '<img src=x onerror=alert(1)> "Mo" O\'Neil'
 ALLOWED_URL = re.compile(
-    r"(/assets/[\w.-]+|/dashboard|/sign-in|/sign-out|/refer|/report|/admin/users|/admin/config|/account"
-    r"|/referrals/[0-9a-f]{32}(/acknowledge|/close|/hold(/lift)?|/attachments/\d+)?|#[\w-]+)"
+    r"(/assets/[\w.-]+|/favicon\.ico|/dashboard|/sign-in|/sign-out|/refer|/report|/admin/users|/admin/config|/account"
+    r"|/referrals/[0-9a-f]{32}(/acknowledge|/close|/hold(/lift)?|/attachments/\d+|/raw|/answer/(not-ours|more-info|duplicate))?|#[\w-]+)"
 )
 
 

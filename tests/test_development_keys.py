@@ -14,7 +14,7 @@ from tests.conftest import write_config
 
 
 async def test_first_run_makes_development_keys_and_the_next_reuses_them(home: Path, clock: FakeClock) -> None:
-    path = write_config(home, "[keys]\ndevelopment = true\n")
+    path = write_config(home, '[keys]\ndevelopment = true\nopenpgp_backend = "gnupg"\n')
     config = config_mod.load(path)
     gw = Gateway(config, clock=clock, workers=False)
     await gw.start()

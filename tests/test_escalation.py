@@ -577,7 +577,7 @@ async def test_report_shows_the_latest_step_and_everyone_alerted(gateway: Gatewa
         "Chloe Davies (email), Chloe Davies (sms), Dev Malik (email), Dev Malik (sms), "
         "Gus Lindqvist (email), Gus Lindqvist (sms), Iris Novak (email), Iris Novak (sms), MASH duty team (email)"
     )
-    table = report.render([row], "table")
+    table = report.render([row], "table", wide=True)  # the 100-column table leaves the escalation out
     assert "step 3 (out-of-hours, coordinators)" in table and "Iris Novak (sms)" in table
     (as_json,) = json.loads(report.render([row], "json"))
     assert as_json["escalation"] == row.escalation

@@ -168,7 +168,9 @@ def test_reseal_contexts_are_the_ones_the_writers_use() -> None:
 
     from gateway.core.model import Referral
     from gateway.core.sealed import Content, Payload, Sealed, SmsEnvelope
+    from gateway.pipeline.replies import additional_info_context
     from gateway.staff.factors import Factors
+    from gateway.track.answers import answer_reason_context
 
     sealer = Sealer(b"k" * 32)
     sealed = Sealed(sealer)
@@ -183,6 +185,8 @@ def test_reseal_contexts_are_the_ones_the_writers_use() -> None:
         "sms_webhooks.reply": sealed.seal_reply("inbound", "SM1", "reply"),
         # The staff package's own sealing (its only writer), not a copy of its context string.
         "staff_factors.secret": Factors(None, sealer)._seal("u1", "secret"),  # type: ignore[arg-type]
+        "answers.reason": sealer.seal(b"why", answer_reason_context("r1")),
+        "additional_info.content": sealer.seal(b"{}", additional_info_context("r1")),
     }
     assert set(written) == {col.name for col in SEALED_COLUMNS}
     for col in SEALED_COLUMNS:

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -33,6 +34,14 @@ from tests.conftest import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FPR = re.compile(r"\b[0-9A-F]{40}\b")
+# These tests check the gnupg backend's home (keys/gnupg); test_sequoia_keys.py covers the default, sequoia.
+GNUPG = '[keys]\nopenpgp_backend = "gnupg"\n'
+
+
+def write_gnupg(home: Path, extra: str = "", **kwargs: Any) -> Path:
+    """write_config on the gnupg backend: its [keys] table (from `keys init`) gets the backend line."""
+    extra = extra.replace("[keys]\n", GNUPG, 1) if "[keys]\n" in extra else GNUPG + extra
+    return write_config(home, extra, **kwargs)
 
 
 def _kill_agents(home: Path) -> None:
@@ -50,7 +59,7 @@ def home() -> Iterator[Path]:
 
 @pytest.fixture
 def config(home: Path) -> Path:
-    return write_config(home)
+    return write_gnupg(home)
 
 
 @pytest.fixture
@@ -125,6 +134,7 @@ def snapshot(directory: Path) -> dict[str, tuple[int, str]]:
 def test_init_makes_private_keys_and_a_second_init_changes_nothing(
     capsys: pytest.CaptureFixture[str], home: Path, config: Path
 ) -> None:
+    written = config.read_text()
     out = init(capsys, config)
     keys = home / "keys"
     assert stat.S_IMODE((keys / "gnupg").stat().st_mode) == 0o700
@@ -139,7 +149,7 @@ def test_init_makes_private_keys_and_a_second_init_changes_nothing(
         f'[keys]\nopenpgp_fingerprint = "{fingerprint}"\n'
         'smime_key = "smime/gateway.key.pem"\nsmime_cert = "smime/gateway.crt.pem"\n'
     )
-    assert "[keys]" not in config.read_text()
+    assert config.read_text() == written  # (its only [keys] line names the backend)
 
     before = snapshot(keys)
     code, out, err = run(capsys, "keys", "init", "--config", str(config))
@@ -220,7 +230,7 @@ def test_import_partner_openpgp_key_then_list_shows_it(
 
     # With the printed lines in the config, the key is listed under its partner.
     partner = f'[[partners]]\nname = "Demo NHS Trust"\naddresses = ["@nhs.example"]\nopenpgp = ["{fingerprint}"]\n'
-    write_config(home, partner)
+    write_gnupg(home, partner)
     code, out, _ = run(capsys, "keys", "list", "--config", str(config))
     row = next(line for line in out.splitlines() if fingerprint in line)
     assert row.startswith("Demo NHS Trust") and "OpenPGP" in row and " OK " in row
@@ -306,7 +316,7 @@ def test_list_shows_expiry_status(capsys: pytest.CaptureFixture[str], home: Path
     for path, name in ((soon, "soon"), (old, "old")):
         assert run(capsys, "keys", "import", str(path), "--partner", name, "--config", str(config))[0] == 0
     missing_fpr = "AB" * 20
-    write_config(
+    write_gnupg(
         home,
         '[[partners]]\nname = "Demo Trust"\naddresses = ["@trust.example"]\n'
         f'openpgp = ["{missing_fpr}"]\n'
@@ -362,7 +372,7 @@ async def _start_and_stop(config: Path) -> None:
 async def test_gateway_starts_with_the_printed_lines_and_refuses_without_the_smime_key(
     capsys: pytest.CaptureFixture[str], home: Path, config: Path
 ) -> None:
-    write_config(home, keys_lines(init(capsys, config)))
+    write_gnupg(home, keys_lines(init(capsys, config)))
     await _start_and_stop(config)
 
     key = home / "keys" / "smime" / "gateway.key.pem"
@@ -376,7 +386,7 @@ async def test_gateway_starts_with_the_printed_lines_and_refuses_without_the_smi
 async def test_start_refusal_names_the_missing_key_file(
     capsys: pytest.CaptureFixture[str], home: Path, config: Path
 ) -> None:
-    write_config(home, keys_lines(init(capsys, config)))
+    write_gnupg(home, keys_lines(init(capsys, config)))
     (home / "keys" / "smime" / "gateway.key.pem").unlink()
     with pytest.raises(CryptoKeyError, match=re.escape("gateway.key.pem")):
         await _start_and_stop(config)
@@ -431,7 +441,7 @@ def test_import_of_a_ca_suggests_the_domains_its_name_constraints_permit(
     assert 'smime_anchors = ["keys/partners/demo-trust.pem"]' in block
     assert "partner.example" not in out and "ca-operator.example" not in block
     # What it printed is a config the gateway accepts, as printed.
-    write_config(home, block)
+    write_gnupg(home, block)
     assert run(capsys, "check-config", "--config", str(config))[0] == 0
 
 
@@ -457,7 +467,7 @@ def test_import_of_a_ca_naming_no_address_says_to_fill_them_in_and_check_config_
     assert "# FILL IN: the key names no address or domain" in block and "addresses = []" in block
     assert "@partner.example" not in out
     # Pasted unfilled, the config is refused at exactly that line: no made-up domain slips through.
-    write_config(home, block)
+    write_gnupg(home, block)
     code, _, err = run(capsys, "check-config", "--config", str(config))
     assert code == 2 and "partners[1].addresses: the partner has no sending addresses. Fix: use the addresses" in err
 
@@ -465,7 +475,7 @@ def test_import_of_a_ca_naming_no_address_says_to_fill_them_in_and_check_config_
 async def test_import_of_a_team_mailbox_openpgp_key_suggests_the_team_line_and_the_gateway_uses_it(
     capsys: pytest.CaptureFixture[str], home: Path, config: Path, partner_home: Path
 ) -> None:
-    write_config(home, keys_lines(init(capsys, config)))
+    write_gnupg(home, keys_lines(init(capsys, config)))
     mailbox = partner_key(partner_home, "MASH duty <mash-duty@demo-council.example>")
     member_home = partner_home / "asha"
     member_home.mkdir(mode=0o700)

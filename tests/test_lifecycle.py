@@ -151,3 +151,64 @@ def test_in_any_history_acknowledged_is_never_followed_by_an_open_state(kinds: l
         acknowledged = acknowledged or state == State.ACKNOWLEDGED
         if acknowledged:
             assert state not in TRACKED_OPEN
+
+
+# --- structured answers (issue 15) ------------------------------------------------------------------
+
+ANSWERS = ("rerouted", "forwarding", "forwarded", "forward_dead", "duplicate", "reply")
+ANSWER_INFO = ("information_requested", "information_received", "duplicate_linked")
+
+
+def test_not_ours_another_team_routes_it_afresh_even_after_acknowledgement() -> None:
+    acked = ["received", "routed", "alerted", "acknowledged"]
+    assert derive([*acked, "rerouted"]) == State.ROUTED
+    assert derive([*acked, "rerouted", "alerted", "acknowledged"]) == State.ACKNOWLEDGED
+
+
+def test_a_forward_ends_our_part_only_once_delivered_and_a_dead_one_comes_back() -> None:
+    forwarding = ["received", "routed", "alerted", "forwarding"]
+    assert derive(forwarding) == State.FORWARDING
+    assert State.FORWARDING in TRACKED_OPEN  # on the report until it is delivered
+    assert derive([*forwarding, "forwarded"]) == State.FORWARDED
+    assert State.FORWARDED not in TRACKED_OPEN
+    assert derive([*forwarding, "forward_dead"]) == State.UNDELIVERABLE
+    for kind in ("acknowledged", "closed", "duplicate", "rerouted"):
+        with pytest.raises(IllegalTransition):
+            derive([*forwarding, kind])  # nobody acts on it here while it is on its way
+
+
+def test_a_duplicate_is_terminal_and_answers_need_a_routed_referral() -> None:
+    assert derive(["received", "routed", "duplicate"]) == State.DUPLICATE
+    for kind in ("acknowledged", "closed", "rerouted", "forwarding", "duplicate"):
+        with pytest.raises(IllegalTransition):
+            derive(["received", "routed", "duplicate", kind])
+    for kind in ("rerouted", "forwarding", "duplicate"):
+        with pytest.raises(IllegalTransition):
+            derive(["received", kind])  # not routed yet: nothing to answer
+        with pytest.raises(IllegalTransition):
+            derive(["received", "routed", "alerted", "acknowledged", "closed", kind])
+
+
+def test_a_reply_is_decided_before_routing_and_more_information_leaves_the_state_alone() -> None:
+    assert derive(["received", "reply"]) == State.REPLY
+    with pytest.raises(IllegalTransition):
+        derive(["received", "reply", "routed"])
+    acked = ["received", "routed", "alerted", "acknowledged"]
+    assert derive([*acked, *ANSWER_INFO]) == State.ACKNOWLEDGED
+
+
+@given(st.lists(st.sampled_from(ALL_KINDS + ANSWERS + ANSWER_INFO), max_size=30))
+def test_with_answers_an_acknowledged_referral_reopens_only_by_a_persons_answer(kinds: list[str]) -> None:
+    """Only "not ours, another team" (a person re-routes it) or a forward that failed for good
+    (it comes back to us) make an acknowledged referral open again; nothing else does."""
+    state: State | None = None
+    acknowledged = False
+    for kind in ["received", *kinds]:
+        try:
+            after = apply(state, kind)
+        except IllegalTransition:
+            break
+        if acknowledged and after in TRACKED_OPEN and after != state:
+            assert kind in ("rerouted", "forwarding", "forward_dead"), kind
+        state = after
+        acknowledged = acknowledged or state == State.ACKNOWLEDGED

@@ -29,7 +29,7 @@ async def test_migrations_match_the_schema_and_are_idempotent(tmp_path: Path) ->
         await engine.dispose()
     assert diff == []
     assert {"messages", "referrals", "events", "deliveries", "deadlines", "audit_head"} <= tables
-    assert version == "0009"
+    assert version == "0011"
 
 
 async def test_0006_keeps_the_audit_chain_of_an_existing_database_whole(tmp_path: Path) -> None:

@@ -154,7 +154,17 @@ def assert_no_personal_urls(urls: list[str]) -> None:
         parts = urlsplit(url)
         assert not parts.scheme and not parts.netloc, url
         assert parts.fragment in {"", "main-content", "report-items"} or parts.fragment.startswith("item-"), url
-        paths = {"", "/report", "/report.csv", "/report/decisions", "/sign-in", "/sign-out", "/dashboard", "/account"}
+        paths = {
+            "",
+            "/report",
+            "/report.csv",
+            "/report/decisions",
+            "/sign-in",
+            "/sign-out",
+            "/dashboard",
+            "/account",
+            "/favicon.ico",
+        }
         assert parts.path in paths or parts.path.startswith("/assets/"), url
         for name, value in parse_qsl(parts.query):
             assert value in allowed[name], url

@@ -26,7 +26,7 @@ from gateway.app import Gateway
 from gateway.cli.main import main
 from gateway.config import ConfigError
 from gateway.core.clock import FakeClock
-from gateway.core.schema import decisions, deliveries, events, messages, metadata, referrals
+from gateway.core.schema import child_index, decisions, deliveries, events, messages, metadata, referrals
 from gateway.report import decisions as decisions_mod
 from gateway.report import retention
 from gateway.report.holds import set_hold
@@ -222,6 +222,11 @@ async def test_purge_removes_exactly_the_content_of_old_closed_referrals(world: 
         for blob in sealed[name]["content"] + sealed[name]["raw"] + sealed[name]["payloads"]:
             assert blob and blob[-64:] not in files, name
     assert sealed["held"]["content"][0][-64:] in files  # the check can fail: a kept blob is found
+
+    # The child index goes with the content (nothing links a purged child); a kept one's stays.
+    async with gw.engine.connect() as conn:
+        indexed = set((await conn.execute(select(child_index.c.referral_id))).scalars())
+    assert ids["purge"] not in indexed and ids["decided"] not in indexed and ids["held"] in indexed
 
     # The record stays whole: one `purged` event each, with no personal data, and the chain verifies.
     async with gw.engine.connect() as conn:

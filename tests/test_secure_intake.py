@@ -26,7 +26,7 @@ from gateway.core.schema import events, referrals
 from gateway.core.sealed import WebEnvelope
 from gateway.intake.store import Incoming
 from gateway.open.crypto import CryptoKeyError
-from gateway.open.crypto.openpgp import OpenPGP
+from gateway.open.crypto.sequoia import SequoiaPGP
 from gateway.report import undelivered as report
 from tests.conftest import ROOT, maildir_messages, referral_body, smtp_send, write_config
 from tests.test_smime import Identity, issue, openssl
@@ -73,9 +73,10 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     shutil.copy(gw_id.cert_path, keys / "smime" / "gateway.crt.pem")
     (keys / "partners").mkdir()
     shutil.copy(ca.cert_path, keys / "partners" / "trust-ca.pem")
-    # OpenPGP: the gateway's key in its own home; the partner's in another, as on their machine.
+    # OpenPGP: the gateway's key in its key files (the default sequoia backend); the partner's in a GnuPG
+    # home, as on their machine.
     short = Path(tempfile.mkdtemp(prefix="gpg"))  # gpg-agent socket paths must be short
-    gateway_pgp = OpenPGP(keys / "gnupg")
+    gateway_pgp = SequoiaPGP(keys / "openpgp")
     gateway_fpr = gateway_pgp.generate_key("Demo gateway", "referrals@demo-council.example")
     partner_home = short / "partner"
     partner_home.mkdir(mode=0o700)
@@ -87,7 +88,6 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     gateway_pgp.close()
     yield Setup(home, ca, partner, stranger, other_ca, gw_id.cert_path, partner_home, partner_fpr, gateway_fpr)
     subprocess.run(["gpgconf", "--homedir", str(partner_home), "--kill", "gpg-agent"], check=False)
-    subprocess.run(["gpgconf", "--homedir", str(keys / "gnupg"), "--kill", "gpg-agent"], check=False)
     shutil.rmtree(short, ignore_errors=True)
 
 
@@ -280,7 +280,7 @@ def recipient_key(setup: Setup, home: Path, uid: str) -> str:
     gpg(home, "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "2y")
     fpr = gpg(home, "--with-colons", "--list-secret-keys").decode().split("fpr:::::::::")[1][:40]
     gpg(home, "--passphrase", "", "--quick-add-key", fpr, "cv25519", "encr", "2y")
-    pgp = OpenPGP(setup.home / "keys" / "gnupg")
+    pgp = SequoiaPGP(setup.home / "keys" / "openpgp")
     pgp.import_keys(gpg(home, "--armor", "--export", fpr))
     gpg(home, "--import", stdin=pgp.export_public(setup.pgp_gateway_fpr))
     pgp.close()

@@ -172,7 +172,7 @@ def test_cli_on_the_sequoia_backend(scratch: Path, capsys: pytest.CaptureFixture
 
 async def test_development_keys_are_made_by_sequoia(scratch: Path, clock: FakeClock) -> None:
     home = scratch / "gw"
-    path = write_config(home, '[keys]\ndevelopment = true\nopenpgp_backend = "sequoia"\n')
+    path = write_config(home, "[keys]\ndevelopment = true\n")  # the embedded default: sequoia
     gw = Gateway(config_mod.load(path), clock=clock, workers=False)
     await gw.start()
     try:
@@ -208,3 +208,55 @@ async def test_backup_and_restore_on_the_sequoia_backend(scratch: Path, clock: F
     assert restored.returncode == 0, restored.stdout + restored.stderr
     copy = scratch / "new" / "keys" / "openpgp" / secret.name
     assert copy.read_bytes() == secret.read_bytes() and stat.S_IMODE(copy.stat().st_mode) == 0o600
+
+
+async def test_sequoia_is_the_default_and_a_gnupg_only_install_is_refused_until_moved(
+    scratch: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An install from before the change: its keys in keys/gnupg, no openpgp_backend in the config.
+    home = scratch / "gw"
+    gnupg = home / "keys" / "gnupg"
+    with OpenPGP.opened(gnupg) as old:
+        own = old.generate_key("Demo Gateway", "referrals@demo-council.example")
+    config = write_config(home, f'[keys]\ndevelopment = true\nopenpgp_fingerprint = "{own}"\n')
+    assert config_mod.load(config).settings.keys.openpgp_backend == "sequoia"
+    gw = Gateway(config_mod.load(config), clock=clock, workers=False)
+    with pytest.raises(CryptoKeyError) as err:
+        await gw.start()
+    await gw.stop()
+    for fix in ("referral-gateway keys move-from-gnupg", '[keys] openpgp_backend = "gnupg"'):
+        assert fix in err.value.reason
+    assert not list((home / "keys" / "openpgp").glob("secret-*.asc"))  # no development key made to hide it
+    assert main(["check-config", "--config", str(config)]) == 2
+    assert "keys move-from-gnupg" in capsys.readouterr().err
+    assert main(["keys", "move-from-gnupg", "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"openpgp: OpenPGP key {own} prefers AES256 AES SHA512 SHA256 Uncompressed" in out
+    assert "warning" not in out
+    again = Gateway(config_mod.load(config), clock=clock, workers=False)
+    await again.start()
+    try:
+        assert isinstance(again.identity.pgp, SequoiaPGP) and again.identity.openpgp_fingerprint == own
+    finally:
+        await again.stop()
+
+
+def test_a_gateway_key_that_invites_compression_is_warned_about(
+    scratch: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A key made with gpg's defaults (ZLIB BZIP2 ZIP): read still, through the fallback, but worth fixing.
+    made = gpg_key(scratch / "made", "Demo Gateway <referrals@demo-council.example>")
+    home = scratch / "gw"
+    with SequoiaPGP.opened(home / "keys" / "openpgp") as pgp:
+        pgp.import_keys(gpg(scratch / "made", "--armor", "--export-secret-keys", made))
+    config = write_config(home, f'[keys]\nopenpgp_fingerprint = "{made}"\n')
+    assert main(["check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    warning = next(line for line in out.splitlines() if line.startswith("warning:") and made in line)
+    assert "ZLIB" in warning and "referral-gateway keys rotate openpgp" in warning and "setpref" in warning
+    assert main(["keys", "list", "--config", str(config)]) == 0
+    listed = capsys.readouterr().out
+    assert f"note: OpenPGP key {made} prefers " in listed
+    assert any(line.startswith("warning:") and "advertises compression" in line for line in listed.splitlines())

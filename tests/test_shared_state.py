@@ -82,7 +82,10 @@ async def test_on_postgresql_start_never_makes_keys_until_keys_init(
         await gw.start()
     await gw.stop()
     message = str(refused.value)
-    assert "data-at-rest.key, ack-signing.key, web-form.key, session.key, throttle.key missing" in message
+    assert (
+        "data-at-rest.key, ack-signing.key, web-form.key, session.key, throttle.key, history-index.key missing"
+        in message
+    )
     assert "Run `referral-gateway keys init` once" in message
     assert not config.keys_dir.exists() or not any(config.keys_dir.rglob("*"))  # nothing made
 
@@ -96,7 +99,8 @@ async def test_on_postgresql_start_never_makes_keys_until_keys_init(
     assert done.returncode == 0, done.stderr
     assert "made the secret key keys/data-at-rest.key" in done.stdout
     made = {p.name: p.read_bytes() for p in config.keys_dir.glob("*.key")}
-    assert {"data-at-rest.key", "ack-signing.key", "web-form.key", "session.key", "throttle.key"} <= set(made)
+    shared = {"data-at-rest.key", "ack-signing.key", "web-form.key", "session.key", "throttle.key", "history-index.key"}
+    assert shared <= set(made)
 
     gw = Gateway(config, clock=clock, workers=False)
     await gw.start()

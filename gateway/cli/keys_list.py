@@ -11,7 +11,7 @@ from pathlib import Path
 from gateway import config as config_mod
 from gateway.cli.keys_common import PARTNERS_DIR, TEAMS_DIR, date, expiry_status, shown, subject
 from gateway.core.clock import SystemClock
-from gateway.open.crypto.backends import read_keys
+from gateway.open.crypto.backends import preference_lines, read_keys
 from gateway.open.crypto.pgp_backend import KeyInfo
 from gateway.open.crypto.smime import certificate_info, load_certificates
 from gateway.open.dev_keys import DEV_SMIME_CERT
@@ -133,8 +133,11 @@ def cmd_list(args: argparse.Namespace) -> int:
                 rows += cert_rows("(not in config)", "S/MIME cert", path)
 
     _print_table(rows)
-    for note in notes:
+    prefs, warnings = preference_lines(keys.openpgp_backend, home, [k.fingerprint for k in secret])
+    for note in [*notes, *prefs]:
         print(f"note: {note}")
+    for warning in warnings:
+        print(f"warning: {warning}")
     if any(r.status.startswith(("EXPIRE", "REVOKED")) for r in rows):
         print(f"note: renew or replace what is EXPIRED or EXPIRES IN N DAYS (warned from {EXPIRY_WARNING.days} days)")
     return 0

@@ -22,6 +22,8 @@ from gateway.core import log_format
 from gateway.core.clock import LONDON, SystemClock, uk_time
 from gateway.core.keyfiles import KeyFileError
 from gateway.open.crypto import CryptoError
+from gateway.open.crypto.backends import preference_lines, read_keys
+from gateway.open.dev_keys import refuse_gnupg_only
 from gateway.open.mime import open_message
 from gateway.open.mimebytes import MimeError
 from gateway.parse.referral import parse_email, parse_json, parse_text
@@ -43,6 +45,7 @@ REQUIRED_TEMPLATES = (
     "email/quarantine_alert.txt",
     "email/alert_secure.txt",
     "email/acknowledged_by.txt",
+    "email/concern_alert.txt",
     "sms/alert.txt",
     "sms/ack_told.txt",
     "sms/ack_notice.txt",
@@ -137,12 +140,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     print(monitoring.where(s))
     keys = s.keys
-    print(f"openpgp: the {keys.openpgp_backend} backend, keys in {cfg.keys_dir / keys.openpgp_dir()}")
+    refuse_gnupg_only(cfg)  # as `serve` does: keys only in keys/gnupg while the backend is sequoia
+    home = cfg.keys_dir / keys.openpgp_dir()
+    print(f"openpgp: the {keys.openpgp_backend} backend, keys in {home}")
+    own = (
+        [keys.openpgp_fingerprint]
+        if keys.openpgp_fingerprint
+        else [k.fingerprint for k in read_keys(keys.openpgp_backend, home)[0]]
+    )
+    notes, warnings = preference_lines(keys.openpgp_backend, home, own)
+    for note in notes:
+        print(f"openpgp: {note}")
+    for warning in warnings:
+        print(f"warning: {warning}")
     monitoring.metrics_token(cfg)  # a missing, short or world-readable token file fails here, as at start
     for team in unused:
         print(f"note: team '{team}' is in no route (it receives nothing until a route names it)")
     for note in partner_notes(s):
         print(f"note: {note}")
+    for neighbour in s.neighbours:  # structured answers: "not ours, another authority" (README: "Safeguarding")
+        how = (
+            "the referral, encrypted to its key"
+            if neighbour.openpgp or neighbour.smime_cert
+            else "a notice with no personal data (no key: they must call us)"
+        )
+        print(f"neighbour: '{neighbour.name}' at {neighbour.address}: a forward carries {how}")
     start = _at(args.start) if args.start else SystemClock().now()
     for warning in calendar_warnings(s, start):
         print(f"warning: {warning}")
@@ -204,7 +226,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     async def undelivered(engine: AsyncEngine) -> str:
         rows = await report.undelivered(engine, cfg.settings, SystemClock().now())
-        return report.render(rows, args.format)
+        return report.render(rows, args.format, wide=args.wide)
 
     print(with_engine(cfg, undelivered), end="")
     return 0
@@ -256,11 +278,15 @@ def parser() -> argparse.ArgumentParser:
     p = command("report", "reports for coordinators")
     p.add_argument("which", choices=["undelivered"])
     p.add_argument("--format", choices=report.FORMATS, default="table")
+    p.add_argument(
+        "--wide", action="store_true", help="a table: one line per item with every column in full (else 100 columns)"
+    )
     p.set_defaults(func=cmd_report)
     command("verify", "check that every accepted referral is tracked").set_defaults(func=cmd_verify)
-    # `backup`, `restore`, `purge`, `hold`, `keys ...`, `users ...`: their own modules
+    # `backup`, `restore`, `purge`, `hold`, `reindex`, `keys ...`, `users ...`: their own modules
     from gateway.cli import backup as backup_cli
     from gateway.cli import keys as keys_cli
+    from gateway.cli import reindex as reindex_cli
     from gateway.cli import retention as retention_cli
     from gateway.cli import users as users_cli
 
@@ -268,6 +294,7 @@ def parser() -> argparse.ArgumentParser:
     users_cli.register(sub, DEFAULT_CONFIG)
     backup_cli.register(sub, DEFAULT_CONFIG)
     retention_cli.register(sub, DEFAULT_CONFIG)
+    reindex_cli.register(sub, DEFAULT_CONFIG)
     return top
 
 

@@ -14,6 +14,7 @@ from pydantic_core import ErrorDetails
 
 from gateway.config.checks import duty_checks
 from gateway.config.errors import ConfigError, ConfigIssue
+from gateway.config.neighbours import neighbour_checks
 from gateway.config.partner_checks import partner_checks
 from gateway.config.settings import Config, Settings
 
@@ -148,6 +149,8 @@ def load(file: Path) -> Config:
     issues += _cross_checks(raw, file)
     if settings is not None:
         issues += duty_checks(settings, file)
+        home = file.resolve().parent.parent  # as Config.home below: relative paths start there
+        issues += neighbour_checks(settings.neighbours, {t.email.lower() for t in settings.teams}, file, home)
     if issues or settings is None:
         raise ConfigError(issues)
     home = file.resolve().parent.parent

@@ -250,6 +250,33 @@ class RetentionSection(Strict):
         return value
 
 
+class ConcernSection(Strict):
+    """Cumulative concern (gateway.history.concern): `referrals` referrals about one child within
+    `window`, from at least `organisations` different organisations, none of them urgent, alert the
+    team's managers and the coordinators."""
+
+    enabled: bool = True
+    window: Duration = timedelta(days=30)
+    referrals: int = Field(default=3, ge=2)
+    organisations: int = Field(default=2, ge=1)
+
+    @field_validator("window")
+    @classmethod
+    def _at_least_a_day(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=1):
+            raise ValueError("under a day is surely a typo ('30m' for '30d'); use days, like '30d'")
+        return value
+
+    @model_validator(mode="after")
+    def _organisations_fit(self) -> ConcernSection:
+        if self.organisations > self.referrals:
+            raise ValueError(
+                "organisations is more than referrals, so a concern could never be raised; "
+                "make organisations at most referrals"
+            )
+        return self
+
+
 def _sender_pattern(value: str) -> str:
     text = str(value).strip().lower()
     if not re.fullmatch(r"(?:[^@\s<>]+)?@[^@\s<>]+\.[^@\s<>]+", text):
@@ -306,10 +333,10 @@ class KeysSection(Strict):
 
     # Development only (the embedded default): make the gateway's keys on first run if missing.
     development: bool = False
-    # "gnupg": gpg through python-gnupg, keys in a GnuPG home (keys/gnupg). "sequoia": pysequoia in worker
-    # processes, keys as armoured files (keys/openpgp). gnupg stays the default: pysequoia 0.1.35 cannot
-    # check a signature inside compressed encrypted data (gpg's default), nor read bzip2 (README).
-    openpgp_backend: Literal["sequoia", "gnupg"] = "gnupg"
+    # "sequoia" (the default): pysequoia in worker processes, keys as armoured files (keys/openpgp), and gpg
+    # over a private home (data_dir/gpg-fallback) for the few messages pysequoia cannot check (README).
+    # "gnupg": gpg through python-gnupg, keys in a GnuPG home (keys/gnupg).
+    openpgp_backend: Literal["sequoia", "gnupg"] = "sequoia"
     openpgp_home: Path | None = None  # under keys/; not given: the backend's own folder (above)
     openpgp_fingerprint: Fingerprint | None = None
     smime_key: Path | None = None

@@ -20,9 +20,11 @@ from gateway.config.duty import (
 )
 from gateway.config.fields import Strict
 from gateway.config.monitoring import HealthSection, LoggingSection, MetricsSection
+from gateway.config.neighbours import Neighbour
 from gateway.config.sections import (
     AckSection,
     BackupSection,
+    ConcernSection,
     DatabaseSection,
     DeadlinesSection,
     DigestSection,
@@ -61,6 +63,7 @@ class Settings(Strict):
     ack: AckSection = AckSection()
     referrer: ReferrerSection = ReferrerSection()
     retention: RetentionSection = RetentionSection()
+    concern: ConcernSection = ConcernSection()
     teams: tuple[Team, ...] = Field(min_length=1)
     routes: tuple[Route, ...] = Field(min_length=1)
     security: SecuritySection = SecuritySection()
@@ -68,6 +71,7 @@ class Settings(Strict):
     backup: BackupSection = BackupSection()
     rotation: RotationSection = RotationSection()
     partners: tuple[Partner, ...] = ()
+    neighbours: tuple[Neighbour, ...] = ()  # other authorities a referral may be forwarded to
     schedules: tuple[ScheduleConfig, ...] = ()
     escalations: tuple[Escalation, ...] = ()
     coordinators: tuple[Person, ...] = ()

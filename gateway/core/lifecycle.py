@@ -22,6 +22,17 @@ class State(StrEnum):
     # or a client sending twice under a new Message-ID). Not routed and nobody alerted: the
     # earlier referral is the live one, and this one's timeline names it.
     REPEAT = "repeat"
+    # Structured answers (issue 15, gateway.track.answers). "Not ours, another authority": the
+    # forward is queued (FORWARDING, still ours and on the report) and only its delivery ends our
+    # responsibility (FORWARDED, terminal); a forward that fails for good makes it UNDELIVERABLE,
+    # back in our duty queue. "Duplicate of REF": terminal, both referrals name each other.
+    FORWARDING = "forwarding"
+    FORWARDED = "forwarded"
+    DUPLICATE = "duplicate"
+    # Terminal: an email quoting a referral's reference, from its referrer, while the duty team is
+    # waiting for more information: threaded onto that referral as additional information, never
+    # routed (gateway.pipeline.replies). Its own reference only names the message.
+    REPLY = "reply"
 
 
 class IllegalTransition(Exception):
@@ -30,6 +41,9 @@ class IllegalTransition(Exception):
         self.state = state
         self.kind = kind
 
+
+# Where a duty worker may answer "not ours" or "duplicate": routed to our team and not yet ended.
+_ANSWERABLE = frozenset({State.ROUTED, State.ALERTED, State.UNDELIVERABLE, State.ACKNOWLEDGED})
 
 # event kind -> (states it may happen in, state it leads to)
 _MOVES: dict[str, tuple[frozenset[State], State]] = {
@@ -43,6 +57,14 @@ _MOVES: dict[str, tuple[frozenset[State], State]] = {
     "closed": (frozenset({State.ACKNOWLEDGED}), State.CLOSED),
     # Decided at processing, before routing, so only from RECEIVED (gateway.pipeline.repeats).
     "repeat": (frozenset({State.RECEIVED}), State.REPEAT),
+    # Structured answers (gateway.track.answers): from any state where our team holds it.
+    # "Not ours, another team": routed afresh to that team (alerted, deadline restarted).
+    "rerouted": (_ANSWERABLE, State.ROUTED),
+    "forwarding": (_ANSWERABLE, State.FORWARDING),
+    "forwarded": (frozenset({State.FORWARDING}), State.FORWARDED),
+    "forward_dead": (frozenset({State.FORWARDING}), State.UNDELIVERABLE),
+    "duplicate": (_ANSWERABLE, State.DUPLICATE),
+    "reply": (frozenset({State.RECEIVED}), State.REPLY),
 }
 
 # Events that record something without moving the referral, allowed in any state except
@@ -67,6 +89,8 @@ _INFO = frozenset(
         # attachment. Every view of content is audited, in any state.
         "viewed",
         "attachment_opened",
+        # The stored message of a referral that could not be read, downloaded (gateway.web.unreadable).
+        "raw_message_opened",
         # Retention (gateway.report.retention): a coordinator set or lifted a legal hold, and the
         # content of a closed referral was removed. Only a closed referral is purged, but a hold may
         # be set in any state (it is known before the referral is closed).
@@ -80,10 +104,22 @@ _INFO = frozenset(
         # referrer told once that nobody named has it yet. The referral is still not acknowledged.
         "handed_over",
         "referrer_followed_up",
+        # Linked history (gateway.history.concern): this referral made several about one child add
+        # up to a cumulative concern; its managers and the coordinators were alerted.
+        "cumulative_concern",
+        # Structured answers: the duty team asked the referrer for more information (the referral
+        # stays acknowledged, waiting), the referrer's reply was threaded on, and, on the other
+        # referral of a duplicate, that this one was linked to it.
+        "information_requested",
+        "information_received",
+        "duplicate_linked",
     }
 )
 
-TRACKED_OPEN = frozenset({State.RECEIVED, State.ROUTED, State.ALERTED, State.UNDELIVERABLE, State.QUARANTINED})
+# FORWARDING is still ours: on the report until the neighbour's mailbox has taken the forward.
+TRACKED_OPEN = frozenset(
+    {State.RECEIVED, State.ROUTED, State.ALERTED, State.UNDELIVERABLE, State.QUARANTINED, State.FORWARDING}
+)
 
 
 def apply(state: State | None, kind: str) -> State:

@@ -39,6 +39,18 @@ class Counters:
             registry=self.registry,
         )
 
+        self.openpgp_fallbacks = Counter(
+            "gateway_openpgp_fallback",
+            "Messages the sequoia OpenPGP backend could not decide and handed to its gpg fallback, by reason "
+            "(compressed signature, unreadable structure, unreadable signature; bad signature reason: a "
+            "signature pysequoia refused, shown to gpg only to tell an expired one from a bad one)",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def openpgp_fallback(self, reason: str) -> None:
+        self.openpgp_fallbacks.labels(reason=reason).inc()
+
     def smtp_reply(self, reply: str | bytes) -> None:
         """Counted by the three-digit code only: the rest of a reply can quote an address."""
         text = reply.decode("ascii", "replace") if isinstance(reply, bytes) else reply

@@ -22,7 +22,16 @@ from typing import Any
 from sqlalchemy import ColumnElement, LargeBinary, Table, bindparam, func, select, update
 
 from gateway.core.db import Database
-from gateway.core.schema import decisions, deliveries, messages, referrals, sms_webhooks, staff_factors
+from gateway.core.schema import (
+    additional_info,
+    answers,
+    decisions,
+    deliveries,
+    messages,
+    referrals,
+    sms_webhooks,
+    staff_factors,
+)
 from gateway.core.sealing import Sealer, SealError, sealed_context
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,9 @@ SEALED_COLUMNS: tuple[SealedColumn, ...] = (
     ),
     SealedColumn(sms_webhooks, "reply", "id", lambda r: f"sms:{r.kind}:{r.message_sid}:reply", ("kind", "message_sid")),
     SealedColumn(staff_factors, "secret", "user_id", lambda r: f"totp:{r.user_id}"),
+    # Structured answers (gateway.track.answers, gateway.pipeline.replies).
+    SealedColumn(answers, "reason", "id", lambda r: sealed_context("answer_reason", r.id)),
+    SealedColumn(additional_info, "content", "id", lambda r: sealed_context("additional_info", r.id)),
 )
 
 

@@ -324,3 +324,64 @@ signed_content = Table(
     Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
     Column("first_seen", UTCDateTime, nullable=False),
 )
+
+# Linked history (issue 15): keyed hashes of what identifies a child (gateway.history.keys), one row
+# per kind a referral's content gives, written in the transaction that seals its content and deleted
+# when retention purges it. The primary key's first two columns are the look-up index. `organisation`
+# is a keyed hash too (counted for a cumulative concern, never shown); `key_id` names the index key the
+# digest was made with, so that rows made with a replaced key are found and rebuilt.
+child_index = Table(
+    "child_index",
+    metadata,
+    Column("kind", String(16), primary_key=True),  # nhs | name_dob | dob_postcode
+    Column("digest", String(64), primary_key=True),
+    Column("referral_id", String(32), ForeignKey("referrals.id"), primary_key=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("organisation", String(64)),
+    Column("key_id", String(16), nullable=False),
+    Index("ix_child_index_referral_id", "referral_id"),
+)
+
+# Which index keys `referral-gateway reindex` has built the index for: with a row for the current
+# key every referral stored before it is in the index (later ones are indexed as they are written);
+# without one the referral page falls back to opening every older referral (gateway.history.index).
+child_index_builds = Table(
+    "child_index_builds",
+    metadata,
+    Column("key_id", String(16), primary_key=True),
+    Column("built_at", UTCDateTime, nullable=False),
+    Column("referrals", Integer, nullable=False),
+)
+
+# A duty worker's structured answer to a referral (issue 15, gateway.track.answers): "not ours"
+# (another team, or a neighbouring authority), "more information needed", or "duplicate of". The
+# reason is free text and may hold personal data, so it is sealed (context "answer_reason:<id>").
+# `target`: the team id, the neighbour's name, or the other referral's id; `delivery_id`: the
+# forward to a neighbour, whose delivery ends our responsibility.
+answers = Table(
+    "answers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
+    Column("kind", String(24), nullable=False),  # not_ours_team | not_ours_authority | more_info | duplicate
+    Column("answered_by", String(32), ForeignKey("users.id"), nullable=False),
+    Column("answered_at", UTCDateTime, nullable=False),
+    Column("target", String(200)),
+    Column("delivery_id", String(32)),
+    Column("reason", LargeBinary),  # sealed UTF-8 text; None once purged
+    Index("ix_answers_referral_id", "referral_id"),
+)
+
+# What a referrer sent back when asked for more information (a reply quoting the reference, threaded
+# onto the referral by gateway.pipeline.replies): the text and attachments as read, sealed like
+# content (context "additional_info:<id>"). `message_id` is the reply's own stored message.
+additional_info = Table(
+    "additional_info",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("referral_id", String(32), ForeignKey("referrals.id"), nullable=False),
+    Column("message_id", String(32), ForeignKey("messages.id"), nullable=False, unique=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("content", LargeBinary),  # sealed JSON {text, attachments: [[filename, type, base64]]}; None once purged
+    Index("ix_additional_info_referral_id", "referral_id"),
+)

@@ -133,6 +133,7 @@ class Outbox:
         by_referral: dict[str, list[audit.Event]] = {}
         loose: list[audit.Event] = []  # deliveries about no referral: on the chain, no state to change
         early: list[str] = []  # SIDs whose status callbacks may have come before we recorded them
+        values: dict[str, dict[str, object]] = {}  # referral columns that change with an outcome
         async with self._db.write() as conn:
             recorded = await self._mark(conn, outcomes, now)
             for outcome in outcomes:
@@ -155,9 +156,16 @@ class Outbox:
                     events += await alert_dead(
                         conn, delivery.referral_id, delivery.id, delivery.team_id, now, actor, reason
                     )
+                if delivery.kind == "forward" and (outcome.failure is None or outcome.final):
+                    # A forward to a neighbouring authority (gateway.track.answers): delivered, our
+                    # part ends; dead, the referral is ours again, back in the duty queue.
+                    kind = "forwarded" if outcome.failure is None else "forward_dead"
+                    events.append(audit.Event(delivery.referral_id, now, actor, kind, {"delivery": delivery.id}))
+                    if kind == "forward_dead":
+                        values[delivery.referral_id] = {"acknowledged_at": None, "acknowledged_by": None}
                 self._log(outcome)
             if by_referral:
-                await transitions(conn, by_referral)
+                await transitions(conn, by_referral, values)
             await audit.append(conn, loose)
             for sid in early:  # after the sends are on the record, so the audit reads in order
                 await apply_early_statuses(conn, self._s, self._sealed, sid, now)

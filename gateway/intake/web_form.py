@@ -67,6 +67,7 @@ from gateway.web.templates import form_environment
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+FAVICON = (STATIC_DIR / "favicon.ico").read_bytes()  # gateway/web_assets/favicon.py makes it
 HONEYPOT = "comments"  # bots fill a field so named; browsers do not autofill it
 MAX_BODY = 128 * 1024  # the longest answers, all non-ASCII and percent-encoded, fit with room
 MAX_FIELDS = 100
@@ -131,7 +132,13 @@ class ReferralForm:
         app.router.add_post("/refer", self.submit)
         app.router.add_get("/refer/done", self.done)
         app.router.add_static("/assets/", STATIC_DIR, follow_symlinks=False, show_index=False)
+        # Browsers ask for /favicon.ico on every page, whatever the page names: served here, with
+        # no sign-in (it is the same for everyone), so it is never a 404 in a log or a console.
+        app.router.add_get("/favicon.ico", self.favicon)
         app.on_response_prepare.append(self._headers)
+
+    async def favicon(self, request: web.Request) -> web.Response:
+        return web.Response(body=FAVICON, content_type="image/x-icon")  # cached a day: see _headers
 
     # --- cookies and pages ---------------------------------------------------------------------
 
@@ -141,6 +148,9 @@ class ReferralForm:
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         if request.get(NONCE) is not None:
             await page_headers(request, response)
+        elif request.path == "/favicon.ico":  # after the site-wide no-store, which would replace it
+            response.headers["Cache-Control"] = "public, max-age=86400"
+            response.headers["X-Content-Type-Options"] = "nosniff"
         elif request.path.startswith("/assets/"):
             response.headers["Cache-Control"] = "public, max-age=3600"
             response.headers["X-Content-Type-Options"] = "nosniff"

@@ -48,6 +48,24 @@ def make_smime_files(key_path: Path, cert_path: Path, name: str, email: str) -> 
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def refuse_gnupg_only(config: Config) -> None:
+    """The sequoia backend (the default since it replaced gnupg) with its key files absent but a GnuPG home in
+    keys/gnupg: an install from before the change. Starting would make (development) or miss the gateway's
+    key, so every encrypted referral would be quarantined; refused with the two ways out."""
+    keys = config.settings.keys
+    if keys.openpgp_backend != "sequoia" or keys.openpgp_home is not None:
+        return
+    gnupg = config.keys_dir / "gnupg"
+    files = config.keys_dir / keys.openpgp_dir()
+    has_home = (gnupg / "pubring.kbx").is_file() or (gnupg / "pubring.gpg").is_file()
+    if has_home and not any(files.glob("secret-*.asc")):
+        raise CryptoKeyError(
+            f'the OpenPGP keys are in a GnuPG home ({gnupg}) but [keys] openpgp_backend is "sequoia" (the '
+            f"default), whose keys are files in {files}: run `referral-gateway keys move-from-gnupg`, or set "
+            '[keys] openpgp_backend = "gnupg" in the config'
+        )
+
+
 def development_keys(config: Config) -> tuple[str, Path, Path]:
     """For `keys.development = true` (the embedded default only): the gateway's OpenPGP key and
     S/MIME identity under keys/, made on first run, so a fresh checkout takes encrypted mail.

@@ -21,7 +21,7 @@ from gateway.open.crypto import CryptoKeyError
 from gateway.open.crypto.backends import open_backend
 from gateway.open.crypto.pgp_backend import OpenPGPBackend
 from gateway.open.crypto.smime import SMime
-from gateway.open.dev_keys import development_keys
+from gateway.open.dev_keys import development_keys, refuse_gnupg_only
 from gateway.open.policy import home_block
 from gateway.open.unwrap import Trust, Unwrapper
 
@@ -82,9 +82,19 @@ def _partner_trust(config: Config, position: int, partner: Partner, now: datetim
     return PartnerTrust(position, partner, trust, by_fingerprint)
 
 
-def load_identity(config: Config, now: datetime, clock: Callable[[], datetime] | None = None) -> Identity:
-    """`clock` (the gateway's) decides when a replaced key's overlap ends; without it, `now` does."""
+FALLBACK_HOME = "gpg-fallback"  # under data_dir: the sequoia backend's private GnuPG home (gpg_fallback.py)
+
+
+def load_identity(
+    config: Config,
+    now: datetime,
+    clock: Callable[[], datetime] | None = None,
+    on_fallback: Callable[[str], None] | None = None,
+) -> Identity:
+    """`clock` (the gateway's) decides when a replaced key's overlap ends; without it, `now` does.
+    `on_fallback` counts the messages the sequoia backend hands to gpg."""
     keys = config.settings.keys
+    refuse_gnupg_only(config)  # before development keys: a new key would hide the old one
     if keys.development:
         fingerprint, key_path, cert_path = development_keys(config)
         keys = keys.model_copy(
@@ -102,7 +112,9 @@ def load_identity(config: Config, now: datetime, clock: Callable[[], datetime] |
         _previous_smime(config, smime, now, clock)
     pgp = None
     if keys.openpgp_fingerprint is not None:
-        pgp = open_backend(keys.openpgp_backend, config.keys_dir / keys.openpgp_dir())
+        pgp = open_backend(
+            keys.openpgp_backend, config.keys_dir / keys.openpgp_dir(), config.data_dir / FALLBACK_HOME, on_fallback
+        )
         secret = {k.fingerprint: k for k in pgp.keys(secret=True)}
         own = secret.get(keys.openpgp_fingerprint)
         if own is None:

@@ -83,6 +83,15 @@ def raw_header(part: Message, name: str) -> str | None:
     return None
 
 
+def decoded_header(part: Message, name: str) -> str | None:
+    """The first `name` header as a person reads it: RFC 2047 words decoded (a Subject, a From
+    display name); the raw value when the modern parser cannot read it."""
+    value = raw_header(part, name)
+    if value is None:
+        return None
+    return _safe(lambda: str(_HEADERS.header_factory(name, value)), value)
+
+
 # A part's Content-Type or Content-Disposition is mostly one of a few values ('text/plain;
 # charset="utf-8"', 'inline'), and the modern parser takes ~30 us over each. Parsed headers are
 # read-only, so one parse is shared. A value naming a file ("filename"/"name", RFC 2231 forms too)

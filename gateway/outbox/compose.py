@@ -123,7 +123,7 @@ class Composer:
         return first.removeprefix("Subject: ").strip(), body.lstrip("\n")
 
     def _header_items(
-        self, to: str, subject: str, now: datetime, reference: str, in_reply_to: str | None
+        self, to: str, subject: str, now: datetime, reference: str, in_reply_to: str | None, reply_to: str = ""
     ) -> list[tuple[str, str]]:
         items = [
             ("From", formataddr((f"{self._s.gateway.council} referrals", self._s.mail.from_address), "utf-8")),
@@ -136,12 +136,21 @@ class Composer:
         ]
         if in_reply_to:
             items += [("In-Reply-To", in_reply_to), ("References", in_reply_to)]
+        if reply_to:  # a message whose reply we read (a request for more information)
+            items.append(("Reply-To", reply_to))
         return items
 
     def _headers(
-        self, msg: Message, to: str, subject: str, now: datetime, reference: str, in_reply_to: str | None
+        self,
+        msg: Message,
+        to: str,
+        subject: str,
+        now: datetime,
+        reference: str,
+        in_reply_to: str | None,
+        reply_to: str = "",
     ) -> None:
-        for name, value in self._header_items(to, subject, now, reference, in_reply_to):
+        for name, value in self._header_items(to, subject, now, reference, in_reply_to, reply_to):
             msg[name] = value
 
     def _build(
@@ -154,9 +163,10 @@ class Composer:
         context: Context,
         in_reply_to: str | None = None,
         team_id: str | None = None,
+        reply_to: str = "",
     ) -> Outgoing:
         subject, body = self._render(template, {"now": now, "reference": reference, **context})
-        headers = self._header_items(to, subject, now, reference, in_reply_to)
+        headers = self._header_items(to, subject, now, reference, in_reply_to, reply_to)
         # Written directly (gateway.outbox.plaintext), the same bytes as the MIMEText below: the
         # email package's generator was most of the cost of composing a referral's emails.
         raw = plain_text(headers, body)
@@ -282,14 +292,49 @@ class Composer:
             "quarantine", "email/quarantine_alert.txt", team.email, now, q.reference, context, team_id=team.id
         )
 
+    def concern_alert(
+        self, *, to: str, team: Team, referral_id: str, reference: str, detail: Context, now: datetime
+    ) -> Outgoing:
+        """To a manager or coordinator: referrals about one child, none urgent alone, add up to a
+        cumulative concern (gateway.history.concern). References and counts only, never content."""
+        url = self._s.http.public_url
+        context = {
+            "team": team,
+            "count": detail["referrals"],
+            "organisations": detail["organisations"],
+            "window": detail["window"],
+            "linked": detail["linked"],
+            "referral_url": f"{url}/referrals/{referral_id}",
+        }
+        return self._build("concern", "email/concern_alert.txt", to, now, reference, context, team_id=team.id)
+
     def referrer_notice(
-        self, kind: str, channel: str, to: str, now: datetime, reference: str, context: Context
+        self, kind: str, channel: str, to: str, now: datetime, reference: str, context: Context, reply_to: str = ""
     ) -> Outgoing:
         """A notice to the referrer (ack_notice, outcome_notice) on the channel their referral came
         by: templates/email/<kind>.txt, or templates/sms/<kind>.txt for an SMS referral."""
         if channel == "sms":
             return self.sms(kind, kind, to=to, referral_id=None, now=now, context={"reference": reference, **context})
-        return self._build(kind, f"email/{kind}.txt", to, now, reference, context)
+        return self._build(kind, f"email/{kind}.txt", to, now, reference, context, reply_to=reply_to)
+
+    def answer_mail(
+        self, kind: str, template: str, to: str, now: datetime, reference: str, context: Context
+    ) -> Outgoing:
+        """An email about a structured answer (gateway.track.answers: a forward's notice, a team
+        told of more information) with no personal data, from templates/email/<template>.txt."""
+        return self._build(kind, f"email/{template}.txt", to, now, reference, context)
+
+    def answer_secure_parts(
+        self, template: str, to: str, now: datetime, reference: str, context: Context, reply_to: str = ""
+    ) -> tuple[bytes, bytes]:
+        """(outer headers, inner entity) of an answer message that holds personal data (a forward's
+        content, a request's reason): the caller encrypts the entity or does not send it."""
+        subject, body = self._render(f"email/{template}.txt", {"now": now, "reference": reference, **context})
+        outer = Message()
+        self._headers(outer, to, subject, now, reference, None, reply_to)
+        outer["MIME-Version"] = "1.0"
+        head = outer.as_bytes(policy=_CRLF).split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        return head, MIMEText(body, "plain", "utf-8").as_bytes(policy=_CRLF)
 
     def acknowledged_by(self, *, reference: str, to: str, team: Team, by: str, at: datetime, now: datetime) -> Outgoing:
         """To everyone already alerted: somebody has it, stand down."""

@@ -41,6 +41,7 @@ class Protector:
         holders: list[tuple[str, KeyHolder]] = [(f"team {t.id}", t) for t in settings.teams]
         holders += [(f"member {t.id}/{m.id}", m) for t in settings.teams for m in t.members]
         holders += [(f"coordinator {c.id}", c) for c in settings.coordinators]
+        holders += [(f"neighbour '{n.name}'", n) for n in settings.neighbours]  # forwards (issue 15)
         for who, holder in holders:
             self._check(who, holder)
 

@@ -122,6 +122,8 @@ class Processor:
             if work.repeat_of is not None and handler.name not in REPEAT_STAGES:
                 at[id(work)] += 1
                 continue
+            if work.reply is not None:
+                break  # threaded onto a waiting referral (gateway.pipeline.replies): nothing more to do
             work.stage = handler.name
             batch = self._batch_handler(handler)
             if batch is not None:

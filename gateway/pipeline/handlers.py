@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 from gateway.config import Settings
 from gateway.core.clock import LONDON
 from gateway.core.sealed import Content, EmailEnvelope, Sealed, SmsEnvelope, WebEnvelope
+from gateway.history.keys import Hasher
 from gateway.open.mime import read_outer
 from gateway.open.opener import Opener
 from gateway.open.sms import registered_sender
@@ -169,6 +170,20 @@ class Route:
                 detail = {**detail, "encryption_failed": dispatched.encryption_failed}
             work.event(kind, detail)
         work.outgoing += dispatched.outgoing
+
+
+class IndexChild:
+    """The keyed hashes of what identifies the child (gateway.history.keys), for the child index
+    rows written with the sealed content, and for finding a cumulative concern."""
+
+    name = "route"
+
+    def __init__(self, hasher: Hasher) -> None:
+        self._hasher = hasher
+
+    async def __call__(self, work: Work) -> None:
+        assert work.referral is not None
+        work.child_digests = tuple(sorted(self._hasher.digests(work.referral.child).items()))
 
 
 class EmailReceipt:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from gateway.core import audit
 from gateway.core.model import Referral
-from gateway.core.sealed import Envelope
+from gateway.core.sealed import EmailEnvelope, Envelope
 from gateway.open.mime import Attachment, Opened, Outer
 from gateway.open.security import Security
 from gateway.outbox.compose import Outgoing
@@ -68,6 +68,18 @@ class Original:
 
 
 @dataclass(frozen=True)
+class Reply:
+    """A referrer's reply threaded onto the referral waiting for it (gateway.pipeline.replies):
+    the additional-information item (sealed) and the team's notice, written with the batch."""
+
+    referral_id: str
+    reference: str
+    item_id: str
+    content: bytes  # sealed JSON, context "additional_info:<item_id>"
+    outgoing: tuple[Outgoing, ...]
+
+
+@dataclass(frozen=True)
 class Prepared:
     """Everything one message's processing writes, in the batch's one transaction: a routed
     referral, or (`repeat_of` set, `routed` None) a repeat of an earlier one."""
@@ -79,6 +91,9 @@ class Prepared:
     next_step: NextStep | None
     digest: str | None = None  # of the partner-signed content, when there was any
     repeat_of: Original | None = None
+    child_digests: tuple[tuple[str, str], ...] = ()  # (kind, keyed hash): gateway.history.keys
+    organisation: str | None = None  # the referrer's, as the gateway knows it (gateway.history.concern)
+    reply: Reply | None = None
 
 
 @dataclass
@@ -104,6 +119,8 @@ class Work:
     next_step: NextStep | None = None
     digest: str | None = None  # the signed content's (gateway.pipeline.repeats)
     repeat_of: Original | None = None  # set: a repeat, which is neither parsed nor routed
+    child_digests: tuple[tuple[str, str], ...] = ()  # set by IndexChild, written with the content
+    reply: Reply | None = None  # set: a reply threaded onto a waiting referral, neither parsed nor routed
     events: list[audit.Event] = field(default_factory=list)
     outgoing: list[Outgoing] = field(default_factory=list)
 
@@ -115,7 +132,7 @@ class Work:
         self.events.append(audit.Event(self.message.referral_id, self.now, self.actor, kind, detail))
 
     def prepared(self) -> Prepared:
-        if self.routed is None and self.repeat_of is None:
+        if self.routed is None and self.repeat_of is None and self.reply is None:
             raise RuntimeError("the pipeline ended without routing the referral")
         return Prepared(
             self.message,
@@ -125,4 +142,15 @@ class Work:
             self.next_step,
             self.digest,
             self.repeat_of,
+            self.child_digests,
+            self.known_organisation(),
+            self.reply,
         )
+
+    def known_organisation(self) -> str | None:
+        """The verified partner or the organisation given, else an email sender's mail domain."""
+        if self.organisation:
+            return self.organisation
+        if isinstance(self.envelope, EmailEnvelope) and self.envelope.mail_from and "@" in self.envelope.mail_from:
+            return self.envelope.mail_from.rsplit("@", 1)[1].lower()
+        return None

@@ -18,12 +18,13 @@ from gateway.config import Settings
 from gateway.core import audit
 from gateway.core.db import Database
 from gateway.core.outcomes import Quarantine
-from gateway.core.schema import deadlines, deliveries, messages
+from gateway.core.schema import additional_info, deadlines, deliveries, messages
 from gateway.core.sealed import Sealed
 from gateway.core.transitions import transition, transitions
 from gateway.outbox.compose import Composer, Outgoing, QuarantineFacts
 from gateway.outbox.enqueue import Row, outbox_row, queue_outgoing, queued_events
 from gateway.pipeline import repeats
+from gateway.pipeline.concern import ConcernWriter
 from gateway.pipeline.sender import Sender, sender_of
 from gateway.pipeline.work import Claimed, Prepared
 from gateway.route import handover
@@ -39,8 +40,11 @@ class LeaseLost(Exception):
 
 
 class BatchWriter:
-    def __init__(self, settings: Settings, db: Database, sealed: Sealed, composer: Composer, owner: str) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, sealed: Sealed, composer: Composer, owner: str, concerns: ConcernWriter
+    ) -> None:
         self._s = settings
+        self._concerns = concerns
         self._db = db
         self._sealed = sealed
         self._composer = composer
@@ -113,12 +117,33 @@ class BatchWriter:
         events: dict[str, list[audit.Event]] = {}
         outbox: list[Row] = []
         due: list[dict[str, object]] = []
+        info: list[dict[str, object]] = []  # additional information threaded on (replies)
         columns: dict[str, dict[str, object]] = {}
         for prep in batch:
             referral_id = prep.message.referral_id
             rows = [outbox_row(out, referral_id, self._sealed, now) for out in prep.outgoing]
             outbox += rows
             events[referral_id] = [*prep.events, *queued_events(referral_id, rows, now, self._actor)]
+            if prep.reply is not None:
+                # A reply threaded onto a waiting referral (gateway.pipeline.replies): the item
+                # and the team's notice belong to that referral, and the timelines name each other.
+                reply = prep.reply
+                info.append(
+                    {
+                        "id": reply.item_id,
+                        "referral_id": reply.referral_id,
+                        "message_id": prep.message.message_id,
+                        "received_at": prep.message.received_at,
+                        "content": reply.content,
+                    }
+                )
+                told = [outbox_row(out, reply.referral_id, self._sealed, now) for out in reply.outgoing]
+                outbox += told
+                detail = {"item": reply.item_id, "reply": prep.message.reference, "message": prep.message.message_id}
+                again = [audit.Event(reply.referral_id, now, self._actor, "information_received", detail)]
+                again += queued_events(reply.referral_id, told, now, self._actor)
+                events[reply.referral_id] = [*events.get(reply.referral_id, []), *again]
+                continue
             if prep.routed is None:
                 # A repeat: no deadline, nothing to route; the earlier referral's timeline says it
                 # came again (locked with the rest, in id order, by transitions below).
@@ -134,10 +159,20 @@ class BatchWriter:
                 due.append(prep.next_step.row(referral_id))
             if (close := self._hand_over_at(prep)) is not None:
                 due.append({"referral_id": referral_id, "kind": "handover", "due_at": close} | no_step)
+        # The child index rows with the content they index (one transaction: never one without the
+        # other), then any cumulative concern they complete, with its alerts.
+        raised, alerts = await self._concerns.write(conn, batch, now, self._actor)
+        for referral_id, more in raised.items():
+            rows = [outbox_row(out, rid, self._sealed, now) for rid, out in alerts if rid == referral_id]
+            outbox += rows
+            queued = queued_events(referral_id, rows, now, self._actor)
+            events[referral_id] = [*events.get(referral_id, []), *more, *queued]
         if outbox:
             await conn.execute(deliveries.insert(), outbox)
         if due:
             await conn.execute(deadlines.insert(), due)
+        if info:
+            await conn.execute(additional_info.insert(), info)
         # Last: it locks the referral rows and then the audit chain head (the lock order).
         await transitions(conn, events, columns)
         return batch

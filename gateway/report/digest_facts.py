@@ -17,8 +17,10 @@ from gateway.config import Settings
 from gateway.core.db import snapshot
 from gateway.core.lifecycle import State
 from gateway.core.schema import deliveries, digests, messages, referrals
+from gateway.report.answer_counts import AnswerCounts, answer_counts
 from gateway.report.undelivered import undelivered
 
+_ENDED = (State.CLOSED, State.REPEAT, State.FORWARDED, State.DUPLICATE, State.REPLY)
 RECENT = timedelta(days=7)  # how far back failed digests are counted
 
 
@@ -55,6 +57,7 @@ class DigestFacts:
     digests_failed: int = 0  # digest deliveries that failed for good in the last RECENT
     previous_digest: date | None = None
     warnings: list[str] = field(default_factory=list)  # keys, bank holidays, rota gaps (digest_health)
+    answers: AnswerCounts = field(default_factory=AnswerCounts)  # answers given in the last 24 hours (issue 15)
 
 
 async def gather(engine: AsyncEngine, settings: Settings, day: date, now: datetime) -> DigestFacts:
@@ -64,11 +67,13 @@ async def gather(engine: AsyncEngine, settings: Settings, day: date, now: dateti
         counted = (
             await conn.execute(
                 select(referrals.c.team_id, referrals.c.state, func.count())
-                # Terminal states are left out: closed, and repeat (its earlier referral is counted).
-                .where(referrals.c.state.not_in((State.CLOSED.value, State.REPEAT.value)))
+                # Terminal states are left out: closed, and repeat (its earlier referral is counted);
+                # forwarded, duplicate and reply (answers: another authority, or the other referral, has it).
+                .where(referrals.c.state.not_in([s.value for s in _ENDED]))
                 .group_by(referrals.c.team_id, referrals.c.state)
             )
         ).all()
+        facts.answers = await answer_counts(conn, now - timedelta(days=1))
         facts.received_last_day = (
             await conn.execute(select(func.count()).where(referrals.c.received_at >= now - timedelta(days=1)))
         ).scalar_one()

@@ -3,7 +3,8 @@
 A referral closed more than `[retention] closed_after` ago (default 90 days; closed = its `closed`
 event, or for a repeat of an earlier referral its `repeat` event) loses everything sealed that
 belongs to it: its content, its raw message and envelope (b"": the columns are NOT NULL, see
-migration 0007), its deliveries' payloads, its decisions' notes and the Twilio webhooks about it.
+migration 0007), its deliveries' payloads, its decisions' notes, the Twilio webhooks about it and
+its rows in the child index (gateway.history.index: so nothing links the purged child).
 Kept: the referral row's metadata (reference, team, urgency, times, state), every event and the
 audit chain. A `purged` event says what went, with no personal data, and `referrals.purged_at`
 says when.
@@ -39,8 +40,18 @@ from gateway.config import Settings
 from gateway.core import audit
 from gateway.core.db import Database
 from gateway.core.lifecycle import State
-from gateway.core.schema import decisions, deliveries, events, messages, referrals, sms_webhooks
+from gateway.core.schema import (
+    additional_info,
+    answers,
+    decisions,
+    deliveries,
+    events,
+    messages,
+    referrals,
+    sms_webhooks,
+)
 from gateway.core.transitions import lock, transitions
+from gateway.history import index as child_index
 from gateway.report.decisions import covered, referral_key
 
 log = logging.getLogger(__name__)
@@ -109,13 +120,20 @@ def _webhooks_of(reference: str, provider_ids: Sequence[str]) -> ColumnElement[b
     )
 
 
+# The states a referral's time with us ends in, and the events that end it: closed; a repeat; and
+# the structured answers' ends (forwarded to a neighbour, a duplicate, a reply threaded onto
+# another referral, whose content that referral keeps as additional information).
+ENDED = (State.CLOSED, State.REPEAT, State.FORWARDED, State.DUPLICATE, State.REPLY)
+ENDING_EVENTS = ("closed", "repeat", "forwarded", "duplicate", "reply")
+
+
 async def due(conn: AsyncConnection, settings: Settings, now: datetime, limit: int | None = None) -> list[Candidate]:
     """The referrals the policy lets go now, oldest closure first, with what each still holds."""
     # A repeat (gateway.pipeline.repeats) is closed the moment it is found to be one: its raw
     # message is a copy of content its earlier referral keeps, so it goes on the same clock.
     closed = (
         select(events.c.referral_id, func.max(events.c.at).label("closed_at"))
-        .where(events.c.kind.in_(("closed", "repeat")))
+        .where(events.c.kind.in_(ENDING_EVENTS))
         .group_by(events.c.referral_id)
         .subquery()
     )
@@ -126,7 +144,7 @@ async def due(conn: AsyncConnection, settings: Settings, now: datetime, limit: i
         select(referrals.c.id, referrals.c.reference, referrals.c.message_id, closed.c.closed_at)
         .join(closed, closed.c.referral_id == referrals.c.id)
         .where(
-            referrals.c.state.in_((State.CLOSED.value, State.REPEAT.value)),
+            referrals.c.state.in_([state.value for state in ENDED]),
             referrals.c.legal_hold.is_(False),
             referrals.c.purged_at.is_(None),
             closed.c.closed_at <= now - settings.retention.closed_after,
@@ -208,6 +226,11 @@ async def _remove(conn: AsyncConnection, item: Candidate) -> None:
     ]
     await conn.execute(update(deliveries).where(deliveries.c.referral_id == item.id).values(payload=None))
     await conn.execute(update(decisions).where(decisions.c.referral_id == item.id).values(note=None))
+    # The child index goes with the content: nothing may link a purged child to a later referral.
+    await child_index.remove(conn, [item.id])
+    # Structured answers' reasons, and more information threaded onto it (issue 15).
+    await conn.execute(update(answers).where(answers.c.referral_id == item.id).values(reason=None))
+    await conn.execute(update(additional_info).where(additional_info.c.referral_id == item.id).values(content=None))
     await conn.execute(
         update(sms_webhooks).where(_webhooks_of(item.reference, provider_ids)).values(payload=None, reply=None)
     )

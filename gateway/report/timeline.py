@@ -15,8 +15,10 @@ from gateway.core.clock import uk_time
 from gateway.core.db import Database
 from gateway.core.model import OUTCOMES
 from gateway.core.schema import deliveries, events
+from gateway.history.concern import text as concern_text
 from gateway.report.holds import REASONS
 from gateway.report.retention import period_in_words
+from gateway.report.timeline_steps import group
 
 Detail = Mapping[str, object]  # an event's detail, as json.loads gives it back
 
@@ -44,6 +46,7 @@ class Sent:
 class Entry:
     at: datetime
     what: str
+    details: tuple[str, ...] = ()  # the lines an alert step's line stands for (timeline_steps)
 
 
 _DELIVERY_WORDS = {
@@ -54,8 +57,15 @@ _DELIVERY_WORDS = {
     "ack_told": "stand-down notice",
     "notice": "notice to the sender",
     "quarantine": "quarantine alert",
+    "concern": "cumulative concern alert",
     "outcome_notice": "outcome notice to the referrer",
     "follow_up": "follow-up notice to the referrer",
+    # Structured answers (gateway.track.answers)
+    "forward": "forward to the neighbouring authority",
+    "not_ours_notice": "notice to the referrer of where it went",
+    "info_request": "request for more information to the referrer",
+    "duplicate_notice": "duplicate notice to the referrer",
+    "info_received": "notice of more information",
 }
 
 
@@ -136,6 +146,8 @@ def describe(
             return f"Viewed by {by}"
         case "attachment_opened":
             return f"Attachment {detail.get('index', '?')} opened by {by}"
+        case "raw_message_opened":
+            return f"The message as it was sent downloaded by {by}"
         case "quarantined":
             text = f"Quarantined at stage {detail.get('stage', '?')}: {detail.get('reason', '?')}"
             sender = detail.get("sender")  # absent on quarantines recorded before senders were always considered
@@ -160,6 +172,38 @@ def describe(
             return f"Legal hold set by {by}: {REASONS.get(str(detail.get('reason')), 'reason not recorded')}{matter}"
         case "legal_hold_lifted":
             return f"Legal hold lifted by {by}"
+        case "cumulative_concern":
+            told = (
+                f"; {detail['alerted']} manager(s) and coordinator(s) alerted"
+                if detail.get("alerted")
+                else "; nobody had an email address to alert"
+            )
+            words = concern_text(detail)
+            return words[:1].upper() + words[1:] + told
+        # Structured answers (gateway.track.answers): the reasons are sealed, shown apart on the page.
+        case "rerouted":
+            was = f" (was {settings.team_name(str(detail['from_team']))})" if detail.get("from_team") else ""
+            return (
+                f"Not ours: routed afresh{team}{was} by {by}; to be acknowledged within {detail.get('deadline', '?')}"
+            )
+        case "forwarding":
+            how = "the referral, encrypted" if detail.get("encrypted") else "a notice with no personal data (no key)"
+            return f"Not ours: forwarded to {detail.get('neighbour', '?')} by {by} ({how}); ours until delivered"
+        case "forwarded":
+            return "Delivered to the neighbouring authority: no longer ours"
+        case "forward_dead":
+            return "The forward to the neighbouring authority failed for good: back with the duty team"
+        case "information_requested":
+            how = "encrypted, with what is missing" if detail.get("encrypted") else "asked to call, no details in clear"
+            return f"More information requested from the referrer by {by} ({detail.get('by', '?')}, {how})"
+        case "information_received":
+            return f"More information received from the referrer (as {detail.get('reply', '?')})"
+        case "reply":
+            return f"A reply to {detail.get('to', '?')}'s request for more information: added to it, not routed"
+        case "duplicate":
+            return f"Duplicate of {detail.get('of', '?')}, marked by {by}: closed here"
+        case "duplicate_linked":
+            return f"{detail.get('duplicate', '?')} was linked to it as a duplicate by {by}"
         case "purged":
             period = period_in_words(str(detail.get("closed_after", "?")))
             return f"Content removed under the retention policy (closed more than {period})"
@@ -179,4 +223,9 @@ async def timeline(db: Database, settings: Settings, referral_id: str, names: Ma
                 )
             )
         }
-    return [Entry(r.at, describe(r.kind, r.actor, json.loads(r.detail), settings, names, sent)) for r in rows]
+    lines = []
+    for r in rows:
+        detail = json.loads(r.detail)
+        lines.append((r.at, r.kind, detail, describe(r.kind, r.actor, detail, settings, names, sent)))
+    grouped = group(lines, {delivery_id: s.channel for delivery_id, s in sent.items()})
+    return [Entry(g.at, g.what, tuple(g.details)) for g in grouped]

@@ -18,6 +18,7 @@ from gateway.config import Settings
 from gateway.core.db import snapshot
 from gateway.core.lifecycle import TRACKED_OPEN, State
 from gateway.core.schema import deliveries, events, messages, referrals, sms_webhooks
+from gateway.report import report_table
 from gateway.report.decisions import covered, referral_key, sms_key
 from gateway.report.timeline import Detail, texts
 
@@ -32,6 +33,7 @@ KINDS: dict[str, str] = {
     "failed": "Delivery failed for good",
     "held": "Text held over its rate limit",
     "repeat": "Repeat of an earlier referral",
+    "forwarding": "Forwarded, not yet delivered",
 }
 # On the report, though nothing is at risk (the earlier referral is the live one): a partner
 # sending again may not have had the first receipt, and a replay nobody sent is worth a look.
@@ -155,6 +157,11 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
                 "so no second referral was made"
             )
             kinds.append("repeat")
+        elif r.state == State.FORWARDING:
+            reasons.append(
+                "not ours: forwarded to a neighbouring authority, not yet delivered (still ours until it is)"
+            )
+            kinds.append("forwarding")
         elif r.state == State.RECEIVED:
             # The immediate deadline's length (a rule, not a duration: before, this sum raised
             # TypeError and the whole report failed whenever a referral was waiting); "end of the
@@ -175,6 +182,8 @@ async def undelivered(engine: AsyncEngine, settings: Settings, now: datetime) ->
             kinds.append("late")
         for failed in dead_by.get(r.id, ()):
             who = f"to {settings.team_name(failed.team_id)}" if failed.team_id else "to the referrer"
+            if failed.kind == "forward":
+                who = "to a neighbouring authority"
             reasons.append(f"{failed.kind} {who} failed for good after {failed.attempts} attempts: {failed.last_error}")
             if "failed" not in kinds:
                 kinds.append("failed")
@@ -236,7 +245,14 @@ def escalation_summary(steps: list[tuple[datetime, Detail]]) -> str:
     )
 
 
-def render(rows: list[Row], fmt: str) -> str:
+def _cells(r: Row) -> list[str]:
+    """A row as text, in report_table.HEADER's order."""
+    received = r.received_at.strftime("%Y-%m-%d %H:%M UTC")
+    return [r.reference, r.team, r.state, received, human(r.age), r.escalation or "-", r.reason]
+
+
+def render(rows: list[Row], fmt: str, *, wide: bool = False) -> str:
+    """The report as `fmt`; a table fits 100 columns unless `wide` (gateway.report.report_table)."""
     if fmt == "json":
         return (
             json.dumps(
@@ -257,29 +273,14 @@ def render(rows: list[Row], fmt: str) -> str:
             )
             + "\n"
         )
-    header = ["reference", "team", "state", "received", "age", "escalation", "reason"]
-    cells = [
-        [
-            r.reference,
-            r.team,
-            r.state,
-            r.received_at.strftime("%Y-%m-%d %H:%M UTC"),
-            human(r.age),
-            r.escalation or "-",
-            r.reason,
-        ]
-        for r in rows
-    ]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows([[spreadsheet_safe(cell) for cell in row] for row in cells])
+        writer.writerow(report_table.HEADER)
+        writer.writerows([[spreadsheet_safe(cell) for cell in _cells(r)] for r in rows])
         return buffer.getvalue()
     if not rows:
         return "No undelivered, late or quarantined referrals.\n"
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header[:-1])]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, [*widths, 0], strict=True)).rstrip()]
-    for c in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(c, [*widths, 0], strict=True)).rstrip())
-    return "\n".join(lines) + f"\n{len(rows)} referral(s) need attention.\n"
+    cells = [_cells(r) for r in rows]
+    table = report_table.wide(cells) if wide else report_table.narrow(cells)
+    return table + f"{len(rows)} referral(s) need attention.\n"

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config import Config
@@ -19,7 +19,7 @@ from gateway.core import audit
 from gateway.core.clock import Clock
 from gateway.core.db import Database
 from gateway.core.records import ReferralRecord, find_referral
-from gateway.core.schema import ALERT_KINDS, deadlines, deliveries, referrals
+from gateway.core.schema import ALERT_KINDS, deadlines, deliveries, events, referrals
 from gateway.core.sealed import Sealed
 from gateway.core.transitions import transition
 from gateway.outbox.compose import Composer
@@ -40,6 +40,18 @@ class AckResult:
 
 class NotFound(Exception):
     pass
+
+
+def since_rerouted(referral_id: ColumnElement[str] | str) -> ColumnElement[bool]:
+    """An alert sent since the referral's latest re-route, if it had one: after "not ours, another
+    team" (gateway.track.answers) the first team's links and texts no longer acknowledge it. (Not
+    "an alert of the referral's team": a hand-over's alerts are the out-of-hours team's.)"""
+    rerouted = (
+        select(func.max(events.c.at))
+        .where(events.c.referral_id == referral_id, events.c.kind == "rerouted")
+        .scalar_subquery()
+    )
+    return or_(rerouted.is_(None), deliveries.c.created_at >= rerouted)
 
 
 class Tracker:
@@ -66,6 +78,7 @@ class Tracker:
                         deliveries.c.referral_id == referral_id,
                         deliveries.c.recipient_hash == recipient_hash,
                         deliveries.c.kind.in_(ALERT_KINDS),
+                        since_rerouted(referral_id),
                     )
                     .limit(1)
                 )
@@ -84,6 +97,7 @@ class Tracker:
                 deliveries.c.recipient_hash == recipient_hash,
                 deliveries.c.kind.in_(ALERT_KINDS),
                 deliveries.c.state == "sent",  # a pending or dead alert never reached the phone
+                since_rerouted(deliveries.c.referral_id),
             )
             .order_by(deliveries.c.created_at.desc(), deliveries.c.id)
             .limit(1)

@@ -49,6 +49,11 @@ class Referrers:
             notice = await self._protector.maybe_protect(content.reply_key, notice)
         return await queue_outgoing(conn, self._sealed, row.id, [notice], now, actor)
 
+    async def address_of(self, conn: AsyncConnection, row: ReferralRecord) -> tuple[str, str | None]:
+        """(channel, address) the referrer's notices go to (None: nobody to tell), for a message
+        that must be composed apart, as a request for more information is (gateway.track.answers)."""
+        return await self._address(conn, row)
+
     async def _address(self, conn: AsyncConnection, row: ReferralRecord) -> tuple[str, str | None]:
         """(channel, address): the number an SMS referral came from, or the envelope sender (or
         the address given on the form) that an email or web referral's receipt went to."""

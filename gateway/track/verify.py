@@ -95,7 +95,9 @@ def _purge_problems(
     problems = []
     if not recorded:
         problems.append(f"{label}: its content was removed but no 'purged' event records it")
-    if state not in (State.CLOSED, State.REPEAT):  # a repeat is closed when found (gateway.report.retention)
+    # A repeat is closed when found; forwarded, duplicate and reply end a referral's time with us
+    # as closing does (gateway.report.retention.ENDED).
+    if state not in (State.CLOSED, State.REPEAT, State.FORWARDED, State.DUPLICATE, State.REPLY):
         problems.append(f"{label}: purged but {state}, not closed")
     if content is not None or raw_size:
         problems.append(f"{label}: marked purged but still holds sealed content")

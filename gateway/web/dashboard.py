@@ -1,9 +1,11 @@
 """The staff web pages: the duty dashboard, a referral, acknowledge and close (signing in and out
 is gateway.web.sign_in_pages').
 
-GET /dashboard, GET /referrals/{id}, GET /referrals/{id}/attachments/{n},
+GET /dashboard, GET /referrals/{id}, GET /referrals/{id}/attachments/{n}, GET /referrals/{id}/raw
+(the stored message of one that could not be read, gateway.web.unreadable),
 POST /referrals/{id}/acknowledge, POST /referrals/{id}/close, POST /referrals/{id}/hold and
-POST /referrals/{id}/hold/lift (coordinators: a legal hold, gateway.report.holds).
+POST /referrals/{id}/hold/lift (coordinators: a legal hold, gateway.report.holds); the structured
+answers' POSTs are gateway.web.answer_pages', on the same plumbing.
 
 Decisions, each for a reason:
 - Sessions, expiry and CSRF are gateway.web.session's: every POST checks the token first, before
@@ -14,8 +16,8 @@ Decisions, each for a reason:
   takes no "next" parameter (no open redirect, nothing to leak).
 - A referral the user may not see and one that does not exist get the same 403 page: the answer
   does not tell a duty worker that a referral exists in another team.
-- Every view of content is an audited event ("viewed", "attachment_opened"), written before the
-  content is sent: if the audit cannot be written the content is not shown.
+- Every view of content is an audited event ("viewed", "attachment_opened", "raw_message_opened"),
+  written before the content is sent: if the audit cannot be written the content is not shown.
 - Every value from a referral is escaped by Jinja's autoescape and wrapped in <bdi>, so a
   right-to-left override in a name cannot reorder the words around it.
 - The pages reuse the public form's layout (templates/web/form/base.html) and Jinja environment,
@@ -37,18 +39,22 @@ from gateway.core.lifecycle import IllegalTransition, State
 from gateway.core.model import OUTCOMES
 from gateway.core.records import ReferralRecord
 from gateway.core.sealed import Sealed
+from gateway.history.keys import Hasher, load_key
 from gateway.open.identity import Identity
 from gateway.outbox.compose import triage_team
 from gateway.outbox.tokens import AckSigner
 from gateway.report import holds
+from gateway.report.plain_words import state_words
 from gateway.report.timeline import timeline
 from gateway.staff.users import Role, User, Users
 from gateway.track.acks import Tracker
 from gateway.track.close import NotAcknowledged, close
+from gateway.web import answers_data
 from gateway.web import dashboard_data as data
 from gateway.web.headers import page_headers
 from gateway.web.session import WebSessions, require_csrf
 from gateway.web.templates import StaffPages
+from gateway.web.unreadable import raw_message, unreadable
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,7 @@ class DashboardPages:
         self._identity = identity
         self._users = users
         self._clock = clock
+        self._hasher = Hasher(load_key(config.keys_dir))
         self._sessions = sessions
         self._pages = StaffPages(config)
 
@@ -91,6 +98,7 @@ class DashboardPages:
         app.router.add_get("/dashboard", self._signed_in(self.dashboard))
         app.router.add_get("/referrals/{referral_id}", self._signed_in(self.referral))
         app.router.add_get("/referrals/{referral_id}/attachments/{index}", self._signed_in(self.attachment))
+        app.router.add_get("/referrals/{referral_id}/raw", self._signed_in(self.raw))
         app.router.add_post("/referrals/{referral_id}/acknowledge", self._posted(self.acknowledge))
         app.router.add_post("/referrals/{referral_id}/close", self._posted(self.close))
         app.router.add_post("/referrals/{referral_id}/hold", self._posted(self.hold))
@@ -160,9 +168,15 @@ class DashboardPages:
         await data.record(self._db, row.id, user, now, "viewed")
         log.info("dashboard: user %s viewed referral %s", user.id, row.reference)
         content = data.open_content(self._sealed, row.id, row.content)
-        files, files_note = await data.attachments(self._db, self._sealed, self._identity, row)
+        unread = await unreadable(self._db, self._sealed, row, content)
+        if unread is None or not unread.quarantined:
+            files, files_note = await data.attachments(self._db, self._sealed, self._identity, row)
+        else:  # its parts are listed under "What was sent": none could be opened as a file
+            files, files_note = (), "None could be opened: the parts of the message are listed above."
         names = {u.id: u.display_name for u in await self._users.all()}
-        earlier = await data.earlier(self._db, self._sealed, self._s, user, row, content.child) if content else []
+        earlier = []
+        if content:
+            earlier = await data.earlier(self._db, self._sealed, self._s, user, row, content.child, self._hasher)
         return await self._page(
             request,
             "referral.html",
@@ -181,10 +195,12 @@ class DashboardPages:
                 "",
             ),
             content=content,
+            unreadable=unread,
             files=files,
             files_note=files_note,
             timeline=await timeline(self._db, self._s, row.id, names),
             earlier=earlier,
+            concern=await data.concern_banner(self._db, row),
             may_acknowledge=row.state in data.ACKNOWLEDGEABLE and user.role is not Role.ADMIN,
             may_close=row.state == State.ACKNOWLEDGED,
             outcomes=OUTCOMES,
@@ -193,6 +209,9 @@ class DashboardPages:
             may_hold=user.role is Role.COORDINATOR and row.purged_at is None,
             hold_reasons=holds.REASONS,
             error=request.get(_ERROR),
+            # Structured answers (gateway.web.answer_pages): the forms, the answers given, replies.
+            answer_form=request.get(answers_data.ANSWER_FORM, ""),
+            answers=await answers_data.view(self._db, self._sealed, self._s, row, user, names),
         )
 
     async def attachment(self, request: web.Request, user: User) -> web.StreamResponse:
@@ -218,6 +237,30 @@ class DashboardPages:
             },
         )
 
+    async def raw(self, request: web.Request, user: User) -> web.StreamResponse:
+        """The stored message of a referral that could not be read, as it came, for a person to
+        open in a mail client or pass on. Only for one that could not be read: a readable one's
+        content is on its page. Audited before it is sent, like every view of content."""
+        row = await self._visible(request, user)
+        content = data.open_content(self._sealed, row.id, row.content) if row is not None else None
+        if row is None or await unreadable(self._db, self._sealed, row, content) is None:
+            return await self._forbidden(request, user)
+        raw = await raw_message(self._db, self._sealed, row)
+        if raw is None:
+            return await self._forbidden(request, user)
+        await data.record(self._db, row.id, user, self._clock.now(), "raw_message_opened", size=len(raw))
+        log.info("dashboard: user %s downloaded the stored message of referral %s", user.id, row.reference)
+        request[_DOWNLOAD] = True
+        return web.Response(
+            body=raw,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'attachment; filename="referral-{row.reference}.eml"',
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
     # --- acknowledge and close -----------------------------------------------------------------
 
     async def acknowledge(self, request: web.Request, user: User) -> web.StreamResponse:
@@ -225,7 +268,9 @@ class DashboardPages:
         if row is None or user.role is Role.ADMIN:
             return await self._forbidden(request, user)
         if row.state not in data.ACKNOWLEDGEABLE:
-            return await self._again(request, user, "This referral cannot be acknowledged now: it is " + row.state)
+            return await self._again(
+                request, user, f"This referral cannot be acknowledged now. Its state: {state_words(row.state)}."
+            )
         try:
             await self._tracker.acknowledge(
                 row.id, self._signer.recipient_hash("user:" + user.id), user.display_name, via="dashboard"
@@ -275,6 +320,28 @@ class DashboardPages:
             return await self._again(request, user, str(exc))
         log.info("dashboard: legal hold lifted on referral %s by user %s", row.reference, user.id)
         raise web.HTTPSeeOther(f"/referrals/{row.id}")
+
+    # --- for the answer pages (gateway.web.answer_pages), which share this plumbing --------------
+
+    def posted(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        return self._posted(handler)
+
+    async def visible(self, request: web.Request, user: User) -> ReferralRecord | None:
+        return await self._visible(request, user)
+
+    async def forbidden(self, request: web.Request, user: User) -> web.Response:
+        return await self._forbidden(request, user)
+
+    async def again(self, request: web.Request, user: User, error: str) -> web.StreamResponse:
+        return await self._again(request, user, error)
+
+    @staticmethod
+    def form(request: web.Request) -> dict[str, str]:
+        return request[_FORM]
+
+    @property
+    def triage_id(self) -> str:
+        return triage_team(self._s).id
 
     async def _again(self, request: web.Request, user: User, error: str) -> web.StreamResponse:
         """The referral page again with an error (status 400), after the usual audited view."""

@@ -4,11 +4,12 @@ earlier referrals about the same child, and the closure with its outcome.
 The web pages (gateway.web.dashboard) only render what these functions return. Who may see what is
 decided here, in `may_see`, and every function that returns content takes the user.
 
-Earlier referrals about the same child are found by opening every older referral's sealed content
-and comparing identifiers: no identifier is stored in clear (DESIGN.md, Security rules), and an
-index of keyed hashes would need a schema change. Opening a blob is AES-GCM and a JSON parse
-(microseconds), so this is fine for tens of thousands of referrals; past that, add a column of
-keyed hashes of the NHS number and of name+date of birth.
+Earlier referrals about the same child are looked up in the child index (gateway.history.index:
+keyed hashes of the NHS number, name + date of birth, and date of birth + postcode; no identifier
+is stored in clear, DESIGN.md, Security rules), and only the referrals it names are opened, to show
+them and to confirm the match. Until `referral-gateway reindex` has built the index for the current
+key (after the upgrade that added it, or a replaced index key), every older referral is opened and
+compared instead, as before the index: slower, but no earlier referral is missed meanwhile.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -31,9 +31,13 @@ from gateway.core.model import Child, Referral
 from gateway.core.records import ReferralRecord, find_referral
 from gateway.core.schema import events, messages, referrals
 from gateway.core.sealed import Sealed
+from gateway.history import concern
+from gateway.history import index as child_index
+from gateway.history.keys import KINDS, WHY, Hasher, identifiers
 from gateway.open.attachments import read_attachments
 from gateway.open.identity import Identity
 from gateway.open.mime import Attachment
+from gateway.report.plain_words import state_words, urgency_words
 from gateway.report.retention import period_in_words
 from gateway.report.timeline import step_text
 from gateway.report.undelivered import human
@@ -81,7 +85,18 @@ class QueueRow:
     def time_left(self) -> str:
         if self.left is None:
             return "no deadline"
+        # Under a minute, human() says "00m": "late by 00m" read as "not late" to a duty worker.
+        if abs(self.left) < timedelta(minutes=1):
+            return "late by less than a minute" if self.late else "less than a minute left"
         return f"late by {human(-self.left)}" if self.late else f"{human(self.left)} left"
+
+    @property
+    def urgency_words(self) -> str:
+        return urgency_words(self.urgency)
+
+    @property
+    def state_words(self) -> str:
+        return state_words(self.state)
 
 
 @dataclass
@@ -240,22 +255,13 @@ async def repeat_of(db: Database, row: ReferralRecord) -> tuple[str, str] | None
 # --- earlier referrals about the same child --------------------------------------------------------
 
 
-def _folded(text: str | None) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text or "").casefold().split())
-
-
 def same_child(a: Child, b: Child) -> str | None:
-    """Why two referrals are about the same child, or None: the same NHS number, or the same name
-    (ignoring case and spacing) and date of birth."""
-    if a.nhs_number and a.nhs_number == b.nhs_number:
-        return "same NHS number"
-    if (
-        _folded(a.name)
-        and _folded(a.name) == _folded(b.name)
-        and a.date_of_birth
-        and a.date_of_birth == b.date_of_birth
-    ):
-        return "same name and date of birth"
+    """Why two referrals are about the same child, or None: the same NHS number, the same name
+    (ignoring case and spacing) and date of birth, or the same date of birth and postcode."""
+    mine, theirs = identifiers(a), identifiers(b)
+    for kind in KINDS:
+        if kind in mine and mine[kind] == theirs.get(kind):
+            return WHY[kind]
     return None
 
 
@@ -269,38 +275,64 @@ class Earlier:
     why: str
 
 
+_EARLIER_COLUMNS = (
+    referrals.c.id,
+    referrals.c.reference,
+    referrals.c.received_at,
+    referrals.c.team_id,
+    referrals.c.state,
+    referrals.c.content,
+)
+
+
 async def earlier(
-    db: Database, sealed: Sealed, settings: Settings, user: User, row: ReferralRecord, child: Child
+    db: Database,
+    sealed: Sealed,
+    settings: Settings,
+    user: User,
+    row: ReferralRecord,
+    child: Child,
+    hasher: Hasher,
 ) -> list[Earlier]:
     """Referrals received before this one about the same child that the user may see, newest first."""
-    if not (child.nhs_number or (_folded(child.name) and child.date_of_birth)):
+    if not identifiers(child):
         return []
+    query = select(*_EARLIER_COLUMNS).where(
+        referrals.c.id != row.id,
+        referrals.c.received_at <= row.received_at,
+        referrals.c.content.is_not(None),
+    )
     async with db.read() as conn:
-        others = (
-            await conn.execute(
-                select(
-                    referrals.c.id,
-                    referrals.c.reference,
-                    referrals.c.received_at,
-                    referrals.c.team_id,
-                    referrals.c.state,
-                    referrals.c.content,
-                )
-                .where(
-                    referrals.c.id != row.id,
-                    referrals.c.received_at <= row.received_at,
-                    referrals.c.content.is_not(None),
-                )
-                .order_by(referrals.c.received_at.desc(), referrals.c.id)
-            )
-        ).all()
+        if await child_index.complete(conn, hasher):
+            linked = await child_index.matches(conn, hasher.digests(child), exclude=row.id, until=row.received_at)
+            query = query.where(referrals.c.id.in_(sorted(linked)))
+        others = (await conn.execute(query.order_by(referrals.c.received_at.desc(), referrals.c.id))).all()
     found: list[Earlier] = []
     for other in others:
         if not may_see(user, other.team_id):
             continue
+        # Opened to show it and to confirm the match (a keyed hash is not the identifier itself).
         content = open_content(sealed, other.id, other.content)
         why = same_child(child, content.child) if content else None
         if why:
             team = settings.team_name(other.team_id) if other.team_id else "not routed"
             found.append(Earlier(other.id, other.reference, other.received_at, team, other.state, why))
     return found
+
+
+async def concern_banner(db: Database, row: ReferralRecord) -> str | None:
+    """Why this referral raised a cumulative concern (gateway.history.concern), or None."""
+    async with db.read() as conn:
+        detail = (
+            await conn.execute(
+                select(events.c.detail)
+                .where(events.c.referral_id == row.id, events.c.kind == concern.EVENT)
+                .order_by(events.c.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+    if detail is None:
+        return None
+    words = concern.text(json.loads(detail))
+    told = "none was urgent on its own. The team's managers and the coordinators were alerted."
+    return f"{words[:1].upper()}{words[1:]}: {told}"

@@ -38,6 +38,8 @@ from gateway.core.sealed import Sealed
 from gateway.core.sealing import Sealer
 from gateway.report import decisions
 from gateway.report import undelivered as report
+from gateway.report.answer_counts import answer_counts
+from gateway.report.plain_words import state_words
 from gateway.staff.users import Role, User
 from gateway.web.headers import add_page_headers
 from gateway.web.session import WebSessions, get_session, require_csrf
@@ -47,7 +49,9 @@ log = logging.getLogger(__name__)
 
 _FLASH = "report_flash"
 RECENT = timedelta(days=7)  # decisions listed under the report this long
-STATES = (*(s.value for s in State if s not in (State.ACKNOWLEDGED, State.CLOSED)), "held")
+# The states an item on the report can be in (the answers' ends, like closed, never are).
+_NEVER_ON_IT = (State.ACKNOWLEDGED, State.CLOSED, State.FORWARDED, State.DUPLICATE, State.REPLY)
+STATES = (*(s.value for s in State if s not in _NEVER_ON_IT), "held")
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,11 @@ class ReportPage:
             kind=kind if kind in report.KINDS else "",
         )
 
+    async def _answered(self) -> str:
+        """Structured answers given in the last 7 days, as counts (gateway.report.answer_counts)."""
+        async with self._db.read() as conn:
+            return (await answer_counts(conn, self._clock.now() - RECENT)).words()
+
     async def _rows(self, filters: Filters) -> list[report.Row]:
         rows = await report.undelivered(self._db.engine, self._settings, self._clock.now())
         return [r for r in rows if filters.keep(r)]
@@ -197,9 +206,10 @@ class ReportPage:
             filters=query,
             csv_url="/report.csv" + (f"?{urlencode(query)}" if query else ""),
             team_items=_options([("", "All teams"), *((t.id, t.name) for t in self._settings.teams)], filters.team),
-            state_items=_options([("", "All states"), *((s, s) for s in STATES)], filters.state),
+            state_items=_options([("", "All states"), *((s, state_words(s)) for s in STATES)], filters.state),
             kind_items=_options([("", "All reasons"), *report.KINDS.items()], filters.kind),
             what_items=list(decisions.WHAT.items()),
+            answered=await self._answered(),
             max_note=decisions.MAX_NOTE,
             recent=[
                 {

@@ -14,6 +14,7 @@ from markupsafe import Markup, escape
 
 from gateway.config import Config
 from gateway.core.clock import uk_time
+from gateway.report.plain_words import state_words, urgency_words
 from gateway.staff.users import User
 from gateway.web.headers import new_nonce
 from gateway.web.session import CSRF_FIELD, csrf_token
@@ -43,6 +44,8 @@ def staff_environment(config: Config) -> jinja2.Environment:
     env = form_environment(config.templates_dir)
     env.filters["uk_time"] = uk_time
     env.filters["user"] = user_text
+    env.filters["state_words"] = state_words  # every state a staff page shows, in plain words
+    env.filters["urgency_words"] = urgency_words
     return env
 
 

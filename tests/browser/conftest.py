@@ -114,10 +114,9 @@ async def open_tab(browser: Browser, base_url: str, *, javascript: bool = True) 
         tab.problems.append(f"page error: {error}")
 
     def on_response(response: Response) -> None:
-        # A stylesheet, script or font that fails. The pages name no icon (no crown), so Chromium
-        # asks for /favicon.ico and gets a 404: not a fault of the page.
+        # A stylesheet, script, font or the icon (/favicon.ico, which Chromium asks for) that fails.
         request = response.request
-        if response.status >= 400 and request.resource_type != "document" and not request.url.endswith("/favicon.ico"):
+        if response.status >= 400 and request.resource_type != "document":
             tab.problems.append(f"{response.status} for {request.resource_type} {request.url}")
 
     def on_request_failed(request: Request) -> None:

@@ -40,7 +40,7 @@ async def test_coordinator_holds_lifts_and_sees_a_purged_referral(
     await page.get_by_role("button", name="Acknowledge: I am taking responsibility for this referral").click()
     await page.get_by_role("group", name="Close with an outcome").get_by_label("No further action").check()
     await page.get_by_role("button", name="Close the referral").click()
-    await expect(page.locator("#status")).to_contain_text("closed")
+    await expect(page.locator("#status")).to_contain_text("Closed with an outcome")  # the state, in words
     await gateway.deliver_all()  # the outcome notice: a referral with a message still to send is kept
 
     # A name is refused as the matter reference: the error says what to give instead.

@@ -206,7 +206,7 @@ async def test_duty_worker_sees_acknowledges_and_closes_a_referral(
     await outcome.get_by_label("Strategy discussion").check()
     await page.get_by_role("button", name="Close the referral").click()
     await expect(timeline).to_contain_text("Closed by Dev Okafor: Strategy discussion")
-    await expect(page.locator("#status")).to_contain_text("closed")
+    await expect(page.locator("#status")).to_contain_text("Closed with an outcome")  # the state, in words
     await later.check(page)
     await screenshot(page, f"staff-referral-closed-{tab.variant}")
 

@@ -1,4 +1,4 @@
-"""The crypto edge: OpenPGP (gpg through python-gnupg) and S/MIME (openssl cms).
+"""The crypto edge: OpenPGP (pysequoia with a gpg fallback, or gpg through python-gnupg) and S/MIME (openssl cms).
 
 Narrow, named errors (SecureDrop's style): each says what failed in words safe to show a sender
 and a coordinator, never the message's content. Trust is not decided here: these modules report

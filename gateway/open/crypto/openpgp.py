@@ -26,9 +26,10 @@ import gnupg  # type: ignore[import-untyped]
 
 from gateway.open.crypto import CryptoKeyError, DecryptError, Signature, VerifyError
 from gateway.open.crypto.pgp_backend import FPR as _FPR
-from gateway.open.crypto.pgp_backend import KeyInfo, check_new_key
+from gateway.open.crypto.pgp_backend import KeyInfo
 from gateway.open.crypto.pgp_backend import check_fpr as _check_fpr
 from gateway.open.crypto.pgp_backend import emails as _emails
+from gateway.open.crypto.pgp_keygen import key_parameters
 
 T = TypeVar("T")
 # gpg stops writing at --max-output part-way through a chunk and, when the signer is unknown, the exit code
@@ -73,6 +74,9 @@ class _Run:
     status: list[tuple[str, list[str]]]
     data: bytes
     uids: dict[str, list[str]] = field(default_factory=dict)  # primary fingerprint -> user ids, for signers we hold
+    # A bad signature's key id (BADSIG names no fingerprint) -> the primary fingerprint of the held key, so the
+    # Signature names the signer as the sequoia backend does.
+    primaries: dict[str, str] = field(default_factory=dict)
 
     def has(self, keyword: str) -> bool:
         return any(k == keyword for k, _ in self.status)
@@ -145,16 +149,23 @@ class OpenPGP:
     async def decrypt(self, data: bytes) -> tuple[bytes, Signature | None]:
         # Decrypt to stdout: `-o existing_file` without --yes gives a false BADSIG (NOTES.md).
         run = await self._call(lambda: self._decrypt_run(data))
-        reason = self._decrypt_problem(run)
+        checked = run
+        if _stopped_at_signature(run):
+            # gpg 2.2 stops after a bad, expired or revoked signature inside the encryption, before it has
+            # checked the integrity (no DECRYPTION_OKAY, no GOODMDC). The signature is judged from this run;
+            # whether the decryption itself was sound, and the plaintext, from a second run that skips it.
+            checked = await self._call(lambda: self._decrypt_run(data, verify=False))
+        reason = self._decrypt_problem(checked)
         if reason is None and (key := run.first("DECRYPTION_KEY")) and len(key) > 1 and key[1] in self.retired:
             if self.now() >= self.retired[key[1]]:
                 reason = "encrypted to a replaced key of this gateway whose overlap has ended"
         if reason is not None:
             raise DecryptError(reason)  # run.data may hold partial plaintext: dropped here
-        return run.data, (self._signature(run) if run.has("NEWSIG") else None)
+        return checked.data, (self._signature(run) if run.has("NEWSIG") else None)
 
-    def _decrypt_run(self, data: bytes) -> _Run:
-        return self._with_signer_addresses(_run_of(self._gpg.decrypt(data, extra_args=self._limit)))
+    def _decrypt_run(self, data: bytes, *, verify: bool = True) -> _Run:
+        extra = self._limit if verify else [*self._limit, "--skip-verify"]
+        return self._with_signer_addresses(_run_of(self._gpg.decrypt(data, extra_args=extra)))
 
     def _decrypt_problem(self, run: _Run) -> str | None:
         if not (run.has("ENC_TO") or run.has("BEGIN_DECRYPTION") or run.has("NEED_PASSPHRASE_SYM")):
@@ -217,16 +228,26 @@ class OpenPGP:
         # them is a gpg process of its own, so they are cached until the keyring file changes
         # (`keys import` changes it, and the next message sees the new key).
         fprs = {v[-1] for k, v in run.status if k == "VALIDSIG" and len(v) >= 10}
-        if not fprs:
+        bad_ids = sorted({v[0].upper() for k, v in run.status if k == "BADSIG" and v})
+        if not fprs and not bad_ids:
             return run
         stamp = self._keyring_stamp()
         if stamp != self._uid_stamp:
             self._uid_cache, self._uid_stamp = {}, stamp
+        primaries: dict[str, str] = {}
+        for k in self._gpg.list_keys(keys=bad_ids) if bad_ids else []:
+            primary = str(k["fingerprint"]).upper()
+            self._uid_cache[primary] = [str(u) for u in k.get("uids", [])]
+            for key_id in [k.get("keyid"), *(sub[0] for sub in k.get("subkeys", []))]:
+                if str(key_id).upper() in bad_ids:
+                    primaries[str(key_id).upper()] = primary
+        fprs |= set(primaries.values())
         missing = sorted(f for f in fprs if f not in self._uid_cache)
         if missing:
             for k in self._gpg.list_keys(keys=missing):
                 self._uid_cache[str(k["fingerprint"]).upper()] = [str(u) for u in k.get("uids", [])]
-        return replace(run, uids={f: self._uid_cache[f] for f in fprs if f in self._uid_cache})
+        uids = {f: self._uid_cache[f] for f in fprs if f in self._uid_cache}
+        return replace(run, uids=uids, primaries=primaries)
 
     def _keyring_stamp(self) -> tuple[int, int, int]:
         for name in ("pubring.kbx", "pubring.gpg"):
@@ -244,7 +265,7 @@ class OpenPGP:
                 blocks.append([])
             elif blocks:
                 blocks[-1].append((keyword, values))
-        sigs = [self._one_signature(block, run.uids) for block in blocks]
+        sigs = [self._one_signature(block, run.uids, run.primaries) for block in blocks]
         bad = [s for s in sigs if not s.valid]
         if bad:
             return bad[0]
@@ -253,11 +274,15 @@ class OpenPGP:
         return sigs[0]
 
     @staticmethod
-    def _one_signature(block: list[tuple[str, list[str]]], uids: dict[str, list[str]]) -> Signature:
+    def _one_signature(
+        block: list[tuple[str, list[str]]], uids: dict[str, list[str]], primaries: dict[str, str]
+    ) -> Signature:
         found = {k: v for k, v in reversed(block)}  # first occurrence of each keyword wins
         validsig = found.get("VALIDSIG")
         # VALIDSIG's last field is the primary key's fingerprint, also when a subkey made the signature.
         primary = validsig[-1].upper() if validsig and len(validsig) >= 10 else None
+        if primary is None and found.get("BADSIG"):
+            primary = primaries.get(found["BADSIG"][0].upper())
         addresses = _emails(uids.get(primary or "", []))
         if "GOODSIG" in found and primary and not (_NOT_GOOD & found.keys()):
             return Signature(kind="openpgp", valid=True, signer_id=primary, signer_addresses=addresses)
@@ -336,14 +361,7 @@ class OpenPGP:
         return armoured.encode("ascii")
 
     def generate_key(self, name: str, email: str, expire: str = "2y") -> str:
-        check_new_key(name, email, expire)  # the values go into gpg's parameter file, one per line
-        params = (
-            "Key-Type: EDDSA\nKey-Curve: ed25519\nKey-Usage: sign\n"
-            "Subkey-Type: ECDH\nSubkey-Curve: cv25519\nSubkey-Usage: encrypt\n"
-            f"Name-Real: {name}\nName-Email: {email}\nExpire-Date: {expire}\n"
-            "%no-protection\n%commit\n"  # development keys: no passphrase (the home is the protection)
-        )
-        result = self._gpg.gen_key(params)
+        result = self._gpg.gen_key(key_parameters(name, email, expire))
         fpr = str(result.fingerprint or "").upper()
         if not _FPR.fullmatch(fpr):
             raise CryptoKeyError("key generation failed")
@@ -351,6 +369,13 @@ class OpenPGP:
 
     def close(self) -> None:
         stop_components(self._home)
+
+
+def _stopped_at_signature(run: _Run) -> bool:
+    """gpg judged a signature not good and stopped before it finished decrypting (nothing says the
+    decryption failed either): the only case where the integrity is still unknown."""
+    failed = run.has("DECRYPTION_OKAY") or run.has("DECRYPTION_FAILED") or run.has("BADMDC")
+    return not failed and run.has("BEGIN_DECRYPTION") and any(run.has(k) for k in _NOT_GOOD - {"ERRSIG"})
 
 
 def stop_components(home: Path) -> None:

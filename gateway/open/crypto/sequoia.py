@@ -5,12 +5,18 @@ why: pysequoia holds the GIL and has no output limit); a worker killed by its me
 that message ("message too large") and the pool is built again. Detached signatures (nothing to inflate),
 our own outgoing sign+encrypt and key operations run in this process.
 
-Same decisions and reason strings as the gnupg backend (gateway.open.crypto.openpgp).
+Same decisions and reason strings as the gnupg backend (gateway.open.crypto.openpgp). The few messages
+pysequoia cannot decide (a signature inside compressed data, bzip2, a structure it cannot parse, a detached
+signature it cannot read) go to gpg over a private home kept in sync (gateway.open.crypto.gpg_fallback), and
+`on_fallback(reason)` counts each. A signature inside the encryption that pysequoia refuses is also shown to
+gpg, for the reason only ("expired key" for one past its own expiry, which pysequoia cannot see, else "bad
+signature"): it stays refused whatever gpg says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import os
 import threading
@@ -18,19 +24,20 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.open.crypto import CryptoKeyError, DecryptError, Signature, VerifyError
+from gateway.open.crypto import CryptoError, CryptoKeyError, DecryptError, Signature, VerifyError
 from gateway.open.crypto import sequoia_open as worker
-from gateway.open.crypto.pgp_backend import KeyInfo, check_fpr, check_new_key
+from gateway.open.crypto.gpg_fallback import GpgFallback
+from gateway.open.crypto.pgp_backend import KeyInfo, check_fpr
+from gateway.open.crypto.pgp_keygen import generate_armoured
 from gateway.open.crypto.sequoia_keys import KeyFiles, key_info
 
 os.environ["RUST_LIB_BACKTRACE"] = "0"  # before pysequoia is used: anyhow's backtraces are slow and hold paths
 import pysequoia as sq
 
-_UNITS = {"d": 1, "w": 7, "m": 30, "y": 365}
 _HEADROOM = 64 * 1024 * 1024  # what decrypting needs beyond the plaintext itself (input, buffers)
 
 
@@ -40,9 +47,22 @@ def _signature(result: worker.SigResult) -> Signature:
 
 class SequoiaPGP:
     def __init__(
-        self, home: Path, *, concurrency: int = 2, max_plaintext: int = 64 * 1024 * 1024, workers: int = 2
+        self,
+        home: Path,
+        *,
+        concurrency: int = 2,
+        max_plaintext: int = 64 * 1024 * 1024,
+        workers: int = 2,
+        fallback_home: Path | None = None,
     ) -> None:
         self._files = KeyFiles(home)
+        # Without a fallback home (the `keys` commands, which open no mail) an undecidable message is refused.
+        self._fallback = (
+            GpgFallback(fallback_home, self._files, max_plaintext=max_plaintext, concurrency=concurrency)
+            if fallback_home is not None
+            else None
+        )
+        self.on_fallback: Callable[[str], None] = lambda reason: None
         self._max = max_plaintext
         self._sem = asyncio.Semaphore(concurrency)
         self._workers = workers
@@ -104,29 +124,65 @@ class SequoiaPGP:
 
     # -- incoming ------------------------------------------------------------------------------------------
 
+    def _gpg(self, reason: str, refusal: CryptoError) -> GpgFallback:
+        """The fallback for a message pysequoia cannot decide, counted; without one, `refusal` is raised."""
+        self.on_fallback(reason)
+        if self._fallback is None:
+            raise refusal
+        return self._fallback
+
     async def decrypt(self, data: bytes) -> tuple[bytes, Signature | None]:
         opened = await self._in_worker(worker.decrypt, data)
+        if opened.fallback is not None:
+            gpg = self._gpg(opened.fallback, DecryptError("damaged or altered"))
+            return await gpg.decrypt(data, self.retired, self.now)
         reason = opened.reason
         if reason is None and opened.key in self.retired and self.now() >= self.retired[opened.key]:
             reason = "encrypted to a replaced key of this gateway whose overlap has ended"
         if reason is not None:
             raise DecryptError(reason)
-        return opened.plaintext, (_signature(opened.signature) if opened.signature is not None else None)
+        signature = opened.signature
+        if signature is not None and signature.problem == "bad signature":
+            signature = await self._why_bad(data, signature)
+        return opened.plaintext, (_signature(signature) if signature is not None else None)
+
+    async def _why_bad(self, data: bytes, bad: worker.SigResult) -> worker.SigResult:
+        """The reason for a signature inside the encryption that pysequoia found not good, asked of gpg.
+
+        pysequoia 0.1.35's decrypt shows neither the signature packet nor its times, so a signature past its
+        own expiry (gpg's EXPSIG) looks the same as a tampered one; nor does it hand back the decrypted
+        packets to read them here. Only the reason may change: the signature stays refused whatever gpg says
+        (it becomes "expired key" only when gpg says so for the same signer, and stays "bad signature" if gpg
+        refuses the message or, wrongly, finds it good), and pysequoia's plaintext is the one returned.
+        """
+        if self._fallback is None:
+            return bad
+        self.on_fallback("bad signature reason")
+        try:
+            _, theirs = await self._fallback.decrypt(data, self.retired, self.now)
+        except CryptoError:
+            return bad
+        expired = theirs is not None and not theirs.valid and theirs.problem == "expired key"
+        if expired and theirs is not None and theirs.signer_id == bad.signer_id:
+            return dataclasses.replace(bad, problem="expired key")
+        return bad
 
     async def verify_inline(self, data: bytes) -> tuple[bytes, Signature]:
         opened = await self._in_worker(worker.verify_inline, data)
+        if opened.fallback is not None:
+            return await self._gpg(opened.fallback, VerifyError("unreadable signature")).verify_inline(data)
         if opened.reason is not None or opened.signature is None:
             raise VerifyError(opened.reason or "unreadable signature")
         return opened.plaintext, _signature(opened.signature)
 
     async def verify_detached(self, signed: bytes, signature: bytes) -> Signature:
-        def work() -> worker.SigResult:
+        def work() -> worker.SigResult | None:
             if not worker.armour_intact(signature):
-                raise VerifyError("unreadable signature")
+                raise VerifyError("unreadable signature")  # as gpg's NODATA: decided, not retried
             try:
                 sig = sq.Sig.from_bytes(signature)
             except Exception:  # noqa: BLE001 - pysequoia's text is not ours to pass on
-                raise VerifyError("unreadable signature") from None
+                return None  # a signature pysequoia cannot read: gpg may (several, or an unusual packet)
             keys = self._keys()
             store = worker._Store(keys)
             try:
@@ -142,7 +198,11 @@ class SequoiaPGP:
             return worker.classify(keys, store.asked, valid, sig_expired=expired)
 
         async with self._sem:
-            return _signature(await asyncio.to_thread(work))
+            result = await asyncio.to_thread(work)
+        if result is None:
+            gpg = self._gpg("unreadable signature", VerifyError("unreadable signature"))
+            return await gpg.verify_detached(signed, signature)
+        return _signature(result)
 
     def _keys(self) -> worker._Keys:
         if self._local is None or self._local.stamp != self._files.stamp():
@@ -216,31 +276,14 @@ class SequoiaPGP:
         return path.read_bytes()
 
     def generate_key(self, name: str, email: str, expire: str = "2y") -> str:
-        check_new_key(name, email, expire)
-        seconds = _validity(expire)
-        try:
-            tsk = sq.Tsk.generate(f"{name} <{email}>", cipher_suite=sq.CipherSuite.Cv25519, validity_seconds=seconds)
-        except Exception:  # noqa: BLE001
-            raise CryptoKeyError("key generation failed") from None
-        return self._files.write_generated(tsk)
+        # Made by gpg with our algorithm preferences (pgp_keygen says why), then kept as key files.
+        (fingerprint,) = self._files.import_keys(generate_armoured(name, email, expire))
+        return fingerprint
 
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _validity(expire: str) -> int | None:
-    """gpg's expiry forms (0, N, Nd/w/m/y, YYYY-MM-DD) as seconds from now; None = never."""
-    if expire == "0":
-        return None
-    if "-" in expire:
-        until = datetime.strptime(expire, "%Y-%m-%d").replace(tzinfo=UTC)
-        seconds = int((until - datetime.now(UTC)).total_seconds())
-        if seconds <= 0:
-            raise CryptoKeyError("invalid key expiry")
-        return seconds
-    unit = expire[-1] if expire[-1] in _UNITS else "d"
-    count = int(expire.rstrip("dwmy"))
-    return None if count == 0 else int(timedelta(days=count * _UNITS[unit]).total_seconds())
+        if self._fallback is not None:
+            self._fallback.close()

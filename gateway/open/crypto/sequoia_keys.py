@@ -147,12 +147,6 @@ class KeyFiles:
             done.append(key.fingerprint)
         return list(dict.fromkeys(done))
 
-    def write_generated(self, tsk: sq.Tsk) -> str:
-        fpr = tsk.extract_certificate().fingerprint.upper()
-        self._write(self.home / f"secret-{fpr}.asc", str(tsk), secret=True)
-        self._write(self.certs_dir / f"{fpr}.asc", str(tsk.extract_certificate()), secret=False)
-        return fpr
-
     @staticmethod
     def _write(path: Path, text: str, *, secret: bool) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -8,20 +8,29 @@ and the message is refused as "message too large".
 pysequoia's own error text is never passed on (it can hold paths and sender-chosen bytes): every failure is
 mapped here to the reason strings of the gnupg backend. The text is only compared with known phrases.
 
+Where pysequoia cannot decide, the worker says so (`Opened.fallback`, with the reason counted) and the
+caller hands that one message to gpg (gateway.open.crypto.gpg_fallback); a message pysequoia decides (a bad
+signature, an unknown signer, no integrity protection) is never retried there; only the reason for a bad
+signature is asked of gpg (see the last point below).
+
 Where pysequoia differs from gpg, and what is done about it:
 - Given a `store`, pysequoia's decrypt checks the message structure and fails the whole decryption unless a
   signature is good ("no valid signatures found") and unless the layers are exactly encryption then
   signatures ("Unexpected message structure", also for an unsigned or a compressed signed message). So it
   is decrypted with a recording store; on those errors the signer is classified from what the store was
   asked and held, and the message is decrypted again without a store for the plaintext.
-- A signature inside compressed data inside encryption (gpg's default when signing and encrypting)
-  cannot be checked by pysequoia 0.1.35 at all: the plaintext comes back with an invalid Signature
-  "unverifiable signature" (the gnupg backend checks it).
-- pysequoia 0.1.35 is built without bzip2: a bzip2-compressed message cannot be read and is refused as
-  "damaged or altered" (gpg reads it).
+- A signature inside compressed data inside encryption (gpg's default when signing and encrypting, unless
+  the gateway's key prefers Uncompressed) cannot be checked by pysequoia 0.1.35 at all: fallback
+  "compressed signature".
+- pysequoia 0.1.35 is built without bzip2, and it cannot parse some messages gpg reads ("Malformed
+  Message"): fallback "unreadable structure". A truncated or tampered message is decided here.
 - valid_sigs lists only good signatures: a signer whose key the store held but who is not among them made
   a bad signature ("bad signature", as gpg's BADSIG beside a GOODSIG); a second, bad signature by the same
   key as a good one is not seen.
+- A signature past its own expiry (gpg's EXPSIG) is only "not good" to pysequoia. Inline, its packet is
+  read here (verify_inline) and the refusal is worded "expired key"; decrypt shows no signature packet and
+  hands back no decrypted packets, so there it stays "bad signature" and the caller
+  (gateway.open.crypto.sequoia) asks gpg for the reason of that refusal only.
 """
 
 from __future__ import annotations
@@ -49,7 +58,9 @@ _SIGNED = (Tag.Literal, Tag.Signature, Tag.OnePassSig, Tag.CompressedData)
 _NO_GOOD = "no valid signatures found"
 _STRUCTURE = "Unexpected message structure"
 _NOT_OURS = "No key to decrypt message"
+_MALFORMED = "Malformed Message"  # not "Malformed packet" (truncated, tampered): bzip2, or a structure it lacks
 _ARMOUR = re.compile(rb"-----BEGIN PGP (MESSAGE|SIGNATURE)-----\r?\n(.*?)-----END PGP \1-----", re.DOTALL)
+_SIGNATURE_BLOCK = re.compile(rb"-----BEGIN PGP SIGNATURE-----\r?\n.*?-----END PGP SIGNATURE-----", re.DOTALL)
 _CLEAR = re.compile(
     rb"-----BEGIN PGP SIGNED MESSAGE-----\r?\n(?:[^\r\n]+\r?\n)*\r?\n(.*?)\r?\n-----BEGIN PGP SIGNATURE", re.DOTALL
 )
@@ -73,6 +84,11 @@ class Opened:
     plaintext: bytes = b""
     signature: SigResult | None = None
     key: str | None = None  # the gateway key that decrypted it (retired keys are refused by the caller)
+    fallback: str | None = None  # set (alone): pysequoia cannot decide; the reason the caller counts
+
+
+COMPRESSED = Opened(fallback="compressed signature")
+UNREADABLE = Opened(fallback="unreadable structure")
 
 
 class _Keys:
@@ -240,18 +256,19 @@ def decrypt(home: Path, stamp: tuple[int, ...], data: bytes, max_plaintext: int)
             text = _text(exc)
             if _NOT_OURS in text:
                 continue
+            if _MALFORMED in text:
+                return UNREADABLE
             if _NO_GOOD not in text and _STRUCTURE not in text:
                 return Opened("damaged or altered")
             try:
                 again = sq.decrypt(data, decryptor=decryptor)
-            except Exception:  # noqa: BLE001
-                return Opened("damaged or altered")
+            except Exception as second:  # noqa: BLE001
+                return UNREADABLE if _MALFORMED in _text(second) else Opened("damaged or altered")
             plaintext = again.bytes or b""
             if not store.asked:
                 signature = None  # unsigned: pysequoia reports that as a structure error
             elif _STRUCTURE in text and all(i in keys.index for i in store.asked):
-                hint = keys.index[store.asked[0]].fingerprint.upper()
-                signature = SigResult(False, hint, (), "unverifiable signature")  # compressed: see above
+                return COMPRESSED  # signed by keys we hold, in a structure pysequoia cannot check: see above
             else:
                 signature = classify(keys, store.asked, [])
             return _bounded(plaintext, signature, fpr, max_plaintext)
@@ -271,13 +288,17 @@ def verify_inline(home: Path, stamp: tuple[int, ...], data: bytes, max_plaintext
         # Several signed blocks (or signed and unsigned ones): they cannot be returned as one signed text.
         return Opened("unreadable signature")
     clear = b"-----BEGIN PGP SIGNED MESSAGE-----" in data
+    pile: list[Any] = []
     if not clear:
         try:
-            packets = [p.tag for p in PacketPile.from_bytes(data)]
+            pile = list(PacketPile.from_bytes(data))
         except Exception:  # noqa: BLE001
             return Opened("unreadable signature")
+        packets = [p.tag for p in pile]
         if any(t in _ENCRYPTED or t in _ESK for t in packets):
             return Opened("encrypted, not inline-signed")
+        if Tag.CompressedData in packets and Tag.Literal not in packets:
+            return UNREADABLE  # compressed data PacketPile cannot open (bzip2): gpg can
         if packets.count(Tag.Literal) != 1:  # PacketPile lists what compressed data holds, too
             return Opened("unreadable signature")
     store = _Store(keys)
@@ -285,6 +306,8 @@ def verify_inline(home: Path, stamp: tuple[int, ...], data: bytes, max_plaintext
         result = sq.verify(bytes=data, store=store)
         plaintext, valid = result.bytes or b"", result.valid_sigs
     except Exception as exc:  # noqa: BLE001 - mapped to our reasons, its text never passed on
+        if _MALFORMED in _text(exc):
+            return UNREADABLE
         if _NO_GOOD not in _text(exc) or not store.asked:
             return Opened("unreadable signature")
         try:
@@ -295,4 +318,25 @@ def verify_inline(home: Path, stamp: tuple[int, ...], data: bytes, max_plaintext
         plaintext += b"\n"  # gpg prints the cleartext with its last line ending; Sequoia drops it
     if len(plaintext) > max_plaintext:
         return Opened("message too large")
-    return Opened(None, plaintext, classify(keys, store.asked, valid))
+    expired = _expired([p for p in pile if p.tag == Tag.Signature] if not clear else _clear_signatures(data))
+    return Opened(None, plaintext, classify(keys, store.asked, valid, sig_expired=expired))
+
+
+def _clear_signatures(data: bytes) -> list[Any]:
+    """The signature packets of a cleartext-signed message's armoured block (none if it cannot be read)."""
+    match = _SIGNATURE_BLOCK.search(data)
+    try:
+        return list(PacketPile.from_bytes(match.group(0))) if match is not None else []
+    except Exception:  # noqa: BLE001 - unreadable: no expiry to report, the refusal stays "bad signature"
+        return []
+
+
+def _expired(signatures: list[Any]) -> bool:
+    """Whether the one signature has passed its own expiry (RFC 9580 5.2.3.18), as gpg's EXPSIG. pysequoia's
+    verify says only "not good" for it; read from the packet it was given. Only the reason of a refusal
+    follows from this (classify uses it for a signature that did not verify); with several signatures it is
+    not told which one expired, so it says nothing."""
+    if len(signatures) != 1:
+        return False
+    expires = signatures[0].signature_expiration_time
+    return expires is not None and expires <= datetime.now(UTC)
