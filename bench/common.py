@@ -187,10 +187,12 @@ class Server:
         self.proc = None
 
 
-def gateway_server(config: Path, log: Path) -> Server:
-    """`python -m gateway serve --config CONFIG`, its stderr (the log) to `log`."""
+def gateway_server(config: Path, log: Path, checkout: Path = ROOT) -> Server:
+    """`python -m gateway serve --config CONFIG`, its stderr (the log) to `log`. Run in `checkout`, whose
+    `gateway` package `-m` then imports first: another checkout's code (a baseline commit's worktree)
+    can be measured with this checkout's venv and script."""
     argv = [python(), "-m", "gateway", "serve", "--config", str(config)]
-    return Server("gateway", argv, "referral-gateway serving:", log)
+    return Server("gateway", argv, "referral-gateway serving:", log, cwd=checkout)
 
 
 def print_log_errors(log: Path) -> None:

@@ -726,8 +726,8 @@ def print_report(
             f"{'met' if this >= 0.7 else 'NOT met'}); paced {args.rate:g}/s p99 250 -> alert queued < 1 s "
             f"({ms(p99)} ms: {'met' if p99 < 1 else 'NOT met'})"
         )
-        if r.backend == openpgp_backends.DEFAULT:
-            ratio = this
+        if r.backend == openpgp_backends.DEFAULT or len(runs) == 1:
+            ratio = this  # the default's; with --backend, the one backend run
     print(f"ratio: {ratio:.2f}")
     return ratio
 
@@ -799,7 +799,7 @@ async def gateway_run(
     try:
         metrics_port = free_port()
         config = common.write_config(home, gateway_extra(keys, backend, metrics_port))
-        gw = common.gateway_server(config, log)
+        gw = common.gateway_server(config, log, args.checkout)
         await gw.start()
         db_path = home / "var" / "gateway.db"
         watcher = Watcher(db_path, gw.pid)
@@ -889,12 +889,19 @@ async def run(args: argparse.Namespace) -> int:
         baselines.append(await run_baseline("baseline 1", work, keys, [*warm, *timed], len(warm), args.gpg_threads))
         print(f"baseline 1: {baselines[-1].rate:.1f} decrypts/s", flush=True)
 
-        for backend in openpgp_backends.BACKENDS:
+        if args.checkout != common.ROOT:
+            print(f"gateway code from {args.checkout}", flush=True)
+        for backend in args.backend or openpgp_backends.BACKENDS:
             runs.append(await gateway_run(args, work, keys, backend, warm, timed, paced_msgs))
-        print(f"sequoia alone: SequoiaPGP.decrypt of {len(timed)} messages, 2 at a time...", flush=True)
-        alone = await openpgp_backends.sequoia_alone(
-            work / "gw-sequoia" / "keys" / "openpgp", [b.armoured for b in (*warm, *timed)], len(warm), keys.partner_fpr
-        )
+        alone = (0, 0, 0.0)  # not measured without the sequoia gateway's home
+        if (work / "gw-sequoia").exists():
+            print(f"sequoia alone: SequoiaPGP.decrypt of {len(timed)} messages, 2 at a time...", flush=True)
+            alone = await openpgp_backends.sequoia_alone(
+                work / "gw-sequoia" / "keys" / "openpgp",
+                [b.armoured for b in (*warm, *timed)],
+                len(warm),
+                keys.partner_fpr,
+            )
 
         print(f"baseline 2: python-gnupg decrypt+verify of {len(timed)} messages, {args.gpg_threads} threads...")
         baselines.append(await run_baseline("baseline 2", work, keys, [*warm, *timed], len(warm), args.gpg_threads))
@@ -938,6 +945,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compressed", type=float, default=0.0, help="per cent of referrals with zlib forced (default 0)")
     p.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait for alerts (default 300)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (gateway home, database, log)")
+    p.add_argument(
+        "--backend",
+        action="append",
+        choices=openpgp_backends.BACKENDS,
+        help="only this backend's gateway (repeatable; default: each)",
+    )
+    p.add_argument(
+        "--checkout",
+        type=Path,
+        default=common.ROOT,
+        help="run the gateway's code from this checkout (e.g. a worktree of the commit to compare with)",
+    )
     p.add_argument("--smime", action="store_true", help="the S/MIME line first (bench/smime_line.py), then this")
     p.add_argument("--baseline-worker", nargs=5, metavar="ARG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

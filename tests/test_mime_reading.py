@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.open import mimeread
 from gateway.open.mime import open_message, read_outer
 from gateway.open.mimebytes import MimeError
 from gateway.open.mimeread import MAX_NESTING, TOO_DEEP
@@ -200,3 +201,18 @@ async def test_mutated_headers_are_read_or_refused_with_a_reason_never_crashed_o
         return
     for attachment in opened.attachments:
         assert attachment.filename and not any(ord(c) < 32 or ord(c) == 127 for c in attachment.filename)
+
+
+def test_header_values_naming_a_file_are_never_kept_and_kept_ones_read_the_same() -> None:
+    """Parsed Content-Type/Content-Disposition values are shared between messages (a cache), but a
+    value naming a file is the sender's (it may name a child) and is parsed afresh, never kept."""
+    mimeread._parse_cached.cache_clear()
+    names = ('filename="Sam Testchild.pdf"', "filename*=utf-8''Sam%20Testchild.pdf", 'filename*0="Sam Test"')
+    for n, name in enumerate(names):
+        raw = with_attachment(f"attachment; {name}".encode(), f'application/pdf; name="file{n}.pdf"'.encode())
+        opened = open_message(raw)
+        assert opened.attachments[0].filename.startswith("Sam Test")
+        assert mimeread._parse_cached.cache_info().currsize == 1  # the body's 'text/plain; charset=utf-8' only
+    first, again = open_message(with_attachment(b"attachment")), open_message(with_attachment(b"attachment"))
+    assert first == again and first.attachments[0].filename == "unnamed" and first.text.strip()
+    assert mimeread._parse_cached.cache_info().hits >= 3  # the text part and the bare 'attachment' again

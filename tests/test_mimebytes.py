@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -52,6 +54,15 @@ def test_canonical_crlf() -> None:
     assert canonical_crlf(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
 
 
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"\r\r\n", b"\n\r", b"x"]), max_size=30))
+def test_canonical_crlf_gives_the_bytes_the_rfc_regex_gives(pieces: list[bytes]) -> None:
+    """The signed bytes (and a repeat's digest) are made from this: byte for byte what
+    re.sub(rb"\r?\n", b"\r\n") made before it was two bytes.replace."""
+    data = b"".join(pieces)
+    assert canonical_crlf(data) == re.sub(rb"\r?\n", b"\r\n", data)
+
+
 @settings(max_examples=300)
 @given(st.binary(max_size=2000))
 def test_junk_never_raises_anything_but_mime_error(data: bytes) -> None:
@@ -71,3 +82,35 @@ def test_junk_with_a_multipart_header_never_raises_anything_but_mime_error(body:
         split_multipart(parse_entity(raw))
     except MimeError:
         pass
+
+
+def split_by_regex(entity_body: bytes, boundary: str) -> list[bytes] | str:
+    """RFC 2046 §5.1.1's delimiter as one regex, as split_multipart read it before it searched with
+    bytes.find: the reference its parts (or its error) must agree with."""
+    delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(boundary.encode()) + rb"(--)?[ \t]*(?:\r?\n|$)")
+    parts: list[bytes] = []
+    start: int | None = None
+    for match in delimiter.finditer(entity_body):
+        if start is not None:
+            parts.append(entity_body[start : match.start()])
+        if match.group(1):
+            return parts
+        start = match.end()
+    return "never appears" if start is None else "no closing boundary"
+
+
+# Bodies built from the pieces a delimiter is made of, so that near-misses are common: a missing or
+# doubled line break, trailing white space, "--" after the boundary, a boundary inside a longer word.
+pieces = st.sampled_from([b"--b", b"--b--", b"--", b"b", b"\r\n", b"\n", b"\r", b" ", b"\t", b"x", b"--bb"])
+
+
+@settings(max_examples=1000)
+@given(st.lists(pieces, max_size=30))
+def test_delimiters_are_found_exactly_where_the_rfc_2046_regex_finds_them(body_pieces: list[bytes]) -> None:
+    body = b"".join(body_pieces)
+    entity = parse_entity(b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + body)
+    expected = split_by_regex(entity.body, "b")
+    try:
+        assert split_multipart(entity) == expected
+    except MimeError as exc:
+        assert isinstance(expected, str) and expected in exc.reason

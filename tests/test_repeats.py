@@ -13,7 +13,7 @@ from datetime import timedelta
 from email.message import EmailMessage
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from gateway import config as config_mod
 from gateway.app import Gateway
@@ -201,6 +201,41 @@ async def test_copies_processed_in_one_batch_make_one_original(gateway: Gateway,
     found = await states(gateway)
     first, again = (sent[0], sent[1]) if found[sent[0]] == "alerted" else (sent[1], sent[0])
     await check_repeat(gateway, setup, first, again)
+
+
+@both_databases
+async def test_one_batch_with_two_copies_and_a_copy_of_an_earlier_referral(
+    gateway: Gateway, setup: Setup, clock: FakeClock
+) -> None:
+    """One batch holds a copy of a referral made earlier and two copies of new content: the earlier
+    one's copy is its repeat, the first received of the two new copies is the referral and the
+    second its repeat. The batch's repeats check is one read of the table, not one per message."""
+    old, new = pgpmime_message(setup, referral_body()), pgpmime_message(setup, referral_body(urgency="immediate"))
+    original = await send(gateway, outer(old, "b-0"))
+    await settle(gateway)
+    sent = []
+    for n, body in enumerate((old, new, new), start=1):
+        clock.advance(timedelta(seconds=1))  # received in this order
+        sent.append(await send(gateway, outer(body, f"b-{n}")))
+    reads: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "signed_content" in statement:
+            reads.append(statement)
+
+    event.listen(gateway.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        assert await gateway.processor.run_once() == 3  # all three in one batch
+    finally:
+        event.remove(gateway.engine.sync_engine, "before_cursor_execute", count)
+    assert len(reads) == 1, reads
+    await settle(gateway)  # the second new copy lost the write and is processed again
+    found = await states(gateway)
+    assert [found[ref] for ref in (original, *sent)] == ["alerted", "repeat", "alerted", "repeat"]
+    assert [d["of"] for d in await details(gateway, sent[0], "repeat")] == [original]
+    assert [d["of"] for d in await details(gateway, sent[2], "repeat")] == [sent[1]]
+    assert set(await alerts(gateway)) == {original, sent[1]}
+    assert await verify(gateway.engine, gateway.clock.now()) == []
 
 
 async def test_different_content_from_the_same_partner_makes_two_referrals(gateway: Gateway, setup: Setup) -> None:

@@ -13,10 +13,6 @@ import logging
 import os
 from dataclasses import dataclass
 
-from twilio.base.exceptions import TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client
-
 from gateway.config import Config
 from gateway.config.sections import SmsSection
 from gateway.core.keyfiles import KeyFileError
@@ -53,6 +49,8 @@ class Status:
 
 
 def _failure(exc: Exception, what: str) -> Exception:
+    from twilio.base.exceptions import TwilioRestException  # loaded already: the client raised it
+
     if isinstance(exc, TwilioRestException):
         reason = f"Twilio refused to {what} (HTTP {exc.status}, error {exc.code})"
         # 429 and 5xx pass; 401/403 mean our credentials are wrong, which an administrator can
@@ -66,6 +64,11 @@ def _failure(exc: Exception, what: str) -> Exception:
 
 class TwilioTransport:
     def __init__(self, sms: SmsSection, token: str, status_callback: str) -> None:
+        # Imported here, only where SMS is on: twilio's client brings requests and urllib3 (about
+        # 5 MiB of the gateway's memory) into every process that imports this module.
+        from twilio.http.http_client import TwilioHttpClient
+        from twilio.rest import Client
+
         http = TwilioHttpClient(timeout=sms.timeout.total_seconds(), max_retries=0)
         self._client = Client(sms.account_sid, token, http_client=http)
         if sms.api_base_url:

@@ -18,7 +18,6 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from twilio.twiml.messaging_response import MessagingResponse
 
 from gateway.config import Config
 from gateway.config.fields import normalise_mobile
@@ -43,6 +42,9 @@ log = logging.getLogger("gateway.sms.webhooks")
 
 
 def twiml(text: str | None) -> web.Response:
+    # Imported at the first webhook: a gateway without SMS never needs it.
+    from twilio.twiml.messaging_response import MessagingResponse
+
     reply = MessagingResponse()
     if text:
         reply.message(text)

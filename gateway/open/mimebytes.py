@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 
@@ -92,21 +93,49 @@ def split_multipart(entity: Entity) -> list[bytes]:
         raise MimeError("boundary with characters RFC 2046 does not allow") from None
     # A delimiter line is "--boundary" at the start of a line, maybe with trailing white space;
     # the close delimiter adds "--". The line break before it is part of the delimiter.
-    delimiter = re.compile(rb"(?:^|\r?\n)--" + re.escape(delimiter_bytes) + rb"(--)?[ \t]*(?:\r?\n|$)")
     parts: list[bytes] = []
     start: int | None = None
-    for match in delimiter.finditer(entity.body):
+    for match_start, match_end, close in _delimiters(entity.body, b"--" + delimiter_bytes):
         if start is not None:
-            parts.append(entity.body[start : match.start()])
-        if match.group(1):  # close delimiter: the rest is epilogue
+            parts.append(entity.body[start:match_start])
+        if close:  # close delimiter: the rest is epilogue
             return parts
-        start = match.end()
+        start = match_end
     if start is None:
         raise MimeError("the multipart boundary never appears in the body")
     raise MimeError("the multipart has no closing boundary (truncated?)")
 
 
+_AFTER_DELIMITER = re.compile(rb"(--)?[ \t]*(?:\r?\n|$)")
+
+
+def _delimiters(body: bytes, dash_boundary: bytes) -> Iterator[tuple[int, int, bool]]:
+    """(start, end, is the close delimiter) of each delimiter line, in order, not overlapping: the
+    matches of `(?:^|\r?\n)--boundary(--)?[ \t]*(?:\r?\n|$)`. Found with bytes.find, not that
+    regex: it begins with an alternative, so the regex engine tried it at every byte (0.5 ms over a
+    7 KB PGP/MIME message, a twentieth of the gateway's CPU per referral)."""
+    pos = 0  # where the previous delimiter ended: the next one's line break comes after it
+    at = body.find(dash_boundary)
+    while at >= 0:
+        # The line break before "--boundary" belongs to the delimiter; at the body's start none is needed.
+        if at == 0:
+            begin = 0
+        elif body[at - 1 : at] == b"\n" and at - 1 >= pos:
+            begin = at - 2 if at - 2 >= pos and body[at - 2 : at] == b"\r\n" else at - 1
+        else:
+            begin = -1
+        tail = _AFTER_DELIMITER.match(body, at + len(dash_boundary)) if begin >= 0 else None
+        if tail is not None:
+            yield begin, tail.end(), tail.group(1) is not None
+            pos = tail.end()
+            at = body.find(dash_boundary, max(pos, at + 1))
+        else:
+            at = body.find(dash_boundary, at + 1)
+
+
 def canonical_crlf(data: bytes) -> bytes:
     """Line endings as CRLF, the canonical form that MIME signatures are made over (RFC 3156 §5,
     RFC 8551 §3.1.1), for parts that a mail system stored with bare LF."""
-    return re.sub(rb"\r?\n", b"\r\n", data)
+    # Two bytes.replace, not re.sub(rb"\r?\n", b"\r\n"): the same bytes (every LF, with the CR
+    # before it if there was one, becomes CRLF; a lone CR stays), at a tenth of the cost.
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

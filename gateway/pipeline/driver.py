@@ -22,6 +22,7 @@ from gateway.core.outcomes import Quarantine, describe
 from gateway.core.queue import claim
 from gateway.core.schema import messages, referrals
 from gateway.pipeline.channels import REPEAT_STAGES, Pipelines
+from gateway.pipeline.handlers import BatchHandler, Handler
 from gateway.pipeline.work import Claimed, Loaded, Prepared, Work
 from gateway.pipeline.write import BatchWriter
 
@@ -54,6 +55,7 @@ class Processor:
         self._writer = writer
         self._clock = clock
         self._owner = owner
+        self._batched: dict[int, BatchHandler | None] = {}  # by id(): the pipelines' handlers live as long
 
     async def run_once(self) -> int:
         """Claim and process one batch; returns how many messages were claimed."""
@@ -72,20 +74,38 @@ class Processor:
         for bad in unloadable:
             final = bad.attempts >= self._s.processing.max_attempts
             await self._writer.fail(bad, now, "load", "the stored message cannot be read from the database", final)
-        # Concurrently: gpg and openssl run in threads and subprocesses (bounded by their own
-        # semaphores), so one message's decryption overlaps another's parsing.
-        results = await asyncio.gather(*(self._prepare_or_fail(row, now) for row in rows))
-        prepared = [prep for prep in results if prep is not None]
+        prepared = await self._prepare_all([Work(row, now, actor=f"worker:{self._owner}") for row in rows], now)
         if prepared:
             await self._writer.write(prepared, now)
         return len(claimed)
 
-    async def _prepare_or_fail(self, loaded: Loaded, now: datetime) -> Prepared | None:
-        work = Work(loaded, now, actor=f"worker:{self._owner}")
+    async def _prepare_all(self, works: list[Work], now: datetime) -> list[Prepared]:
+        """Every message through its pipeline. Concurrently: gpg and openssl run in threads and
+        subprocesses (bounded by their own semaphores), so one message's decryption overlaps
+        another's parsing. A batch handler (the repeats check) is a meeting point: each message
+        runs up to it, then it runs once for all that got there, then each runs on."""
+        done: list[Prepared] = []
+        at = dict.fromkeys((id(work) for work in works), 0)  # each work's next handler
+        going = works
+        while going:
+            stops = await asyncio.gather(*(self._advance(work, at, now) for work in going))
+            done += [stop for stop in stops if isinstance(stop, Prepared)]
+            waiting: dict[int, tuple[BatchHandler, list[Work]]] = {}
+            for work, stop in zip(going, stops, strict=True):
+                if isinstance(stop, BatchHandler):
+                    waiting.setdefault(id(stop), (stop, []))[1].append(work)
+            going = []
+            for handler, group in waiting.values():
+                going += await self._batch_or_fail(handler, group, at, now)
+        return done
+
+    async def _advance(self, work: Work, at: dict[int, int], now: datetime) -> Prepared | BatchHandler | None:
+        """Run `work` on to its next batch handler (returned, not run) or to the end (its Prepared);
+        None if it failed (written as such)."""
         try:
             # A bound per message: one pathological message (gpg grinding through thousands of
             # bogus key packets) must not hold up the referrals claimed with it.
-            return await asyncio.wait_for(self._run(work), PREPARE_TIMEOUT)
+            return await asyncio.wait_for(self._run(work, at), PREPARE_TIMEOUT)
         except Quarantine as outcome:
             await self._writer.fail(work.message, now, outcome.stage, outcome.reason, final=True, outcome=outcome)
         except Exception as exc:  # noqa: BLE001
@@ -95,15 +115,49 @@ class Processor:
             await self._writer.fail(work.message, now, work.stage, describe(exc), final=final)
         return None
 
-    async def _run(self, work: Work) -> Prepared:
-        for handler in self._pipelines.of(work.message.channel):
+    async def _run(self, work: Work, at: dict[int, int]) -> Prepared | BatchHandler:
+        handlers = self._pipelines.of(work.message.channel)
+        while at[id(work)] < len(handlers):
+            handler = handlers[at[id(work)]]
             if work.repeat_of is not None and handler.name not in REPEAT_STAGES:
+                at[id(work)] += 1
                 continue
             if work.reply is not None:
                 break  # threaded onto a waiting referral (gateway.pipeline.replies): nothing more to do
             work.stage = handler.name
+            batch = self._batch_handler(handler)
+            if batch is not None:
+                return batch
             await handler(work)
+            at[id(work)] += 1
         return work.prepared()
+
+    def _batch_handler(self, handler: Handler) -> BatchHandler | None:
+        # Remembered per handler: a runtime Protocol check costs microseconds, on every step.
+        key = id(handler)
+        if key not in self._batched:
+            self._batched[key] = handler if isinstance(handler, BatchHandler) else None
+        return self._batched[key]
+
+    async def _batch_or_fail(
+        self, handler: BatchHandler, works: list[Work], at: dict[int, int], now: datetime
+    ) -> list[Work]:
+        """`handler` once for `works`; returns them to run on. If it fails, each fails (retried,
+        then quarantined) as it would have alone."""
+        try:
+            await asyncio.wait_for(handler.batch(works), PREPARE_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001
+            # As in _advance: the failure of one handler's stage, for every message it held.
+            for work in works:
+                if isinstance(exc, Quarantine):
+                    await self._writer.fail(work.message, now, exc.stage, exc.reason, final=True, outcome=exc)
+                else:
+                    final = work.message.attempts >= self._s.processing.max_attempts
+                    await self._writer.fail(work.message, now, work.stage, describe(exc), final=final)
+            return []
+        for work in works:
+            at[id(work)] += 1
+        return works
 
     async def _quarantine_exhausted(self, claimed: list[tuple[str, int]], now: datetime) -> list[str]:
         """Claims count attempts, so a message that crashed its worker (or failed its batch's

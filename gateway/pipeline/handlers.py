@@ -7,7 +7,8 @@ exception is a failure of its stage (retried, then quarantined by the driver).
 from __future__ import annotations
 
 import json
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from gateway.config import Settings
 from gateway.core.clock import LONDON
@@ -29,6 +30,15 @@ class Handler(Protocol):
     name: str  # the stage: open | parse | route | receipt
 
     async def __call__(self, work: Work) -> None: ...
+
+
+@runtime_checkable
+class BatchHandler(Handler, Protocol):
+    """A handler that does its work for the whole batch at once (one database read for every
+    message, not one each): the driver runs each message up to it, then calls `batch` with every
+    message that got there, then runs each on. `__call__` is the same for one message."""
+
+    async def batch(self, works: Sequence[Work]) -> None: ...
 
 
 class Unseal:

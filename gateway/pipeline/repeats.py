@@ -54,7 +54,9 @@ def digest(key: bytes, signed: SignedContent) -> str:
 
 
 class Dedupe:
-    """After opening: is this signed content a referral already? Then the work is a repeat."""
+    """After opening: is this signed content a referral already? Then the work is a repeat.
+    A batch handler: one read for the whole processing batch's digests (a read per message was a
+    tenth of the gateway's CPU per referral: a pool checkout, a transaction and a statement each)."""
 
     name = STAGE
 
@@ -63,22 +65,33 @@ class Dedupe:
         self._key = key
 
     async def __call__(self, work: Work) -> None:
-        signed = work.security.signed if work.security is not None else None
-        if signed is None:
+        await self.batch([work])
+
+    async def batch(self, works: Sequence[Work]) -> None:
+        signed = [work for work in works if work.security is not None and work.security.signed is not None]
+        for work in signed:
+            assert work.security is not None and work.security.signed is not None
+            work.digest = digest(self._key, work.security.signed)
+        if not signed:
             return
-        work.digest = digest(self._key, signed)
+        wanted = sorted({work.digest for work in signed if work.digest is not None})
         async with self._db.read() as conn:
-            row = (
+            rows = (
                 await conn.execute(
-                    select(referrals.c.id, referrals.c.reference, referrals.c.received_at)
+                    select(signed_content.c.digest, referrals.c.id, referrals.c.reference, referrals.c.received_at)
                     .join(signed_content, signed_content.c.referral_id == referrals.c.id)
-                    .where(signed_content.c.digest == work.digest)
+                    .where(signed_content.c.digest.in_(wanted))
                 )
-            ).first()
-        if row is None or row.id == work.message.referral_id:
-            return
-        work.repeat_of = Original(row.id, row.reference, row.received_at)
-        work.event("repeat", {"of": row.reference, "original": row.id})
+            ).all()
+        found = {row.digest: row for row in rows}
+        for work in signed:
+            row = found.get(work.digest)
+            # Its own digest (a retry after a write that committed the digest) is no repeat. Two
+            # copies in this batch both find nothing here: `claim` settles which is the original.
+            if row is None or row.id == work.message.referral_id:
+                continue
+            work.repeat_of = Original(row.id, row.reference, row.received_at)
+            work.event("repeat", {"of": row.reference, "original": row.id})
 
 
 def _insert(dialect: str, rows: list[dict[str, object]]) -> Any:
