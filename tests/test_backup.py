@@ -101,7 +101,7 @@ def test_backup_while_referrals_arrive_restores_into_a_fresh_folder_that_verifie
         process.close()
     assert not senders.failures, senders.failures
     assert len(during) > len(before), "no referral arrived while the backup ran: the test proved nothing"
-    assert done.stdout.startswith(f"backup: OK: {backup_dir}: sqlite database at migration 0010"), done.stdout
+    assert done.stdout.startswith(f"backup: OK: {backup_dir}: sqlite database at migration 0011"), done.stdout
     found = manifest(backup_dir)
     assert sorted(found["files"]) == ["gateway.db", "keys.tar.gpg"]  # type: ignore[call-overload]
     assert found["keys"]["encrypted_to"] == fingerprint  # type: ignore[index]
