@@ -21,7 +21,7 @@ from gateway.config import ConfigError
 from gateway.core.clock import FakeClock
 from gateway.core.model import Child
 from gateway.core.schema import child_index, child_index_builds, deliveries, events, referrals
-from gateway.history import concern, keys
+from gateway.history import concern, index, keys
 from gateway.history.keys import KEY_FILE, Hasher
 from gateway.report.timeline import timeline
 from tests.conftest import (
@@ -150,6 +150,28 @@ async def test_earlier_referrals_by_index_say_what_matched(
         first: "same name and date of birth"
     }
     assert earlier_table(await page(client, f"/referrals/{await rid(gateway, other)}")) == {}  # another child
+
+
+async def test_the_concern_check_reads_only_the_latest_referrals_about_a_child(
+    gateway: Gateway, clock: FakeClock
+) -> None:
+    # A child referred again and again: each new referral's concern check reads a bounded number of
+    # index rows (concern.LATEST_ROWS), the newest, not every earlier referral about the child.
+    sent = []
+    for n in range(4):
+        sent.append(await send(gateway, f"m{n}", body(urgency="urgent")))
+        clock.advance(timedelta(minutes=1))
+    await settle(gateway)
+    last = await rid(gateway, sent[-1])
+    async with gateway.engine.connect() as conn:
+        rows = await conn.execute(select(child_index).where(child_index.c.referral_id == last))
+        mine = {r.kind: r.digest for r in rows}
+        received = (await conn.execute(select(referrals.c.received_at).where(referrals.c.id == last))).scalar_one()
+        everything = await index.matches(conn, mine, exclude=last, until=received)
+        newest_three_rows = await index.matches(conn, mine, exclude=last, until=received, latest=3)
+    assert len(mine) == 3 and len(everything) == 3
+    # Three rows are the three identifiers of the newest earlier referral.
+    assert set(newest_three_rows) == {await rid(gateway, sent[2])}
 
 
 @both_databases

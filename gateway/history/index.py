@@ -86,8 +86,10 @@ async def matches(
     exclude: str,
     until: datetime,
     since: datetime | None = None,
+    latest: int | None = None,
 ) -> dict[str, Match]:
-    """Referrals other than `exclude` received in [since, until] with a digest in `digests`."""
+    """Referrals other than `exclude` received in [since, until] with a digest in `digests`; with
+    `latest`, only the rows of the latest that many index rows (newest first)."""
     if not digests:
         return {}
     # One statement, an OR of (kind, digest) pairs: each is a range of the primary key, so both
@@ -100,6 +102,8 @@ async def matches(
     ).where(or_(*wanted), child_index.c.referral_id != exclude, child_index.c.received_at <= until)
     if since is not None:
         query = query.where(child_index.c.received_at >= since)
+    if latest is not None:
+        query = query.order_by(child_index.c.received_at.desc(), child_index.c.referral_id).limit(latest)
     found: dict[str, Match] = {}
     for row in await conn.execute(query):
         match = found.setdefault(row.referral_id, Match(row.referral_id, row.received_at, row.organisation))
