@@ -156,7 +156,7 @@ async def test_the_concern_check_reads_only_the_latest_referrals_about_a_child(
     gateway: Gateway, clock: FakeClock
 ) -> None:
     # A child referred again and again: each new referral's concern check reads a bounded number of
-    # index rows (concern.LATEST_ROWS), the newest, not every earlier referral about the child.
+    # of referrals (concern.LATEST per identifier), the newest, not every earlier one about the child.
     sent = []
     for n in range(4):
         sent.append(await send(gateway, f"m{n}", body(urgency="urgent")))
@@ -168,10 +168,12 @@ async def test_the_concern_check_reads_only_the_latest_referrals_about_a_child(
         mine = {r.kind: r.digest for r in rows}
         received = (await conn.execute(select(referrals.c.received_at).where(referrals.c.id == last))).scalar_one()
         everything = await index.matches(conn, mine, exclude=last, until=received)
-        newest_three_rows = await index.matches(conn, mine, exclude=last, until=received, latest=3)
+        newest = await index.matches(conn, mine, exclude=last, until=received, latest=1)
+        two = await index.matches(conn, mine, exclude=last, until=received, latest=2)
     assert len(mine) == 3 and len(everything) == 3
-    # Three rows are the three identifiers of the newest earlier referral.
-    assert set(newest_three_rows) == {await rid(gateway, sent[2])}
+    # The latest one per kind of identifier: the newest earlier referral, by all three of them.
+    assert set(newest) == {await rid(gateway, sent[2])} and newest[await rid(gateway, sent[2])].kinds == set(mine)
+    assert set(two) == {await rid(gateway, sent[1]), await rid(gateway, sent[2])}
 
 
 @both_databases

@@ -340,6 +340,8 @@ child_index = Table(
     Column("organisation", String(64)),
     Column("key_id", String(16), nullable=False),
     Index("ix_child_index_referral_id", "referral_id"),
+    # The latest referrals about a child, newest first (the cumulative-concern check's bounded read).
+    Index("ix_child_index_recent", "kind", "digest", "received_at"),
 )
 
 # Which index keys `referral-gateway reindex` has built the index for: with a row for the current

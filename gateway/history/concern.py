@@ -37,12 +37,12 @@ EVENT = "cumulative_concern"
 # Copies of another referral, not referrals of their own. A repeat has no content and so is never
 # in the index; it is named here as well so that nothing that ever indexes one makes it count.
 NOT_COUNTED = frozenset({State.DUPLICATE.value, State.REPEAT.value})
-# At most this many index rows (up to three per referral) of the latest referrals about the child
-# in the window are read per new referral. Without a bound a child referred very often (or a
-# sender repeating one test child) makes every new referral read all the earlier ones, a cost that
-# grows with each one: measured at 42% of the gateway's CPU in a benchmark that names one child
+# At most this many of the latest referrals about the child in the window, for each kind of
+# identifier, are read per new referral. Without a bound a child referred very often (or a sender
+# repeating one test child) makes every new referral read all the earlier ones, a cost that grows
+# with each one: measured at 42% of the gateway's CPU in a benchmark that names one child
 # throughout. A child with more referrals in the window than this is judged on the latest ones.
-LATEST_ROWS = 300
+LATEST = 50
 
 
 @dataclass(frozen=True)
@@ -135,9 +135,11 @@ async def check(
 ) -> Concern | None:
     """In the new referral's write transaction, after its index rows: the concern it raises, if any.
     `pending`: referrals of the same batch, whose columns are not written yet."""
+    if not below_urgent(new.urgency):
+        return None  # every member must be below urgent (decide), the new one too: nothing to read
     since = new.received_at - rule.window
     linked = await index.matches(
-        conn, digests, exclude=new.referral_id, until=new.received_at, since=since, latest=LATEST_ROWS
+        conn, digests, exclude=new.referral_id, until=new.received_at, since=since, latest=LATEST
     )
     if len(linked) + 1 < rule.referrals:
         return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import Select, and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -89,25 +89,35 @@ async def matches(
     latest: int | None = None,
 ) -> dict[str, Match]:
     """Referrals other than `exclude` received in [since, until] with a digest in `digests`; with
-    `latest`, only the rows of the latest that many index rows (newest first)."""
+    `latest`, only the latest that many for each kind of identifier (newest first)."""
     if not digests:
         return {}
-    # One statement, an OR of (kind, digest) pairs: each is a range of the primary key, so both
-    # databases read only the matching rows (SQLite's OR optimisation, PostgreSQL's bitmap OR).
-    wanted = [
-        and_(child_index.c.kind == kind, child_index.c.digest == digests[kind]) for kind in KINDS if kind in digests
-    ]
-    query = select(
-        child_index.c.kind, child_index.c.referral_id, child_index.c.received_at, child_index.c.organisation
-    ).where(or_(*wanted), child_index.c.referral_id != exclude, child_index.c.received_at <= until)
-    if since is not None:
-        query = query.where(child_index.c.received_at >= since)
-    if latest is not None:
-        query = query.order_by(child_index.c.received_at.desc(), child_index.c.referral_id).limit(latest)
+
+    def wanted(*kinds: str) -> Select[Any]:
+        pairs = [and_(child_index.c.kind == kind, child_index.c.digest == digests[kind]) for kind in kinds]
+        query = select(
+            child_index.c.kind, child_index.c.referral_id, child_index.c.received_at, child_index.c.organisation
+        ).where(or_(*pairs), child_index.c.referral_id != exclude, child_index.c.received_at <= until)
+        return query if since is None else query.where(child_index.c.received_at >= since)
+
+    kinds = [kind for kind in KINDS if kind in digests]
+    if latest is None:
+        # One statement, an OR of (kind, digest) pairs: each is a range of the primary key, so both
+        # databases read only the matching rows (SQLite's OR optimisation, PostgreSQL's bitmap OR).
+        queries = [wanted(*kinds)]
+    else:
+        # One statement per kind, each walking ix_child_index_recent backwards from `until` and
+        # stopping after `latest` rows, so a child referred thousands of times costs no more than
+        # one referred `latest` times (an OR with ORDER BY ... LIMIT reads every match, then sorts).
+        queries = [
+            wanted(kind).order_by(child_index.c.received_at.desc(), child_index.c.referral_id).limit(latest)
+            for kind in kinds
+        ]
     found: dict[str, Match] = {}
-    for row in await conn.execute(query):
-        match = found.setdefault(row.referral_id, Match(row.referral_id, row.received_at, row.organisation))
-        match.kinds.add(row.kind)
+    for query in queries:
+        for row in await conn.execute(query):
+            match = found.setdefault(row.referral_id, Match(row.referral_id, row.received_at, row.organisation))
+            match.kinds.add(row.kind)
     return found
 
 

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("kind", "digest", "referral_id", name=op.f("pk_child_index")),
     )
     op.create_index(op.f("ix_child_index_referral_id"), "child_index", ["referral_id"], unique=False)
+    op.create_index(op.f("ix_child_index_recent"), "child_index", ["kind", "digest", "received_at"], unique=False)
     op.create_table(
         "child_index_builds",
         sa.Column("key_id", sa.String(length=16), nullable=False),
@@ -43,5 +44,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     # Only an index: the sealed content it was made from stays, and `reindex` makes it again.
     op.drop_table("child_index_builds")
+    op.drop_index(op.f("ix_child_index_recent"), table_name="child_index")
     op.drop_index(op.f("ix_child_index_referral_id"), table_name="child_index")
     op.drop_table("child_index")
