@@ -107,9 +107,8 @@ async def transition(conn: AsyncConnection, referral_id: str, batch: Sequence[au
     return (await transitions(conn, {referral_id: batch}, {referral_id: values}))[referral_id]
 
 
-async def hasten_next_step(conn: AsyncConnection, referral_id: str, now: datetime) -> None:
-    """An alert failed: its recipient will not see it, so the escalation chain's next step is due
-    now rather than after a wait nobody can end."""
+async def steps_forward(conn: AsyncConnection, referral_id: str, due: datetime) -> None:
+    """Escalation steps of the referral not yet fired and due after `due` become due at `due`."""
     await conn.execute(
         update(deadlines)
         .where(
@@ -117,9 +116,28 @@ async def hasten_next_step(conn: AsyncConnection, referral_id: str, now: datetim
             deadlines.c.kind == "step",
             deadlines.c.fired_at.is_(None),
             deadlines.c.cancelled_at.is_(None),
-            deadlines.c.due_at > now,
+            deadlines.c.due_at > due,
         )
-        .values(due_at=now)
+        .values(due_at=due)
+    )
+
+
+async def hasten_next_step(conn: AsyncConnection, referral_id: str, now: datetime) -> None:
+    """An alert failed: its recipient will not see it, so the escalation chain's next step is due
+    now rather than after a wait nobody can end."""
+    await steps_forward(conn, referral_id, now)
+
+
+async def cancel_deadlines(conn: AsyncConnection, referral_id: str, now: datetime) -> None:
+    """Every deadline of the referral not yet fired is cancelled (acknowledged, or answered away)."""
+    await conn.execute(
+        update(deadlines)
+        .where(
+            deadlines.c.referral_id == referral_id,
+            deadlines.c.fired_at.is_(None),
+            deadlines.c.cancelled_at.is_(None),
+        )
+        .values(cancelled_at=now)
     )
 
 

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config import Config
@@ -19,9 +19,9 @@ from gateway.core import audit
 from gateway.core.clock import Clock
 from gateway.core.db import Database
 from gateway.core.records import ReferralRecord, find_referral
-from gateway.core.schema import ALERT_KINDS, deadlines, deliveries, events, referrals
+from gateway.core.schema import ALERT_KINDS, deliveries, events, referrals
 from gateway.core.sealed import Sealed
-from gateway.core.transitions import transition
+from gateway.core.transitions import cancel_deadlines, transition
 from gateway.outbox.compose import Composer
 from gateway.outbox.enqueue import queue_outgoing
 from gateway.track.referrer import Referrers
@@ -132,15 +132,7 @@ class Tracker:
                     {"team": team.id, "via": via, "recipient": recipient_hash[:12]},
                 )
             ]
-            await conn.execute(
-                update(deadlines)
-                .where(
-                    deadlines.c.referral_id == referral_id,
-                    deadlines.c.fired_at.is_(None),
-                    deadlines.c.cancelled_at.is_(None),
-                )
-                .values(cancelled_at=now)
-            )
+            await cancel_deadlines(conn, referral_id, now)
             # Everyone already alerted stands down: told who has it, on the channel they were alerted on.
             told = await self._alerted(conn, referral_id, exclude=recipient_hash)
             notices = [

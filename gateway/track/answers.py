@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config import Config
@@ -52,7 +52,7 @@ from gateway.core.reference import InvalidReference, normalise_reference
 from gateway.core.schema import answers, deadlines, referrals
 from gateway.core.sealed import RoutedAtIntake, Sealed
 from gateway.core.sealing import sealed_context
-from gateway.core.transitions import lock, transition, transitions
+from gateway.core.transitions import cancel_deadlines, lock, transition, transitions
 from gateway.outbox.compose import AlertContent, Composer
 from gateway.outbox.dispatch import Dispatched, Dispatcher
 from gateway.outbox.enqueue import queue_outgoing
@@ -165,15 +165,7 @@ class Answers:
 
     @staticmethod
     async def _stop_deadlines(conn: AsyncConnection, referral_id: str, now: datetime) -> None:
-        await conn.execute(
-            update(deadlines)
-            .where(
-                deadlines.c.referral_id == referral_id,
-                deadlines.c.fired_at.is_(None),
-                deadlines.c.cancelled_at.is_(None),
-            )
-            .values(cancelled_at=now)
-        )
+        await cancel_deadlines(conn, referral_id, now)
 
     async def _read(self, referral_id: str, allowed: frozenset[State]) -> ReferralRecord:
         async with self._db.read() as conn:

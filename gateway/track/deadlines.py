@@ -26,6 +26,7 @@ from gateway.core.model import Urgency
 from gateway.core.outcomes import describe
 from gateway.core.schema import deadlines, referrals
 from gateway.core.sealed import Sealed
+from gateway.core.transitions import steps_forward
 from gateway.outbox.compose import AlertFacts, Outgoing
 from gateway.outbox.dispatch import Detail, Dispatcher
 from gateway.outbox.enqueue import queue_outgoing
@@ -242,17 +243,7 @@ class Deadlines:
         after it come forward to it: a step that waits for the deadline, or for working time in an
         office now closed, would otherwise leave a referral the out-of-hours team missed unchased
         until the office reopens."""
-        await conn.execute(
-            update(deadlines)
-            .where(
-                deadlines.c.referral_id == referral_id,
-                deadlines.c.kind == "step",
-                deadlines.c.fired_at.is_(None),
-                deadlines.c.cancelled_at.is_(None),
-                deadlines.c.due_at > due,
-            )
-            .values(due_at=due)
-        )
+        await steps_forward(conn, referral_id, due)
         cancelled = await conn.execute(
             update(deadlines)
             .where(
