@@ -128,17 +128,18 @@ async def hasten_next_step(conn: AsyncConnection, referral_id: str, now: datetim
     await steps_forward(conn, referral_id, now)
 
 
-async def cancel_deadlines(conn: AsyncConnection, referral_id: str, now: datetime) -> None:
-    """Every deadline of the referral not yet fired is cancelled (acknowledged, or answered away)."""
-    await conn.execute(
-        update(deadlines)
-        .where(
-            deadlines.c.referral_id == referral_id,
-            deadlines.c.fired_at.is_(None),
-            deadlines.c.cancelled_at.is_(None),
-        )
-        .values(cancelled_at=now)
-    )
+async def cancel_deadlines(conn: AsyncConnection, referral_id: str, now: datetime, kind: str | None = None) -> int:
+    """Every deadline of the referral not yet fired (of `kind` only, if given) is cancelled:
+    acknowledged, answered away, or an ack deadline about to be replaced. Returns how many."""
+    open_rows = [
+        deadlines.c.referral_id == referral_id,
+        deadlines.c.fired_at.is_(None),
+        deadlines.c.cancelled_at.is_(None),
+    ]
+    if kind is not None:
+        open_rows.append(deadlines.c.kind == kind)
+    done = await conn.execute(update(deadlines).where(*open_rows).values(cancelled_at=now))
+    return done.rowcount
 
 
 async def alert_dead(

@@ -26,7 +26,7 @@ from gateway.core.model import Urgency
 from gateway.core.outcomes import describe
 from gateway.core.schema import deadlines, referrals
 from gateway.core.sealed import Sealed
-from gateway.core.transitions import steps_forward
+from gateway.core.transitions import cancel_deadlines, steps_forward
 from gateway.outbox.compose import AlertFacts, Outgoing
 from gateway.outbox.dispatch import Detail, Dispatcher
 from gateway.outbox.enqueue import queue_outgoing
@@ -244,17 +244,7 @@ class Deadlines:
         office now closed, would otherwise leave a referral the out-of-hours team missed unchased
         until the office reopens."""
         await steps_forward(conn, referral_id, due)
-        cancelled = await conn.execute(
-            update(deadlines)
-            .where(
-                deadlines.c.referral_id == referral_id,
-                deadlines.c.kind == "ack",
-                deadlines.c.fired_at.is_(None),
-                deadlines.c.cancelled_at.is_(None),
-            )
-            .values(cancelled_at=now)
-        )
-        if cancelled.rowcount:
+        if await cancel_deadlines(conn, referral_id, now, kind="ack"):
             row = {"referral_id": referral_id, "kind": "ack", "due_at": due, "chain": None, "step": None, "round": None}
             await conn.execute(deadlines.insert(), [row])
             # A column that mirrors the deadline (the report, the dashboard), not a state: no transition.
