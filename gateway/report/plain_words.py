@@ -22,6 +22,10 @@ STATE_WORDS: dict[str, str] = {
     State.UNDELIVERABLE: "Alerts could not be delivered: phone the team",
     State.QUARANTINED: "Could not be read: held for a person to check",
     State.REPEAT: "A repeat of an earlier referral: nothing to do",
+    State.FORWARDING: "Being forwarded to another authority: still ours until delivered",
+    State.FORWARDED: "Forwarded to another authority, delivered",
+    State.DUPLICATE: "A duplicate of another referral: dealt with there",
+    State.REPLY: "More information for an earlier referral: added to it",
     HELD: "Text held over its rate limit",
 }
 
